@@ -1,0 +1,2 @@
+"""crust: reliable, encrypted peer-to-peer connections with NAT traversal."""
+from ._version import __version__

@@ -1,0 +1,244 @@
+"""Configuration: one frozen, validated dataclass holding every default.
+
+A ``Config`` is immutable (like urllib3's ``Retry``): change a value with
+``dataclasses.replace(cfg, field=value)``, which validates again.  Every
+field has a default, so ``Config()`` is a working node.
+
+Timings that tests shorten (heartbeat, inactivity, handshake, bootstrap)
+are fields here rather than module constants, so no test needs a sleep or
+a monkeypatch to exercise them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .errors import ConfigError
+from .ids import Contact, Endpoint
+
+__all__ = ["Config", "default_bootstrap_cache_path"]
+
+MIB = 1024 * 1024
+
+
+def default_bootstrap_cache_path() -> str:
+    """``$XDG_CACHE_HOME/crust/bootstrap_cache.json`` (``~/.cache`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "crust", "bootstrap_cache.json")
+
+
+# The original crust's JSON names (crust-original.md §1.4) map onto ours.
+_ORIGINAL_NAMES = {
+    "tcp_acceptor_port": "tcp_port",
+    "bootstrap_cache_name": "bootstrap_cache_path",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a :class:`crust.Service` can be told.  See API.md for the meaning of each field."""
+
+    hard_coded_contacts: tuple[Contact, ...] = ()
+    """Bootstrap contacts: ``"host:port"`` strings or :class:`crust.Contact` values."""
+    tcp_port: int = 0
+    """TCP acceptor port; 0 picks a random free port each session."""
+    udp_port: int = 0
+    """UDP port for reliable UDP and hole punching; 0 = random."""
+    listen_host: str = "0.0.0.0"
+    """Local address the listeners bind to (``"127.0.0.1"`` keeps a node on loopback)."""
+    enable_tcp: bool = True
+    enable_udp: bool = True
+    enable_upnp: bool = True
+    force_acceptor_port_in_ext_ep: bool = False
+    service_discovery_port: int = 5484
+    service_discovery_targets: tuple[str, ...] | None = None
+    """Where LAN beacons go; ``None`` = every interface's broadcast address."""
+    bootstrap_cache_path: str | None = field(default_factory=default_bootstrap_cache_path)
+    whitelisted_node_ips: frozenset[str] | None = None
+    whitelisted_client_ips: frozenset[str] | None = None
+    network_name: str | None = None
+    disable_external_reachability_requirement: bool = False
+    heartbeat_interval: float = 20.0
+    """Seconds of outbound silence after which we send a Heartbeat."""
+    inactivity_timeout: float = 120.0
+    """Seconds of inbound silence after which a peer is lost."""
+    max_message_size: int = 2 * MIB
+    relay: bool = False
+    relay_max_circuits: int = 16
+    relay_max_bytes_per_s: int = 1 * MIB
+
+    handshake_timeout: float = 10.0
+    """Seconds a new connection may take to finish its secure and bootstrap handshakes."""
+    max_pending_handshakes: int = 256
+    """Unfinished inbound handshakes kept at once; beyond it the oldest is dropped."""
+    max_pending_handshakes_per_ip: int = 32
+    """Unfinished inbound handshakes kept per source IP; beyond it that IP's oldest is dropped."""
+    max_peers: int = 4096
+    """Connected peers at once; further bootstraps are denied and dials refused."""
+    bootstrap_timeout: float = 10.0
+    """Default timeout of ``bootstrap()`` and of a ``start_bootstrap()`` run."""
+    bootstrap_max_in_flight: int = 8
+    """Bootstrap attempts running at once."""
+    bootstrap_stagger: float = 0.25
+    """Seconds between starting two bootstrap attempts (happy-eyeballs style)."""
+    send_queue_limit: int = 8 * MIB
+    """Bytes queued per peer and priority before ``send()`` blocks (or drops, priority >= 2)."""
+    drop_after: float = 60.0
+    """Seconds a droppable (priority >= 2) message may wait before it is discarded."""
+    receive_backlog_limit: int = 8 * MIB
+    """Bytes of one peer's messages waiting for callbacks before we stop reading from it."""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        contacts = self.hard_coded_contacts
+        if isinstance(contacts, (str, Contact, Endpoint)) or not isinstance(contacts, Iterable):
+            raise ConfigError(f"hard_coded_contacts must be a list of contacts, not {contacts!r}")
+        try:
+            set_(self, "hard_coded_contacts", tuple(Contact.coerce(c) for c in contacts))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"hard_coded_contacts: {exc}") from None
+        for name in ("tcp_port", "udp_port", "service_discovery_port"):
+            _check_int(name, getattr(self, name), 0, 65535)
+        for name in ("enable_tcp", "enable_udp", "enable_upnp", "force_acceptor_port_in_ext_ep",
+                     "disable_external_reachability_requirement", "relay"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool, not {getattr(self, name)!r}")
+        try:
+            ipaddress.ip_address(self.listen_host)
+        except (TypeError, ValueError):
+            raise ConfigError(f"listen_host must be an IP address, not {self.listen_host!r}") from None
+        if self.service_discovery_targets is not None:
+            set_(self, "service_discovery_targets", _ip_tuple("service_discovery_targets", self.service_discovery_targets))
+        for name in ("whitelisted_node_ips", "whitelisted_client_ips"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, frozenset(_ip_tuple(name, value)))
+        if self.network_name is not None and not isinstance(self.network_name, str):
+            raise ConfigError(f"network_name must be a str or None, not {self.network_name!r}")
+        if self.bootstrap_cache_path is not None and not isinstance(self.bootstrap_cache_path, (str, os.PathLike)):
+            raise ConfigError(f"bootstrap_cache_path must be a path or None, not {self.bootstrap_cache_path!r}")
+        for name in ("heartbeat_interval", "inactivity_timeout", "handshake_timeout", "bootstrap_timeout",
+                     "drop_after"):
+            _check_positive_float(name, getattr(self, name))
+        _check_float(self, "bootstrap_stagger", 0.0)
+        if self.inactivity_timeout <= self.heartbeat_interval:
+            raise ConfigError(
+                f"inactivity_timeout ({self.inactivity_timeout}) must exceed heartbeat_interval "
+                f"({self.heartbeat_interval}), or idle peers would be lost"
+            )
+        _check_int("max_message_size", self.max_message_size, 1, 1 << 30)
+        for name in ("relay_max_circuits", "relay_max_bytes_per_s", "max_pending_handshakes",
+                     "max_pending_handshakes_per_ip", "max_peers", "bootstrap_max_in_flight"):
+            _check_int(name, getattr(self, name), 1, 1 << 40)
+        for name in ("send_queue_limit", "receive_backlog_limit"):
+            _check_int(name, getattr(self, name), self.max_message_size, 1 << 40)
+
+    # -- JSON file form -------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build a Config from a JSON object; the original crust's field names are accepted.
+
+        Raises:
+            ConfigError: an unknown field (named in the message) or a bad value.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object, not {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        unknown = []
+        for key, value in data.items():
+            if key == "dev" and isinstance(value, dict):  # the original's nested dev section
+                kwargs.update(value)
+                continue
+            name = _ORIGINAL_NAMES.get(key, key)
+            if name not in known:
+                unknown.append(key)
+                continue
+            if value is None and name in ("tcp_port", "udp_port"):
+                value = 0
+            elif value is None and name == "service_discovery_port":
+                value = 5484
+            kwargs[name] = value
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form of this Config (lists for sets and tuples)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "hard_coded_contacts":
+                value = [str(c.addr) if c.peer_id is None else {"addr": str(c.addr), "peer_id": str(c.peer_id)}
+                         for c in value]
+            elif isinstance(value, (tuple, frozenset)):
+                value = sorted(value)
+            elif isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Config:
+        """Read a JSON config file.
+
+        Raises:
+            ConfigError: unreadable file, bad JSON, unknown field or bad value.
+        """
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc}") from exc
+        if isinstance(data, dict):
+            contacts = data.get("hard_coded_contacts")
+            if isinstance(contacts, list):
+                data["hard_coded_contacts"] = [
+                    Contact(c["addr"], c.get("peer_id")) if isinstance(c, dict) and "addr" in c else c
+                    for c in contacts
+                ]
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write this Config as pretty JSON (replacing the file atomically)."""
+        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an int, not {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be in {low}..{high}, not {value}")
+
+
+def _check_positive_float(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+
+
+def _check_float(cfg: Config, name: str, low: float) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+        raise ConfigError(f"{name} must be a number >= {low}, not {value!r}")
+
+
+def _ip_tuple(name: str, values: object) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise ConfigError(f"{name} must be a list of IP addresses, not {values!r}")
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_address(value)))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: {value!r} is not an IP address") from None
+    return tuple(out)

@@ -1,0 +1,102 @@
+"""Events: what happened, flowing up from the engine to the user (past tense).
+
+Each is a frozen dataclass.  The dispatcher turns them into calls of the
+user's callbacks (``on_new_peer``, ``on_message``, ``on_lost``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ids import CrustUser, Endpoint, PeerId
+
+__all__ = [
+    "PeerInfo",
+    "Event",
+    "PeerConnected",
+    "MessageReceived",
+    "PeerLost",
+    "BootstrapFinished",
+    "SendDropped",
+    "Misbehaved",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """A snapshot of one connected peer.
+
+    Attributes:
+        id: the peer's PeerId (proved by the secure handshake).
+        addr: the remote endpoint of the connection.
+        transport: ``"tcp"``, ``"udp"`` or ``"relay"``.
+        user: the role the peer took (``CrustUser.NODE`` unless it bootstrapped off us as a Client).
+        origin: ``"bootstrap_connect"``, ``"bootstrap_accept"`` or ``"connect"``.
+        rtt: smoothed round-trip time in seconds, ``None`` until measured.
+        bytes_sent: bytes written to the connection (after encryption).
+        bytes_received: bytes read from it.
+    """
+
+    id: PeerId
+    addr: Endpoint
+    transport: str
+    user: CrustUser
+    origin: str
+    rtt: float | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+class Event:
+    """Base class of everything the engine reports upward."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConnected(Event):
+    """A connection is up and authenticated."""
+
+    info: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived(Event):
+    """A whole application message arrived from ``peer_id``."""
+
+    peer_id: PeerId
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLost(Event):
+    """A connected peer is gone; ``reason`` says why in a few words."""
+
+    peer_id: PeerId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapFinished(Event):
+    """A bootstrap run ended: with ``peer_id`` on success, else ``None`` and each contact's failure."""
+
+    run: int
+    peer_id: PeerId | None
+    failures: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SendDropped(Event):
+    """``count`` queued messages of droppable ``priority`` to ``peer_id`` were discarded."""
+
+    peer_id: PeerId
+    priority: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Misbehaved(Event):
+    """``peer_id`` broke the protocol (and has been dropped); ``reason`` says how."""
+
+    peer_id: PeerId
+    reason: str

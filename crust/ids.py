@@ -1,0 +1,212 @@
+"""Immutable value types shared by every layer: peer ids, endpoints, roles.
+
+Nothing here does I/O; every type is hashable and safe to pass between threads.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import NewType, Tuple, Union
+
+__all__ = [
+    "PeerId",
+    "Endpoint",
+    "EndpointLike",
+    "CrustUser",
+    "Contact",
+    "ConnId",
+    "NAME_HASH_SIZE",
+    "name_hash",
+    "is_ip_literal",
+]
+
+PEER_ID_SIZE = 32  # bytes: an X25519 public key
+NAME_HASH_SIZE = 32  # bytes
+
+ConnId = NewType("ConnId", int)
+"""Names one transport byte stream inside one Service (never reused in a session)."""
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_TRANSPORTS = ("tcp", "udp")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PeerId:
+    """A peer's public identity key (32 bytes); the only name a peer has in crust.
+
+    Ordered by its bytes, which is how two peers agree who chooses a connection.
+    """
+
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.raw, (bytes, bytearray, memoryview)):
+            raise TypeError(f"PeerId needs bytes, not {type(self.raw).__name__}")
+        raw = bytes(self.raw)
+        if len(raw) != PEER_ID_SIZE:
+            raise ValueError(f"PeerId needs {PEER_ID_SIZE} bytes, got {len(raw)}")
+        object.__setattr__(self, "raw", raw)
+
+    @classmethod
+    def from_str(cls, text: str) -> PeerId:
+        """Parse the hex form that ``str(peer_id)`` prints.
+
+        Raises:
+            TypeError: ``text`` is not a str.
+            ValueError: it is not 64 hex digits.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"PeerId.from_str needs a str, not {type(text).__name__}")
+        try:
+            raw = bytes.fromhex(text.strip())
+        except ValueError:
+            raise ValueError(f"not a hex PeerId: {text[:80]!r}") from None
+        return cls(raw)
+
+    def __bytes__(self) -> bytes:
+        return self.raw
+
+    def __str__(self) -> str:
+        return self.raw.hex()
+
+    def __repr__(self) -> str:
+        return f"PeerId({self.raw[:4].hex()}…)"
+
+
+def is_ip_literal(host: str) -> bool:
+    """True when ``host`` is an IPv4 or IPv6 address rather than a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a peer can be reached: ``(host, port, transport)``.
+
+    ``str()`` gives ``"host:port"`` for TCP (``"[v6]:port"`` for IPv6) and
+    ``"udp://host:port"`` for UDP; :meth:`parse` reads both back.
+    """
+
+    host: str
+    port: int
+    transport: str = "tcp"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str):
+            raise TypeError(f"Endpoint host must be a str, not {type(self.host).__name__}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise TypeError(f"Endpoint port must be an int, not {type(self.port).__name__}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"Endpoint port {self.port} is outside 0..65535")
+        if self.transport not in _TRANSPORTS:
+            raise ValueError(f"Endpoint transport must be 'tcp' or 'udp', not {self.transport!r}")
+        host = self.host.strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            host = str(ipaddress.ip_address(host))  # canonical form, e.g. '::1'
+        except ValueError:
+            if not _HOSTNAME.match(host):
+                raise ValueError(f"Endpoint host {self.host!r} is neither an IP address nor a hostname") from None
+        object.__setattr__(self, "host", host)
+
+    @property
+    def is_ipv6(self) -> bool:
+        """True for an IPv6 literal host."""
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        hostport = f"[{self.host}]:{self.port}" if self.is_ipv6 else f"{self.host}:{self.port}"
+        return hostport if self.transport == "tcp" else f"{self.transport}://{hostport}"
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """Read ``"host:port"``, ``"[v6]:port"``, optionally prefixed ``tcp://`` or ``udp://``.
+
+        Raises:
+            TypeError: ``text`` is not a str.
+            ValueError: the text is not an endpoint; the message quotes it.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"Endpoint.parse needs a str, not {type(text).__name__}")
+        rest = text.strip()
+        transport = "tcp"
+        if "://" in rest:
+            transport, rest = rest.split("://", 1)
+            transport = transport.lower()
+        if rest.startswith("["):
+            host, sep, port_text = rest[1:].partition("]:")
+        else:
+            host, sep, port_text = rest.rpartition(":")
+        if not sep or not host or not port_text.isdigit():
+            raise ValueError(f"not an endpoint (want 'host:port'): {text!r}")
+        return cls(host, int(port_text), transport)
+
+    @classmethod
+    def coerce(cls, value: EndpointLike, transport: str = "tcp") -> Endpoint:
+        """Accept an Endpoint, an endpoint string or a ``(host, port)`` tuple.
+
+        Raises:
+            TypeError: anything else.
+            ValueError: a string or tuple that does not describe an endpoint.
+        """
+        if isinstance(value, Endpoint):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, tuple) and len(value) == 2:
+            return cls(value[0], value[1], transport)
+        raise TypeError(f"expected an Endpoint, 'host:port' or (host, port), not {value!r}")
+
+
+EndpointLike = Union[Endpoint, str, Tuple[str, int]]
+
+
+class CrustUser(enum.Enum):
+    """The role a peer takes when it bootstraps: a Node must be reachable, a Client need not be."""
+
+    NODE = "node"
+    CLIENT = "client"
+
+
+def name_hash(network_name: str | None) -> bytes:
+    """The 32-byte network-name hash that keeps different networks apart.
+
+    SHA3-256 of the UTF-8 name, as in the original; no name hashes to zeros
+    (so ``""`` and ``None`` are different networks).
+    """
+    if network_name is None:
+        return bytes(NAME_HASH_SIZE)
+    return hashlib.sha3_256(network_name.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A bootstrap contact: where to dial, and optionally who must answer there.
+
+    With ``peer_id`` set, the secure handshake aborts unless the responder
+    proves that identity, so a cached or configured contact is authenticated.
+    """
+
+    addr: Endpoint
+    peer_id: PeerId | None = None
+
+    def __init__(self, addr: EndpointLike, peer_id: PeerId | str | None = None) -> None:
+        object.__setattr__(self, "addr", Endpoint.coerce(addr))
+        if isinstance(peer_id, str):
+            peer_id = PeerId.from_str(peer_id)
+        if peer_id is not None and not isinstance(peer_id, PeerId):
+            raise TypeError(f"Contact peer_id must be a PeerId, hex str or None, not {type(peer_id).__name__}")
+        object.__setattr__(self, "peer_id", peer_id)
+
+    @classmethod
+    def coerce(cls, value: Contact | EndpointLike) -> Contact:
+        """Accept a Contact or anything :meth:`Endpoint.coerce` accepts."""
+        return value if isinstance(value, Contact) else cls(value)

@@ -1,0 +1,26 @@
+"""crust's cryptography, in quarantine: the only package that imports pycryptodome.
+
+It offers misuse-resistant objects to the layers above and nothing lower-level:
+
+* :mod:`crust.crypto.keys`: :class:`KeyPair`, an X25519 identity or ephemeral key;
+* :mod:`crust.crypto.kex`: :class:`NoiseXX`, the Noise_XX_25519_ChaChaPoly_BLAKE2b handshake;
+* :mod:`crust.crypto.aead`: :class:`Sealer` / :class:`Opener`, the transport ciphers.
+
+Everything here is sans-IO: no sockets, threads, clocks or files.
+"""
+
+from __future__ import annotations
+
+from crust.crypto.aead import REKEY_INTERVAL, Opener, Sealer
+from crust.crypto.kex import MAX_HANDSHAKE_MESSAGE, PROTOCOL_NAME, NoiseXX
+from crust.crypto.keys import KeyPair
+
+__all__ = [
+    "KeyPair",
+    "NoiseXX",
+    "Opener",
+    "Sealer",
+    "MAX_HANDSHAKE_MESSAGE",
+    "PROTOCOL_NAME",
+    "REKEY_INTERVAL",
+]

@@ -1,0 +1,294 @@
+"""Authenticated encryption for established channels: ``Sealer`` and ``Opener``.
+
+This is the Noise ``ChaChaPoly`` cipher (Noise spec rev 34, §12.3): ChaCha20-Poly1305
+as in RFC 8439, with a 96-bit nonce made of 32 zero bits followed by a 64-bit
+little-endian message counter.  One ``Sealer`` encrypts one direction of a
+connection and the peer's ``Opener`` decrypts it; both count messages, so the
+nonce is never sent and a replayed, dropped or reordered frame simply fails
+authentication.
+
+Both sides apply Noise ``REKEY()`` (§4.2) after every ``rekey_interval``
+messages.  As in Noise, rekeying replaces the key but does not reset the
+counter, so ``(key, nonce)`` pairs can never repeat.
+
+The module functions :func:`encrypt` and :func:`decrypt` are Noise's
+``ENCRYPT(k, n, ad, plaintext)`` and ``DECRYPT(k, n, ad, ciphertext)``; the
+handshake (``kex``) uses them for its CipherState.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Union
+
+from Crypto.Cipher import ChaCha20_Poly1305
+
+from crust.errors import DecryptError, LocalProtocolError
+
+__all__ = [
+    "KEY_SIZE",
+    "TAG_SIZE",
+    "MAX_NONCE",
+    "REKEY_INTERVAL",
+    "Sealer",
+    "Opener",
+    "encrypt",
+    "decrypt",
+    "rekey",
+]
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+KEY_SIZE = 32  # bytes: a ChaCha20 key
+TAG_SIZE = 16  # bytes: a Poly1305 tag, appended to every ciphertext
+MAX_NONCE = 2**64 - 1  # Noise §5.1: reserved for REKEY, never used for a message
+REKEY_INTERVAL = 2**32  # messages; PROTOCOL.md §3 "in practice after 2^32 frames"
+
+# Noise §12.3: 4 zero bytes, then the counter as a 64-bit little-endian integer.
+# A precompiled Struct is the cheapest way to build it on the hot path.
+_NONCE = struct.Struct("<4xQ")
+_pack_nonce = _NONCE.pack
+_REKEY_NONCE = _pack_nonce(MAX_NONCE)
+_ZEROS = bytes(KEY_SIZE)
+_new_cipher = ChaCha20_Poly1305.new
+
+
+def _check_key(key: object) -> bytes:
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise TypeError(f"an AEAD key must be bytes, not {type(key).__name__}")
+    key = bytes(key)
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"an AEAD key must be {KEY_SIZE} bytes, got {len(key)}")
+    return key
+
+
+def _check_interval(rekey_interval: object) -> int:
+    if isinstance(rekey_interval, bool) or not isinstance(rekey_interval, int):
+        raise TypeError(f"rekey_interval must be an int, not {type(rekey_interval).__name__}")
+    if rekey_interval < 1:
+        raise ValueError(f"rekey_interval must be at least 1, got {rekey_interval}")
+    return rekey_interval
+
+
+def _seal(key: bytes, nonce: bytes, ad: BytesLike, plaintext: BytesLike) -> bytes:
+    """ChaCha20-Poly1305 (RFC 8439 §2.8) with a raw 12-byte nonce: ciphertext || tag."""
+    cipher = _new_cipher(key=key, nonce=nonce)
+    if ad:  # skipping an empty update() is equivalent and saves a call on the hot path
+        cipher.update(ad)
+    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
+    return ciphertext + tag
+
+
+def _open(key: bytes, nonce: bytes, ad: BytesLike, data: BytesLike) -> bytes:
+    """Inverse of :func:`_seal`.  Raises ValueError on a short input or a bad tag."""
+    view = memoryview(data)  # slicing a memoryview does not copy a 64 KiB frame
+    if len(view) < TAG_SIZE:
+        raise ValueError("ciphertext shorter than the tag")
+    cipher = _new_cipher(key=key, nonce=nonce)
+    if ad:
+        cipher.update(ad)
+    return cipher.decrypt_and_verify(view[:-TAG_SIZE], view[-TAG_SIZE:])
+
+
+def _check_n(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"a nonce must be an int, not {type(n).__name__}")
+    if not 0 <= n <= MAX_NONCE:
+        raise ValueError(f"a nonce must be in 0..2**64-1, got {n}")
+    return n
+
+
+def encrypt(key: bytes, n: int, ad: BytesLike, plaintext: BytesLike) -> bytes:
+    """Noise ``ENCRYPT(k, n, ad, plaintext)`` for ChaChaPoly.
+
+    Args:
+        key: 32-byte key.
+        n: the nonce counter, 0..2**64-1 (2**64-1 is meant for :func:`rekey` only).
+        ad: associated data, authenticated but not encrypted.
+        plaintext: the data to encrypt.
+
+    Returns:
+        ``ciphertext || tag`` (``len(plaintext) + 16`` bytes).
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: the key is not 32 bytes or ``n`` is out of range.
+    """
+    return _seal(_check_key(key), _pack_nonce(_check_n(n)), ad, plaintext)
+
+
+def decrypt(key: bytes, n: int, ad: BytesLike, ciphertext: BytesLike) -> bytes:
+    """Noise ``DECRYPT(k, n, ad, ciphertext)`` for ChaChaPoly.
+
+    Args:
+        key: 32-byte key.
+        n: the nonce counter the sender used.
+        ad: the associated data the sender used.
+        ciphertext: ``ciphertext || tag``.
+
+    Returns:
+        The plaintext.
+
+    Raises:
+        DecryptError: the input is shorter than a tag or does not authenticate.
+        TypeError: an argument has the wrong type.
+        ValueError: the key is not 32 bytes or ``n`` is out of range.
+    """
+    key = _check_key(key)
+    nonce = _pack_nonce(_check_n(n))
+    try:
+        return _open(key, nonce, ad, ciphertext)
+    except ValueError:
+        raise DecryptError("AEAD authentication failed") from None
+
+
+def rekey(key: bytes) -> bytes:
+    """Noise ``REKEY(k)`` (§4.2): the first 32 bytes of ``ENCRYPT(k, 2**64-1, b"", zeros)``.
+
+    Args:
+        key: the current 32-byte key.
+
+    Returns:
+        The next 32-byte key.
+    """
+    return _seal(_check_key(key), _REKEY_NONCE, b"", _ZEROS)[:KEY_SIZE]
+
+
+class Sealer:
+    """Encrypts one direction of a channel: a Noise CipherState used only for sending.
+
+    Each call to :meth:`seal` uses the next nonce; after ``rekey_interval``
+    messages the key is replaced by ``REKEY(key)`` and counting goes on.
+
+    Args:
+        key: the 32-byte sending key (from the handshake's ``Split()``).
+        rekey_interval: messages per key; the peer's :class:`Opener` must use the same value.
+
+    Raises:
+        TypeError: ``key`` is not bytes or ``rekey_interval`` is not an int.
+        ValueError: ``key`` is not 32 bytes or ``rekey_interval`` is below 1.
+    """
+
+    TAG_SIZE = TAG_SIZE
+    overhead: int = TAG_SIZE  # bytes a sealed message is longer than its plaintext
+
+    __slots__ = ("_key", "_n", "_interval", "_until_rekey")
+
+    def __init__(self, key: bytes, *, rekey_interval: int = REKEY_INTERVAL) -> None:
+        self._key = _check_key(key)
+        self._interval = _check_interval(rekey_interval)
+        self._n = 0
+        # A countdown rather than ``n % interval``: one compare per message, and
+        # it stays right however ``n`` started.
+        self._until_rekey = self._interval
+
+    @property
+    def nonce(self) -> int:
+        """The counter the next :meth:`seal` will use (= messages sealed so far)."""
+        return self._n
+
+    def seal(self, plaintext: BytesLike, ad: bytes = b"") -> bytes:
+        """Encrypt and authenticate one message.
+
+        Args:
+            plaintext: the message.
+            ad: associated data the receiver must pass to :meth:`Opener.open` too.
+
+        Returns:
+            ``ciphertext || 16-byte tag``.
+
+        Raises:
+            LocalProtocolError: the nonce counter is exhausted (2**64-1 messages);
+                the Sealer is unusable and the connection must be replaced.
+        """
+        n = self._n
+        if n >= MAX_NONCE:
+            raise LocalProtocolError("Sealer nonce exhausted: the channel must be replaced")
+        sealed = _seal(self._key, _pack_nonce(n), ad, plaintext)
+        self._n = n + 1
+        self._until_rekey -= 1
+        if not self._until_rekey:
+            self._key = rekey(self._key)
+            self._until_rekey = self._interval
+        return sealed
+
+    def __repr__(self) -> str:
+        return f"<Sealer nonce={self._n}>"  # never show the key
+
+
+class Opener:
+    """Decrypts one direction of a channel: a Noise CipherState used only for receiving.
+
+    Messages must arrive exactly once and in order.  The first failure poisons
+    the Opener: that call and every later one raise :class:`DecryptError`,
+    because after a forgery or a gap the stream cannot be trusted again.
+
+    Args:
+        key: the 32-byte receiving key (from the handshake's ``Split()``).
+        rekey_interval: messages per key; must match the peer's :class:`Sealer`.
+
+    Raises:
+        TypeError: ``key`` is not bytes or ``rekey_interval`` is not an int.
+        ValueError: ``key`` is not 32 bytes or ``rekey_interval`` is below 1.
+    """
+
+    TAG_SIZE = TAG_SIZE
+    overhead: int = TAG_SIZE
+
+    __slots__ = ("_key", "_n", "_interval", "_until_rekey", "_poisoned")
+
+    def __init__(self, key: bytes, *, rekey_interval: int = REKEY_INTERVAL) -> None:
+        self._key = _check_key(key)
+        self._interval = _check_interval(rekey_interval)
+        self._n = 0
+        self._until_rekey = self._interval
+        self._poisoned = False
+
+    @property
+    def nonce(self) -> int:
+        """The counter the next :meth:`open` expects (= messages opened so far)."""
+        return self._n
+
+    @property
+    def poisoned(self) -> bool:
+        """True once a call to :meth:`open` has failed; the Opener is then unusable."""
+        return self._poisoned
+
+    def open(self, ciphertext: BytesLike, ad: bytes = b"") -> bytes:
+        """Authenticate and decrypt the next message.
+
+        Args:
+            ciphertext: ``ciphertext || tag`` as produced by :meth:`Sealer.seal`.
+            ad: the associated data the sender used.
+
+        Returns:
+            The plaintext.
+
+        Raises:
+            DecryptError: the message is too short, forged, replayed, reordered,
+                from another key, or the counter is exhausted; also on every
+                call after any earlier failure.
+        """
+        if self._poisoned:
+            raise DecryptError("Opener is poisoned by an earlier failure")
+        n = self._n
+        if n >= MAX_NONCE:
+            self._poisoned = True
+            raise DecryptError("Opener nonce exhausted")
+        try:
+            plaintext = _open(self._key, _pack_nonce(n), ad, ciphertext)
+        except ValueError:
+            # Noise lets a CipherState retry after a failed DECRYPT; a stream
+            # channel must not, or an attacker could probe it repeatedly.
+            self._poisoned = True
+            raise DecryptError(f"frame {n} failed authentication") from None
+        self._n = n + 1
+        self._until_rekey -= 1
+        if not self._until_rekey:
+            self._key = rekey(self._key)
+            self._until_rekey = self._interval
+        return plaintext
+
+    def __repr__(self) -> str:
+        state = " poisoned" if self._poisoned else ""
+        return f"<Opener nonce={self._n}{state}>"

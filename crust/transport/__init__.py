@@ -1,0 +1,13 @@
+"""crust's I/O shell: a selector reactor and TCP pumps.
+
+Nothing in this package knows crust's protocol; it moves bytes, runs timers
+and carries closures between threads.  Only ``crust.service`` puts it
+together with the engine (ARCHITECTURE.md §4).
+"""
+
+from __future__ import annotations
+
+from .reactor import Reactor, TimerHandle
+from .tcp import TcpListener, TcpStream
+
+__all__ = ["Reactor", "TimerHandle", "TcpListener", "TcpStream"]

@@ -1,0 +1,659 @@
+"""Non-blocking TCP pumps driven by the :class:`~crust.transport.reactor.Reactor`.
+
+``TcpListener`` accepts connections; ``TcpStream`` moves bytes over one.
+Neither knows anything about crust's protocol: bytes in, bytes out, plus
+three completions (``on_data``, ``on_sent``, ``on_closed``).  Everything here
+runs on the reactor thread, so no object in this module takes a lock.
+
+Theory of operation (TcpStream)
+-------------------------------
+*Writing.*  ``write()`` only appends to a deque and, the first time in a
+reactor turn, queues one flush with ``call_soon``; every write of the turn
+then leaves in one ``sendmsg()`` of up to ``_MAX_IOV`` buffers.  A partial
+send means the kernel's send buffer is full: the rest waits for
+``EVENT_WRITE``.  ``on_sent(n)`` reports each send syscall's byte count, which
+is how the layer above learns that its bytes reached the kernel.
+
+*Reading.*  On ``EVENT_READ`` the stream reads up to ``_RECV_SIZE`` bytes, up
+to ``_MAX_READS_PER_EVENT`` times while reads come back full, so one busy
+connection cannot starve the others.  ``b""`` is EOF.
+
+*Closing.*  The stream reaches ``closed`` once, by one of two doors:
+the owner's ``close()`` (never followed by ``on_closed``) or the network
+(EOF, error, connect failure or timeout: ``on_closed(err)`` exactly once).
+The socket is always unregistered from the reactor before its fd is closed.
+
+*Re-entrancy.*  Callbacks may call ``write()``, ``close()``, ``pause_reading()``
+on this or any stream.  Every loop re-checks ``_closed`` / ``_read_paused``
+after each callback, and ``_on_event`` ignores events that were already
+selected for a stream closed earlier in the same turn.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import socket
+from collections import deque
+from itertools import islice
+from typing import Any, Callable
+
+from ..errors import ListenerError
+from .reactor import Reactor, TimerHandle
+
+__all__ = ["TcpListener", "TcpStream"]
+
+logger = logging.getLogger("crust.transport")
+
+_RECV_SIZE = 256 * 1024  # bytes per recv(): large reads amortise Python's per-call cost
+_MAX_READS_PER_EVENT = 4  # recvs per readiness event, for fairness between streams
+_MAX_IOV = 512  # buffers per sendmsg(); Linux IOV_MAX is 1024
+_MAX_ACCEPTS_PER_EVENT = 64  # accepts per readiness event, for fairness
+_ACCEPT_RETRY_DELAY = 0.1  # seconds to stop accepting after running out of fds
+CLOSE_FLUSH_TIMEOUT = 5.0  # seconds close(flush=True) keeps trying to send queued bytes
+
+_EVENT_READ = selectors.EVENT_READ
+_EVENT_WRITE = selectors.EVENT_WRITE
+_POSIX = os.name == "posix"
+_CONNECT_IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN})
+# Running out of fds or kernel memory is not the peer's fault and lasts a
+# while; the listener stays readable meanwhile, so retrying at once would spin.
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+# _flush_state values
+_IDLE = 0  # nothing queued, or not connected yet
+_SCHEDULED = 1  # a flush is queued with call_soon, or running now
+_WAITING = 2  # the kernel buffer is full: waiting for EVENT_WRITE
+
+
+_SockAddr = tuple[Any, ...]  # (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6
+
+
+def _resolve(host: str, port: int, passive: bool) -> tuple[int, _SockAddr]:
+    """Turn an IP literal into (family, sockaddr) without ever touching DNS.
+
+    AI_NUMERICHOST makes getaddrinfo fail fast on a hostname instead of
+    blocking the reactor on a resolver; resolving names is the caller's job.
+    """
+    flags = socket.AI_NUMERICHOST | (socket.AI_PASSIVE if passive else 0)
+    infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, flags)
+    family, _type, _proto, _canon, sockaddr = infos[0]
+    return int(family), sockaddr
+
+
+def _host_port(sockaddr: _SockAddr) -> tuple[str, int]:
+    return (str(sockaddr[0]), int(sockaddr[1]))
+
+
+class TcpListener:
+    """A listening TCP socket that hands each accepted connection to ``on_accept``.
+
+    Create, use and close it on the reactor thread (or before the reactor starts).
+    """
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        host: str,
+        port: int,
+        on_accept: Callable[[socket.socket, tuple[str, int]], None],
+        backlog: int = 128,
+    ) -> None:
+        """Bind, listen and start accepting.
+
+        Args:
+            reactor: the reactor that will run ``on_accept``.
+            host: an IP literal to bind (``"0.0.0.0"``, ``"::"``, ``"127.0.0.1"``...).
+            port: the port; 0 lets the kernel pick (see :attr:`address`).
+            on_accept: called with each accepted socket (non-blocking, TCP_NODELAY
+                on) and the peer's ``(host, port)``.  It owns the socket from
+                that call on, even if it raises.
+            backlog: the kernel's accept queue length.
+
+        Raises:
+            ListenerError: the address is not an IP literal, or bind/listen failed
+                (port in use, no permission); the OSError is the ``__cause__``.
+        """
+        self._reactor = reactor
+        self._on_accept = on_accept
+        self._closed = False
+        self._retry_timer: TimerHandle | None = None
+        try:
+            family, sockaddr = _resolve(host, port, passive=True)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as err:
+            raise ListenerError(f"cannot listen on {host}:{port}: {err}") from err
+        try:
+            if _POSIX:
+                # POSIX: lets a restarted node rebind its port while old connections
+                # sit in TIME_WAIT; it still refuses a second live listener on Linux
+                # and the BSDs.  (On Windows the same flag would allow port hijacking,
+                # so it is left off there.)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+            reactor.register(sock, _EVENT_READ, self._on_readable)
+        except OSError as err:
+            sock.close()
+            raise ListenerError(f"cannot listen on {host}:{port}: {err}") from err
+        self._sock = sock
+        self._address = _host_port(sock.getsockname())
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``, with the port the kernel chose if 0 was asked."""
+        return self._address
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop accepting and close the socket.  Reactor thread only; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        self._reactor.unregister(self._sock)
+        self._sock.close()
+
+    def _on_readable(self, mask: int) -> None:
+        accept = self._sock.accept
+        for _ in range(_MAX_ACCEPTS_PER_EVENT):
+            if self._closed:  # on_accept may have closed us
+                return
+            try:
+                sock, addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno in _ACCEPT_RESOURCE_ERRORS:
+                    logger.error(
+                        "listener %s: accept failed (%s); pausing accepts for %.1f s",
+                        self._address, err, _ACCEPT_RETRY_DELAY,
+                    )
+                    self._reactor.unregister(self._sock)
+                    self._retry_timer = self._reactor.call_later(_ACCEPT_RETRY_DELAY, self._resume_accepting)
+                    return
+                # ECONNABORTED, EPROTO, EPERM (firewall): that connection died in
+                # the queue; the others are fine.
+                logger.warning("listener %s: accept failed: %s", self._address, err)
+                continue
+            try:
+                # socket.accept() returns a blocking socket whatever the listener is.
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as err:
+                logger.warning("listener %s: dropping connection from %s: %s", self._address, addr, err)
+                sock.close()
+                continue
+            try:
+                self._on_accept(sock, _host_port(addr))
+            except Exception:
+                logger.exception("listener %s: on_accept callback raised", self._address)
+
+    def _resume_accepting(self) -> None:
+        self._retry_timer = None
+        if not self._closed:
+            self._reactor.register(self._sock, _EVENT_READ, self._on_readable)
+
+
+class TcpStream:
+    """One TCP connection: a write queue with completions, and a read pump.
+
+    All methods are for the reactor thread.  See the module docstring for the
+    write, read and close paths.
+    """
+
+    __slots__ = (
+        "_reactor", "_sock", "_on_data", "_on_sent", "_on_closed", "_on_connected",
+        "_on_event_cb", "_flush_cb", "_buffers", "_pending", "_events", "_flush_state",
+        "_connected", "_closing", "_closed", "_read_paused", "_connect_timer",
+        "_close_timer", "_early_error", "_local", "_remote",
+    )
+
+    _reactor: Reactor
+    _sock: socket.socket
+    _on_data: Callable[[bytes], None]
+    _on_sent: Callable[[int], None]
+    _on_closed: Callable[[OSError | None], None]
+    _on_connected: Callable[[TcpStream], None] | None
+    _on_event_cb: Callable[[int], None]
+    _flush_cb: Callable[[], None]
+    _buffers: deque[bytes | memoryview]
+    _pending: int
+    _events: int
+    _flush_state: int
+    _connected: bool
+    _closing: bool
+    _closed: bool
+    _read_paused: bool
+    _connect_timer: TimerHandle | None
+    _close_timer: TimerHandle | None
+    _early_error: OSError | None
+    _local: tuple[str, int] | None
+    _remote: tuple[str, int] | None
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        sock: socket.socket,
+        *,
+        on_data: Callable[[bytes], None],
+        on_sent: Callable[[int], None],
+        on_closed: Callable[[OSError | None], None],
+    ) -> None:
+        """Wrap an already connected (e.g. accepted) socket and start reading at once.
+
+        Args:
+            reactor: the reactor that runs the callbacks.
+            sock: a connected TCP socket; the stream owns and closes it.
+            on_data: called with each chunk received.
+            on_sent: called with the byte count of each send that reached the kernel.
+            on_closed: called once if the network ends the stream: ``None`` on EOF,
+                the OSError otherwise.  Not called after :meth:`close`.
+        """
+        self._init(reactor, on_data, on_sent, on_closed)
+        self._sock = sock
+        sock.setblocking(False)
+        self._connected = True
+        try:
+            self._local = _host_port(sock.getsockname())
+            self._remote = _host_port(sock.getpeername())
+        except OSError:
+            pass  # reset before we got here; the first recv reports it
+        self._update_events()
+
+    def _init(
+        self,
+        reactor: Reactor,
+        on_data: Callable[[bytes], None],
+        on_sent: Callable[[int], None],
+        on_closed: Callable[[OSError | None], None],
+    ) -> None:
+        self._reactor = reactor
+        self._on_data = on_data
+        self._on_sent = on_sent
+        self._on_closed = on_closed
+        self._on_connected = None
+        # Bound once: the reactor and call_soon would otherwise get a new
+        # bound-method object on every registration and flush.
+        self._on_event_cb = self._on_event
+        self._flush_cb = self._flush
+        # Reactor-thread only, like everything here: no lock.
+        self._buffers = deque()
+        self._pending = 0
+        self._events = 0  # what the reactor currently watches for us
+        self._flush_state = _IDLE
+        self._connected = False
+        self._closing = False  # close(flush=True) is sending the last bytes
+        self._closed = False
+        self._read_paused = False
+        self._connect_timer = None
+        self._close_timer = None
+        self._early_error = None
+        self._local = None
+        self._remote = None
+
+    @classmethod
+    def connect(
+        cls,
+        reactor: Reactor,
+        host: str,
+        port: int,
+        *,
+        on_connected: Callable[[TcpStream], None],
+        on_data: Callable[[bytes], None],
+        on_sent: Callable[[int], None],
+        on_closed: Callable[[OSError | None], None],
+        timeout: float | None = None,
+        local_address: tuple[str, int] | None = None,
+    ) -> TcpStream:
+        """Start a non-blocking connect to ``host:port``.  Reactor thread only.
+
+        Exactly one of ``on_connected(stream)`` or ``on_closed(err)`` follows,
+        never before this method returns (unless the stream is closed first).
+        Writes made before the connection is up are sent once it is.
+
+        Args:
+            reactor: the reactor that runs the callbacks.
+            host: an IP literal (a hostname fails with ``socket.gaierror``;
+                resolve it first, off the reactor thread).
+            port: the TCP port.
+            on_connected: called when the connection is established.
+            on_data: as for ``TcpStream()``.
+            on_sent: as for ``TcpStream()``.
+            on_closed: as for ``TcpStream()``; also gets the connect failure
+                (e.g. ``ConnectionRefusedError``) or ``TimeoutError``.
+            timeout: seconds to wait for the connection; None waits for the kernel.
+            local_address: ``(host, port)`` to bind before connecting.
+
+        Returns:
+            The stream, not yet connected.
+        """
+        self = cls.__new__(cls)
+        self._init(reactor, on_data, on_sent, on_closed)
+        self._on_connected = on_connected
+        try:
+            family, sockaddr = _resolve(host, port, passive=False)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as err:
+            # No socket exists: _closed keeps every method away from self._sock.
+            self._fail_early(err)
+            return self
+        self._sock = sock
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if local_address is not None:
+                if _POSIX:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(local_address)
+            code = sock.connect_ex(sockaddr)
+            if code not in _CONNECT_IN_PROGRESS:
+                raise OSError(code, os.strerror(code))
+        except OSError as err:
+            sock.close()
+            self._fail_early(err)
+            return self
+        try:
+            # The kernel picked our port during connect(): known before the peer answers.
+            self._local = _host_port(sock.getsockname())
+        except OSError:
+            pass
+        # Writable means the connect finished, one way or the other (SO_ERROR says which).
+        self._update_events()
+        if timeout is not None:
+            self._connect_timer = reactor.call_later(timeout, self._on_connect_timeout)
+        return self
+
+    # -- public API ---------------------------------------------------------------------
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes written but not yet accepted by the kernel."""
+        return self._pending
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """Our ``(host, port)``; None only if ``connect()`` failed before it had a socket."""
+        return self._local
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The peer's ``(host, port)``; None until a connect completes."""
+        return self._remote
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called or ``on_closed`` fired."""
+        return self._closed or self._closing
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` to be sent.  Cheap: the flush happens once per reactor turn.
+
+        ``data`` must not be mutated afterwards (it is sent without a copy).
+        Writes to a closed or closing stream are ignored: its owner closed it,
+        or has been told through ``on_closed``.
+        """
+        if self._closed or self._closing or not data:
+            return
+        self._buffers.append(data)
+        self._pending += len(data)
+        if self._flush_state == _IDLE and self._connected:
+            self._flush_state = _SCHEDULED
+            self._reactor.call_soon(self._flush_cb)
+
+    def pause_reading(self) -> None:
+        """Stop reading (and calling ``on_data``) until :meth:`resume_reading`; writes go on."""
+        if not self._closed and not self._read_paused:
+            self._read_paused = True
+            self._update_events()
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+        if not self._closed and self._read_paused:
+            self._read_paused = False
+            self._update_events()
+
+    def close(self, flush: bool = True) -> None:
+        """Close the stream locally; ``on_closed`` is not called afterwards.  Idempotent.
+
+        Args:
+            flush: True stops reading, sends what is queued (giving up after
+                ``CLOSE_FLUSH_TIMEOUT`` seconds), then sends FIN and closes.
+                False closes at once, dropping queued bytes; it also cuts short
+                an earlier ``close(flush=True)``.
+        """
+        if self._closed:
+            self._early_error = None  # a connect failure not yet reported stays unreported
+            return
+        if not flush:
+            self._close_now()
+            return
+        if self._closing:
+            return
+        self._closing = True
+        if not self._buffers:
+            if self._connected:
+                self._finish_close()
+            else:
+                self._close_now()  # nothing to say: no reason to finish connecting
+            return
+        self._close_timer = self._reactor.call_later(CLOSE_FLUSH_TIMEOUT, self._give_up_flush)
+        self._update_events()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "closing" if self._closing else (
+            "connected" if self._connected else "connecting")
+        return f"<TcpStream {state} {self._local}->{self._remote} pending={self._pending}>"
+
+    # -- event handling -----------------------------------------------------------------
+
+    def _on_event(self, mask: int) -> None:
+        if self._closed:
+            return  # selected in this turn before something closed us
+        if mask & _EVENT_WRITE:
+            if not self._connected:
+                self._finish_connect()
+                return
+            if self._flush_state == _WAITING:
+                self._flush()
+                if self._closed:
+                    return
+        if mask & _EVENT_READ and not self._read_paused and not self._closing:
+            self._read()
+
+    def _read(self) -> None:
+        recv = self._sock.recv
+        for _ in range(_MAX_READS_PER_EVENT):
+            try:
+                data = recv(_RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                self._fail(err)
+                return
+            if not data:
+                self._fail(None)  # EOF
+                return
+            self._on_data(data)
+            # on_data may have closed or paused us; a short read means the queue is empty.
+            if self._closed or self._read_paused or self._closing or len(data) < _RECV_SIZE:
+                return
+
+    def _flush(self) -> None:
+        if self._closed:
+            return
+        # Writes made by on_sent below only append: this loop picks them up.
+        self._flush_state = _SCHEDULED
+        buffers = self._buffers
+        sock = self._sock
+        while buffers:
+            try:
+                if len(buffers) == 1:
+                    offered = 1
+                    sent = sock.send(buffers[0])
+                else:
+                    batch = list(islice(buffers, _MAX_IOV))
+                    offered = len(batch)
+                    sent = sock.sendmsg(batch)
+            except BlockingIOError:
+                self._wait_writable()
+                return
+            except OSError as err:
+                self._fail(err)
+                return
+            self._pending -= sent
+            complete = self._consume(sent, offered)
+            self._on_sent(sent)
+            if self._closed:
+                return
+            if not complete:
+                # The kernel took less than offered: its buffer is full, and
+                # another send now would only fail with EAGAIN.
+                self._wait_writable()
+                return
+        self._flush_state = _IDLE
+        if self._closing:
+            self._finish_close()
+        elif self._events & _EVENT_WRITE:
+            self._update_events()
+
+    def _consume(self, sent: int, offered: int) -> bool:
+        """Drop ``sent`` bytes from the queue's head; True if all ``offered`` buffers went."""
+        buffers = self._buffers
+        done = 0
+        while sent:
+            head = buffers[0]
+            size = len(head)
+            if size <= sent:
+                buffers.popleft()
+                sent -= size
+                done += 1
+            else:
+                # Keep the unsent tail without copying it.
+                buffers[0] = memoryview(head)[sent:]
+                return False
+        return done == offered
+
+    def _wait_writable(self) -> None:
+        self._flush_state = _WAITING
+        self._update_events()
+
+    def _finish_connect(self) -> None:
+        code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            # OSError(errno, ...) builds the matching subclass (ConnectionRefusedError...).
+            self._fail(OSError(code, os.strerror(code)))
+            return
+        try:
+            self._local = _host_port(self._sock.getsockname())
+            self._remote = _host_port(self._sock.getpeername())
+        except OSError as err:
+            self._fail(err)
+            return
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+        self._connected = True
+        if self._buffers:
+            self._flush_state = _SCHEDULED
+            self._reactor.call_soon(self._flush_cb)
+        self._update_events()
+        if not self._closing and self._on_connected is not None:
+            self._on_connected(self)
+
+    def _on_connect_timeout(self) -> None:
+        self._connect_timer = None
+        if not self._connected:
+            self._fail(TimeoutError(errno.ETIMEDOUT, "TCP connect timed out"))
+
+    def _give_up_flush(self) -> None:
+        self._close_timer = None
+        logger.warning("%r: gave up flushing after %.1f s", self, CLOSE_FLUSH_TIMEOUT)
+        self._close_now()
+
+    # -- registration and teardown ------------------------------------------------------
+
+    def _update_events(self) -> None:
+        if self._closed:
+            return
+        if not self._connected:
+            events = _EVENT_WRITE
+        else:
+            events = 0 if self._read_paused or self._closing else _EVENT_READ
+            if self._flush_state == _WAITING:
+                events |= _EVENT_WRITE
+        current = self._events
+        if events == current:
+            return
+        if current == 0:
+            self._reactor.register(self._sock, events, self._on_event_cb)
+        elif events == 0:
+            self._reactor.unregister(self._sock)
+        else:
+            self._reactor.modify(self._sock, events, self._on_event_cb)
+        self._events = events
+
+    def _fail(self, err: OSError | None) -> None:
+        """The network ended the stream: close, and tell the owner unless it closed first."""
+        if self._closed:
+            return
+        notify = not self._closing
+        self._close_now()
+        if notify:
+            self._on_closed(err)
+
+    def _fail_early(self, err: OSError) -> None:
+        # Reported on the next "soon" phase, so the caller of connect() gets its
+        # stream object before it hears that the stream failed.
+        self._closed = True
+        self._early_error = err
+        self._reactor.call_soon(self._report_early_error)
+
+    def _report_early_error(self) -> None:
+        err = self._early_error
+        if err is not None:
+            self._early_error = None
+            self._on_closed(err)
+
+    def _finish_close(self) -> None:
+        sock = self._sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the peer is already gone: nothing left to deliver
+        # Linux answers close() with RST instead of FIN when unread bytes sit in
+        # the receive queue (tcp_close: "data_was_unread"), and that RST throws
+        # away what we just queued.  Discard what has arrived; bounded, since a
+        # peer that keeps sending gets its RST anyway.
+        try:
+            for _ in range(_MAX_READS_PER_EVENT):
+                if len(sock.recv(_RECV_SIZE)) < _RECV_SIZE:
+                    break
+        except OSError:
+            pass
+        self._close_now()
+
+    def _close_now(self) -> None:
+        self._closed = True
+        self._closing = False
+        for timer in (self._connect_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._connect_timer = self._close_timer = None
+        self._buffers.clear()
+        self._pending = 0
+        # Unregister before close: a closed fd number can be reused at once by
+        # a new socket, which must not inherit our registration.
+        if self._events:
+            self._reactor.unregister(self._sock)
+            self._events = 0
+        self._sock.close()

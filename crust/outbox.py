@@ -1,0 +1,157 @@
+"""Outbox: one peer's outbound queues, one per priority, drained into frames.
+
+Theory of operation.  ``send()`` appends a message to the queue of its
+priority.  Whenever the connection can take another frame, :meth:`fill`
+builds one: queued control records first, then chunks of data messages
+from the highest priority (0) down, until the frame is full.  Because
+every frame starts again from the top priority, a priority-0 message waits
+for at most one frame (≤ 64 KiB) behind a half-sent 2 MiB message of a
+lower priority — the original crust made it wait for the whole message.
+
+Messages with ``priority >= DROP_PRIORITY`` may be discarded: when they
+have waited longer than ``drop_after`` seconds, or when their queue would
+exceed ``queue_limit`` bytes.  A message whose first chunk has been sent is
+never dropped (the peer would be left with half a message).  Lower
+priorities are never dropped; the Service blocks ``send()`` instead.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from typing import Callable
+
+from .channel import data_record_header
+
+__all__ = ["Outbox", "DROP_PRIORITY"]
+
+DROP_PRIORITY = 2  # the original's MSG_DROP_PRIORITY
+_DATA_HEADER_SIZE = 7  # bytes: record type, length, priority, flags
+
+
+class _Queued:
+    __slots__ = ("data", "offset", "queued_at")
+
+    def __init__(self, data: bytes, queued_at: float) -> None:
+        self.data = data
+        self.offset = 0
+        self.queued_at = queued_at
+
+
+class Outbox:
+    """Per-priority FIFO queues with strict-priority, chunked frame filling."""
+
+    __slots__ = ("_queues", "_active", "_control", "_bytes", "_limit", "_drop_after")
+
+    def __init__(self, *, queue_limit: int, drop_after: float) -> None:
+        self._queues: dict[int, deque[_Queued]] = {}
+        self._active: list[int] = []  # sorted priorities with queued messages
+        self._control: deque[bytes] = deque()
+        self._bytes: dict[int, int] = {}  # priority -> unsent bytes queued
+        self._limit = queue_limit
+        self._drop_after = drop_after
+
+    def __bool__(self) -> bool:
+        return bool(self._active or self._control)
+
+    def queued_bytes(self, priority: int) -> int:
+        """Unsent bytes queued at ``priority``."""
+        return self._bytes.get(priority, 0)
+
+    def push_control(self, record: bytes) -> None:
+        """Queue an encoded control record; it goes out ahead of all data."""
+        self._control.append(record)
+
+    def push(self, priority: int, data: bytes, now: float) -> int:
+        """Queue one message; returns how many droppable messages were discarded to make room."""
+        queue = self._queues.get(priority)
+        if queue is None:
+            queue = self._queues[priority] = deque()
+            bisect.insort(self._active, priority)
+        queue.append(_Queued(data, now))
+        total = self._bytes[priority] = self._bytes.get(priority, 0) + len(data)
+        if priority < DROP_PRIORITY or total <= self._limit:
+            return 0
+        return self._drop(priority, lambda item: self._bytes[priority] > self._limit)
+
+    def _drop(self, priority: int, should_drop: Callable[[_Queued], bool]) -> int:
+        queue = self._queues[priority]
+        kept: deque[_Queued] = deque()
+        dropped = 0
+        for item in queue:
+            if item.offset == 0 and should_drop(item):
+                self._bytes[priority] -= len(item.data)
+                dropped += 1
+            else:
+                kept.append(item)
+        self._queues[priority] = kept
+        if not kept:
+            self._forget(priority)
+        return dropped
+
+    def _forget(self, priority: int) -> None:
+        del self._queues[priority]
+        self._active.remove(priority)
+        self._bytes.pop(priority, None)
+
+    def expire(self, now: float) -> list[tuple[int, int]]:
+        """Discard droppable messages older than ``drop_after``: ``[(priority, count), ...]``."""
+        cutoff = now - self._drop_after
+        report = []
+        for priority in [p for p in self._active if p >= DROP_PRIORITY]:
+            count = self._drop(priority, lambda item: item.queued_at <= cutoff)
+            if count:
+                report.append((priority, count))
+        return report
+
+    def next_expiry(self) -> float | None:
+        """When the oldest unsent droppable message expires, if any."""
+        soonest: float | None = None
+        for priority in self._active:
+            if priority < DROP_PRIORITY:
+                continue
+            for item in self._queues[priority]:
+                if item.offset == 0:  # queues are FIFO: the first unsent one is the oldest
+                    deadline = item.queued_at + self._drop_after
+                    if soonest is None or deadline < soonest:
+                        soonest = deadline
+                    break
+        return soonest
+
+    def fill(self, capacity: int) -> tuple[list[bytes | memoryview], list[tuple[int, int]]]:
+        """Record pieces for one frame of at most ``capacity`` bytes, and ``(priority, bytes)`` released.
+
+        Control records always go first; at least one is taken even if it is
+        larger than ``capacity`` (they are tiny; this only guards liveness).
+        """
+        pieces: list[bytes | memoryview] = []
+        used = 0
+        control = self._control
+        while control and (not pieces or used + len(control[0]) <= capacity):
+            record = control.popleft()
+            pieces.append(record)
+            used += len(record)
+        released: list[tuple[int, int]] = []
+        for priority in list(self._active):
+            if used + _DATA_HEADER_SIZE >= capacity:
+                break
+            queue = self._queues[priority]
+            sent = 0
+            while queue and used + _DATA_HEADER_SIZE < capacity:
+                item = queue[0]
+                remaining = len(item.data) - item.offset
+                n = min(capacity - used - _DATA_HEADER_SIZE, remaining)
+                last = n == remaining
+                pieces.append(data_record_header(priority, n, last))
+                pieces.append(item.data if (item.offset == 0 and last) else memoryview(item.data)[item.offset:item.offset + n])
+                used += _DATA_HEADER_SIZE + n
+                sent += n
+                item.offset += n
+                if last:
+                    queue.popleft()
+            if sent:
+                released.append((priority, sent))
+                self._bytes[priority] -= sent
+            if not queue:
+                self._forget(priority)
+        return pieces, released

@@ -1,0 +1,1 @@
+"""Sans-IO codecs: byte primitives, frame boundaries and crust's message table."""

@@ -1,0 +1,127 @@
+"""Frame boundaries on a byte stream, found incrementally.
+
+Two frame shapes share one decoder:
+
+* transport frames, ``u32 length ‖ ciphertext`` (PROTOCOL.md §4), and
+* handshake messages, ``u8 type ‖ u16 length ‖ body`` (PROTOCOL.md §3).
+
+The length is checked against the limit *before* any byte of the body is
+buffered for it, so a peer announcing 2^31 bytes costs us four bytes, not
+two gigabytes.  Bytes are consumed from a ``bytearray`` with a read offset
+that is compacted only once it passes half the buffer, which keeps both
+one-chunk and byte-at-a-time feeding linear.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..errors import RemoteProtocolError
+
+__all__ = ["FrameDecoder", "HandshakeDecoder", "encode_frame", "encode_handshake_message", "FRAME_HEADER_SIZE"]
+
+_FRAME_HEADER = struct.Struct(">I")
+_HANDSHAKE_HEADER = struct.Struct(">BH")
+FRAME_HEADER_SIZE = _FRAME_HEADER.size
+
+
+class _Decoder:
+    __slots__ = ("_buf", "_pos", "_max", "_closed")
+
+    def __init__(self, max_size: int) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._max = max_size
+        self._closed = False
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes read from the stream."""
+        if self._pos and self._pos * 2 >= len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned in a frame."""
+        return len(self._buf) - self._pos
+
+    def take_rest(self) -> bytes:
+        """Hand over every unconsumed byte (the handshake's trailing data)."""
+        rest = bytes(self._buf[self._pos:])
+        self._buf.clear()
+        self._pos = 0
+        return rest
+
+    def _fail(self, msg: str) -> RemoteProtocolError:
+        self._closed = True  # poisoned: the stream's boundaries can no longer be trusted
+        return RemoteProtocolError(msg)
+
+
+class FrameDecoder(_Decoder):
+    """Splits ``u32 length ‖ body`` frames; a length above ``max_size`` is a remote error."""
+
+    __slots__ = ()
+
+    def next_frame(self) -> bytes | None:
+        """The next whole frame body, or ``None`` until more bytes arrive.
+
+        Raises:
+            RemoteProtocolError: an announced length exceeds the limit (the decoder stays failed).
+        """
+        if self._closed:
+            raise RemoteProtocolError("frame decoder already failed")
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 4:
+            return None
+        (length,) = _FRAME_HEADER.unpack_from(buf, pos)
+        if length > self._max:
+            raise self._fail(f"frame of {length} bytes exceeds the {self._max}-byte limit")
+        end = pos + 4 + length
+        if len(buf) < end:
+            return None
+        self._pos = end
+        return bytes(buf[pos + 4:end])
+
+    def frames(self) -> list[bytes]:
+        """Every whole frame now buffered (see :meth:`next_frame`)."""
+        out = []
+        while (frame := self.next_frame()) is not None:
+            out.append(frame)
+        return out
+
+
+class HandshakeDecoder(_Decoder):
+    """Splits ``u8 type ‖ u16 length ‖ body`` handshake messages."""
+
+    __slots__ = ()
+
+    def next_message(self) -> tuple[int, bytes] | None:
+        """The next ``(type, body)``, or ``None`` until more bytes arrive.
+
+        Raises:
+            RemoteProtocolError: an announced length exceeds the limit.
+        """
+        if self._closed:
+            raise RemoteProtocolError("handshake decoder already failed")
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 3:
+            return None
+        kind, length = _HANDSHAKE_HEADER.unpack_from(buf, pos)
+        if length > self._max:
+            raise self._fail(f"handshake message of {length} bytes exceeds the {self._max}-byte limit")
+        end = pos + 3 + length
+        if len(buf) < end:
+            return None
+        self._pos = end
+        return kind, bytes(buf[pos + 3:end])
+
+
+def encode_frame(body: bytes) -> bytes:
+    """``u32 length ‖ body``."""
+    return _FRAME_HEADER.pack(len(body)) + body
+
+
+def encode_handshake_message(kind: int, body: bytes) -> bytes:
+    """``u8 kind ‖ u16 length ‖ body``."""
+    return _HANDSHAKE_HEADER.pack(kind, len(body)) + body

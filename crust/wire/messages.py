@@ -1,0 +1,304 @@
+"""crust's messages inside the secure channel: one frozen dataclass each, one table.
+
+A decrypted frame is a sequence of records, ``u8 type ‖ u32 length ‖ body``
+(PROTOCOL.md §4; layout in docs/protocol.md).  Adding a message is one
+dataclass, one pull/push pair and one row in ``_TABLE``.
+
+``Data`` records carry chunks of application messages: ``u8 priority ‖ u8
+flags ‖ chunk``, with ``LAST`` set on a message's final chunk.  The channel
+parses them on its hot path with ``struct`` directly; this module only
+defines their layout.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from ..errors import BufferReadError, RemoteProtocolError
+from ..ids import CrustUser, Endpoint
+from .buffer import Buffer
+
+__all__ = [
+    "MessageType",
+    "DenyReason",
+    "GoodbyeReason",
+    "Heartbeat",
+    "Goodbye",
+    "BootstrapRequest",
+    "BootstrapGranted",
+    "BootstrapDenied",
+    "EchoAddrReq",
+    "EchoAddrResp",
+    "ConnectRequest",
+    "ChooseConnection",
+    "Data",
+    "Message",
+    "RECORD_HEADER",
+    "DATA_HEADER",
+    "DATA_LAST",
+    "encode_record",
+    "decode_record",
+    "MAX_LISTENERS",
+    "CONNECT_TOKEN_SIZE",
+]
+
+RECORD_HEADER = struct.Struct(">BI")  # type, body length
+DATA_HEADER = struct.Struct(">BIBB")  # type, body length, priority, flags: a whole Data record header
+DATA_LAST = 0x01  # flag: this chunk ends its message
+MAX_LISTENERS = 32  # endpoints a BootstrapRequest may carry
+CONNECT_TOKEN_SIZE = 16  # bytes
+
+
+class MessageType(enum.IntEnum):
+    """The record type byte."""
+
+    HEARTBEAT = 1
+    GOODBYE = 2
+    BOOTSTRAP_REQUEST = 3
+    BOOTSTRAP_GRANTED = 4
+    BOOTSTRAP_DENIED = 5
+    ECHO_ADDR_REQ = 6
+    ECHO_ADDR_RESP = 7
+    CONNECT_REQUEST = 8
+    CHOOSE_CONNECTION = 9
+    DATA = 10
+
+
+class DenyReason(enum.IntEnum):
+    """Why a bootstrap was refused (the original's four, plus ours)."""
+
+    NETWORK_MISMATCH = 1
+    FAILED_EXTERNAL_REACHABILITY = 2
+    NODE_NOT_WHITELISTED = 3
+    CLIENT_NOT_WHITELISTED = 4
+    NOT_ACCEPTING = 5
+    BANNED = 6
+    ALREADY_CONNECTED = 7
+    TOO_MANY_PEERS = 8
+
+
+class GoodbyeReason(enum.IntEnum):
+    """Why a peer closed an established connection."""
+
+    CLOSED = 1  # disconnect() or Service.close()
+    DUPLICATE = 2  # another connection to the same peer won
+    PROTOCOL = 3
+    BANNED = 4
+    NOT_WHITELISTED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Liveness probe; ``echo`` marks the answer to probe ``seq`` (gives us the RTT)."""
+
+    seq: int
+    echo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """The sender is closing this connection on purpose."""
+
+    reason: GoodbyeReason
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapRequest:
+    """Asks to join the network through the receiver as ``user``, listing our listeners."""
+
+    user: CrustUser
+    listeners: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapGranted:
+    """The bootstrap was accepted: the connection is now an established peer link."""
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapDenied:
+    """The bootstrap was refused; the connection closes after this."""
+
+    reason: DenyReason
+
+
+@dataclass(frozen=True, slots=True)
+class EchoAddrReq:
+    """Asks the receiver which address our packets come from (peer STUN)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EchoAddrResp:
+    """The address the receiver sees us at."""
+
+    addr: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """Opens a rendezvous connect; ``token`` ties it to swapped connection info."""
+
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChooseConnection:
+    """Sent by the greater PeerId on the one candidate connection that survives."""
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """One chunk of an application message."""
+
+    priority: int
+    chunk: bytes
+    last: bool = True
+
+
+Message = Union[Heartbeat, Goodbye, BootstrapRequest, BootstrapGranted, BootstrapDenied, EchoAddrReq,
+                EchoAddrResp, ConnectRequest, ChooseConnection, Data]
+
+
+# -- pull/push pairs -----------------------------------------------------------
+
+def _pull_enum(buf: Buffer, kind: type[enum.IntEnum]) -> enum.IntEnum:
+    value = buf.pull_uint8()
+    try:
+        return kind(value)
+    except ValueError:
+        raise BufferReadError(f"unknown {kind.__name__} {value}") from None
+
+
+def _pull_heartbeat(buf: Buffer) -> Heartbeat:
+    seq = buf.pull_uint32()
+    echo = buf.pull_uint8()
+    if echo > 1:
+        raise BufferReadError("heartbeat echo flag must be 0 or 1")
+    return Heartbeat(seq, bool(echo))
+
+
+def _push_heartbeat(buf: Buffer, msg: Heartbeat) -> None:
+    buf.push_uint32(msg.seq)
+    buf.push_uint8(int(msg.echo))
+
+
+def _pull_goodbye(buf: Buffer) -> Goodbye:
+    return Goodbye(GoodbyeReason(_pull_enum(buf, GoodbyeReason)))
+
+
+def _push_goodbye(buf: Buffer, msg: Goodbye) -> None:
+    buf.push_uint8(msg.reason)
+
+
+_USER_CODES = {CrustUser.NODE: 0, CrustUser.CLIENT: 1}
+_USERS = {code: user for user, code in _USER_CODES.items()}
+
+
+def _pull_bootstrap_request(buf: Buffer) -> BootstrapRequest:
+    user = _USERS.get(buf.pull_uint8())
+    if user is None:
+        raise BufferReadError("unknown CrustUser code")
+    count = buf.pull_uint8()
+    if count > MAX_LISTENERS:
+        raise BufferReadError(f"BootstrapRequest lists {count} listeners, at most {MAX_LISTENERS} allowed")
+    return BootstrapRequest(user, tuple(buf.pull_endpoint() for _ in range(count)))
+
+
+def _push_bootstrap_request(buf: Buffer, msg: BootstrapRequest) -> None:
+    buf.push_uint8(_USER_CODES[msg.user])
+    listeners = msg.listeners[:MAX_LISTENERS]
+    buf.push_uint8(len(listeners))
+    for endpoint in listeners:
+        buf.push_endpoint(endpoint)
+
+
+def _pull_denied(buf: Buffer) -> BootstrapDenied:
+    return BootstrapDenied(DenyReason(_pull_enum(buf, DenyReason)))
+
+
+def _push_denied(buf: Buffer, msg: BootstrapDenied) -> None:
+    buf.push_uint8(msg.reason)
+
+
+def _pull_echo_resp(buf: Buffer) -> EchoAddrResp:
+    return EchoAddrResp(buf.pull_endpoint())
+
+
+def _push_echo_resp(buf: Buffer, msg: EchoAddrResp) -> None:
+    buf.push_endpoint(msg.addr)
+
+
+def _pull_connect_request(buf: Buffer) -> ConnectRequest:
+    return ConnectRequest(buf.pull_bytes(CONNECT_TOKEN_SIZE))
+
+
+def _push_connect_request(buf: Buffer, msg: ConnectRequest) -> None:
+    if len(msg.token) != CONNECT_TOKEN_SIZE:
+        raise ValueError(f"connect token must be {CONNECT_TOKEN_SIZE} bytes")
+    buf.push_bytes(msg.token)
+
+
+def _pull_data(buf: Buffer) -> Data:
+    priority = buf.pull_uint8()
+    flags = buf.pull_uint8()
+    if flags & ~DATA_LAST:
+        raise BufferReadError(f"unknown Data flags {flags:#x}")
+    return Data(priority, buf.pull_rest(), bool(flags & DATA_LAST))
+
+
+def _push_data(buf: Buffer, msg: Data) -> None:
+    buf.push_uint8(msg.priority)
+    buf.push_uint8(DATA_LAST if msg.last else 0)
+    buf.push_bytes(msg.chunk)
+
+
+def _empty(cls: type) -> tuple[Callable[[Buffer], object], Callable[[Buffer, object], None]]:
+    return (lambda buf: cls()), (lambda buf, msg: None)
+
+
+_Pull = Callable[[Buffer], object]
+_Push = Callable[[Buffer, object], None]
+
+# The one table (aioquic's frame table): type -> (class, pull, push).
+_TABLE: dict[MessageType, tuple[type, _Pull, _Push]] = {
+    MessageType.HEARTBEAT: (Heartbeat, _pull_heartbeat, _push_heartbeat),  # type: ignore[dict-item]
+    MessageType.GOODBYE: (Goodbye, _pull_goodbye, _push_goodbye),  # type: ignore[dict-item]
+    MessageType.BOOTSTRAP_REQUEST: (BootstrapRequest, _pull_bootstrap_request, _push_bootstrap_request),  # type: ignore[dict-item]
+    MessageType.BOOTSTRAP_GRANTED: (BootstrapGranted, *_empty(BootstrapGranted)),
+    MessageType.BOOTSTRAP_DENIED: (BootstrapDenied, _pull_denied, _push_denied),  # type: ignore[dict-item]
+    MessageType.ECHO_ADDR_REQ: (EchoAddrReq, *_empty(EchoAddrReq)),
+    MessageType.ECHO_ADDR_RESP: (EchoAddrResp, _pull_echo_resp, _push_echo_resp),  # type: ignore[dict-item]
+    MessageType.CONNECT_REQUEST: (ConnectRequest, _pull_connect_request, _push_connect_request),  # type: ignore[dict-item]
+    MessageType.CHOOSE_CONNECTION: (ChooseConnection, *_empty(ChooseConnection)),
+    MessageType.DATA: (Data, _pull_data, _push_data),  # type: ignore[dict-item]
+}
+_TYPE_OF: dict[type, MessageType] = {cls: kind for kind, (cls, _, _) in _TABLE.items()}
+
+
+def encode_record(msg: Message) -> bytes:
+    """``u8 type ‖ u32 length ‖ body`` for one message."""
+    kind = _TYPE_OF[type(msg)]
+    buf = Buffer()
+    _TABLE[kind][2](buf, msg)
+    body = buf.data()
+    return RECORD_HEADER.pack(kind, len(body)) + body
+
+
+def decode_record(kind: int, body: bytes | memoryview) -> Message:
+    """The message of type ``kind`` whose body is exactly ``body``.
+
+    Raises:
+        RemoteProtocolError: unknown type, short body or trailing bytes.
+    """
+    try:
+        entry = _TABLE[MessageType(kind)]
+    except ValueError:
+        raise RemoteProtocolError(f"unknown message type {kind}") from None
+    buf = Buffer(body)
+    msg = entry[1](buf)
+    if not buf.eof():
+        raise RemoteProtocolError(f"{buf.remaining} stray bytes after {MessageType(kind).name}")
+    return msg  # type: ignore[return-value]

@@ -118,6 +118,17 @@ class Outbox:
                     break
         return soonest
 
+    def restart_partial(self) -> None:
+        """Send half-sent messages again from their first byte (the peer moved to a new connection).
+
+        The receiver's reassembly state died with the old connection's
+        channel, so a message cut in the middle must start over.
+        """
+        for priority, queue in self._queues.items():
+            if queue and queue[0].offset:
+                self._bytes[priority] += queue[0].offset
+                queue[0].offset = 0
+
     def fill(self, capacity: int) -> tuple[list[bytes | memoryview], list[tuple[int, int]]]:
         """Record pieces for one frame of at most ``capacity`` bytes, and ``(priority, bytes)`` released.
 

@@ -1,0 +1,735 @@
+"""Engine: the whole node as one sans-IO state machine (ARCHITECTURE.md §1.3).
+
+Theory of operation.  Three kinds of input drive the engine, as in
+aioquic's ``QuicConnection``:
+
+* user commands: :meth:`start_bootstrap`, :meth:`send`, :meth:`disconnect`,
+  :meth:`ban`, :meth:`close`;
+* I/O completions from the shell: :meth:`handle_accepted`,
+  :meth:`handle_connected`, :meth:`receive_data`, :meth:`handle_sent`,
+  :meth:`handle_closed`, :meth:`reading_paused`;
+* the clock: :meth:`handle_timer` whenever :meth:`get_timer` comes due.
+
+Every call may queue effects (:meth:`take_effects`: Dial, Write, Close,
+SendCredit) and events (:meth:`take_events`).  Nothing here touches a
+socket, a thread or the clock; ``now`` is always a parameter.
+
+A connection (``_Conn``) runs the secure handshake, then the exchange
+(``handshake.states.EXCHANGE``): the initiator asks for a bootstrap, the
+responder grants or denies.  A granted connection carries a peer
+(``_Peer``): an outbox of queued messages, liveness and RTT.  The peer, not
+the connection, owns the outbox, so when two connections to the same peer
+race (both sides bootstrap off each other at once), one is dropped and the
+queued messages simply flow over the survivor.  The survivor is the
+connection initiated by the greater PeerId; both sides compute the same
+answer without talking about it.
+
+Writes are paced by a window: at most ``WRITE_WINDOW`` bytes of sealed
+frames may sit in the shell's buffer per connection; the rest waits in the
+outbox, where priorities still apply.  Each frame is filled with as many
+queued messages as fit, so small messages cost one AEAD call per 64 KiB,
+not one each (the issue's performance design).
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import logging
+from collections import OrderedDict
+from typing import Iterable, Sequence
+
+from .bootstrap.policy import Bootstrapper
+from .channel import MAX_FRAME_PLAINTEXT, SecureChannel
+from .config import Config
+from .crypto.keys import KeyPair
+from .effects import Close, Dial, Effect, SendCredit, Write
+from .errors import HandshakeError, LocalProtocolError, PeerNotFound, RemoteProtocolError
+from .events import BootstrapFinished, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
+from .handshake.secure import SecureHandshake
+from .handshake.states import EXCHANGE, ExchangeState, Role, transition
+from .ids import ConnId, Contact, CrustUser, Endpoint, PeerId, name_hash
+from .outbox import Outbox
+from .wire.messages import (
+    BootstrapDenied, BootstrapGranted, BootstrapRequest, Data, DenyReason, EchoAddrReq, EchoAddrResp, Goodbye,
+    GoodbyeReason, Heartbeat, Message, encode_record,
+)
+
+__all__ = ["Engine", "WRITE_WINDOW"]
+
+log = logging.getLogger("crust")
+
+WRITE_WINDOW = 512 * 1024  # bytes of sealed frames handed to the shell but not yet in the kernel
+_RTT_GAIN = 0.125  # RFC 6298 §2.3 alpha for the smoothed RTT
+_NEVER = float("inf")
+
+
+class _Conn:
+    """One byte stream and the machines running on it."""
+
+    __slots__ = ("id", "role", "remote", "state", "handshake", "channel", "peer_id", "contact", "run", "user",
+                 "deadline", "last_rx", "last_tx", "unsent", "bytes_in", "bytes_out", "paused", "scheduled",
+                 "connected", "listeners")
+
+    def __init__(self, conn_id: ConnId, role: Role, remote: Endpoint, now: float) -> None:
+        self.id = conn_id
+        self.role = role
+        self.remote = remote
+        self.state = ExchangeState.SECURING
+        self.handshake: SecureHandshake | None = None
+        self.channel: SecureChannel | None = None
+        self.peer_id: PeerId | None = None
+        self.contact: Contact | None = None  # the bootstrap contact this dial serves
+        self.run: int | None = None  # the bootstrap run it belongs to
+        self.user = CrustUser.NODE  # the role the initiator asks for / the requester took
+        self.listeners: tuple[Endpoint, ...] = ()
+        self.deadline = _NEVER  # handshake + exchange must finish by then
+        self.last_rx = now
+        self.last_tx = now
+        self.unsent = 0  # bytes written to the shell, not yet reported sent
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.paused = False
+        self.scheduled = _NEVER  # earliest timer-heap entry pending for this conn
+        self.connected = role is Role.RESPONDER
+
+
+class _Peer:
+    """An authenticated, granted remote node and what we queue for it."""
+
+    __slots__ = ("id", "conn", "outbox", "user", "origin", "rtt", "probe_seq", "probe_sent_at")
+
+    def __init__(self, peer_id: PeerId, conn: _Conn, outbox: Outbox, origin: str) -> None:
+        self.id = peer_id
+        self.conn: _Conn | None = conn  # None while a duplicate swap is under way
+        self.outbox = outbox
+        self.user = conn.user
+        self.origin = origin
+        self.rtt: float | None = None
+        self.probe_seq = 0
+        self.probe_sent_at: float | None = None  # an unanswered heartbeat is outstanding
+
+
+class _Run:
+    """One bootstrap run: its schedule and the dials it started."""
+
+    __slots__ = ("id", "policy", "user", "dials")
+
+    def __init__(self, run_id: int, policy: Bootstrapper, user: CrustUser) -> None:
+        self.id = run_id
+        self.policy = policy
+        self.user = user
+        self.dials: dict[Contact, ConnId] = {}
+
+
+class Engine:
+    """A crust node without I/O.  See the module docstring for the contract."""
+
+    def __init__(self, *, static: KeyPair, config: Config) -> None:
+        self.id = static.peer_id
+        self._static = static
+        self._config = config
+        self._name_hash = name_hash(config.network_name)
+        self._conns: dict[ConnId, _Conn] = {}
+        self._pending_accepts: OrderedDict[ConnId, _Conn] = OrderedDict()  # oldest first
+        self._peers: dict[PeerId, _Peer] = {}
+        self._runs: dict[int, _Run] = {}
+        self._next_conn = 0
+        self._next_run = 0
+        self._effects: list[Effect] = []
+        self._events: list[Event] = []
+        self._dirty: dict[ConnId, _Conn] = {}  # conns whose outbox may fill a frame
+        self._timers: list[tuple[float, ConnId]] = []
+        self._listeners: tuple[Endpoint, ...] = ()
+        self._banned_ids: set[PeerId] = set()
+        self._banned_ips: set[str] = set()
+        self.accept_bootstrap = True
+        self.closed = False
+        self._now = 0.0  # the latest ``now`` any input brought: for paths that have none of their own
+
+    # -- outputs ------------------------------------------------------------
+
+    def take_effects(self) -> list[Effect]:
+        """Everything the shell must do now, in order (flushes queued messages into frames first)."""
+        if self._dirty:
+            dirty, self._dirty = self._dirty, {}
+            for conn in dirty.values():
+                self._flush(conn)
+        effects, self._effects = self._effects, []
+        return effects
+
+    def take_events(self) -> list[Event]:
+        """Everything that happened since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, if ever."""
+        soonest = self._timers[0][0] if self._timers else _NEVER
+        for run in self._runs.values():
+            due = run.policy.get_timer()
+            if due is not None and due < soonest:
+                soonest = due
+        return None if soonest == _NEVER else soonest
+
+    # -- queries --------------------------------------------------------------
+
+    def is_connected(self, peer_id: PeerId) -> bool:
+        """True while ``peer_id`` is a connected peer."""
+        return peer_id in self._peers
+
+    def peer_ids(self) -> list[PeerId]:
+        """Every connected peer."""
+        return list(self._peers)
+
+    def peer_info(self, peer_id: PeerId) -> PeerInfo:
+        """A snapshot of one peer.  Raises PeerNotFound."""
+        peer = self._peer(peer_id)
+        conn = peer.conn
+        return PeerInfo(
+            id=peer.id, addr=conn.remote if conn else Endpoint("0.0.0.0", 0), transport="tcp", user=peer.user,
+            origin=peer.origin, rtt=peer.rtt, bytes_sent=conn.bytes_out if conn else 0,
+            bytes_received=conn.bytes_in if conn else 0,
+        )
+
+    def conn_of(self, peer_id: PeerId) -> ConnId | None:
+        """The connection currently carrying ``peer_id``, if any."""
+        peer = self._peers.get(peer_id)
+        return peer.conn.id if peer is not None and peer.conn is not None else None
+
+    def queued_bytes(self, peer_id: PeerId, priority: int) -> int:
+        """Unsent bytes queued for ``peer_id`` at ``priority``."""
+        return self._peer(peer_id).outbox.queued_bytes(priority)
+
+    def _peer(self, peer_id: PeerId) -> _Peer:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            raise PeerNotFound(f"not connected to {peer_id!r}")
+        return peer
+
+    # -- user commands ------------------------------------------------------
+
+    def set_listeners(self, endpoints: Sequence[Endpoint]) -> None:
+        """The endpoints we accept on, announced in our BootstrapRequests."""
+        self._listeners = tuple(endpoints)
+
+    def start_bootstrap(self, contacts: Sequence[Contact], *, blacklist: Iterable[Endpoint | str] = (),
+                        user: CrustUser = CrustUser.NODE, now: float) -> int:
+        """Start a bootstrap run over ``contacts`` (IP literals only); returns its id.
+
+        The run ends with one ``BootstrapFinished`` event: the first granted
+        peer, or ``None`` and each contact's failure.
+        """
+        self._now = now
+        self._next_run += 1
+        cfg = self._config
+        policy = Bootstrapper(contacts, blacklist=blacklist, stagger=cfg.bootstrap_stagger,
+                              max_in_flight=cfg.bootstrap_max_in_flight,
+                              deadline=now + cfg.bootstrap_timeout, now=now)
+        for contact in policy.skipped:
+            policy.failures[str(contact.addr)] = "blacklisted"
+        run = self._runs[self._next_run] = _Run(self._next_run, policy, user)
+        self._pump_run(run, now)
+        return run.id
+
+    def stop_bootstrap(self, now: float) -> None:
+        """Abandon every bootstrap run (each reports ``BootstrapFinished`` with no peer)."""
+        self._now = now
+        for run in list(self._runs.values()):
+            run.policy.time_out()
+            self._end_run(run, None)
+
+    def send(self, peer_id: PeerId, priority: int, data: bytes, now: float) -> None:
+        """Queue ``data`` for ``peer_id``; the frame is built at the next :meth:`take_effects`.
+
+        Raises:
+            PeerNotFound: not connected to ``peer_id``.
+        """
+        self._now = now
+        peer = self._peer(peer_id)
+        dropped = peer.outbox.push(priority, data, now)
+        if dropped:
+            self._events.append(SendDropped(peer_id, priority, dropped))
+        if peer.conn is not None:
+            self._dirty[peer.conn.id] = peer.conn
+            if priority >= 2 and peer.conn.scheduled == _NEVER:
+                self._schedule(peer.conn, now + self._config.drop_after)
+
+    def disconnect(self, peer_id: PeerId, now: float) -> bool:
+        """Say Goodbye to ``peer_id`` and drop it (``PeerLost`` is reported here too)."""
+        self._now = now
+        if peer_id not in self._peers:
+            return False
+        self._lose_peer(peer_id, "disconnected", GoodbyeReason.CLOSED)
+        return True
+
+    def ban(self, peer_ids: Iterable[PeerId], ips: Iterable[str], now: float) -> None:
+        """Refuse these peers and IPs for the rest of the session; drop the connected ones."""
+        self._now = now
+        self._banned_ids.update(peer_ids)
+        self._banned_ips.update(str(ipaddress.ip_address(ip)) for ip in ips)
+        for peer in list(self._peers.values()):
+            if self._is_banned(peer.id, peer.conn.remote if peer.conn else None):
+                self._lose_peer(peer.id, "banned", GoodbyeReason.BANNED)
+
+    def close(self, now: float) -> None:
+        """Say Goodbye to every peer and close every connection.  No events follow."""
+        self._now = now
+        self.closed = True
+        for peer in list(self._peers.values()):
+            if peer.conn is not None:
+                self._say_goodbye(peer.conn, GoodbyeReason.CLOSED)
+        for conn in list(self._conns.values()):
+            self._close(conn, flush=True)
+        self._peers.clear()
+        self._runs.clear()
+        self._events.clear()
+
+    def _is_banned(self, peer_id: PeerId | None, remote: Endpoint | None) -> bool:
+        return (peer_id in self._banned_ids) or (remote is not None and remote.host in self._banned_ips)
+
+    # -- I/O completions ----------------------------------------------------
+
+    def handle_accepted(self, remote: Endpoint, now: float) -> ConnId | None:
+        """A stream from ``remote`` was accepted; returns its id, or None to close it at once."""
+        self._now = now
+        if self.closed or remote.host in self._banned_ips:
+            return None
+        self._evict_pending(remote.host)
+        conn = self._new_conn(Role.RESPONDER, remote, now)
+        self._pending_accepts[conn.id] = conn
+        self._start_handshake(conn, expected=None)
+        return conn.id
+
+    def _evict_pending(self, host: str) -> None:
+        # PROTOCOL.md §11: at a cap, drop the *oldest* pending handshake, so a flood of
+        # idle connections cannot lock honest peers out.
+        cfg = self._config
+        same_ip = [c for c in self._pending_accepts.values() if c.remote.host == host]
+        if len(same_ip) >= cfg.max_pending_handshakes_per_ip:
+            self._fail_conn(same_ip[0], "pending handshakes from this IP over the cap")
+        if len(self._pending_accepts) >= cfg.max_pending_handshakes:
+            self._fail_conn(next(iter(self._pending_accepts.values())), "pending handshakes over the cap")
+
+    def handle_connected(self, conn_id: ConnId, now: float) -> None:
+        """A dial we asked for (``Dial``) connected."""
+        self._now = now
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        conn.connected = True
+        conn.last_rx = now
+        self._write_handshake(conn)
+
+    def receive_data(self, conn_id: ConnId, data: bytes, now: float) -> None:
+        """Bytes arrived on ``conn_id``."""
+        self._now = now
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        conn.last_rx = now
+        conn.bytes_in += len(data)
+        try:
+            if conn.channel is None:
+                assert conn.handshake is not None
+                conn.handshake.receive_data(data)
+                self._write_handshake(conn)
+                if not conn.handshake.complete:
+                    return
+                data = conn.handshake.trailing_data
+                self._on_secured(conn, now)
+                if conn.id not in self._conns or not data:
+                    return
+            assert conn.channel is not None
+            for message in conn.channel.receive_data(data):
+                if conn.id not in self._conns:
+                    return  # an earlier message in this batch closed it
+                self._on_message(conn, message, now)
+        except RemoteProtocolError as exc:
+            self._remote_error(conn, exc)
+        except LocalProtocolError as exc:  # a table miss the peer's input caused (h11's re-label)
+            self._remote_error(conn, RemoteProtocolError(f"unexpected message: {exc}"))
+
+    def handle_sent(self, conn_id: ConnId, nbytes: int, now: float) -> None:
+        """``nbytes`` written on ``conn_id`` reached the kernel."""
+        self._now = now
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        conn.unsent -= nbytes
+        conn.bytes_out += nbytes
+        peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
+        if peer is not None and peer.conn is conn and peer.outbox:
+            self._dirty[conn.id] = conn
+
+    def handle_closed(self, conn_id: ConnId, error: str | None, now: float) -> None:
+        """The stream ended: closed by the peer, reset, or a dial failed (``error`` says how)."""
+        self._now = now
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        reason = f"connection lost: {error}" if error else "connection closed by peer"
+        if conn.role is Role.INITIATOR and not conn.connected:
+            reason = f"connect failed: {error or 'closed'}"
+        self._fail_conn(conn, reason, close=False)
+
+    def reading_paused(self, conn_id: ConnId, paused: bool, now: float) -> None:
+        """The shell stopped (or resumed) reading ``conn_id``: silence then is ours, not the peer's."""
+        self._now = now
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            conn.paused = paused
+            conn.last_rx = now
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything that came due by ``now``."""
+        self._now = now
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, conn_id = heapq.heappop(timers)
+            conn = self._conns.get(conn_id)
+            if conn is not None and conn.scheduled == when:
+                conn.scheduled = _NEVER
+                self._check_conn(conn, now)
+        for run in list(self._runs.values()):
+            due = run.policy.get_timer()
+            if due is not None and due <= now:
+                if now >= run.policy.deadline:
+                    run.policy.time_out()
+                    for conn_id in run.dials.values():
+                        if conn_id in self._conns:
+                            self._close(self._conns[conn_id], flush=False)
+                self._pump_run(run, now)
+
+    # -- connections --------------------------------------------------------
+
+    def _new_conn(self, role: Role, remote: Endpoint, now: float) -> _Conn:
+        self._next_conn += 1
+        conn = _Conn(ConnId(self._next_conn), role, remote, now)
+        conn.deadline = now + self._config.handshake_timeout
+        self._conns[conn.id] = conn
+        self._schedule(conn, conn.deadline)
+        return conn
+
+    def _start_handshake(self, conn: _Conn, expected: PeerId | None) -> None:
+        conn.handshake = SecureHandshake(
+            initiator=conn.role is Role.INITIATOR, static=self._static, name_hash=self._name_hash,
+            max_message_size=self._config.max_message_size, expected_peer=expected,
+        )
+        if conn.connected:
+            self._write_handshake(conn)
+
+    def _write_handshake(self, conn: _Conn) -> None:
+        assert conn.handshake is not None
+        out = conn.handshake.data_to_send()
+        if out:
+            self._write(conn, out)
+
+    def _write(self, conn: _Conn, data: bytes) -> None:
+        conn.unsent += len(data)
+        self._effects.append(Write(conn.id, data))
+
+    def _send_control(self, conn: _Conn, *messages: Message) -> None:
+        assert conn.channel is not None
+        self._write(conn, conn.channel.encode(*messages))
+
+    def _schedule(self, conn: _Conn, when: float) -> None:
+        # A lazy heap: a conn keeps only its earliest entry valid; later ones are skipped.
+        if when < conn.scheduled:
+            conn.scheduled = when
+            heapq.heappush(self._timers, (when, conn.id))
+
+    def _close(self, conn: _Conn, *, flush: bool) -> None:
+        """Forget ``conn`` and tell the shell to close it (after its queued writes when ``flush``)."""
+        if self._conns.pop(conn.id, None) is None:
+            return
+        self._pending_accepts.pop(conn.id, None)
+        self._dirty.pop(conn.id, None)
+        self._effects.append(Close(conn.id, flush))
+
+    def _fail_conn(self, conn: _Conn, reason: str, *, close: bool = True) -> None:
+        """``conn`` is finished for ``reason``: lose its peer or fail its bootstrap dial."""
+        if close:
+            self._close(conn, flush=True)
+        else:
+            self._conns.pop(conn.id, None)
+            self._pending_accepts.pop(conn.id, None)
+            self._dirty.pop(conn.id, None)
+        peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
+        if peer is not None and peer.conn is conn:
+            self._drop_peer(peer, reason)
+        elif peer is not None and peer.conn is None and not self._successor(peer.id):
+            self._drop_peer(peer, reason)
+        if conn.run is not None and conn.state is not ExchangeState.ESTABLISHED:
+            run = self._runs.get(conn.run)
+            if run is not None and conn.contact is not None and conn.contact in run.policy.in_flight:
+                run.policy.failed(conn.contact, reason)
+                self._pump_run(run, self._now)
+        if conn.state is not ExchangeState.ESTABLISHED:
+            log.debug("connection %s to %s failed: %s", conn.id, conn.remote, reason)
+
+    def _remote_error(self, conn: _Conn, exc: RemoteProtocolError) -> None:
+        reason = exc.reason if isinstance(exc, HandshakeError) else str(exc)
+        peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
+        if peer is not None and peer.conn is conn:
+            log.warning("peer %r misbehaved: %s", peer.id, exc)
+            self._events.append(Misbehaved(peer.id, str(exc)))
+            self._lose_peer(peer.id, f"misbehaved: {exc}", GoodbyeReason.PROTOCOL)
+            return
+        if conn.handshake is not None:
+            self._write_handshake(conn)  # a REJECT telling the peer why
+        if isinstance(exc, HandshakeError) and exc.reason in ("network_mismatch", "version_mismatch"):
+            log.warning("handshake with %s failed: %s", conn.remote, exc)
+        self._fail_conn(conn, reason if conn.role is Role.INITIATOR else str(exc))
+
+    def _check_conn(self, conn: _Conn, now: float) -> None:
+        """Run ``conn``'s deadlines and schedule its next one."""
+        if conn.state is not ExchangeState.ESTABLISHED:
+            if now >= conn.deadline:
+                self._fail_conn(conn, "handshake timed out")
+            else:
+                self._schedule(conn, conn.deadline)
+            return
+        peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
+        if peer is None or peer.conn is not conn:  # retiring after a duplicate race
+            if now >= conn.deadline:
+                self._close(conn, flush=False)
+            else:
+                self._schedule(conn, conn.deadline)
+            return
+        cfg = self._config
+        if not conn.paused and now - conn.last_rx >= cfg.inactivity_timeout:
+            self._lose_peer(peer.id, "timed out", GoodbyeReason.CLOSED)
+            return
+        if now - conn.last_tx >= cfg.heartbeat_interval:
+            self._probe(peer, conn, now)
+        for priority, count in peer.outbox.expire(now):
+            self._events.append(SendDropped(peer.id, priority, count))
+        nexts = [conn.last_tx + cfg.heartbeat_interval]
+        if not conn.paused:
+            nexts.append(conn.last_rx + cfg.inactivity_timeout)
+        expiry = peer.outbox.next_expiry()
+        if expiry is not None:
+            nexts.append(expiry)
+        self._schedule(conn, max(min(nexts), now))
+
+    def _probe(self, peer: _Peer, conn: _Conn, now: float) -> None:
+        if peer.probe_sent_at is None:  # one probe in flight: its echo times the RTT
+            peer.probe_seq = (peer.probe_seq + 1) & 0xFFFFFFFF
+            peer.probe_sent_at = now
+        peer.outbox.push_control(encode_record(Heartbeat(peer.probe_seq)))
+        conn.last_tx = now
+        self._dirty[conn.id] = conn
+
+    def _flush(self, conn: _Conn) -> None:
+        """Seal queued messages of ``conn``'s peer into frames, up to the write window."""
+        if conn.id not in self._conns or conn.peer_id is None:
+            return
+        peer = self._peers.get(conn.peer_id)
+        if peer is None or peer.conn is not conn or conn.channel is None:
+            return
+        outbox = peer.outbox
+        credit: dict[int, int] = {}
+        while outbox and conn.unsent < WRITE_WINDOW:
+            pieces, released = outbox.fill(MAX_FRAME_PLAINTEXT)
+            self._write(conn, conn.channel.seal(pieces))
+            for priority, nbytes in released:
+                credit[priority] = credit.get(priority, 0) + nbytes
+            conn.last_tx = self._now
+        if credit:
+            self._effects.append(SendCredit(peer.id, tuple(credit.items())))
+
+    # -- the exchange -------------------------------------------------------
+
+    def _on_secured(self, conn: _Conn, now: float) -> None:
+        hs = conn.handshake
+        assert hs is not None and hs.channel is not None and hs.peer_id is not None
+        conn.channel, conn.peer_id, conn.handshake = hs.channel, hs.peer_id, None
+        if self._is_banned(conn.peer_id, conn.remote):
+            raise HandshakeError("peer is banned", reason="banned")
+        if conn.role is Role.INITIATOR:
+            conn.state = ExchangeState.EXPECT_GRANT
+            self._send_control(conn, BootstrapRequest(conn.user, self._listeners[:32]))
+        else:
+            conn.state = ExchangeState.EXPECT_PURPOSE
+
+    def _on_message(self, conn: _Conn, message: Message, now: float) -> None:
+        if conn.state is ExchangeState.ESTABLISHED:
+            if type(message) is Data:  # the hot path
+                self._events.append(MessageReceived(conn.peer_id, message.chunk))  # type: ignore[arg-type]
+                return
+            if type(message) is Heartbeat:
+                self._on_heartbeat(conn, message, now)
+                return
+            if type(message) is Goodbye:
+                self._on_goodbye(conn, message)
+                return
+        state = transition(EXCHANGE, (conn.role, conn.state, type(message).__name__))
+        if isinstance(message, BootstrapRequest):
+            self._on_bootstrap_request(conn, message, now)
+        elif isinstance(message, BootstrapGranted):
+            self._establish(conn, "bootstrap_connect", now)
+        elif isinstance(message, BootstrapDenied):
+            self._on_denied(conn, message)
+        elif isinstance(message, EchoAddrReq):
+            self._send_control(conn, EchoAddrResp(conn.remote))
+            conn.state = state
+        else:
+            conn.state = state  # EchoAddrResp: external-address voting comes with NAT traversal
+
+    def _on_heartbeat(self, conn: _Conn, beat: Heartbeat, now: float) -> None:
+        peer = self._peers[conn.peer_id]  # type: ignore[index]
+        if not beat.echo:
+            peer.outbox.push_control(encode_record(Heartbeat(beat.seq, echo=True)))
+            self._dirty[conn.id] = conn
+        elif beat.seq == peer.probe_seq and peer.probe_sent_at is not None:
+            sample = now - peer.probe_sent_at
+            peer.rtt = sample if peer.rtt is None else peer.rtt + _RTT_GAIN * (sample - peer.rtt)
+            peer.probe_sent_at = None
+
+    def _on_goodbye(self, conn: _Conn, goodbye: Goodbye) -> None:
+        peer = self._peers[conn.peer_id]  # type: ignore[index]
+        if peer.conn is not conn:
+            self._close(conn, flush=False)  # a retired duplicate: both sides have now said so
+            return
+        if goodbye.reason is GoodbyeReason.DUPLICATE and self._successor(peer.id):
+            # The peer kept another connection of ours that we have not seen granted yet.
+            peer.conn = None
+            self._close(conn, flush=False)
+            return
+        self._close(conn, flush=False)
+        self._drop_peer(peer, f"closed by peer ({goodbye.reason.name.lower()})")
+
+    def _successor(self, peer_id: PeerId) -> _Conn | None:
+        for conn in self._conns.values():
+            if conn.peer_id == peer_id and conn.state is not ExchangeState.ESTABLISHED:
+                return conn
+        return None
+
+    def _on_bootstrap_request(self, conn: _Conn, request: BootstrapRequest, now: float) -> None:
+        cfg = self._config
+        host = conn.remote.host
+        whitelist = cfg.whitelisted_client_ips if request.user is CrustUser.CLIENT else cfg.whitelisted_node_ips
+        deny: DenyReason | None = None
+        if not self.accept_bootstrap:
+            deny = DenyReason.NOT_ACCEPTING
+        elif whitelist is not None and host not in whitelist:
+            deny = (DenyReason.CLIENT_NOT_WHITELISTED if request.user is CrustUser.CLIENT
+                    else DenyReason.NODE_NOT_WHITELISTED)
+        elif conn.peer_id not in self._peers and len(self._peers) >= cfg.max_peers:
+            deny = DenyReason.TOO_MANY_PEERS
+        elif not self._wins_duplicate(conn):
+            deny = DenyReason.ALREADY_CONNECTED
+        if deny is not None:
+            self._send_control(conn, BootstrapDenied(deny))
+            self._close(conn, flush=True)
+            return
+        conn.user = request.user
+        conn.listeners = request.listeners
+        self._send_control(conn, BootstrapGranted())
+        self._establish(conn, "bootstrap_accept", now)
+
+    def _on_denied(self, conn: _Conn, denied: BootstrapDenied) -> None:
+        assert conn.peer_id is not None
+        if denied.reason is DenyReason.ALREADY_CONNECTED and (conn.peer_id in self._peers):
+            self._close(conn, flush=False)
+            self._run_succeeded(conn, conn.peer_id)
+            return
+        self._fail_conn(conn, f"denied: {denied.reason.name.lower()}")
+
+    def _wins_duplicate(self, conn: _Conn) -> bool:
+        """Whether ``conn`` should carry its peer, given any connection the peer already has."""
+        peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
+        if peer is None or peer.conn is None:
+            return True
+        return self._initiator(conn) > self._initiator(peer.conn)
+
+    def _initiator(self, conn: _Conn) -> PeerId:
+        assert conn.peer_id is not None
+        return self.id if conn.role is Role.INITIATOR else conn.peer_id
+
+    def _establish(self, conn: _Conn, origin: str, now: float) -> None:
+        """``conn`` was granted: it now carries its peer (a new one, or a duplicate's survivor)."""
+        peer_id = conn.peer_id
+        assert peer_id is not None
+        self._pending_accepts.pop(conn.id, None)
+        peer = self._peers.get(peer_id)
+        conn.state = ExchangeState.ESTABLISHED
+        conn.last_tx = conn.last_rx = now
+        if peer is not None and not self._wins_duplicate(conn):
+            self._retire(conn, now)
+            self._run_succeeded(conn, peer_id)
+            return
+        conn.deadline = _NEVER
+        if peer is None:
+            cfg = self._config
+            peer = self._peers[peer_id] = _Peer(
+                peer_id, conn, Outbox(queue_limit=cfg.send_queue_limit, drop_after=cfg.drop_after), origin)
+            self._events.append(PeerConnected(self.peer_info(peer_id)))
+        else:
+            old, peer.conn = peer.conn, conn
+            peer.outbox.restart_partial()
+            if old is not None:
+                self._retire(old, now)
+        self._probe(peer, conn, now)
+        self._check_conn(conn, now)
+        self._run_succeeded(conn, peer_id)
+
+    def _retire(self, conn: _Conn, now: float) -> None:
+        """``conn`` lost a duplicate race: say so, and read on until the peer agrees.
+
+        It is not closed at once because the peer may have written messages on
+        it before it learnt of the race; they are delivered, then its Goodbye
+        (or close) ends the connection.  The deadline bounds the wait.
+        """
+        self._send_control(conn, Goodbye(GoodbyeReason.DUPLICATE))
+        conn.deadline = now + self._config.handshake_timeout
+        self._schedule(conn, conn.deadline)
+
+    def _say_goodbye(self, conn: _Conn, reason: GoodbyeReason) -> None:
+        if conn.id in self._conns and conn.channel is not None:
+            self._flush(conn)
+            self._send_control(conn, Goodbye(reason))
+
+    def _lose_peer(self, peer_id: PeerId, reason: str, goodbye: GoodbyeReason) -> None:
+        peer = self._peers[peer_id]
+        if peer.conn is not None:
+            self._say_goodbye(peer.conn, goodbye)
+            self._close(peer.conn, flush=True)
+        self._drop_peer(peer, reason)
+
+    def _drop_peer(self, peer: _Peer, reason: str) -> None:
+        for conn in [c for c in self._conns.values() if c.peer_id == peer.id and c.state is ExchangeState.ESTABLISHED]:
+            self._close(conn, flush=True)  # retiring duplicates must not outlive their peer
+        if self._peers.pop(peer.id, None) is not None:
+            log.info("lost peer %r: %s", peer.id, reason)
+            self._events.append(PeerLost(peer.id, reason))
+
+    # -- bootstrap runs -----------------------------------------------------
+
+    def _pump_run(self, run: _Run, now: float) -> None:
+        policy = run.policy
+        for contact in policy.due(now):
+            conn = self._new_conn(Role.INITIATOR, contact.addr, now)
+            conn.contact, conn.run, conn.user = contact, run.id, run.user
+            run.dials[contact] = conn.id
+            self._start_handshake(conn, expected=contact.peer_id)
+            self._effects.append(Dial(conn.id, contact.addr))
+        if policy.finished and policy.winner is None:
+            self._end_run(run, None)
+
+    def _run_succeeded(self, conn: _Conn, peer_id: PeerId) -> None:
+        run = self._runs.get(conn.run) if conn.run is not None else None
+        if run is None or conn.contact is None or conn.contact not in run.policy.in_flight:
+            return
+        for other in run.policy.succeeded(conn.contact):
+            other_conn = self._conns.get(run.dials.get(other, ConnId(0)))
+            if other_conn is not None:
+                self._close(other_conn, flush=False)
+        self._end_run(run, peer_id)
+
+    def _end_run(self, run: _Run, peer_id: PeerId | None) -> None:
+        if self._runs.pop(run.id, None) is None:
+            return
+        failures = () if peer_id is not None else tuple(run.policy.failures.items())
+        self._events.append(BootstrapFinished(run.id, peer_id, failures))

@@ -1,0 +1,196 @@
+"""Engine scenarios on SimNet: virtual time, no sockets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from crust.config import Config
+from crust.events import BootstrapFinished, MessageReceived, Misbehaved, PeerConnected, PeerLost, SendDropped
+from crust.ids import Contact, CrustUser, Endpoint
+from tests.simnet import Node, SimNet
+
+FAST = Config(bootstrap_cache_path=None, heartbeat_interval=1.0, inactivity_timeout=5.0, handshake_timeout=2.0,
+              bootstrap_timeout=3.0)
+
+
+def of(node: Node, kind: type) -> list:
+    return [e for e in node.events if isinstance(e, kind)]
+
+
+def pair(chunk: int | None = None, config: Config = FAST, **b_overrides: object) -> tuple[SimNet, Node, Node]:
+    net = SimNet(chunk=chunk)
+    a = net.add("a", config)
+    b = net.add("b", dataclasses.replace(config, **b_overrides))
+    seed = net.listen("a")
+    b.engine.start_bootstrap([Contact(seed)], now=net.now)
+    net.run()
+    return net, a, b
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_bootstrap_connects_both_sides(chunk: int | None) -> None:
+    net, a, b = pair(chunk)
+    (joined,) = of(a, PeerConnected)
+    (reached,) = of(b, PeerConnected)
+    assert joined.info.id == b.engine.id and joined.info.origin == "bootstrap_accept"
+    assert reached.info.id == a.engine.id and reached.info.origin == "bootstrap_connect"
+    assert of(b, BootstrapFinished) == [BootstrapFinished(1, a.engine.id, ())]
+
+
+def test_messages_arrive_in_order_per_priority_and_whole() -> None:
+    net, a, b = pair()
+    big = bytes(range(256)) * 4096  # 1 MiB: chunked into many frames
+    b.engine.send(a.engine.id, 5, big, net.now)
+    for i in range(100):
+        b.engine.send(a.engine.id, 0, b"small %d" % i, net.now)
+    net.run()
+    got = [e.data for e in of(a, MessageReceived)]
+    assert got.count(big) == 1
+    assert [m for m in got if m != big] == [b"small %d" % i for i in range(100)]
+    # priority 0 overtook the big priority-5 message
+    assert got.index(big) > 0
+
+
+def test_wrong_network_is_named_in_bootstrap_failure() -> None:
+    net = SimNet()
+    a = net.add("a", dataclasses.replace(FAST, network_name="one"))
+    b = net.add("b", dataclasses.replace(FAST, network_name="two"))
+    b.engine.start_bootstrap([Contact(net.listen("a"))], now=net.now)
+    net.run()
+    (done,) = of(b, BootstrapFinished)
+    assert done.peer_id is None
+    assert dict(done.failures) == {str(net.endpoint("a")): "network_mismatch"}
+    assert not of(a, PeerConnected)
+
+
+def test_first_granted_wins_and_unreachable_contacts_fail() -> None:
+    net = SimNet()
+    a = net.add("a", FAST)
+    c = net.add("c", FAST)
+    b = net.add("b", FAST)
+    net.listen("a"), net.listen("c")
+    contacts = [Contact(("10.9.9.9", 1)), Contact(net.endpoint("a")), Contact(net.endpoint("c"))]
+    b.engine.start_bootstrap(contacts, now=net.now)
+    net.run()
+    net.advance(1.0)
+    (done,) = of(b, BootstrapFinished)
+    assert done.peer_id in (a.engine.id, c.engine.id)
+    assert len(of(b, PeerConnected)) == 1
+
+
+def test_expected_peer_id_mismatch_aborts() -> None:
+    net = SimNet()
+    net.add("a", FAST)
+    impostor = net.add("x", FAST)
+    b = net.add("b", FAST)
+    net.listen("a")
+    b.engine.start_bootstrap([Contact(net.endpoint("a"), impostor.engine.id)], now=net.now)
+    net.run()
+    (done,) = of(b, BootstrapFinished)
+    assert dict(done.failures) == {str(net.endpoint("a")): "peer_id_mismatch"}
+
+
+def test_goodbye_reports_loss_at_once_on_both_sides() -> None:
+    net, a, b = pair()
+    assert b.engine.disconnect(a.engine.id, net.now)
+    net.run()
+    assert of(a, PeerLost)[0].peer_id == b.engine.id
+    assert of(b, PeerLost)[0].reason == "disconnected"
+    assert not a.engine.is_connected(b.engine.id)
+
+
+def test_heartbeats_keep_an_idle_link_alive_and_measure_rtt() -> None:
+    net, a, b = pair()
+    net.advance(30.0)
+    assert not of(a, PeerLost) and not of(b, PeerLost)
+    assert b.engine.peer_info(a.engine.id).rtt is not None
+
+
+def test_silent_peer_is_lost_after_inactivity_timeout() -> None:
+    net, a, b = pair()
+    for conn in net.links_of("a"):
+        net.kill_link("a", conn)
+    net.advance(4.0)
+    assert not of(a, PeerLost)
+    net.advance(2.0)
+    assert of(a, PeerLost)[0].reason == "timed out"
+
+
+def test_handshake_times_out() -> None:
+    net = SimNet()
+    a = net.add("a", FAST)
+    conn = a.engine.handle_accepted(net.endpoint("a", 1), net.now)
+    assert conn is not None
+    net.run()
+    net.advance(2.5)
+    assert a.engine.get_timer() is None
+
+
+def test_pending_handshake_cap_drops_the_oldest() -> None:
+    net = SimNet()
+    a = net.add("a", dataclasses.replace(FAST, max_pending_handshakes_per_ip=2))
+    first = a.engine.handle_accepted(Endpoint("10.0.0.9", 1), net.now)
+    a.engine.handle_accepted(Endpoint("10.0.0.9", 2), net.now)
+    a.engine.take_effects()
+    a.engine.handle_accepted(Endpoint("10.0.0.9", 3), net.now)
+    closes = [e for e in a.engine.take_effects() if type(e).__name__ == "Close"]
+    assert [e.conn for e in closes] == [first]
+
+
+def test_not_accepting_and_whitelist_denials() -> None:
+    net = SimNet()
+    a = net.add("a", dataclasses.replace(FAST, whitelisted_client_ips=frozenset({"10.9.9.9"})))
+    b = net.add("b", FAST)
+    net.listen("a")
+    b.engine.start_bootstrap([Contact(net.endpoint("a"))], user=CrustUser.CLIENT, now=net.now)
+    net.run()
+    assert dict(of(b, BootstrapFinished)[0].failures) == {str(net.endpoint("a")): "denied: client_not_whitelisted"}
+    a.engine.accept_bootstrap = False
+    b.engine.start_bootstrap([Contact(net.endpoint("a"))], now=net.now)
+    net.run()
+    assert dict(of(b, BootstrapFinished)[1].failures) == {str(net.endpoint("a")): "denied: not_accepting"}
+
+
+def test_simultaneous_bootstrap_both_ways_leaves_one_connection() -> None:
+    net = SimNet()
+    a = net.add("a", FAST)
+    b = net.add("b", FAST)
+    net.listen("a"), net.listen("b")
+    a.engine.start_bootstrap([Contact(net.endpoint("b"))], now=net.now)
+    b.engine.start_bootstrap([Contact(net.endpoint("a"))], now=net.now)
+    net.run()
+    net.advance(3.0)
+    assert len(of(a, PeerConnected)) == 1 and len(of(b, PeerConnected)) == 1
+    assert not of(a, PeerLost) and not of(b, PeerLost)
+    assert of(a, BootstrapFinished)[0].peer_id == b.engine.id
+    assert of(b, BootstrapFinished)[0].peer_id == a.engine.id
+    for i in range(10):
+        a.engine.send(b.engine.id, 0, b"%d" % i, net.now)
+    net.run()
+    assert [e.data for e in of(b, MessageReceived)] == [b"%d" % i for i in range(10)]
+    assert len(net.links_of("a")) == 1
+
+
+def test_droppable_messages_expire_and_are_reported() -> None:
+    net, a, b = pair(config=dataclasses.replace(FAST, drop_after=2.0, inactivity_timeout=100.0))
+    for conn in net.links_of("b"):
+        net.kill_link("b", conn)
+    for i in range(2000):  # far more than the write window: most stay queued
+        b.engine.send(a.engine.id, 3, bytes(1000), net.now)
+    net.run()
+    net.advance(3.0)
+    dropped = of(b, SendDropped)
+    assert dropped and all(d.priority == 3 for d in dropped)
+    assert sum(d.count for d in dropped) > 1000
+
+
+def test_garbage_after_handshake_is_misbehaviour() -> None:
+    net, a, b = pair()
+    (conn,) = net.links_of("a")
+    a.engine.receive_data(conn, bytes(4) + b"\x00" * 4, net.now)  # a 0-length frame: fails the AEAD
+    net.run()
+    assert of(a, Misbehaved)[0].peer_id == b.engine.id
+    assert of(a, PeerLost)[0].peer_id == b.engine.id
+    assert of(b, PeerLost)

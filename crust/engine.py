@@ -214,7 +214,7 @@ class Engine:
         self._listeners = tuple(endpoints)
 
     def start_bootstrap(self, contacts: Sequence[Contact], *, blacklist: Iterable[Endpoint | str] = (),
-                        user: CrustUser = CrustUser.NODE, now: float) -> int:
+                        user: CrustUser = CrustUser.NODE, timeout: float | None = None, now: float) -> int:
         """Start a bootstrap run over ``contacts`` (IP literals only); returns its id.
 
         The run ends with one ``BootstrapFinished`` event: the first granted
@@ -225,7 +225,7 @@ class Engine:
         cfg = self._config
         policy = Bootstrapper(contacts, blacklist=blacklist, stagger=cfg.bootstrap_stagger,
                               max_in_flight=cfg.bootstrap_max_in_flight,
-                              deadline=now + cfg.bootstrap_timeout, now=now)
+                              deadline=now + (cfg.bootstrap_timeout if timeout is None else timeout), now=now)
         for contact in policy.skipped:
             policy.failures[str(contact.addr)] = "blacklisted"
         run = self._runs[self._next_run] = _Run(self._next_run, policy, user)

@@ -215,7 +215,7 @@ class TcpStream:
         "_reactor", "_sock", "_on_data", "_on_sent", "_on_closed", "_on_connected",
         "_on_event_cb", "_flush_cb", "_buffers", "_pending", "_events", "_flush_state",
         "_connected", "_closing", "_closed", "_read_paused", "_connect_timer",
-        "_close_timer", "_early_error", "_local", "_remote",
+        "_close_timer", "_early_error", "_local", "_remote", "_on_done",
     )
 
     _reactor: Reactor
@@ -239,6 +239,7 @@ class TcpStream:
     _early_error: OSError | None
     _local: tuple[str, int] | None
     _remote: tuple[str, int] | None
+    _on_done: Callable[[], None] | None
 
     def __init__(
         self,
@@ -300,6 +301,7 @@ class TcpStream:
         self._early_error = None
         self._local = None
         self._remote = None
+        self._on_done = None
 
     @classmethod
     def connect(
@@ -422,7 +424,7 @@ class TcpStream:
             self._read_paused = False
             self._update_events()
 
-    def close(self, flush: bool = True) -> None:
+    def close(self, flush: bool = True, on_done: Callable[[], None] | None = None) -> None:
         """Close the stream locally; ``on_closed`` is not called afterwards.  Idempotent.
 
         Args:
@@ -430,7 +432,14 @@ class TcpStream:
                 ``CLOSE_FLUSH_TIMEOUT`` seconds), then sends FIN and closes.
                 False closes at once, dropping queued bytes; it also cuts short
                 an earlier ``close(flush=True)``.
+            on_done: called once the socket is really closed (at once if it
+                already is), so an owner shutting down can wait for the flush.
         """
+        if on_done is not None:
+            if self._closed:
+                on_done()
+            else:
+                self._on_done = on_done
         if self._closed:
             self._early_error = None  # a connect failure not yet reported stays unreported
             return
@@ -657,3 +666,6 @@ class TcpStream:
             self._reactor.unregister(self._sock)
             self._events = 0
         self._sock.close()
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()

@@ -1,0 +1,659 @@
+"""Service: the public facade; wires Engine ⇄ Reactor ⇄ Dispatcher (ARCHITECTURE.md §6).
+
+Theory of operation.  The reactor thread (``crust-io``) owns the engine and
+every socket.  User threads reach it in exactly two ways: a closure posted
+with ``call_soon_threadsafe`` (waiting on a ``Future`` when they need an
+answer), or ``send()``'s own batch queue.  After each engine input the
+reactor *pumps*: it carries out the engine's effects on sockets, does the
+shell's bookkeeping on the events (send gates, receive backlog, bootstrap
+futures), posts the events to the dispatcher (``crust-dispatch``), and arms
+one timer for the engine's next deadline.
+
+``send()`` is the hot path: it validates, waits at the peer's
+:class:`~crust.sendgate.SendGate` only while that priority's queue is full,
+appends to a shared deque and wakes the reactor once per batch, not once
+per message.  Inbound, the reactor counts bytes of each peer's messages
+waiting for the dispatcher; over ``receive_backlog_limit`` it stops reading
+that peer's socket until the callbacks catch up (half the limit), so a slow
+``on_message`` bounds memory instead of growing it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ipaddress
+import logging
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+import netifaces  # type: ignore[import-untyped]
+
+from .config import Config
+from .dispatch import Dispatcher
+from .effects import Close, Dial, SendCredit, Write
+from .engine import Engine
+from .errors import BootstrapFailed, CrustError, CrustTimeoutError, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
+from .events import BootstrapFinished, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
+from .identity import Identity
+from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal
+from .sendgate import SendGate
+from .transport.reactor import Reactor, TimerHandle
+from .transport.tcp import TcpListener, TcpStream
+
+__all__ = ["Service"]
+
+log = logging.getLogger("crust")
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+_CALL_MARGIN = 5.0  # seconds a blocking call waits beyond the engine's own deadline
+
+
+@dataclass(frozen=True, slots=True)
+class _AsyncBootstrapFailed(Event):
+    """A ``start_bootstrap()`` run ended with no peer (shell-only event)."""
+
+    failures: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _ConnectFailed(Event):
+    """A ``start_connect()`` to ``peer_id`` failed (shell-only event; connect arrives with NAT traversal)."""
+
+    peer_id: PeerId
+
+
+class Service:
+    """A crust node: listens, bootstraps, connects and carries messages to peers.
+
+    Args:
+        config: settings; ``Config()`` when omitted.
+        identity: our long-term key pair; a fresh one when omitted.
+        dispatch: ``"thread"`` (callbacks run on the ``crust-dispatch`` thread)
+            or ``"manual"`` (the application calls :meth:`run_callbacks`).
+
+    Raises:
+        TypeError / ValueError: bad arguments.
+    """
+
+    def __init__(self, config: Config | None = None, identity: Identity | None = None, *,
+                 dispatch: str = "thread") -> None:
+        if config is None:
+            config = Config()
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a crust.Config, not {type(config).__name__}")
+        if identity is None:
+            identity = Identity.generate()
+        if not isinstance(identity, Identity):
+            raise TypeError(f"identity must be a crust.Identity, not {type(identity).__name__}")
+        if dispatch not in ("thread", "manual"):
+            raise ValueError(f"dispatch must be 'thread' or 'manual', not {dispatch!r}")
+        self._config = config
+        self._identity = identity
+        self._engine = Engine(static=identity, config=config)
+        self._reactor = Reactor("crust-io")
+        self._dispatcher = Dispatcher(manual=dispatch == "manual", name="crust-dispatch",
+                                      on_delivered=self._on_delivered)
+        self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._workers_lock = threading.Lock()
+        # Reactor-thread state.
+        self._streams: dict[ConnId, TcpStream] = {}
+        self._listener: TcpListener | None = None
+        self._listen_endpoints: list[Endpoint] = []
+        self._timer: TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._bootstrap_waiters: dict[int, concurrent.futures.Future[PeerId]] = {}
+        self._async_runs: set[int] = set()
+        self._paused: dict[PeerId, ConnId] = {}
+        # Shared state, each with its lock or an atomic-under-GIL operation.
+        self._gates: dict[PeerId, SendGate] = {}  # written on the reactor only; read anywhere
+        self._sends: deque[tuple[PeerId, int, bytes]] = deque()  # user threads append, reactor pops
+        self._sends_lock = threading.Lock()  # guards _drain_posted (one wakeup per batch)
+        self._drain_posted = False
+        self._backlog: dict[PeerId, int] = {}  # bytes awaiting callbacks, per peer
+        self._backlog_lock = threading.Lock()  # reactor adds, dispatcher subtracts
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._reactor.start()
+        self._dispatcher.start()
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @property
+    def id(self) -> PeerId:
+        """Our PeerId (the public key of our identity)."""
+        return self._identity.peer_id
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<crust.Service {self.id!r}{' closed' if self._closed else ''}>"
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Say Goodbye to every peer, close every socket and join every thread.  Idempotent.
+
+        Remote peers see ``on_lost`` at once.  Callbacks queued before the close
+        still run (thread mode); afterwards every method raises ServiceClosed.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        flushed = threading.Event()
+        try:
+            self._reactor.call_soon_threadsafe(lambda: self._shutdown_on_reactor(flushed))
+        except ServiceClosed:
+            flushed.set()
+        flushed.wait(timeout)
+        try:
+            self._reactor.call_soon_threadsafe(self._abort_streams)
+        except ServiceClosed:
+            pass
+        self._reactor.stop(timeout)
+        for gate in list(self._gates.values()):
+            gate.close(ServiceClosed)
+        self._gates.clear()
+        for waiter in list(self._bootstrap_waiters.values()):
+            waiter.cancel()
+        self._dispatcher.close(timeout)
+        if self._workers is not None:
+            self._workers.shutdown(wait=True, cancel_futures=True)
+
+    def _shutdown_on_reactor(self, flushed: threading.Event) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._engine.close(self._reactor.time())
+        self._pump()
+        if self._timer is not None:
+            self._timer.cancel()
+        open_streams = [s for s in self._streams.values() if not s.closed]
+        remaining = [len(open_streams)]
+
+        def one_closed() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                flushed.set()
+
+        if not open_streams:
+            flushed.set()
+        for stream in open_streams:
+            stream.close(flush=True, on_done=one_closed)
+
+    def _abort_streams(self) -> None:
+        for stream in self._streams.values():
+            stream.close(flush=False)
+        self._streams.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ServiceClosed("the service is closed")
+
+    def _call(self, fn: Callable[[], T], timeout: float | None = _CALL_MARGIN) -> T:
+        """Run ``fn`` on the reactor thread and return its result (or raise its exception)."""
+        self._check_open()
+        if self._reactor.in_reactor_thread():
+            return fn()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller's thread
+                future.set_exception(exc)
+
+        self._reactor.call_soon_threadsafe(run)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise CrustTimeoutError("the I/O thread did not answer in time") from None
+
+    # -- callbacks ---------------------------------------------------------------
+
+    def _register(self, event_type: type[Event], handler: F, args: Callable[[Any], tuple[object, ...]]) -> F:
+        if not callable(handler):
+            raise TypeError(f"callback must be callable, not {type(handler).__name__}")
+        self._dispatcher.add_handler(event_type, handler, args)
+        return handler
+
+    def on_new_peer(self, handler: F) -> F:
+        """Call ``handler(info: PeerInfo)`` when a peer connects.  Usable as a decorator."""
+        return self._register(PeerConnected, handler, lambda e: (e.info,))
+
+    def on_message(self, handler: F) -> F:
+        """Call ``handler(peer_id, data)`` for every message, per peer in the order sent."""
+        return self._register(MessageReceived, handler, lambda e: (e.peer_id, e.data))
+
+    def on_lost(self, handler: F) -> F:
+        """Call ``handler(peer_id)`` when a connected peer is gone (also after our own disconnect())."""
+        return self._register(PeerLost, handler, lambda e: (e.peer_id,))
+
+    def on_bootstrap_failed(self, handler: F) -> F:
+        """Call ``handler()`` when a :meth:`start_bootstrap` run ends with no peer."""
+        return self._register(_AsyncBootstrapFailed, handler, lambda e: ())
+
+    def on_connect_failure(self, handler: F) -> F:
+        """Call ``handler(peer_id)`` when a ``start_connect()`` fails."""
+        return self._register(_ConnectFailed, handler, lambda e: (e.peer_id,))
+
+    def on_misbehaviour(self, handler: F) -> F:
+        """Call ``handler(peer_id, reason)`` when a peer broke the protocol (it is then dropped)."""
+        return self._register(Misbehaved, handler, lambda e: (e.peer_id, e.reason))
+
+    def on_send_dropped(self, handler: F) -> F:
+        """Call ``handler(peer_id, priority, count)`` when droppable queued messages were discarded."""
+        return self._register(SendDropped, handler, lambda e: (e.peer_id, e.priority, e.count))
+
+    def run_callbacks(self, timeout: float = 0.0) -> int:
+        """Manual dispatch: run queued callbacks on this thread; returns how many events were delivered."""
+        return self._dispatcher.run_callbacks(timeout)
+
+    # -- listening -------------------------------------------------------------
+
+    def start_listening(self) -> list[Endpoint]:
+        """Accept connections (on ``config.tcp_port``, random by default); returns our endpoints.
+
+        Raises:
+            ListenerError: the port could not be bound.
+        """
+        return self._call(self._start_listening)
+
+    def _start_listening(self) -> list[Endpoint]:
+        if self._listener is not None:
+            return list(self._listen_endpoints)
+        cfg = self._config
+        if not cfg.enable_tcp:
+            raise ListenerError("TCP is disabled in the config (enable_tcp=False)")
+        self._listener = TcpListener(self._reactor, cfg.listen_host, cfg.tcp_port, self._on_accept)
+        host, port = self._listener.address
+        self._listen_endpoints = [Endpoint(h, port) for h in _local_addresses(host)]
+        self._engine.set_listeners(self._listen_endpoints)
+        log.info("listening on %s", ", ".join(map(str, self._listen_endpoints)))
+        return list(self._listen_endpoints)
+
+    def stop_listening(self) -> None:
+        """Stop accepting new connections; existing ones stay."""
+        def stop() -> None:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+                self._listen_endpoints = []
+                self._engine.set_listeners(())
+        self._call(stop)
+
+    def set_accept_bootstrap(self, accept: bool) -> None:
+        """Whether peers may bootstrap off us (default True)."""
+        if not isinstance(accept, bool):
+            raise TypeError("accept must be a bool")
+        self._call(lambda: setattr(self._engine, "accept_bootstrap", accept))
+
+    def _on_accept(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        conn = self._engine.handle_accepted(Endpoint(addr[0], addr[1]), self._reactor.time())
+        if conn is None:
+            sock.close()
+            return
+        self._streams[conn] = TcpStream(self._reactor, sock, **self._stream_callbacks(conn))
+        self._pump()
+
+    # -- bootstrap --------------------------------------------------------------
+
+    def bootstrap(self, blacklist: Iterable[EndpointLike] = (), user: CrustUser = CrustUser.NODE,
+                  timeout: float | None = None) -> PeerId:
+        """Join the network through ``hard_coded_contacts``; returns the first granting peer's id.
+
+        Contacts are tried concurrently (staggered); the first granted wins.
+
+        Raises:
+            BootstrapFailed: no contact granted us; ``reasons`` names each contact's failure
+                (``"network_mismatch"`` for a peer of another network).
+        """
+        self._check_open()
+        timeout = self._config.bootstrap_timeout if timeout is None else _check_timeout(timeout)
+        contacts, blacklist_list, user = self._bootstrap_args(blacklist, user)
+        future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
+
+        def start() -> None:
+            run = self._engine.start_bootstrap(contacts, blacklist=blacklist_list, user=user,
+                                               timeout=timeout, now=self._reactor.time())
+            self._bootstrap_waiters[run] = future
+            self._pump()
+
+        self._call(start)
+        try:
+            return future.result(timeout + _CALL_MARGIN)
+        except concurrent.futures.CancelledError:
+            raise ServiceClosed("the service closed during bootstrap") from None
+        except concurrent.futures.TimeoutError:
+            raise BootstrapFailed(f"bootstrap did not finish within {timeout} s") from None
+
+    def start_bootstrap(self, blacklist: Iterable[EndpointLike] = (), user: CrustUser = CrustUser.NODE) -> None:
+        """Like :meth:`bootstrap` without blocking: ``on_new_peer`` or ``on_bootstrap_failed`` follow."""
+        self._check_open()
+        contacts, blacklist_list, user = self._bootstrap_args(blacklist, user)
+
+        def start() -> None:
+            run = self._engine.start_bootstrap(contacts, blacklist=blacklist_list, user=user,
+                                               now=self._reactor.time())
+            self._async_runs.add(run)
+            self._pump()
+
+        self._call(start)
+
+    def stop_bootstrap(self) -> None:
+        """Abandon running bootstrap attempts."""
+        def stop() -> None:
+            self._engine.stop_bootstrap(self._reactor.time())
+            self._pump()
+        self._call(stop)
+
+    def _bootstrap_args(self, blacklist: Iterable[EndpointLike], user: CrustUser,
+                        ) -> tuple[list[Contact], list[Endpoint | str], CrustUser]:
+        if not isinstance(user, CrustUser):
+            raise TypeError(f"user must be a crust.CrustUser, not {type(user).__name__}")
+        if isinstance(blacklist, (str, bytes, Endpoint)):
+            raise TypeError("blacklist must be an iterable of endpoints or IPs, not a single one")
+        entries: list[Endpoint | str] = []
+        for entry in blacklist:
+            if isinstance(entry, str) and is_ip_literal(entry):
+                entries.append(str(ipaddress.ip_address(entry)))
+            else:
+                entries.append(Endpoint.coerce(entry))
+        contacts = [_resolved(c) for c in self._config.hard_coded_contacts]
+        return [c for c in contacts if c is not None], entries, user
+
+    # -- peers and messages ----------------------------------------------------
+
+    def send(self, peer_id: PeerId, data: bytes, priority: int = 0, timeout: float | None = None) -> None:
+        """Queue ``data`` for ``peer_id``; blocks only while that priority's queue is full.
+
+        Thread-safe, and safe inside callbacks.  Per peer and priority,
+        messages arrive whole, in order, exactly once while the peer stays
+        connected; priorities ≥ ``MSG_DROP_PRIORITY`` may be dropped (reported
+        through ``on_send_dropped``).
+
+        Raises:
+            TypeError / ValueError: bad arguments.
+            MessageTooLarge: ``len(data) > max_message_size``.
+            PeerNotFound: not connected to ``peer_id``.
+            SendTimeout: the queue stayed full for ``timeout`` seconds.
+            PeerLostError: the peer was lost while we waited.
+        """
+        if not isinstance(peer_id, PeerId):
+            raise TypeError(f"peer_id must be a crust.PeerId, not {type(peer_id).__name__}")
+        if isinstance(data, bytes):
+            payload = data
+        elif isinstance(data, (bytearray, memoryview)):
+            payload = bytes(data)  # a private copy: the caller may reuse its buffer at once
+        else:
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if type(priority) is not int:
+            raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+        if not 0 <= priority <= 255:
+            raise ValueError(f"priority must be in 0..255, not {priority}")
+        if len(payload) > self._config.max_message_size:
+            raise MessageTooLarge(f"message of {len(payload)} bytes exceeds max_message_size "
+                                  f"({self._config.max_message_size})")
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        self._check_open()
+        if self._reactor.in_reactor_thread():
+            raise RuntimeError("send() must not be called on the I/O thread")
+        gate = self._gates.get(peer_id)
+        if gate is None:
+            raise PeerNotFound(f"not connected to {peer_id!r}")
+        gate.admit(priority, len(payload), timeout)
+        self._sends.append((peer_id, priority, payload))
+        with self._sends_lock:
+            if self._drain_posted:
+                return
+            self._drain_posted = True
+        self._reactor.call_soon_threadsafe(self._drain_sends)
+
+    def _drain_sends(self) -> None:
+        with self._sends_lock:
+            self._drain_posted = False
+        sends, engine, now = self._sends, self._engine, self._reactor.time()
+        for _ in range(len(sends)):
+            peer_id, priority, payload = sends.popleft()
+            if engine.is_connected(peer_id):
+                engine.send(peer_id, priority, payload, now)
+            # else: lost meanwhile; on_lost tells the user.
+        self._pump()
+
+    def disconnect(self, peer_id: PeerId) -> bool:
+        """Close the connection to ``peer_id`` (it sees ``on_lost`` at once); returns whether there was one."""
+        _check_peer_id(peer_id)
+        return self._call(lambda: self._pumped(self._engine.disconnect(peer_id, self._reactor.time())))
+
+    def ban(self, *peers_or_ips: PeerId | str) -> None:
+        """Disconnect these peers (PeerIds or IP strings) and refuse them for the rest of the session."""
+        ids = [p for p in peers_or_ips if isinstance(p, PeerId)]
+        ips = [p for p in peers_or_ips if not isinstance(p, PeerId)]
+        for ip in ips:
+            if not isinstance(ip, str) or not is_ip_literal(ip):
+                raise ValueError(f"ban() takes PeerIds or IP address strings, not {ip!r}")
+        def ban() -> None:
+            self._engine.ban(ids, ips, self._reactor.time())
+            self._pump()
+        self._call(ban)
+
+    def is_connected(self, peer_id: PeerId) -> bool:
+        """True while ``peer_id`` is a connected peer."""
+        _check_peer_id(peer_id)
+        self._check_open()
+        return peer_id in self._gates
+
+    def peers(self) -> list[PeerInfo]:
+        """A snapshot of every connected peer."""
+        return self._call(lambda: [self._engine.peer_info(p) for p in self._engine.peer_ids()])
+
+    def peer_info(self, peer_id: PeerId) -> PeerInfo:
+        """A snapshot of one peer.  Raises PeerNotFound."""
+        _check_peer_id(peer_id)
+        return self._call(lambda: self._engine.peer_info(peer_id))
+
+    def get_peer_ip_addr(self, peer_id: PeerId) -> str:
+        """The IP address ``peer_id`` is connected from.  Raises PeerNotFound."""
+        return self.peer_info(peer_id).addr.host
+
+    def is_peer_hard_coded(self, peer_id: PeerId) -> bool:
+        """True when the peer's IP is one of our hard-coded contacts' (as in the original)."""
+        ip = self.get_peer_ip_addr(peer_id)
+        return any(c.addr.host == ip or (c.peer_id == peer_id) for c in self._config.hard_coded_contacts)
+
+    # -- the reactor side --------------------------------------------------------
+
+    def _pumped(self, result: T) -> T:
+        self._pump()
+        return result
+
+    def _stream_callbacks(self, conn: ConnId) -> dict[str, Any]:
+        engine, now = self._engine, self._reactor.time
+
+        def on_data(data: bytes) -> None:
+            engine.receive_data(conn, data, now())
+            self._pump()
+
+        def on_sent(nbytes: int) -> None:
+            engine.handle_sent(conn, nbytes, now())
+            self._pump()
+
+        def on_closed(err: OSError | None) -> None:
+            self._streams.pop(conn, None)
+            engine.handle_closed(conn, None if err is None else (err.strerror or str(err)), now())
+            self._pump()
+
+        return {"on_data": on_data, "on_sent": on_sent, "on_closed": on_closed}
+
+    def _dial(self, conn: ConnId, endpoint: Endpoint) -> None:
+        def on_connected(stream: TcpStream) -> None:
+            self._engine.handle_connected(conn, self._reactor.time())
+            self._pump()
+
+        self._streams[conn] = TcpStream.connect(
+            self._reactor, endpoint.host, endpoint.port, on_connected=on_connected,
+            timeout=self._config.handshake_timeout, **self._stream_callbacks(conn))
+
+    def _pump(self) -> None:
+        """Carry out the engine's effects, account for its events, post them, re-arm the timer."""
+        engine = self._engine
+        for effect in engine.take_effects():
+            match effect:
+                case Write(conn, data):
+                    stream = self._streams.get(conn)
+                    if stream is not None:
+                        stream.write(data)
+                case SendCredit(peer_id, released):
+                    gate = self._gates.get(peer_id)
+                    if gate is not None:
+                        gate.release(released)
+                case Dial(conn, endpoint):
+                    self._dial(conn, endpoint)
+                case Close(conn, flush):
+                    stream = self._streams.pop(conn, None)
+                    if stream is not None:
+                        stream.close(flush=flush)
+        events = engine.take_events()
+        if events:
+            self._account(events)
+        self._arm_timer()
+
+    def _account(self, events: list[Event]) -> None:
+        backlog: dict[PeerId, int] = {}
+        post: list[Event] = []
+        for event in events:
+            match event:
+                case MessageReceived(peer_id, data):
+                    backlog[peer_id] = backlog.get(peer_id, 0) + len(data)
+                case PeerConnected(info):
+                    self._gates[info.id] = SendGate(info.id, self._config.send_queue_limit)
+                case PeerLost(peer_id, _):
+                    gate = self._gates.pop(peer_id, None)
+                    if gate is not None:
+                        gate.close()
+                    self._paused.pop(peer_id, None)
+                case BootstrapFinished():
+                    self._finish_bootstrap(event)
+                    continue
+            post.append(event)
+        if backlog:
+            self._add_backlog(backlog)
+        self._dispatcher.post_many(post)
+
+    def _finish_bootstrap(self, done: BootstrapFinished) -> None:
+        waiter = self._bootstrap_waiters.pop(done.run, None)
+        if waiter is not None:
+            if done.peer_id is not None:
+                waiter.set_result(done.peer_id)
+            else:
+                reasons = dict(done.failures)
+                detail = "; ".join(f"{addr}: {why}" for addr, why in reasons.items()) or "no contacts to try"
+                waiter.set_exception(BootstrapFailed(f"bootstrap failed ({detail})", reasons))
+        elif done.run in self._async_runs:
+            self._async_runs.discard(done.run)
+            if done.peer_id is None:
+                self._dispatcher.post(_AsyncBootstrapFailed(done.failures))
+
+    def _add_backlog(self, added: dict[PeerId, int]) -> None:
+        limit = self._config.receive_backlog_limit
+        over = []
+        with self._backlog_lock:
+            for peer_id, nbytes in added.items():
+                total = self._backlog[peer_id] = self._backlog.get(peer_id, 0) + nbytes
+                if total > limit and peer_id not in self._paused:
+                    over.append(peer_id)
+        for peer_id in over:
+            conn = self._engine.conn_of(peer_id)
+            stream = self._streams.get(conn) if conn is not None else None
+            if stream is not None and conn is not None:
+                stream.pause_reading()
+                self._engine.reading_paused(conn, True, self._reactor.time())
+                self._paused[peer_id] = conn
+
+    def _on_delivered(self, event: Event) -> None:
+        # Dispatcher thread: give the delivered bytes back; resume reading at half the limit.
+        if not isinstance(event, MessageReceived):
+            return
+        peer_id = event.peer_id
+        with self._backlog_lock:
+            total = self._backlog.get(peer_id, 0) - len(event.data)
+            if total > 0:
+                self._backlog[peer_id] = total
+            else:
+                self._backlog.pop(peer_id, None)
+        if peer_id in self._paused and total <= self._config.receive_backlog_limit // 2:
+            try:
+                self._reactor.call_soon_threadsafe(lambda: self._resume(peer_id))
+            except ServiceClosed:
+                pass
+
+    def _resume(self, peer_id: PeerId) -> None:
+        conn = self._paused.pop(peer_id, None)
+        stream = self._streams.get(conn) if conn is not None else None
+        if stream is not None and conn is not None:
+            stream.resume_reading()
+            self._engine.reading_paused(conn, False, self._reactor.time())
+
+    def _arm_timer(self) -> None:
+        when = self._engine.get_timer()
+        if when is None or when >= self._timer_at:
+            return  # an earlier wakeup is armed; the engine re-checks then
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._reactor.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        self._engine.handle_timer(self._reactor.time())
+        self._pump()
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _check_peer_id(peer_id: object) -> None:
+    if not isinstance(peer_id, PeerId):
+        raise TypeError(f"peer_id must be a crust.PeerId, not {type(peer_id).__name__}")
+
+
+def _check_timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be >= 0, not {timeout}")
+    return float(timeout)
+
+
+def _resolved(contact: Contact) -> Contact | None:
+    """``contact`` with its host resolved to an IP (DNS blocks: callers run off the reactor)."""
+    if is_ip_literal(contact.addr.host):
+        return contact
+    try:
+        infos = socket.getaddrinfo(contact.addr.host, contact.addr.port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        log.warning("cannot resolve bootstrap contact %s: %s", contact.addr, err)
+        return None
+    host = str(infos[0][4][0])
+    return Contact(Endpoint(host, contact.addr.port, contact.addr.transport), contact.peer_id)
+
+
+def _local_addresses(bound: str) -> list[str]:
+    """The addresses a listener bound to ``bound`` can be reached at: interfaces for a wildcard."""
+    if bound not in ("0.0.0.0", "::"):
+        return [bound]
+    family = netifaces.AF_INET if bound == "0.0.0.0" else netifaces.AF_INET6
+    found: list[str] = []
+    for name in netifaces.interfaces():
+        for entry in netifaces.ifaddresses(name).get(family, []):
+            addr = str(entry.get("addr", "")).split("%")[0]
+            if addr and addr not in found:
+                found.append(addr)
+    loopback = [a for a in found if ipaddress.ip_address(a).is_loopback]
+    return [a for a in found if a not in loopback] + loopback or [bound]

@@ -162,8 +162,10 @@ class Service:
         for waiter in list(self._bootstrap_waiters.values()):
             waiter.cancel()
         self._dispatcher.close(timeout)
-        if self._workers is not None:
-            self._workers.shutdown(wait=True, cancel_futures=True)
+        with self._workers_lock:
+            workers = self._workers
+        if workers is not None:
+            workers.shutdown(wait=True, cancel_futures=True)
 
     def _shutdown_on_reactor(self, flushed: threading.Event) -> None:
         if self._listener is not None:
@@ -315,7 +317,8 @@ class Service:
         """
         self._check_open()
         timeout = self._config.bootstrap_timeout if timeout is None else _check_timeout(timeout)
-        contacts, blacklist_list, user = self._bootstrap_args(blacklist, user)
+        blacklist_list = _blacklist_entries(blacklist, user)
+        contacts = self._contacts()
         future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
 
         def start() -> None:
@@ -335,15 +338,31 @@ class Service:
     def start_bootstrap(self, blacklist: Iterable[EndpointLike] = (), user: CrustUser = CrustUser.NODE) -> None:
         """Like :meth:`bootstrap` without blocking: ``on_new_peer`` or ``on_bootstrap_failed`` follow."""
         self._check_open()
-        contacts, blacklist_list, user = self._bootstrap_args(blacklist, user)
+        entries = _blacklist_entries(blacklist, user)
+        if all(is_ip_literal(c.addr.host) for c in self._config.hard_coded_contacts):
+            self._start_async_bootstrap(self._contacts(), entries, user)
+        else:  # DNS blocks: resolve on a worker thread, never the caller's or the reactor's
+            self._worker().submit(lambda: self._start_async_bootstrap(self._contacts(), entries, user))
 
+    def _start_async_bootstrap(self, contacts: list[Contact], blacklist: list[Endpoint | str],
+                               user: CrustUser) -> None:
         def start() -> None:
-            run = self._engine.start_bootstrap(contacts, blacklist=blacklist_list, user=user,
-                                               now=self._reactor.time())
+            run = self._engine.start_bootstrap(contacts, blacklist=blacklist, user=user, now=self._reactor.time())
             self._async_runs.add(run)
             self._pump()
 
-        self._call(start)
+        try:
+            self._call(start)
+        except ServiceClosed:
+            pass
+
+    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The pool for blocking calls (DNS now; UPnP later), started on first use."""
+        with self._workers_lock:
+            self._check_open()
+            if self._workers is None:
+                self._workers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="crust-worker")
+            return self._workers
 
     def stop_bootstrap(self) -> None:
         """Abandon running bootstrap attempts."""
@@ -352,20 +371,10 @@ class Service:
             self._pump()
         self._call(stop)
 
-    def _bootstrap_args(self, blacklist: Iterable[EndpointLike], user: CrustUser,
-                        ) -> tuple[list[Contact], list[Endpoint | str], CrustUser]:
-        if not isinstance(user, CrustUser):
-            raise TypeError(f"user must be a crust.CrustUser, not {type(user).__name__}")
-        if isinstance(blacklist, (str, bytes, Endpoint)):
-            raise TypeError("blacklist must be an iterable of endpoints or IPs, not a single one")
-        entries: list[Endpoint | str] = []
-        for entry in blacklist:
-            if isinstance(entry, str) and is_ip_literal(entry):
-                entries.append(str(ipaddress.ip_address(entry)))
-            else:
-                entries.append(Endpoint.coerce(entry))
+    def _contacts(self) -> list[Contact]:
+        """The hard-coded contacts with host names resolved (blocking DNS; unresolvable ones dropped)."""
         contacts = [_resolved(c) for c in self._config.hard_coded_contacts]
-        return [c for c in contacts if c is not None], entries, user
+        return [c for c in contacts if c is not None]
 
     # -- peers and messages ----------------------------------------------------
 
@@ -616,6 +625,21 @@ class Service:
 
 
 # -- helpers -----------------------------------------------------------------------
+
+
+def _blacklist_entries(blacklist: Iterable[EndpointLike], user: object) -> list[Endpoint | str]:
+    """Validate bootstrap arguments; bare IPs stay strings (they ban every port of that IP)."""
+    if not isinstance(user, CrustUser):
+        raise TypeError(f"user must be a crust.CrustUser, not {type(user).__name__}")
+    if isinstance(blacklist, (str, bytes, Endpoint)):
+        raise TypeError("blacklist must be an iterable of endpoints or IPs, not a single one")
+    entries: list[Endpoint | str] = []
+    for entry in blacklist:
+        if isinstance(entry, str) and is_ip_literal(entry):
+            entries.append(str(ipaddress.ip_address(entry)))
+        else:
+            entries.append(Endpoint.coerce(entry))
+    return entries
 
 
 def _check_peer_id(peer_id: object) -> None:

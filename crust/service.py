@@ -35,7 +35,7 @@ from .config import Config
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, Write
 from .engine import Engine
-from .errors import BootstrapFailed, CrustError, CrustTimeoutError, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
+from .errors import BootstrapFailed, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
 from .events import BootstrapFinished, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
 from .identity import Identity
 from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal
@@ -200,21 +200,7 @@ class Service:
     def _call(self, fn: Callable[[], T], timeout: float | None = _CALL_MARGIN) -> T:
         """Run ``fn`` on the reactor thread and return its result (or raise its exception)."""
         self._check_open()
-        if self._reactor.in_reactor_thread():
-            return fn()
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # handed to the caller's thread
-                future.set_exception(exc)
-
-        self._reactor.call_soon_threadsafe(run)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise CrustTimeoutError("the I/O thread did not answer in time") from None
+        return self._reactor.call(fn, timeout)
 
     # -- callbacks ---------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from crust.transport.reactor import Reactor
+
 DEFAULT_TEST_TIMEOUT = 60  # seconds; a test that needs more says so with its own mark
 
 
@@ -107,3 +109,12 @@ def no_leaked_threads() -> Iterator[None]:
     leaked = [t.name for t in _crust_threads() if t not in before]
     gc.collect()  # surface unclosed-socket ResourceWarnings in the test that caused them
     assert not leaked, f"test leaked crust threads: {leaked}"
+
+
+@pytest.fixture
+def reactor() -> Iterator[Reactor]:
+    """A running Reactor, stopped after the test."""
+    r = Reactor()
+    r.start()
+    yield r
+    r.stop()

@@ -8,8 +8,7 @@ import selectors
 import socket
 import threading
 import time
-from concurrent.futures import Future
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import pytest
 
@@ -20,26 +19,9 @@ T = TypeVar("T")
 WAIT = 10.0  # seconds any single wait may take before the test fails
 
 
-@pytest.fixture
-def reactor() -> Iterator[Reactor]:
-    r = Reactor()
-    r.start()
-    yield r
-    r.stop()
-
-
 def run_on(reactor: Reactor, fn: Callable[[], T]) -> T:
     """Run ``fn`` on the reactor thread and return its result (or raise its exception)."""
-    future: Future[T] = Future()
-
-    def call() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    reactor.call_soon_threadsafe(call)
-    return future.result(WAIT)
+    return reactor.call(fn, WAIT)
 
 
 def test_posts_from_many_threads_run_in_order_per_thread(reactor: Reactor) -> None:

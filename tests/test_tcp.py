@@ -9,7 +9,6 @@ import select
 import socket
 import struct
 import threading
-from concurrent.futures import Future
 from typing import Callable, Iterator, TypeVar
 
 import pytest
@@ -24,26 +23,9 @@ WAIT = 20.0  # seconds any single wait may take before the test fails
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def reactor() -> Iterator[Reactor]:
-    r = Reactor()
-    r.start()
-    yield r
-    r.stop()
-
-
 def run_on(reactor: Reactor, fn: Callable[[], T]) -> T:
     """Run ``fn`` on the reactor thread and return its result (or raise its exception)."""
-    future: Future[T] = Future()
-
-    def call() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    reactor.call_soon_threadsafe(call)
-    return future.result(WAIT)
+    return reactor.call(fn, WAIT)
 
 
 def reactor_turns(reactor: Reactor, turns: int = 3) -> None:

@@ -42,6 +42,7 @@ and nothing else.  The GIL makes each of these steps atomic; no lock is used.
 
 from __future__ import annotations
 
+import concurrent.futures
 import heapq
 import logging
 import selectors
@@ -49,9 +50,9 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, TypeVar
 
-from ..errors import ServiceClosed
+from ..errors import CrustTimeoutError, ServiceClosed
 
 __all__ = ["Reactor", "TimerHandle"]
 
@@ -61,6 +62,7 @@ _WAKEUP_RECV_SIZE = 4096  # bytes drained per recv from the wakeup socket
 _COMPACT_MIN_CANCELLED = 256  # cancelled timers tolerated before the heap is rebuilt
 _EVENT_READ = selectors.EVENT_READ
 
+T = TypeVar("T")
 
 class TimerHandle:
     """A timer made by :meth:`Reactor.call_at` / :meth:`Reactor.call_later`.
@@ -244,6 +246,32 @@ class Reactor:
         if not self._awake:
             self._awake = True
             self._send_wakeup()
+
+    def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """Run ``fn()`` on the reactor thread and wait for its result.  Any thread.
+
+        On the reactor thread itself ``fn`` runs at once (waiting would deadlock).
+
+        Raises:
+            whatever ``fn`` raised, on the calling thread;
+            CrustTimeoutError: no result within ``timeout`` seconds (``fn`` may still run);
+            ServiceClosed: :meth:`stop` has begun.
+        """
+        if self.in_reactor_thread():
+            return fn()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed over to the waiting thread
+                future.set_exception(exc)
+
+        self.call_soon_threadsafe(run)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise CrustTimeoutError(f"the reactor did not run the call within {timeout} s") from None
 
     def _send_wakeup(self) -> None:
         try:

@@ -14,10 +14,10 @@ Every call may queue effects (:meth:`take_effects`: Dial, Write, Close,
 SendCredit) and events (:meth:`take_events`).  Nothing here touches a
 socket, a thread or the clock; ``now`` is always a parameter.
 
-A connection (``_Conn``) runs the secure handshake, then the exchange
+A connection (``Conn``) runs the secure handshake, then the exchange
 (``handshake.states.EXCHANGE``): the initiator asks for a bootstrap, the
 responder grants or denies.  A granted connection carries a peer
-(``_Peer``): an outbox of queued messages, liveness and RTT.  The peer, not
+(``Peer``): an outbox of queued messages, liveness and RTT.  The peer, not
 the connection, owns the outbox, so when two connections to the same peer
 race (both sides bootstrap off each other at once), one is dropped and the
 queued messages simply flow over the survivor.  The survivor is the
@@ -39,18 +39,20 @@ import logging
 from collections import OrderedDict
 from typing import Iterable, Sequence
 
-from .bootstrap.policy import Bootstrapper
-from .channel import MAX_FRAME_PLAINTEXT, SecureChannel
-from .config import Config
-from .crypto.keys import KeyPair
-from .effects import Close, Dial, Effect, SendCredit, Write
-from .errors import HandshakeError, LocalProtocolError, PeerNotFound, RemoteProtocolError
-from .events import BootstrapFinished, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
-from .handshake.secure import SecureHandshake
-from .handshake.states import EXCHANGE, ExchangeState, Role, transition
-from .ids import ConnId, Contact, CrustUser, Endpoint, PeerId, name_hash
-from .outbox import Outbox
-from .wire.messages import (
+from ..bootstrap.policy import Bootstrapper
+from ..channel import MAX_FRAME_PLAINTEXT
+from ..config import Config
+from ..crypto.keys import KeyPair
+from ..effects import Close, Dial, Effect, SendCredit, Write
+from ..errors import HandshakeError, LocalProtocolError, PeerNotFound, RemoteProtocolError
+from ..events import BootstrapFinished, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
+from ..handshake.bootstrap import judge_bootstrap
+from ..handshake.secure import SecureHandshake
+from ..handshake.states import EXCHANGE, ExchangeState, Role, transition
+from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId, name_hash
+from ..outbox import Outbox
+from .records import NEVER, Conn, Peer, Run
+from ..wire.messages import (
     BootstrapDenied, BootstrapGranted, BootstrapRequest, Data, DenyReason, EchoAddrReq, EchoAddrResp, Goodbye,
     GoodbyeReason, Heartbeat, Message, encode_record,
 )
@@ -61,65 +63,6 @@ log = logging.getLogger("crust")
 
 WRITE_WINDOW = 512 * 1024  # bytes of sealed frames handed to the shell but not yet in the kernel
 _RTT_GAIN = 0.125  # RFC 6298 §2.3 alpha for the smoothed RTT
-_NEVER = float("inf")
-
-
-class _Conn:
-    """One byte stream and the machines running on it."""
-
-    __slots__ = ("id", "role", "remote", "state", "handshake", "channel", "peer_id", "contact", "run", "user",
-                 "deadline", "last_rx", "last_tx", "unsent", "bytes_in", "bytes_out", "paused", "scheduled",
-                 "connected", "listeners")
-
-    def __init__(self, conn_id: ConnId, role: Role, remote: Endpoint, now: float) -> None:
-        self.id = conn_id
-        self.role = role
-        self.remote = remote
-        self.state = ExchangeState.SECURING
-        self.handshake: SecureHandshake | None = None
-        self.channel: SecureChannel | None = None
-        self.peer_id: PeerId | None = None
-        self.contact: Contact | None = None  # the bootstrap contact this dial serves
-        self.run: int | None = None  # the bootstrap run it belongs to
-        self.user = CrustUser.NODE  # the role the initiator asks for / the requester took
-        self.listeners: tuple[Endpoint, ...] = ()
-        self.deadline = _NEVER  # handshake + exchange must finish by then
-        self.last_rx = now
-        self.last_tx = now
-        self.unsent = 0  # bytes written to the shell, not yet reported sent
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.paused = False
-        self.scheduled = _NEVER  # earliest timer-heap entry pending for this conn
-        self.connected = role is Role.RESPONDER
-
-
-class _Peer:
-    """An authenticated, granted remote node and what we queue for it."""
-
-    __slots__ = ("id", "conn", "outbox", "user", "origin", "rtt", "probe_seq", "probe_sent_at")
-
-    def __init__(self, peer_id: PeerId, conn: _Conn, outbox: Outbox, origin: str) -> None:
-        self.id = peer_id
-        self.conn: _Conn | None = conn  # None while a duplicate swap is under way
-        self.outbox = outbox
-        self.user = conn.user
-        self.origin = origin
-        self.rtt: float | None = None
-        self.probe_seq = 0
-        self.probe_sent_at: float | None = None  # an unanswered heartbeat is outstanding
-
-
-class _Run:
-    """One bootstrap run: its schedule and the dials it started."""
-
-    __slots__ = ("id", "policy", "user", "dials")
-
-    def __init__(self, run_id: int, policy: Bootstrapper, user: CrustUser) -> None:
-        self.id = run_id
-        self.policy = policy
-        self.user = user
-        self.dials: dict[Contact, ConnId] = {}
 
 
 class Engine:
@@ -130,15 +73,15 @@ class Engine:
         self._static = static
         self._config = config
         self._name_hash = name_hash(config.network_name)
-        self._conns: dict[ConnId, _Conn] = {}
-        self._pending_accepts: OrderedDict[ConnId, _Conn] = OrderedDict()  # oldest first
-        self._peers: dict[PeerId, _Peer] = {}
-        self._runs: dict[int, _Run] = {}
+        self._conns: dict[ConnId, Conn] = {}
+        self._pending_accepts: OrderedDict[ConnId, Conn] = OrderedDict()  # oldest first
+        self._peers: dict[PeerId, Peer] = {}
+        self._runs: dict[int, Run] = {}
         self._next_conn = 0
         self._next_run = 0
         self._effects: list[Effect] = []
         self._events: list[Event] = []
-        self._dirty: dict[ConnId, _Conn] = {}  # conns whose outbox may fill a frame
+        self._dirty: dict[ConnId, Conn] = {}  # conns whose outbox may fill a frame
         self._timers: list[tuple[float, ConnId]] = []
         self._listeners: tuple[Endpoint, ...] = ()
         self._banned_ids: set[PeerId] = set()
@@ -165,12 +108,12 @@ class Engine:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, if ever."""
-        soonest = self._timers[0][0] if self._timers else _NEVER
+        soonest = self._timers[0][0] if self._timers else NEVER
         for run in self._runs.values():
             due = run.policy.get_timer()
             if due is not None and due < soonest:
                 soonest = due
-        return None if soonest == _NEVER else soonest
+        return None if soonest == NEVER else soonest
 
     # -- queries --------------------------------------------------------------
 
@@ -201,7 +144,7 @@ class Engine:
         """Unsent bytes queued for ``peer_id`` at ``priority``."""
         return self._peer(peer_id).outbox.queued_bytes(priority)
 
-    def _peer(self, peer_id: PeerId) -> _Peer:
+    def _peer(self, peer_id: PeerId) -> Peer:
         peer = self._peers.get(peer_id)
         if peer is None:
             raise PeerNotFound(f"not connected to {peer_id!r}")
@@ -228,7 +171,7 @@ class Engine:
                               deadline=now + (cfg.bootstrap_timeout if timeout is None else timeout), now=now)
         for contact in policy.skipped:
             policy.failures[str(contact.addr)] = "blacklisted"
-        run = self._runs[self._next_run] = _Run(self._next_run, policy, user)
+        run = self._runs[self._next_run] = Run(self._next_run, policy, user)
         self._pump_run(run, now)
         return run.id
 
@@ -252,7 +195,7 @@ class Engine:
             self._events.append(SendDropped(peer_id, priority, dropped))
         if peer.conn is not None:
             self._dirty[peer.conn.id] = peer.conn
-            if priority >= 2 and peer.conn.scheduled == _NEVER:
+            if priority >= 2 and peer.conn.scheduled == NEVER:
                 self._schedule(peer.conn, now + self._config.drop_after)
 
     def disconnect(self, peer_id: PeerId, now: float) -> bool:
@@ -389,7 +332,7 @@ class Engine:
             when, conn_id = heapq.heappop(timers)
             conn = self._conns.get(conn_id)
             if conn is not None and conn.scheduled == when:
-                conn.scheduled = _NEVER
+                conn.scheduled = NEVER
                 self._check_conn(conn, now)
         for run in list(self._runs.values()):
             due = run.policy.get_timer()
@@ -403,15 +346,15 @@ class Engine:
 
     # -- connections --------------------------------------------------------
 
-    def _new_conn(self, role: Role, remote: Endpoint, now: float) -> _Conn:
+    def _new_conn(self, role: Role, remote: Endpoint, now: float) -> Conn:
         self._next_conn += 1
-        conn = _Conn(ConnId(self._next_conn), role, remote, now)
+        conn = Conn(ConnId(self._next_conn), role, remote, now)
         conn.deadline = now + self._config.handshake_timeout
         self._conns[conn.id] = conn
         self._schedule(conn, conn.deadline)
         return conn
 
-    def _start_handshake(self, conn: _Conn, expected: PeerId | None) -> None:
+    def _start_handshake(self, conn: Conn, expected: PeerId | None) -> None:
         conn.handshake = SecureHandshake(
             initiator=conn.role is Role.INITIATOR, static=self._static, name_hash=self._name_hash,
             max_message_size=self._config.max_message_size, expected_peer=expected,
@@ -419,27 +362,27 @@ class Engine:
         if conn.connected:
             self._write_handshake(conn)
 
-    def _write_handshake(self, conn: _Conn) -> None:
+    def _write_handshake(self, conn: Conn) -> None:
         assert conn.handshake is not None
         out = conn.handshake.data_to_send()
         if out:
             self._write(conn, out)
 
-    def _write(self, conn: _Conn, data: bytes) -> None:
+    def _write(self, conn: Conn, data: bytes) -> None:
         conn.unsent += len(data)
         self._effects.append(Write(conn.id, data))
 
-    def _send_control(self, conn: _Conn, *messages: Message) -> None:
+    def _send_control(self, conn: Conn, *messages: Message) -> None:
         assert conn.channel is not None
         self._write(conn, conn.channel.encode(*messages))
 
-    def _schedule(self, conn: _Conn, when: float) -> None:
+    def _schedule(self, conn: Conn, when: float) -> None:
         # A lazy heap: a conn keeps only its earliest entry valid; later ones are skipped.
         if when < conn.scheduled:
             conn.scheduled = when
             heapq.heappush(self._timers, (when, conn.id))
 
-    def _close(self, conn: _Conn, *, flush: bool) -> None:
+    def _close(self, conn: Conn, *, flush: bool) -> None:
         """Forget ``conn`` and tell the shell to close it (after its queued writes when ``flush``)."""
         if self._conns.pop(conn.id, None) is None:
             return
@@ -447,7 +390,7 @@ class Engine:
         self._dirty.pop(conn.id, None)
         self._effects.append(Close(conn.id, flush))
 
-    def _fail_conn(self, conn: _Conn, reason: str, *, close: bool = True) -> None:
+    def _fail_conn(self, conn: Conn, reason: str, *, close: bool = True) -> None:
         """``conn`` is finished for ``reason``: lose its peer or fail its bootstrap dial."""
         if close:
             self._close(conn, flush=True)
@@ -468,7 +411,7 @@ class Engine:
         if conn.state is not ExchangeState.ESTABLISHED:
             log.debug("connection %s to %s failed: %s", conn.id, conn.remote, reason)
 
-    def _remote_error(self, conn: _Conn, exc: RemoteProtocolError) -> None:
+    def _remote_error(self, conn: Conn, exc: RemoteProtocolError) -> None:
         reason = exc.reason if isinstance(exc, HandshakeError) else str(exc)
         peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
         if peer is not None and peer.conn is conn:
@@ -482,7 +425,7 @@ class Engine:
             log.warning("handshake with %s failed: %s", conn.remote, exc)
         self._fail_conn(conn, reason if conn.role is Role.INITIATOR else str(exc))
 
-    def _check_conn(self, conn: _Conn, now: float) -> None:
+    def _check_conn(self, conn: Conn, now: float) -> None:
         """Run ``conn``'s deadlines and schedule its next one."""
         if conn.state is not ExchangeState.ESTABLISHED:
             if now >= conn.deadline:
@@ -513,7 +456,7 @@ class Engine:
             nexts.append(expiry)
         self._schedule(conn, max(min(nexts), now))
 
-    def _probe(self, peer: _Peer, conn: _Conn, now: float) -> None:
+    def _probe(self, peer: Peer, conn: Conn, now: float) -> None:
         if peer.probe_sent_at is None:  # one probe in flight: its echo times the RTT
             peer.probe_seq = (peer.probe_seq + 1) & 0xFFFFFFFF
             peer.probe_sent_at = now
@@ -521,7 +464,7 @@ class Engine:
         conn.last_tx = now
         self._dirty[conn.id] = conn
 
-    def _flush(self, conn: _Conn) -> None:
+    def _flush(self, conn: Conn) -> None:
         """Seal queued messages of ``conn``'s peer into frames, up to the write window."""
         if conn.id not in self._conns or conn.peer_id is None:
             return
@@ -541,7 +484,7 @@ class Engine:
 
     # -- the exchange -------------------------------------------------------
 
-    def _on_secured(self, conn: _Conn, now: float) -> None:
+    def _on_secured(self, conn: Conn, now: float) -> None:
         hs = conn.handshake
         assert hs is not None and hs.channel is not None and hs.peer_id is not None
         conn.channel, conn.peer_id, conn.handshake = hs.channel, hs.peer_id, None
@@ -553,7 +496,7 @@ class Engine:
         else:
             conn.state = ExchangeState.EXPECT_PURPOSE
 
-    def _on_message(self, conn: _Conn, message: Message, now: float) -> None:
+    def _on_message(self, conn: Conn, message: Message, now: float) -> None:
         if conn.state is ExchangeState.ESTABLISHED:
             if type(message) is Data:  # the hot path
                 self._events.append(MessageReceived(conn.peer_id, message.chunk))  # type: ignore[arg-type]
@@ -577,7 +520,7 @@ class Engine:
         else:
             conn.state = state  # EchoAddrResp: external-address voting comes with NAT traversal
 
-    def _on_heartbeat(self, conn: _Conn, beat: Heartbeat, now: float) -> None:
+    def _on_heartbeat(self, conn: Conn, beat: Heartbeat, now: float) -> None:
         peer = self._peers[conn.peer_id]  # type: ignore[index]
         if not beat.echo:
             peer.outbox.push_control(encode_record(Heartbeat(beat.seq, echo=True)))
@@ -587,7 +530,7 @@ class Engine:
             peer.rtt = sample if peer.rtt is None else peer.rtt + _RTT_GAIN * (sample - peer.rtt)
             peer.probe_sent_at = None
 
-    def _on_goodbye(self, conn: _Conn, goodbye: Goodbye) -> None:
+    def _on_goodbye(self, conn: Conn, goodbye: Goodbye) -> None:
         peer = self._peers[conn.peer_id]  # type: ignore[index]
         if peer.conn is not conn:
             self._close(conn, flush=False)  # a retired duplicate: both sides have now said so
@@ -600,25 +543,19 @@ class Engine:
         self._close(conn, flush=False)
         self._drop_peer(peer, f"closed by peer ({goodbye.reason.name.lower()})")
 
-    def _successor(self, peer_id: PeerId) -> _Conn | None:
+    def _successor(self, peer_id: PeerId) -> Conn | None:
         for conn in self._conns.values():
             if conn.peer_id == peer_id and conn.state is not ExchangeState.ESTABLISHED:
                 return conn
         return None
 
-    def _on_bootstrap_request(self, conn: _Conn, request: BootstrapRequest, now: float) -> None:
+    def _on_bootstrap_request(self, conn: Conn, request: BootstrapRequest, now: float) -> None:
         cfg = self._config
-        host = conn.remote.host
-        whitelist = cfg.whitelisted_client_ips if request.user is CrustUser.CLIENT else cfg.whitelisted_node_ips
-        deny: DenyReason | None = None
-        if not self.accept_bootstrap:
-            deny = DenyReason.NOT_ACCEPTING
-        elif whitelist is not None and host not in whitelist:
-            deny = (DenyReason.CLIENT_NOT_WHITELISTED if request.user is CrustUser.CLIENT
-                    else DenyReason.NODE_NOT_WHITELISTED)
-        elif conn.peer_id not in self._peers and len(self._peers) >= cfg.max_peers:
-            deny = DenyReason.TOO_MANY_PEERS
-        elif not self._wins_duplicate(conn):
+        deny = judge_bootstrap(
+            request, remote_ip=conn.remote.host, accepting=self.accept_bootstrap,
+            node_whitelist=cfg.whitelisted_node_ips, client_whitelist=cfg.whitelisted_client_ips,
+            is_new_peer=conn.peer_id not in self._peers, peer_count=len(self._peers), max_peers=cfg.max_peers)
+        if deny is None and not self._wins_duplicate(conn):
             deny = DenyReason.ALREADY_CONNECTED
         if deny is not None:
             self._send_control(conn, BootstrapDenied(deny))
@@ -629,7 +566,7 @@ class Engine:
         self._send_control(conn, BootstrapGranted())
         self._establish(conn, "bootstrap_accept", now)
 
-    def _on_denied(self, conn: _Conn, denied: BootstrapDenied) -> None:
+    def _on_denied(self, conn: Conn, denied: BootstrapDenied) -> None:
         assert conn.peer_id is not None
         if denied.reason is DenyReason.ALREADY_CONNECTED and (conn.peer_id in self._peers):
             self._close(conn, flush=False)
@@ -637,18 +574,18 @@ class Engine:
             return
         self._fail_conn(conn, f"denied: {denied.reason.name.lower()}")
 
-    def _wins_duplicate(self, conn: _Conn) -> bool:
+    def _wins_duplicate(self, conn: Conn) -> bool:
         """Whether ``conn`` should carry its peer, given any connection the peer already has."""
         peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
         if peer is None or peer.conn is None:
             return True
         return self._initiator(conn) > self._initiator(peer.conn)
 
-    def _initiator(self, conn: _Conn) -> PeerId:
+    def _initiator(self, conn: Conn) -> PeerId:
         assert conn.peer_id is not None
         return self.id if conn.role is Role.INITIATOR else conn.peer_id
 
-    def _establish(self, conn: _Conn, origin: str, now: float) -> None:
+    def _establish(self, conn: Conn, origin: str, now: float) -> None:
         """``conn`` was granted: it now carries its peer (a new one, or a duplicate's survivor)."""
         peer_id = conn.peer_id
         assert peer_id is not None
@@ -660,10 +597,10 @@ class Engine:
             self._retire(conn, now)
             self._run_succeeded(conn, peer_id)
             return
-        conn.deadline = _NEVER
+        conn.deadline = NEVER
         if peer is None:
             cfg = self._config
-            peer = self._peers[peer_id] = _Peer(
+            peer = self._peers[peer_id] = Peer(
                 peer_id, conn, Outbox(queue_limit=cfg.send_queue_limit, drop_after=cfg.drop_after), origin)
             self._events.append(PeerConnected(self.peer_info(peer_id)))
         else:
@@ -675,7 +612,7 @@ class Engine:
         self._check_conn(conn, now)
         self._run_succeeded(conn, peer_id)
 
-    def _retire(self, conn: _Conn, now: float) -> None:
+    def _retire(self, conn: Conn, now: float) -> None:
         """``conn`` lost a duplicate race: say so, and read on until the peer agrees.
 
         It is not closed at once because the peer may have written messages on
@@ -686,7 +623,7 @@ class Engine:
         conn.deadline = now + self._config.handshake_timeout
         self._schedule(conn, conn.deadline)
 
-    def _say_goodbye(self, conn: _Conn, reason: GoodbyeReason) -> None:
+    def _say_goodbye(self, conn: Conn, reason: GoodbyeReason) -> None:
         if conn.id in self._conns and conn.channel is not None:
             self._flush(conn)
             self._send_control(conn, Goodbye(reason))
@@ -698,7 +635,7 @@ class Engine:
             self._close(peer.conn, flush=True)
         self._drop_peer(peer, reason)
 
-    def _drop_peer(self, peer: _Peer, reason: str) -> None:
+    def _drop_peer(self, peer: Peer, reason: str) -> None:
         for conn in [c for c in self._conns.values() if c.peer_id == peer.id and c.state is ExchangeState.ESTABLISHED]:
             self._close(conn, flush=True)  # retiring duplicates must not outlive their peer
         if self._peers.pop(peer.id, None) is not None:
@@ -707,7 +644,7 @@ class Engine:
 
     # -- bootstrap runs -----------------------------------------------------
 
-    def _pump_run(self, run: _Run, now: float) -> None:
+    def _pump_run(self, run: Run, now: float) -> None:
         policy = run.policy
         for contact in policy.due(now):
             conn = self._new_conn(Role.INITIATOR, contact.addr, now)
@@ -718,7 +655,7 @@ class Engine:
         if policy.finished and policy.winner is None:
             self._end_run(run, None)
 
-    def _run_succeeded(self, conn: _Conn, peer_id: PeerId) -> None:
+    def _run_succeeded(self, conn: Conn, peer_id: PeerId) -> None:
         run = self._runs.get(conn.run) if conn.run is not None else None
         if run is None or conn.contact is None or conn.contact not in run.policy.in_flight:
             return
@@ -728,7 +665,7 @@ class Engine:
                 self._close(other_conn, flush=False)
         self._end_run(run, peer_id)
 
-    def _end_run(self, run: _Run, peer_id: PeerId | None) -> None:
+    def _end_run(self, run: Run, peer_id: PeerId | None) -> None:
         if self._runs.pop(run.id, None) is None:
             return
         failures = () if peer_id is not None else tuple(run.policy.failures.items())

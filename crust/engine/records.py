@@ -1,0 +1,76 @@
+"""The engine's records: one per connection, per peer and per bootstrap run.
+
+Plain mutable slots objects, owned by :class:`~crust.engine.Engine` (on the
+reactor thread); they hold state and make no decisions.
+"""
+
+from __future__ import annotations
+
+from ..bootstrap.policy import Bootstrapper
+from ..channel import SecureChannel
+from ..handshake.secure import SecureHandshake
+from ..handshake.states import ExchangeState, Role
+from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
+from ..outbox import Outbox
+
+__all__ = ["Conn", "Peer", "Run", "NEVER"]
+
+NEVER = float("inf")
+
+
+class Conn:
+    """One byte stream and the machines running on it."""
+
+    __slots__ = ("id", "role", "remote", "state", "handshake", "channel", "peer_id", "contact", "run", "user",
+                 "deadline", "last_rx", "last_tx", "unsent", "bytes_in", "bytes_out", "paused", "scheduled",
+                 "connected", "listeners")
+
+    def __init__(self, conn_id: ConnId, role: Role, remote: Endpoint, now: float) -> None:
+        self.id = conn_id
+        self.role = role
+        self.remote = remote
+        self.state = ExchangeState.SECURING
+        self.handshake: SecureHandshake | None = None
+        self.channel: SecureChannel | None = None
+        self.peer_id: PeerId | None = None
+        self.contact: Contact | None = None  # the bootstrap contact this dial serves
+        self.run: int | None = None  # the bootstrap run it belongs to
+        self.user = CrustUser.NODE  # the role the initiator asks for / the requester took
+        self.listeners: tuple[Endpoint, ...] = ()
+        self.deadline = NEVER  # handshake + exchange must finish by then
+        self.last_rx = now
+        self.last_tx = now
+        self.unsent = 0  # bytes written to the shell, not yet reported sent
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.paused = False
+        self.scheduled = NEVER  # earliest timer-heap entry pending for this conn
+        self.connected = role is Role.RESPONDER
+
+
+class Peer:
+    """An authenticated, granted remote node and what we queue for it."""
+
+    __slots__ = ("id", "conn", "outbox", "user", "origin", "rtt", "probe_seq", "probe_sent_at")
+
+    def __init__(self, peer_id: PeerId, conn: Conn, outbox: Outbox, origin: str) -> None:
+        self.id = peer_id
+        self.conn: Conn | None = conn  # None while a duplicate swap is under way
+        self.outbox = outbox
+        self.user = conn.user
+        self.origin = origin
+        self.rtt: float | None = None
+        self.probe_seq = 0
+        self.probe_sent_at: float | None = None  # an unanswered heartbeat is outstanding
+
+
+class Run:
+    """One bootstrap run: its schedule and the dials it started."""
+
+    __slots__ = ("id", "policy", "user", "dials")
+
+    def __init__(self, run_id: int, policy: Bootstrapper, user: CrustUser) -> None:
+        self.id = run_id
+        self.policy = policy
+        self.user = user
+        self.dials: dict[Contact, ConnId] = {}

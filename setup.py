@@ -15,7 +15,7 @@ setup(
     install_requires=["pycryptodome>=3.20", "netifaces>=0.11", "miniupnpc>=2.2"],
     extras_require={
         # noiseprotocol: an independent Noise implementation the handshake must interoperate with.
-        "test": ["pytest", "pytest-timeout", "hypothesis", "noiseprotocol>=0.3"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "noiseprotocol>=0.3", "mypy"],
     },
     classifiers=[
         "Topic :: System :: Networking",

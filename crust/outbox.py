@@ -143,8 +143,9 @@ class Outbox:
             pieces.append(record)
             used += len(record)
         released: list[tuple[int, int]] = []
+        full = False
         for priority in list(self._active):
-            if used + _DATA_HEADER_SIZE >= capacity:
+            if full or used + _DATA_HEADER_SIZE >= capacity:
                 break
             queue = self._queues[priority]
             sent = 0
@@ -153,6 +154,9 @@ class Outbox:
                 remaining = len(item.data) - item.offset
                 n = min(capacity - used - _DATA_HEADER_SIZE, remaining)
                 last = n == remaining
+                if not last and pieces and remaining <= capacity - _DATA_HEADER_SIZE:
+                    full = True  # it fits whole in the next frame: cutting it would only cost copies
+                    break
                 pieces.append(data_record_header(priority, n, last))
                 pieces.append(item.data if (item.offset == 0 and last) else memoryview(item.data)[item.offset:item.offset + n])
                 used += _DATA_HEADER_SIZE + n

@@ -21,6 +21,7 @@ that peer's socket until the callbacks catch up (half the limit), so a slow
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import ipaddress
 import logging
 import socket
@@ -107,6 +108,7 @@ class Service:
         self._bootstrap_waiters: dict[int, concurrent.futures.Future[PeerId]] = {}
         self._async_runs: set[int] = set()
         self._paused: dict[PeerId, ConnId] = {}
+        self._flushing: set[TcpStream] = set()  # closed with flush=True, still sending their last bytes
         # Shared state, each with its lock or an atomic-under-GIL operation.
         self._gates: dict[PeerId, SendGate] = {}  # written on the reactor only; read anywhere
         self._sends: deque[tuple[PeerId, int, bytes]] = deque()  # user threads append, reactor pops
@@ -175,7 +177,8 @@ class Service:
         self._pump()
         if self._timer is not None:
             self._timer.cancel()
-        open_streams = [s for s in self._streams.values() if not s.closed]
+        # The engine's Close effects have just moved every stream into _flushing: wait for those too.
+        open_streams = [s for s in self._streams.values() if not s.closed] + list(self._flushing)
         remaining = [len(open_streams)]
 
         def one_closed() -> None:
@@ -189,9 +192,10 @@ class Service:
             stream.close(flush=True, on_done=one_closed)
 
     def _abort_streams(self) -> None:
-        for stream in self._streams.values():
+        for stream in [*self._streams.values(), *self._flushing]:
             stream.close(flush=False)
         self._streams.clear()
+        self._flushing.clear()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -207,6 +211,7 @@ class Service:
     def _register(self, event_type: type[Event], handler: F, args: Callable[[Any], tuple[object, ...]]) -> F:
         if not callable(handler):
             raise TypeError(f"callback must be callable, not {type(handler).__name__}")
+        self._check_open()
         self._dispatcher.add_handler(event_type, handler, args)
         return handler
 
@@ -240,6 +245,7 @@ class Service:
 
     def run_callbacks(self, timeout: float = 0.0) -> int:
         """Manual dispatch: run queued callbacks on this thread; returns how many events were delivered."""
+        self._check_open()
         return self._dispatcher.run_callbacks(timeout)
 
     # -- listening -------------------------------------------------------------
@@ -364,7 +370,8 @@ class Service:
 
     # -- peers and messages ----------------------------------------------------
 
-    def send(self, peer_id: PeerId, data: bytes, priority: int = 0, timeout: float | None = None) -> None:
+    def send(self, peer_id: PeerId, data: bytes | bytearray | memoryview, priority: int = 0,
+             timeout: float | None = None) -> None:
         """Queue ``data`` for ``peer_id``; blocks only while that priority's queue is full.
 
         Thread-safe, and safe inside callbacks.  Per peer and priority,
@@ -512,8 +519,12 @@ class Service:
                     self._dial(conn, endpoint)
                 case Close(conn, flush):
                     stream = self._streams.pop(conn, None)
-                    if stream is not None:
-                        stream.close(flush=flush)
+                    if stream is not None and flush:
+                        # Tracked until really closed, so that close() can wait for it, then abort it.
+                        self._flushing.add(stream)
+                        stream.close(flush=True, on_done=functools.partial(self._flushing.discard, stream))
+                    elif stream is not None:
+                        stream.close(flush=False)
         events = engine.take_events()
         if events:
             self._account(events)

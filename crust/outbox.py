@@ -41,7 +41,7 @@ class _Queued:
 class Outbox:
     """Per-priority FIFO queues with strict-priority, chunked frame filling."""
 
-    __slots__ = ("_queues", "_active", "_control", "_bytes", "_limit", "_drop_after")
+    __slots__ = ("_queues", "_active", "_control", "_bytes", "_limit", "_drop_after", "_dropped_bytes")
 
     def __init__(self, *, queue_limit: int, drop_after: float) -> None:
         self._queues: dict[int, deque[_Queued]] = {}
@@ -50,6 +50,7 @@ class Outbox:
         self._bytes: dict[int, int] = {}  # priority -> unsent bytes queued
         self._limit = queue_limit
         self._drop_after = drop_after
+        self._dropped_bytes: dict[int, int] = {}  # priority -> bytes discarded since the last take
 
     def __bool__(self) -> bool:
         return bool(self._active or self._control)
@@ -81,6 +82,7 @@ class Outbox:
         for item in queue:
             if item.offset == 0 and should_drop(item):
                 self._bytes[priority] -= len(item.data)
+                self._dropped_bytes[priority] = self._dropped_bytes.get(priority, 0) + len(item.data)
                 dropped += 1
             else:
                 kept.append(item)
@@ -88,6 +90,11 @@ class Outbox:
         if not kept:
             self._forget(priority)
         return dropped
+
+    def take_dropped_bytes(self) -> list[tuple[int, int]]:
+        """``(priority, bytes)`` discarded since the last call: room the sender may use again."""
+        dropped, self._dropped_bytes = self._dropped_bytes, {}
+        return list(dropped.items())
 
     def _forget(self, priority: int) -> None:
         del self._queues[priority]

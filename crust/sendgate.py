@@ -5,7 +5,10 @@ touch it.  So each peer gets a gate holding, per priority, the bytes that
 ``send()`` admitted and the engine has not yet released into frames
 (``SendCredit``).  A sender waits only on its own priority's count, which
 is why a full queue of bulk data never blocks a priority-0 ``send()``.
-Droppable priorities never wait: the outbox drops their oldest instead.
+Droppable priorities wait only while twice the limit is in flight: the
+outbox keeps at most one limit (dropping the oldest to make room, which
+gives the bytes back), so the other limit bounds what ``send()`` may pile
+up before the I/O thread has even seen it.
 """
 
 from __future__ import annotations
@@ -45,16 +48,13 @@ class SendGate:
             PeerLostError: the peer went away while we waited.
             ServiceClosed: the service closed while we waited.
         """
-        if priority >= DROP_PRIORITY:
-            with self._cond:
-                self._raise_if_closed()
-            return
+        limit = self._limit if priority < DROP_PRIORITY else 2 * self._limit
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
                 self._raise_if_closed()
                 queued = self._queued.get(priority, 0)
-                if queued < self._limit:
+                if queued < limit:
                     self._queued[priority] = queued + nbytes
                     return
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -69,9 +69,8 @@ class SendGate:
         """The engine moved these ``(priority, bytes)`` into frames: wake waiting senders."""
         with self._cond:
             for priority, nbytes in released:
-                if priority < DROP_PRIORITY:
-                    # max(): a message restarted on a new connection is released twice.
-                    self._queued[priority] = max(0, self._queued.get(priority, 0) - nbytes)
+                # max(): a message restarted on a new connection is released twice.
+                self._queued[priority] = max(0, self._queued.get(priority, 0) - nbytes)
             self._cond.notify_all()
 
     def close(self, error: type[Exception] = PeerLostError) -> None:

@@ -147,6 +147,9 @@ class Service:
             if self._closed:
                 return
             self._closed = True
+        # First, so that the final flush's credit cannot admit a blocked send() after close.
+        for gate in list(self._gates.values()):
+            gate.close(ServiceClosed)
         flushed = threading.Event()
         try:
             self._reactor.call_soon_threadsafe(lambda: self._shutdown_on_reactor(flushed))
@@ -158,8 +161,6 @@ class Service:
         except ServiceClosed:
             pass
         self._reactor.stop(timeout)
-        for gate in list(self._gates.values()):
-            gate.close(ServiceClosed)
         self._gates.clear()
         for waiter in list(self._bootstrap_waiters.values()):
             waiter.cancel()

@@ -367,3 +367,13 @@ def test_released_bytes_sum_to_the_message_sizes() -> None:
     delivered = reassemble(frames)
     for priority, lengths in sizes.items():
         assert [d for d in delivered if d.priority == priority] == [Data(priority, bytes([priority]) * n) for n in lengths]
+
+
+def test_dropped_bytes_are_reported_once_for_sender_credit() -> None:
+    box = Outbox(queue_limit=1000, drop_after=10.0)
+    box.push(2, bytes(600), 0.0)
+    assert box.push(2, bytes(600), 0.0) == 1
+    assert box.take_dropped_bytes() == [(2, 600)]
+    assert box.take_dropped_bytes() == []
+    assert box.expire(20.0) == [(2, 1)]
+    assert box.take_dropped_bytes() == [(2, 600)]

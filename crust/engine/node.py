@@ -193,6 +193,7 @@ class Engine:
         dropped = peer.outbox.push(priority, data, now)
         if dropped:
             self._events.append(SendDropped(peer_id, priority, dropped))
+            self._effects.append(SendCredit(peer_id, tuple(peer.outbox.take_dropped_bytes())))
         if peer.conn is not None:
             self._dirty[peer.conn.id] = peer.conn
             if priority >= 2 and peer.conn.scheduled == NEVER:
@@ -446,8 +447,11 @@ class Engine:
             return
         if now - conn.last_tx >= cfg.heartbeat_interval:
             self._probe(peer, conn, now)
-        for priority, count in peer.outbox.expire(now):
+        expired = peer.outbox.expire(now)
+        for priority, count in expired:
             self._events.append(SendDropped(peer.id, priority, count))
+        if expired:
+            self._effects.append(SendCredit(peer.id, tuple(peer.outbox.take_dropped_bytes())))
         nexts = [conn.last_tx + cfg.heartbeat_interval]
         if not conn.paused:
             nexts.append(conn.last_rx + cfg.inactivity_timeout)
@@ -464,8 +468,8 @@ class Engine:
         conn.last_tx = now
         self._dirty[conn.id] = conn
 
-    def _flush(self, conn: Conn) -> None:
-        """Seal queued messages of ``conn``'s peer into frames, up to the write window."""
+    def _flush(self, conn: Conn, window: float = WRITE_WINDOW) -> None:
+        """Seal queued messages of ``conn``'s peer into frames, up to ``window`` unsent bytes."""
         if conn.id not in self._conns or conn.peer_id is None:
             return
         peer = self._peers.get(conn.peer_id)
@@ -473,7 +477,7 @@ class Engine:
             return
         outbox = peer.outbox
         credit: dict[int, int] = {}
-        while outbox and conn.unsent < WRITE_WINDOW:
+        while outbox and conn.unsent < window:
             pieces, released = outbox.fill(MAX_FRAME_PLAINTEXT)
             self._write(conn, conn.channel.seal(pieces))
             for priority, nbytes in released:
@@ -488,9 +492,9 @@ class Engine:
         hs = conn.handshake
         assert hs is not None and hs.channel is not None and hs.peer_id is not None
         conn.channel, conn.peer_id, conn.handshake = hs.channel, hs.peer_id, None
-        if self._is_banned(conn.peer_id, conn.remote):
-            raise HandshakeError("peer is banned", reason="banned")
         if conn.role is Role.INITIATOR:
+            if self._is_banned(conn.peer_id, conn.remote):
+                raise HandshakeError("peer is banned", reason="banned")
             conn.state = ExchangeState.EXPECT_GRANT
             self._send_control(conn, BootstrapRequest(conn.user, self._listeners[:32]))
         else:
@@ -551,7 +555,7 @@ class Engine:
 
     def _on_bootstrap_request(self, conn: Conn, request: BootstrapRequest, now: float) -> None:
         cfg = self._config
-        deny = judge_bootstrap(
+        deny = DenyReason.BANNED if self._is_banned(conn.peer_id, conn.remote) else judge_bootstrap(
             request, remote_ip=conn.remote.host, accepting=self.accept_bootstrap,
             node_whitelist=cfg.whitelisted_node_ips, client_whitelist=cfg.whitelisted_client_ips,
             is_new_peer=conn.peer_id not in self._peers, peer_count=len(self._peers), max_peers=cfg.max_peers)
@@ -625,7 +629,7 @@ class Engine:
 
     def _say_goodbye(self, conn: Conn, reason: GoodbyeReason) -> None:
         if conn.id in self._conns and conn.channel is not None:
-            self._flush(conn)
+            self._flush(conn, window=NEVER)  # everything send() accepted goes out before the Goodbye
             self._send_control(conn, Goodbye(reason))
 
     def _lose_peer(self, peer_id: PeerId, reason: str, goodbye: GoodbyeReason) -> None:

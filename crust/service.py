@@ -560,8 +560,8 @@ class Service:
                 waiter.set_result(done.peer_id)
             else:
                 reasons = dict(done.failures)
-                detail = "; ".join(f"{addr}: {why}" for addr, why in reasons.items()) or "no contacts to try"
-                waiter.set_exception(BootstrapFailed(f"bootstrap failed ({detail})", reasons))
+                msg = "bootstrap failed" if reasons else "bootstrap failed: no contacts to try"
+                waiter.set_exception(BootstrapFailed(msg, reasons))
         elif done.run in self._async_runs:
             self._async_runs.discard(done.run)
             if done.peer_id is None:

@@ -67,6 +67,11 @@ class PeerId:
             raise ValueError(f"not a hex PeerId: {text[:80]!r}") from None
         return cls(raw)
 
+    def __hash__(self) -> int:
+        # The bytes object caches its hash; the generated tuple hash would recompute
+        # it on every peer-table lookup (once per message on the hot paths).
+        return hash(self.raw)
+
     def __bytes__(self) -> bytes:
         return self.raw
 

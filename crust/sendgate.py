@@ -49,6 +49,11 @@ class SendGate:
             ServiceClosed: the service closed while we waited.
         """
         limit = self._limit if priority < DROP_PRIORITY else 2 * self._limit
+        with self._cond:
+            queued = self._queued.get(priority, 0)
+            if queued < limit and self._closed_by is None:  # the fast path: no clock, no wait
+                self._queued[priority] = queued + nbytes
+                return
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
@@ -68,10 +73,15 @@ class SendGate:
     def release(self, released: tuple[tuple[int, int], ...]) -> None:
         """The engine moved these ``(priority, bytes)`` into frames: wake waiting senders."""
         with self._cond:
+            wake = False
             for priority, nbytes in released:
                 # max(): a message restarted on a new connection is released twice.
-                self._queued[priority] = max(0, self._queued.get(priority, 0) - nbytes)
-            self._cond.notify_all()
+                queued = self._queued[priority] = max(0, self._queued.get(priority, 0) - nbytes)
+                # Hysteresis: waking a blocked sender for every 64 KiB frame costs a
+                # thread switch per frame; wake it once half the queue has drained.
+                wake = wake or queued <= self._limit // 2
+            if wake:
+                self._cond.notify_all()
 
     def close(self, error: type[Exception] = PeerLostError) -> None:
         """The peer is gone (or the service closed): every waiting sender raises ``error``."""

@@ -52,6 +52,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 _CALL_MARGIN = 5.0  # seconds a blocking call waits beyond the engine's own deadline
 
 
+class _Backlog:
+    """Bytes of one peer's messages posted to the dispatcher, and delivered by it.
+
+    No lock: each counter has one writer (``posted`` and ``paused`` the reactor,
+    ``delivered`` the dispatcher), and a stale read only delays a pause or a
+    resume by one message.  This runs once per received message, so it matters.
+    """
+
+    __slots__ = ("posted", "delivered", "paused")
+
+    def __init__(self) -> None:
+        self.posted = 0
+        self.delivered = 0
+        self.paused: ConnId | None = None  # the connection whose reading we paused
+
+
 @dataclass(frozen=True, slots=True)
 class _AsyncBootstrapFailed(Event):
     """A ``start_bootstrap()`` run ended with no peer (shell-only event)."""
@@ -107,15 +123,13 @@ class Service:
         self._timer_at = float("inf")
         self._bootstrap_waiters: dict[int, concurrent.futures.Future[PeerId]] = {}
         self._async_runs: set[int] = set()
-        self._paused: dict[PeerId, ConnId] = {}
         self._flushing: set[TcpStream] = set()  # closed with flush=True, still sending their last bytes
         # Shared state, each with its lock or an atomic-under-GIL operation.
         self._gates: dict[PeerId, SendGate] = {}  # written on the reactor only; read anywhere
         self._sends: deque[tuple[PeerId, int, bytes]] = deque()  # user threads append, reactor pops
         self._sends_lock = threading.Lock()  # guards _drain_posted (one wakeup per batch)
         self._drain_posted = False
-        self._backlog: dict[PeerId, int] = {}  # bytes awaiting callbacks, per peer
-        self._backlog_lock = threading.Lock()  # reactor adds, dispatcher subtracts
+        self._backlogs: dict[PeerId, _Backlog] = {}  # written on the reactor; read by the dispatcher
         self._closed = False
         self._close_lock = threading.Lock()
         self._reactor.start()
@@ -412,6 +426,8 @@ class Service:
             raise PeerNotFound(f"not connected to {peer_id!r}")
         gate.admit(priority, len(payload), timeout)
         self._sends.append((peer_id, priority, payload))
+        if self._drain_posted:
+            return  # the drain has not started yet, so it will see our message (see _drain_sends)
         with self._sends_lock:
             if self._drain_posted:
                 return
@@ -419,6 +435,8 @@ class Service:
         self._reactor.call_soon_threadsafe(self._drain_sends)
 
     def _drain_sends(self) -> None:
+        # The flag is cleared *before* the queue is read: a sender that still sees it
+        # set appended before this point, so its message is drained below.
         with self._sends_lock:
             self._drain_posted = False
         sends, engine, now = self._sends, self._engine, self._reactor.time()
@@ -540,11 +558,12 @@ class Service:
                     backlog[peer_id] = backlog.get(peer_id, 0) + len(data)
                 case PeerConnected(info):
                     self._gates[info.id] = SendGate(info.id, self._config.send_queue_limit)
+                    self._backlogs[info.id] = _Backlog()
                 case PeerLost(peer_id, _):
                     gate = self._gates.pop(peer_id, None)
                     if gate is not None:
                         gate.close()
-                    self._paused.pop(peer_id, None)
+                    self._backlogs.pop(peer_id, None)
                 case BootstrapFinished():
                     self._finish_bootstrap(event)
                     continue
@@ -569,40 +588,40 @@ class Service:
 
     def _add_backlog(self, added: dict[PeerId, int]) -> None:
         limit = self._config.receive_backlog_limit
-        over = []
-        with self._backlog_lock:
-            for peer_id, nbytes in added.items():
-                total = self._backlog[peer_id] = self._backlog.get(peer_id, 0) + nbytes
-                if total > limit and peer_id not in self._paused:
-                    over.append(peer_id)
-        for peer_id in over:
-            conn = self._engine.conn_of(peer_id)
-            stream = self._streams.get(conn) if conn is not None else None
-            if stream is not None and conn is not None:
-                stream.pause_reading()
-                self._engine.reading_paused(conn, True, self._reactor.time())
-                self._paused[peer_id] = conn
+        for peer_id, nbytes in added.items():
+            backlog = self._backlogs.get(peer_id)
+            if backlog is None:
+                continue
+            backlog.posted += nbytes
+            if backlog.posted - backlog.delivered > limit and backlog.paused is None:
+                conn = self._engine.conn_of(peer_id)
+                stream = self._streams.get(conn) if conn is not None else None
+                if stream is not None and conn is not None:
+                    stream.pause_reading()
+                    self._engine.reading_paused(conn, True, self._reactor.time())
+                    backlog.paused = conn
 
     def _on_delivered(self, event: Event) -> None:
-        # Dispatcher thread: give the delivered bytes back; resume reading at half the limit.
-        if not isinstance(event, MessageReceived):
+        # Dispatcher thread: count the delivered bytes; resume reading at half the limit.
+        if type(event) is not MessageReceived:
             return
         peer_id = event.peer_id
-        with self._backlog_lock:
-            total = self._backlog.get(peer_id, 0) - len(event.data)
-            if total > 0:
-                self._backlog[peer_id] = total
-            else:
-                self._backlog.pop(peer_id, None)
-        if peer_id in self._paused and total <= self._config.receive_backlog_limit // 2:
+        backlog = self._backlogs.get(peer_id)
+        if backlog is None:
+            return
+        backlog.delivered += len(event.data)
+        if backlog.paused is not None and backlog.posted - backlog.delivered <= self._config.receive_backlog_limit // 2:
             try:
                 self._reactor.call_soon_threadsafe(lambda: self._resume(peer_id))
             except ServiceClosed:
                 pass
 
     def _resume(self, peer_id: PeerId) -> None:
-        conn = self._paused.pop(peer_id, None)
+        backlog = self._backlogs.get(peer_id)
+        conn = backlog.paused if backlog is not None else None
         stream = self._streams.get(conn) if conn is not None else None
+        if backlog is not None:
+            backlog.paused = None
         if stream is not None and conn is not None:
             stream.resume_reading()
             self._engine.reading_paused(conn, False, self._reactor.time())

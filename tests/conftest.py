@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 from crust.transport.reactor import Reactor
+from tests.livenet import Net
 
 DEFAULT_TEST_TIMEOUT = 60  # seconds; a test that needs more says so with its own mark
 
@@ -118,3 +119,13 @@ def reactor() -> Iterator[Reactor]:
     r.start()
     yield r
     r.stop()
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    """Real Services and raw sockets on loopback, all closed after the test (tests/livenet.py)."""
+    n = Net()
+    try:
+        yield n
+    finally:
+        n.close()

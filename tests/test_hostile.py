@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import struct
 import time
-from typing import Iterator
 
 import pytest
 
@@ -27,13 +26,6 @@ HANDSHAKE_TIMEOUT = 2.0
 PER_IP = 4
 
 
-@pytest.fixture
-def net() -> Iterator[Net]:
-    n = Net()
-    try:
-        yield n
-    finally:
-        n.close()
 
 
 @pytest.fixture

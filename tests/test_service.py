@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -23,13 +23,6 @@ from crust.wire.messages import Heartbeat
 from .livenet import KIB, MIB, WAIT, Net, RawPeer, Recorder, refused_address, wait_closed_by_peer
 
 
-@pytest.fixture
-def net() -> Iterator[Net]:
-    n = Net()
-    try:
-        yield n
-    finally:
-        n.close()
 
 
 def _crust_threads() -> list[threading.Thread]:
@@ -597,6 +590,19 @@ def _blocking_first_message(svc: crust.Service, hold: threading.Event) -> thread
     return blocked
 
 
+def _stalled_pair(net: Net) -> tuple[Any, threading.Event]:
+    """A pair whose A stopped reading (its callback blocks on ``hold``) and B's send queue is full."""
+    chunk = 64 * KIB
+    p = net.pair(dict(max_message_size=chunk, receive_backlog_limit=chunk),
+                 dict(max_message_size=chunk, send_queue_limit=chunk))
+    hold = net.event()
+    _blocking_first_message(p.a, hold)
+    with pytest.raises(crust.SendTimeout):
+        for _ in range(1024):
+            p.b.send(p.a.id, bytes(64 * KIB), timeout=0.5)
+    return p, hold
+
+
 def test_a_slow_callback_pauses_reading_and_blocks_the_sender(net: Net) -> None:
     chunk = 64 * KIB
     receiver_cfg = dict(max_message_size=chunk, receive_backlog_limit=64 * KIB,
@@ -640,20 +646,13 @@ def test_a_slow_callback_pauses_reading_and_blocks_the_sender(net: Net) -> None:
 
 
 def test_a_blocked_send_raises_peer_lost_when_the_peer_goes(net: Net) -> None:
-    chunk = 64 * KIB
-    p = net.pair(dict(max_message_size=chunk, receive_backlog_limit=chunk),
-                 dict(max_message_size=chunk, send_queue_limit=chunk))
-    hold = net.event()
-    _blocking_first_message(p.a, hold)
-    with pytest.raises(crust.SendTimeout):
-        for _ in range(1024):
-            p.b.send(p.a.id, bytes(chunk), timeout=0.5)
+    p, hold = _stalled_pair(net)
     outcome: list[BaseException] = []
     done = threading.Event()
 
     def blocked_sender() -> None:
         try:
-            p.b.send(p.a.id, bytes(chunk))  # no timeout: blocks until the queue has room or the peer goes
+            p.b.send(p.a.id, bytes(64 * KIB))  # no timeout: blocks until the queue has room or the peer goes
         except BaseException as exc:
             outcome.append(exc)
         done.set()
@@ -865,16 +864,9 @@ def test_close_ends_a_blocking_bootstrap_with_service_closed(net: Net) -> None:
 
 
 def test_close_ends_a_blocked_send_with_service_closed(net: Net) -> None:
-    chunk = 64 * KIB
-    p = net.pair(dict(max_message_size=chunk, receive_backlog_limit=chunk),
-                 dict(max_message_size=chunk, send_queue_limit=chunk))
-    hold = net.event()
-    _blocking_first_message(p.a, hold)
-    with pytest.raises(crust.SendTimeout):
-        for _ in range(1024):
-            p.b.send(p.a.id, bytes(chunk), timeout=0.5)
+    p, hold = _stalled_pair(net)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        blocked = pool.submit(p.b.send, p.a.id, bytes(chunk))  # no timeout
+        blocked = pool.submit(p.b.send, p.a.id, bytes(64 * KIB))  # no timeout
         with pytest.raises(concurrent.futures.TimeoutError):  # proving an absence: it is blocked
             blocked.result(0.3)
         p.b.close(timeout=1.0)  # A is not reading: B's last bytes cannot be flushed, so do not wait 5 s for them
@@ -906,14 +898,7 @@ def test_concurrent_senders_keep_each_threads_order(net: Net) -> None:
 
 def test_close_with_a_stalled_peer_still_closes_every_socket(net: Net) -> None:
     """close() must close connections whose last bytes cannot be flushed (the peer is not reading)."""
-    chunk = 64 * KIB
-    p = net.pair(dict(max_message_size=chunk, receive_backlog_limit=chunk),
-                 dict(max_message_size=chunk, send_queue_limit=chunk))
-    hold = net.event()
-    _blocking_first_message(p.a, hold)
-    with pytest.raises(crust.SendTimeout):
-        for _ in range(1024):
-            p.b.send(p.a.id, bytes(chunk), timeout=0.5)
+    p, hold = _stalled_pair(net)
     start = time.monotonic()
     p.b.close(timeout=1.0)  # B's kernel buffers are full: its flush cannot finish, so close gives up on it
     assert time.monotonic() - start < 3.0

@@ -488,6 +488,13 @@ class Service:
         ip = self.get_peer_ip_addr(peer_id)
         return any(c.addr.host == ip or (c.peer_id == peer_id) for c in self._config.hard_coded_contacts)
 
+    def is_peer_whitelisted(self, peer_id: PeerId) -> bool:
+        """True when the whitelist for the peer's role (node or client) is unset or holds its IP."""
+        info = self.peer_info(peer_id)
+        cfg = self._config
+        whitelist = cfg.whitelisted_client_ips if info.user is CrustUser.CLIENT else cfg.whitelisted_node_ips
+        return whitelist is None or info.addr.host in whitelist
+
     # -- the reactor side --------------------------------------------------------
 
     def _pumped(self, result: T) -> T:

@@ -5,7 +5,7 @@ else lives in private modules and may change.
 """
 
 from ._version import __version__
-from .config import Config
+from .config import Config, read_config_file
 from .errors import (
     BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustError, CrustTimeoutError, DecryptError,
     HandshakeError, ListenerError, LocalProtocolError, MessageTooLarge, PeerLostError, PeerNotFound, ProtocolError,
@@ -22,7 +22,7 @@ from .service import Service
 __all__ = [
     "__version__",
     # the facade and its settings
-    "Service", "Config", "Identity", "MSG_DROP_PRIORITY",
+    "Service", "Config", "read_config_file", "Identity", "MSG_DROP_PRIORITY",
     # value types
     "PeerId", "Endpoint", "Contact", "CrustUser", "PeerInfo",
     # events (what the callbacks report)

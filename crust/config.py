@@ -14,16 +14,24 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .errors import ConfigError
 from .ids import Contact, Endpoint
 
-__all__ = ["Config", "default_bootstrap_cache_path"]
+__all__ = [
+    "Config", "default_bootstrap_cache_path", "config_file_candidates", "find_config_file", "read_config_file",
+    "CONFIG_ENV_VAR",
+]
 
 MIB = 1024 * 1024
+CONFIG_ENV_VAR = "CRUST_CONFIG"
+
+log = logging.getLogger("crust")
 
 
 def default_bootstrap_cache_path() -> str:
@@ -199,10 +207,13 @@ class Config:
         if isinstance(data, dict):
             contacts = data.get("hard_coded_contacts")
             if isinstance(contacts, list):
-                data["hard_coded_contacts"] = [
-                    Contact(c["addr"], c.get("peer_id")) if isinstance(c, dict) and "addr" in c else c
-                    for c in contacts
-                ]
+                try:
+                    data["hard_coded_contacts"] = [
+                        Contact(c["addr"], c.get("peer_id")) if isinstance(c, dict) and "addr" in c else c
+                        for c in contacts
+                    ]
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"hard_coded_contacts: {exc}") from None
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -212,6 +223,88 @@ class Config:
             json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
             fh.write("\n")
         os.replace(tmp, path)
+
+
+# -- the default config file ------------------------------------------------------
+
+
+def _user_config_dir() -> str:
+    """``$XDG_CONFIG_HOME`` (``~/.config`` when unset); ``%APPDATA%`` on Windows when set."""
+    if os.name == "nt" and os.environ.get("APPDATA"):
+        return os.environ["APPDATA"]
+    return os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+
+
+def _program_config_file() -> str | None:
+    """``<program name>.crust.config`` beside the running script, or None without a script."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if not argv0 or argv0 == "-c" or argv0 == "-":  # interactive, ``python -c``, stdin
+        return None
+    script = os.path.abspath(argv0)
+    name = os.path.splitext(os.path.basename(script))[0]
+    if not name:
+        return None
+    return os.path.join(os.path.dirname(script), f"{name}.crust.config")
+
+
+def config_file_candidates() -> list[str]:
+    """Where :func:`read_config_file` looks, in order (API.md "Config").
+
+    ``$CRUST_CONFIG`` when set; ``<program name>.crust.config`` beside the
+    running script (``sys.argv[0]``, extension dropped: ``app.py`` ->
+    ``app.crust.config``); ``crust/crust.config`` in the per-user config dir
+    (``$XDG_CONFIG_HOME``, else ``~/.config``).
+    """
+    out = []
+    env = os.environ.get(CONFIG_ENV_VAR)
+    if env:
+        out.append(env)
+    program = _program_config_file()
+    if program is not None:
+        out.append(program)
+    out.append(os.path.join(_user_config_dir(), "crust", "crust.config"))
+    return out
+
+
+def find_config_file() -> str | None:
+    """The first of :func:`config_file_candidates` that exists, or None.
+
+    Raises:
+        ConfigError: ``$CRUST_CONFIG`` is set but names no file (an explicit
+            choice is never silently replaced by another file or by defaults).
+    """
+    env = os.environ.get(CONFIG_ENV_VAR)
+    if env and not os.path.isfile(env):
+        raise ConfigError(f"${CONFIG_ENV_VAR} names {env!r}, which is not a file")
+    for path in config_file_candidates():
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_config_file() -> Config:
+    """Load the default config file (see :func:`config_file_candidates`).
+
+    When there is none, returns ``Config()`` and logs (INFO, logger
+    ``"crust"``) every place it looked; no file is created.
+
+    Raises:
+        ConfigError: the file found cannot be read or is not a valid config
+            (the message names the file and the problem), or ``$CRUST_CONFIG``
+            names a missing file.
+    """
+    path = find_config_file()
+    if path is None:
+        log.info("no crust config file found (looked in %s); using defaults",
+                 ", ".join(config_file_candidates()))
+        return Config()
+    log.info("reading crust config file %s", path)
+    try:
+        return Config.load(path)
+    except ConfigError as exc:
+        if path in str(exc):
+            raise
+        raise ConfigError(f"config file {path!r}: {exc}") from exc
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

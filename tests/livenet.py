@@ -34,6 +34,8 @@ WAIT = 5.0  # seconds: the default bound of every wait for something that must h
 BASE_CONFIG: dict[str, Any] = dict(
     listen_host="127.0.0.1",
     bootstrap_cache_path=None,
+    # Most test clients do not listen; the reachability tests turn the check back on.
+    disable_external_reachability_requirement=True,
     enable_upnp=False,
     enable_udp=False,
     service_discovery_targets=["127.255.255.255"],

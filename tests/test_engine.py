@@ -11,7 +11,7 @@ from crust.events import BootstrapFinished, MessageReceived, Misbehaved, PeerCon
 from crust.ids import Contact, CrustUser, Endpoint
 from tests.simnet import Node, SimNet
 
-FAST = Config(bootstrap_cache_path=None, heartbeat_interval=1.0, inactivity_timeout=5.0, handshake_timeout=2.0,
+FAST = Config(bootstrap_cache_path=None, disable_external_reachability_requirement=True, heartbeat_interval=1.0, inactivity_timeout=5.0, handshake_timeout=2.0,
               bootstrap_timeout=3.0)
 
 
@@ -194,3 +194,60 @@ def test_garbage_after_handshake_is_misbehaviour() -> None:
     assert of(a, Misbehaved)[0].peer_id == b.engine.id
     assert of(a, PeerLost)[0].peer_id == b.engine.id
     assert of(b, PeerLost)
+
+
+CHECKED = dataclasses.replace(FAST, disable_external_reachability_requirement=False)
+
+
+def reachability_run(b_listens_as: str | None, user: CrustUser = CrustUser.NODE) -> tuple[SimNet, Node, Node]:
+    """A (checking) is bootstrapped off by B, whose announced listener is served by ``b_listens_as``."""
+    net = SimNet()
+    a = net.add("a", CHECKED)
+    b = net.add("b", CHECKED)
+    net.add("x", CHECKED)  # an impostor that may sit at B's announced address
+    net.listen("a")
+    if b_listens_as is not None:
+        net.listen(b_listens_as, 7000)
+        b.engine.set_listeners([net.endpoint(b_listens_as, 7000)])
+    b.engine.start_bootstrap([Contact(net.endpoint("a"))], user=user, now=net.now)
+    net.run()
+    net.advance(2.0)
+    return net, a, b
+
+
+def test_a_node_that_answers_at_its_listener_is_granted() -> None:
+    net, a, b = reachability_run("b")
+    assert of(b, BootstrapFinished)[0].peer_id == a.engine.id
+    assert [e.info.id for e in of(a, PeerConnected)] == [b.engine.id]
+    assert net.links_of("a") and len(net.links_of("b")) == 1  # the dial-back closed again
+
+
+def test_a_node_nobody_can_reach_is_denied() -> None:
+    net, a, b = reachability_run(None)
+    (done,) = of(b, BootstrapFinished)
+    assert dict(done.failures) == {str(net.endpoint("a")): "denied: failed_external_reachability"}
+    assert not of(a, PeerConnected)
+
+
+def test_another_identity_at_the_nodes_listener_fails_the_check() -> None:
+    net, a, b = reachability_run("x")
+    assert dict(of(b, BootstrapFinished)[0].failures) == {
+        str(net.endpoint("a")): "denied: failed_external_reachability"}
+
+
+def test_a_client_is_never_checked() -> None:
+    net, a, b = reachability_run(None, user=CrustUser.CLIENT)
+    assert of(b, BootstrapFinished)[0].peer_id == a.engine.id
+    assert of(a, PeerConnected)[0].info.user is CrustUser.CLIENT
+
+
+def test_a_node_whose_announced_listener_is_closed_is_denied() -> None:
+    net = SimNet()
+    a = net.add("a", CHECKED)
+    b = net.add("b", CHECKED)
+    net.listen("a")
+    b.engine.set_listeners([net.endpoint("b", 7000)])  # announced, but nobody listens there
+    b.engine.start_bootstrap([Contact(net.endpoint("a"))], now=net.now)
+    net.run()
+    assert dict(of(b, BootstrapFinished)[0].failures) == {
+        str(net.endpoint("a")): "denied: failed_external_reachability"}

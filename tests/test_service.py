@@ -486,6 +486,21 @@ def test_set_accept_bootstrap_false_denies(net: Net) -> None:
     assert b.bootstrap(timeout=WAIT) == a.id
 
 
+def test_a_node_must_be_reachable_unless_the_check_is_disabled(net: Net) -> None:
+    checked = dict(disable_external_reachability_requirement=False)
+    a, ra, a_ep = net.listener(**checked)
+    b, rb = net.client(str(a_ep), **checked)
+    with pytest.raises(crust.BootstrapFailed) as info:
+        b.bootstrap(timeout=WAIT)  # B does not listen: A cannot connect back
+    assert info.value.reasons == {str(a_ep): "denied: failed_external_reachability"}
+    assert b.bootstrap(user=crust.CrustUser.CLIENT, timeout=WAIT) == a.id  # a Client is not checked
+    assert ra.new_peers[0].user is crust.CrustUser.CLIENT
+    c, rc = net.client(str(a_ep), **checked)
+    c.start_listening()
+    assert c.bootstrap(timeout=WAIT) == a.id  # A dialled C back at its listener and got C's identity
+    assert {p.id for p in a.peers()} == {b.id, c.id}
+
+
 def test_whitelist_denies_other_ips(net: Net) -> None:
     a, ra, a_ep = net.listener(whitelisted_node_ips=["127.0.0.9"])
     b, rb = net.client(str(a_ep))

@@ -62,6 +62,7 @@ __all__ = ["Engine", "WRITE_WINDOW"]
 log = logging.getLogger("crust")
 
 WRITE_WINDOW = 512 * 1024  # bytes of sealed frames handed to the shell but not yet in the kernel
+_MAX_REACHABILITY_PROBES = 4  # listeners of a bootstrapping Node dialled back at once
 _RTT_GAIN = 0.125  # RFC 6298 §2.3 alpha for the smoothed RTT
 
 
@@ -409,6 +410,8 @@ class Engine:
             if run is not None and conn.contact is not None and conn.contact in run.policy.in_flight:
                 run.policy.failed(conn.contact, reason)
                 self._pump_run(run, self._now)
+        if conn.probe_for is not None:
+            self._reachability_checked(conn.probe_for, conn.id, reachable=False)
         if conn.state is not ExchangeState.ESTABLISHED:
             log.debug("connection %s to %s failed: %s", conn.id, conn.remote, reason)
 
@@ -495,6 +498,10 @@ class Engine:
         if conn.role is Role.INITIATOR:
             if self._is_banned(conn.peer_id, conn.remote):
                 raise HandshakeError("peer is banned", reason="banned")
+            if conn.probe_for is not None:
+                self._close(conn, flush=True)  # the Node answered at its listener as itself: reachable
+                self._reachability_checked(conn.probe_for, conn.id, reachable=True)
+                return
             conn.state = ExchangeState.EXPECT_GRANT
             self._send_control(conn, BootstrapRequest(conn.user, self._listeners[:32]))
         else:
@@ -549,7 +556,7 @@ class Engine:
 
     def _successor(self, peer_id: PeerId) -> Conn | None:
         for conn in self._conns.values():
-            if conn.peer_id == peer_id and conn.state is not ExchangeState.ESTABLISHED:
+            if conn.peer_id == peer_id and conn.state is not ExchangeState.ESTABLISHED and conn.probe_for is None:
                 return conn
         return None
 
@@ -561,6 +568,14 @@ class Engine:
             is_new_peer=conn.peer_id not in self._peers, peer_count=len(self._peers), max_peers=cfg.max_peers)
         if deny is None and not self._wins_duplicate(conn):
             deny = DenyReason.ALREADY_CONNECTED
+        if deny is None and request.user is CrustUser.NODE and not cfg.disable_external_reachability_requirement:
+            self._check_reachability(conn, request, now)
+            return
+        self._answer(conn, request, deny, now)
+
+    def _answer(self, conn: Conn, request: BootstrapRequest, deny: DenyReason | None, now: float) -> None:
+        if deny is None and not self._wins_duplicate(conn):  # again: the check may have taken seconds
+            deny = DenyReason.ALREADY_CONNECTED
         if deny is not None:
             self._send_control(conn, BootstrapDenied(deny))
             self._close(conn, flush=True)
@@ -569,6 +584,42 @@ class Engine:
         conn.listeners = request.listeners
         self._send_control(conn, BootstrapGranted())
         self._establish(conn, "bootstrap_accept", now)
+
+    def _check_reachability(self, conn: Conn, request: BootstrapRequest, now: float) -> None:
+        """Dial back the Node's listeners (PROTOCOL.md §6.3); grant once one answers as that PeerId.
+
+        The budget is half the handshake timeout, so the requester (whose own
+        deadline started earlier) hears Granted or Denied before it gives up.
+        """
+        listeners = [ep for ep in request.listeners if ep.transport == "tcp"][:_MAX_REACHABILITY_PROBES]
+        if not listeners:
+            self._answer(conn, request, DenyReason.FAILED_EXTERNAL_REACHABILITY, now)
+            return
+        conn.state = ExchangeState.CHECKING_REACHABILITY
+        conn.request = request
+        budget = self._config.handshake_timeout / 2
+        for endpoint in listeners:
+            probe = self._new_conn(Role.INITIATOR, endpoint, now)
+            probe.probe_for = conn.id
+            probe.deadline = now + budget
+            conn.probes.add(probe.id)
+            self._start_handshake(probe, expected=conn.peer_id)
+            self._effects.append(Dial(probe.id, endpoint))
+
+    def _reachability_checked(self, request_id: ConnId, probe_id: ConnId, *, reachable: bool) -> None:
+        conn = self._conns.get(request_id)
+        if conn is None or conn.request is None or probe_id not in conn.probes:
+            return  # the requester left, or an earlier probe already decided
+        conn.probes.discard(probe_id)
+        if not reachable and conn.probes:
+            return  # other listeners may still answer
+        request, conn.request = conn.request, None
+        for other in conn.probes:
+            if other in self._conns:
+                self._close(self._conns[other], flush=False)
+        conn.probes.clear()
+        deny = None if reachable else DenyReason.FAILED_EXTERNAL_REACHABILITY
+        self._answer(conn, request, deny, self._now)
 
     def _on_denied(self, conn: Conn, denied: BootstrapDenied) -> None:
         assert conn.peer_id is not None

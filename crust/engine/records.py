@@ -12,6 +12,7 @@ from ..handshake.secure import SecureHandshake
 from ..handshake.states import ExchangeState, Role
 from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
 from ..outbox import Outbox
+from ..wire.messages import BootstrapRequest
 
 __all__ = ["Conn", "Peer", "Run", "NEVER"]
 
@@ -23,7 +24,7 @@ class Conn:
 
     __slots__ = ("id", "role", "remote", "state", "handshake", "channel", "peer_id", "contact", "run", "user",
                  "deadline", "last_rx", "last_tx", "unsent", "bytes_in", "bytes_out", "paused", "scheduled",
-                 "connected", "listeners")
+                 "connected", "listeners", "probe_for", "probes", "request")
 
     def __init__(self, conn_id: ConnId, role: Role, remote: Endpoint, now: float) -> None:
         self.id = conn_id
@@ -46,6 +47,9 @@ class Conn:
         self.paused = False
         self.scheduled = NEVER  # earliest timer-heap entry pending for this conn
         self.connected = role is Role.RESPONDER
+        self.probe_for: ConnId | None = None  # a reachability dial-back: the request it checks
+        self.probes: set[ConnId] = set()  # a request under check: its dial-backs still running
+        self.request: BootstrapRequest | None = None  # the request waiting for the check
 
 
 class Peer:

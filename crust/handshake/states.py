@@ -67,6 +67,7 @@ class ExchangeState(enum.Enum):
 
     SECURING = "securing"  # the secure handshake is still running
     EXPECT_PURPOSE = "expect_purpose"  # responder: BootstrapRequest / ConnectRequest / EchoAddrReq
+    CHECKING_REACHABILITY = "checking_reachability"  # responder: dialling back a Node's listeners
     EXPECT_GRANT = "expect_grant"  # initiator of a bootstrap
     EXPECT_ECHO = "expect_echo"  # initiator of an echo-address query
     ESTABLISHED = "established"
@@ -75,6 +76,7 @@ class ExchangeState(enum.Enum):
 EXCHANGE: Mapping[tuple[Role, ExchangeState, str], ExchangeState] = {
     (Role.RESPONDER, ExchangeState.EXPECT_PURPOSE, "BootstrapRequest"): ExchangeState.ESTABLISHED,
     (Role.RESPONDER, ExchangeState.EXPECT_PURPOSE, "EchoAddrReq"): ExchangeState.EXPECT_PURPOSE,
+    (Role.RESPONDER, ExchangeState.CHECKING_REACHABILITY, "EchoAddrReq"): ExchangeState.CHECKING_REACHABILITY,
     (Role.INITIATOR, ExchangeState.EXPECT_GRANT, "BootstrapGranted"): ExchangeState.ESTABLISHED,
     (Role.INITIATOR, ExchangeState.EXPECT_GRANT, "BootstrapDenied"): ExchangeState.EXPECT_GRANT,
     (Role.INITIATOR, ExchangeState.EXPECT_ECHO, "EchoAddrResp"): ExchangeState.EXPECT_ECHO,

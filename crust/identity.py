@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import stat
 import warnings
 from typing import Union
 
 from crust.crypto.keys import KEY_SIZE, KeyPair
 from crust.errors import ConfigError
+from crust.files import write_private_file
 
 __all__ = ["Identity", "InsecureKeyFileWarning"]
 
@@ -35,7 +35,6 @@ _FORMAT = re.compile(r"crust-identity v1\n([0-9a-fA-F]{%d})\n" % (2 * KEY_SIZE))
 # A valid file is 83 bytes; refuse to read much more than that (a wrong path
 # pointing at a large file must not be read into memory).
 _MAX_FILE_SIZE = 1024  # bytes
-_PRIVATE_MODE = 0o600
 
 
 class InsecureKeyFileWarning(UserWarning):
@@ -126,44 +125,5 @@ class Identity(KeyPair):
             ConfigError: the file could not be written; the message names the
                 path and the OS error is the ``__cause__``.
         """
-        name = os.fspath(path)
-        directory = os.path.dirname(name) or "."
-        # A fresh random name with O_EXCL: never follows a planted symlink and
-        # never truncates someone else's file.
-        tmp = os.path.join(directory, f".{os.path.basename(name)}.{secrets.token_hex(8)}.tmp")
         content = f"{_HEADER}\n{self.private_bytes.hex()}\n".encode("ascii")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(tmp, flags, _PRIVATE_MODE)
-            try:
-                if hasattr(os, "fchmod"):
-                    # os.open's mode is filtered by the umask; set it exactly.
-                    os.fchmod(fd, _PRIVATE_MODE)
-                view = memoryview(content)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, name)
-        except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass  # it was never created, or was already renamed
-            raise ConfigError(f"cannot write identity file {name!r}: {exc.strerror or exc}") from exc
-        _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable; best effort, since not every OS can open a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a directory; the data itself is synced
-    finally:
-        os.close(fd)
+        write_private_file(path, content, what="identity file")

@@ -33,7 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     "outbox": DECL | {"wire", "channel"},  # row 3
     "handshake": DECL | {"wire", "crypto", "channel", "outbox"},  # row 4
     "bootstrap": DECL,  # row 5
-    "identity": {"crypto", "errors", "ids"},  # a KeyPair that can be saved and loaded
+    "files": {"errors"},  # atomic private-file writes for identity and cache files
+    "identity": {"crypto", "errors", "ids", "files"},  # a KeyPair that can be saved and loaded
     "engine": DECL | {"wire", "crypto", "channel", "outbox", "handshake", "bootstrap", "identity"},  # row 6
     # the shell: knows no crust protocol
     "transport": {"errors", "config", "ids"},
@@ -48,10 +49,10 @@ SANS_IO = set(ALLOWED) - SHELL
 
 IO_MODULES = {"socket", "select", "selectors", "threading", "queue", "time", "asyncio", "concurrent", "subprocess"}
 CRYPTO_ONLY = {"Crypto", "secrets"}  # pycryptodome, and the OS CSPRNG: crypto/ is the quarantine
-# identity.py writes key files; it draws its temp-file name from ``secrets``.
+# files.py writes key and cache files; it draws its temp-file names from ``secrets``.
 # That randomness is file-system hygiene, not protocol behaviour (which stays
 # reproducible because only crypto/ draws key material), so it is allowed there.
-CRYPTO_ONLY_EXEMPT = {("identity", "secrets")}
+CRYPTO_ONLY_EXEMPT = {("files", "secrets")}
 
 
 def unit_of_file(path: pathlib.Path) -> str:

@@ -78,7 +78,7 @@ class PeerLost(Event):
 
 @dataclass(frozen=True, slots=True)
 class BootstrapFinished(Event):
-    """A bootstrap run ended: with ``peer_id`` on success, else ``None`` and each contact's failure."""
+    """A bootstrap run ended: with ``peer_id`` on success, else ``None``; ``failures`` names each contact that failed."""
 
     run: int
     peer_id: PeerId | None

@@ -26,18 +26,21 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
 import netifaces  # type: ignore[import-untyped]
 
+from .bootstrap.cache import BootstrapCache
 from .config import Config
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, Write
 from .engine import Engine
-from .errors import BootstrapFailed, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
+from .errors import BootstrapFailed, ConfigError, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
 from .events import BootstrapFinished, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
+from .files import write_private_file
 from .identity import Identity
 from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal
 from .sendgate import SendGate
@@ -50,6 +53,7 @@ log = logging.getLogger("crust")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 _CALL_MARGIN = 5.0  # seconds a blocking call waits beyond the engine's own deadline
+_MAX_CACHE_FILE = 4 * 1024 * 1024  # bytes; 1500 entries take ~200 KiB
 
 
 class _Backlog:
@@ -130,6 +134,8 @@ class Service:
         self._sends_lock = threading.Lock()  # guards _drain_posted (one wakeup per batch)
         self._drain_posted = False
         self._backlogs: dict[PeerId, _Backlog] = {}  # written on the reactor; read by the dispatcher
+        self._cache = _load_cache(config.bootstrap_cache_path)  # reactor-owned once started
+        self._cache_text: str | None = None  # the latest dump waiting for the worker to write it
         self._closed = False
         self._close_lock = threading.Lock()
         self._reactor.start()
@@ -182,7 +188,7 @@ class Service:
         with self._workers_lock:
             workers = self._workers
         if workers is not None:
-            workers.shutdown(wait=True, cancel_futures=True)
+            workers.shutdown(wait=True)  # lets a queued cache write finish
 
     def _shutdown_on_reactor(self, flushed: threading.Event) -> None:
         if self._listener is not None:
@@ -329,7 +335,7 @@ class Service:
         future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
 
         def start() -> None:
-            run = self._engine.start_bootstrap(contacts, blacklist=blacklist_list, user=user,
+            run = self._engine.start_bootstrap(self._cache.contacts() + contacts, blacklist=blacklist_list, user=user,
                                                timeout=timeout, now=self._reactor.time())
             self._bootstrap_waiters[run] = future
             self._pump()
@@ -354,7 +360,8 @@ class Service:
     def _start_async_bootstrap(self, contacts: list[Contact], blacklist: list[Endpoint | str],
                                user: CrustUser) -> None:
         def start() -> None:
-            run = self._engine.start_bootstrap(contacts, blacklist=blacklist, user=user, now=self._reactor.time())
+            run = self._engine.start_bootstrap(self._cache.contacts() + contacts, blacklist=blacklist, user=user,
+                                               now=self._reactor.time())
             self._async_runs.add(run)
             self._pump()
 
@@ -379,7 +386,10 @@ class Service:
         self._call(stop)
 
     def _contacts(self) -> list[Contact]:
-        """The hard-coded contacts with host names resolved (blocking DNS; unresolvable ones dropped)."""
+        """The hard-coded contacts with host names resolved (blocking DNS; unresolvable ones dropped).
+
+        Cached contacts go in front of these on the reactor thread, which owns the cache.
+        """
         contacts = [_resolved(c) for c in self._config.hard_coded_contacts]
         return [c for c in contacts if c is not None]
 
@@ -566,6 +576,9 @@ class Service:
                 case PeerConnected(info):
                     self._gates[info.id] = SendGate(info.id, self._config.send_queue_limit)
                     self._backlogs[info.id] = _Backlog()
+                    if info.origin == "bootstrap_connect":  # we dialled it: a contact worth keeping
+                        self._cache.record_success(Contact(info.addr, info.id), time.time())
+                        self._save_cache()
                 case PeerLost(peer_id, _):
                     gate = self._gates.pop(peer_id, None)
                     if gate is not None:
@@ -580,6 +593,12 @@ class Service:
         self._dispatcher.post_many(post)
 
     def _finish_bootstrap(self, done: BootstrapFinished) -> None:
+        cached = len(self._cache)
+        for addr, why in done.failures:
+            if why not in _NOT_A_FAILURE:
+                self._cache.record_failure(Endpoint.parse(addr))
+        if len(self._cache) != cached:
+            self._save_cache()
         waiter = self._bootstrap_waiters.pop(done.run, None)
         if waiter is not None:
             if done.peer_id is not None:
@@ -633,6 +652,29 @@ class Service:
             stream.resume_reading()
             self._engine.reading_paused(conn, False, self._reactor.time())
 
+    def _save_cache(self) -> None:
+        """Write the cache on a worker thread (file I/O never runs on the reactor); writes coalesce."""
+        path = self._config.bootstrap_cache_path
+        if path is None:
+            return
+        pending = self._cache_text is not None
+        self._cache_text = self._cache.dumps()
+        if pending:
+            return  # the queued write will take the newest text
+
+        def write() -> None:
+            text, self._cache_text = self._cache_text, None
+            if text is not None:
+                try:
+                    write_private_file(path, text.encode("utf-8"), what="bootstrap cache", make_dirs=True)
+                except ConfigError as exc:
+                    log.warning("%s", exc)
+
+        try:
+            self._worker().submit(write)
+        except (ServiceClosed, RuntimeError):
+            self._cache_text = None  # closing: the worker pool is gone
+
     def _arm_timer(self) -> None:
         when = self._engine.get_timer()
         if when is None or when >= self._timer_at:
@@ -664,6 +706,31 @@ def _blacklist_entries(blacklist: Iterable[EndpointLike], user: object) -> list[
         else:
             entries.append(Endpoint.coerce(entry))
     return entries
+
+
+_NOT_A_FAILURE = {"blacklisted", "not tried before the timeout"}  # reasons that say nothing of a contact
+
+
+def _load_cache(path: str | None) -> BootstrapCache:
+    """The bootstrap cache at ``path``: empty when there is none; a bad file is logged and replaced later."""
+    if path is None:
+        return BootstrapCache()
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read(_MAX_CACHE_FILE)
+    except FileNotFoundError:
+        return BootstrapCache()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("cannot read bootstrap cache %s (%s); starting with an empty one", path, exc)
+        return BootstrapCache()
+    try:
+        cache = BootstrapCache.loads(text)
+    except ConfigError as exc:
+        log.warning("bootstrap cache %s is corrupt (%s); it will be replaced", path, exc)
+        return BootstrapCache()
+    if cache.skipped:
+        log.warning("bootstrap cache %s: skipped %d malformed entries", path, cache.skipped)
+    return cache
 
 
 def _check_peer_id(peer_id: object) -> None:

@@ -723,5 +723,5 @@ class Engine:
     def _end_run(self, run: Run, peer_id: PeerId | None) -> None:
         if self._runs.pop(run.id, None) is None:
             return
-        failures = () if peer_id is not None else tuple(run.policy.failures.items())
+        failures = tuple(run.policy.failures.items())
         self._events.append(BootstrapFinished(run.id, peer_id, failures))

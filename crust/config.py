@@ -100,6 +100,8 @@ class Config:
     """Seconds a droppable (priority >= 2) message may wait before it is discarded."""
     receive_backlog_limit: int = 8 * MIB
     """Bytes of one peer's messages waiting for callbacks before we stop reading from it."""
+    config_reload_interval: float = 30.0
+    """Seconds between re-reads of the config file a ``Service()`` without a config was built from."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -131,7 +133,7 @@ class Config:
         if self.bootstrap_cache_path is not None and not isinstance(self.bootstrap_cache_path, (str, os.PathLike)):
             raise ConfigError(f"bootstrap_cache_path must be a path or None, not {self.bootstrap_cache_path!r}")
         for name in ("heartbeat_interval", "inactivity_timeout", "handshake_timeout", "bootstrap_timeout",
-                     "drop_after"):
+                     "drop_after", "config_reload_interval"):
             _check_positive_float(name, getattr(self, name))
         _check_float(self, "bootstrap_stagger", 0.0)
         if self.inactivity_timeout <= self.heartbeat_interval:

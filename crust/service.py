@@ -21,6 +21,7 @@ that peer's socket until the callbacks catch up (half the limit), so a slow
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -34,7 +35,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import netifaces  # type: ignore[import-untyped]
 
 from .bootstrap.cache import BootstrapCache
-from .config import Config
+from .config import Config, find_config_file, read_config_file
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, Write
 from .engine import Engine
@@ -101,8 +102,11 @@ class Service:
 
     def __init__(self, config: Config | None = None, identity: Identity | None = None, *,
                  dispatch: str = "thread") -> None:
+        config_file: str | None = None
         if config is None:
-            config = Config()
+            # The default file (API.md's search order); without one, defaults (and a log line).
+            config_file = find_config_file()
+            config = read_config_file()
         if not isinstance(config, Config):
             raise TypeError(f"config must be a crust.Config, not {type(config).__name__}")
         if identity is None:
@@ -138,7 +142,10 @@ class Service:
         self._cache_text: str | None = None  # the latest dump waiting for the worker to write it
         self._closed = False
         self._close_lock = threading.Lock()
+        self._config_file = config_file
         self._reactor.start()
+        if config_file is not None:
+            self._reactor.call_soon_threadsafe(self._schedule_config_reload)
         self._dispatcher.start()
 
     # -- lifecycle --------------------------------------------------------------
@@ -674,6 +681,45 @@ class Service:
             self._worker().submit(write)
         except (ServiceClosed, RuntimeError):
             self._cache_text = None  # closing: the worker pool is gone
+
+    def _schedule_config_reload(self) -> None:
+        self._reactor.call_later(self._config.config_reload_interval, self._reload_config)
+
+    def _reload_config(self) -> None:
+        """Re-read the config file on a worker; apply changed whitelists on the reactor."""
+        path = self._config_file
+        if path is None or self._closed:
+            return
+
+        def load() -> None:
+            try:
+                fresh = Config.load(path)
+            except ConfigError as exc:
+                log.warning("config file %s not reloaded: %s", path, exc)
+                fresh = None
+            try:
+                self._reactor.call_soon_threadsafe(lambda: self._apply_config(fresh))
+            except ServiceClosed:
+                pass
+
+        try:
+            self._worker().submit(load)
+        except (ServiceClosed, RuntimeError):
+            pass
+
+    def _apply_config(self, fresh: Config | None) -> None:
+        if self._closed:
+            return
+        cfg = self._config
+        if fresh is not None and (fresh.whitelisted_node_ips, fresh.whitelisted_client_ips) != (
+                cfg.whitelisted_node_ips, cfg.whitelisted_client_ips):
+            log.info("config file %s: applying new whitelists", self._config_file)
+            self._config = dataclasses.replace(cfg, whitelisted_node_ips=fresh.whitelisted_node_ips,
+                                               whitelisted_client_ips=fresh.whitelisted_client_ips)
+            self._engine.update_whitelists(fresh.whitelisted_node_ips, fresh.whitelisted_client_ips,
+                                           self._reactor.time())
+            self._pump()
+        self._schedule_config_reload()
 
     def _arm_timer(self) -> None:
         when = self._engine.get_timer()

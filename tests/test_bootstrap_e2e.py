@@ -155,3 +155,26 @@ def test_stop_bootstrap_cancels_a_running_start_bootstrap(net: Net) -> None:
     b.start_bootstrap()
     b.stop_bootstrap()
     assert rb_failed.wait(WAIT)
+
+
+def test_a_service_built_from_the_config_file_applies_new_whitelists_live(
+        net: Net, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "node.crust.config"
+    settings = dict(net.config().to_dict(), config_reload_interval=0.1)
+    crust.Config.from_dict(settings).save(path)
+    monkeypatch.setenv("CRUST_CONFIG", str(path))
+    a = crust.Service()  # no config: read from $CRUST_CONFIG, and re-read every 0.1 s
+    net.services.append(a)
+    lost = net.event()
+    a.on_lost(lambda peer_id: lost.set())
+    a_ep = a.start_listening()[0]
+    b, rb = net.client(str(a_ep))
+    assert b.bootstrap(timeout=WAIT) == a.id
+    assert a.is_peer_whitelisted(b.id)
+
+    crust.Config.from_dict(dict(settings, whitelisted_node_ips=["127.0.0.9"])).save(path)
+    assert lost.wait(WAIT), "A kept a peer its new whitelist excludes"
+    rb.wait(lambda: rb.lost == [a.id], what="B told why it was dropped (Goodbye)")
+    with pytest.raises(crust.BootstrapFailed) as failed:
+        b.bootstrap(timeout=WAIT)
+    assert failed.value.reasons == {str(a_ep): "denied: node_not_whitelisted"}

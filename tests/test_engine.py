@@ -251,3 +251,15 @@ def test_a_node_whose_announced_listener_is_closed_is_denied() -> None:
     net.run()
     assert dict(of(b, BootstrapFinished)[0].failures) == {
         str(net.endpoint("a")): "denied: failed_external_reachability"}
+
+
+def test_banned_ips_are_never_dialled() -> None:
+    net = SimNet()
+    net.add("a", FAST)
+    b = net.add("b", FAST)
+    net.listen("a")
+    b.engine.ban([], [net.nodes["a"].ip], net.now)
+    b.engine.start_bootstrap([Contact(net.endpoint("a"))], now=net.now)
+    assert not [e for e in b.engine.take_effects() if type(e).__name__ == "Dial"]
+    net.run()
+    assert dict(of(b, BootstrapFinished)[0].failures) == {str(net.endpoint("a")): "blacklisted"}

@@ -33,6 +33,7 @@ not one each (the issue's performance design).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import ipaddress
 import logging
@@ -167,7 +168,7 @@ class Engine:
         self._now = now
         self._next_run += 1
         cfg = self._config
-        policy = Bootstrapper(contacts, blacklist=blacklist, stagger=cfg.bootstrap_stagger,
+        policy = Bootstrapper(contacts, blacklist=[*blacklist, *self._banned_ips], stagger=cfg.bootstrap_stagger,
                               max_in_flight=cfg.bootstrap_max_in_flight,
                               deadline=now + (cfg.bootstrap_timeout if timeout is None else timeout), now=now)
         for contact in policy.skipped:
@@ -216,6 +217,18 @@ class Engine:
         for peer in list(self._peers.values()):
             if self._is_banned(peer.id, peer.conn.remote if peer.conn else None):
                 self._lose_peer(peer.id, "banned", GoodbyeReason.BANNED)
+
+    def update_whitelists(self, node_ips: frozenset[str] | None, client_ips: frozenset[str] | None,
+                          now: float) -> None:
+        """New whitelists (a re-read config file): drop peers that bootstrapped off us and no longer may."""
+        self._now = now
+        self._config = dataclasses.replace(self._config, whitelisted_node_ips=node_ips,
+                                           whitelisted_client_ips=client_ips)
+        for peer in list(self._peers.values()):
+            whitelist = client_ips if peer.user is CrustUser.CLIENT else node_ips
+            if (peer.origin == "bootstrap_accept" and peer.conn is not None and whitelist is not None
+                    and peer.conn.remote.host not in whitelist):
+                self._lose_peer(peer.id, "no longer whitelisted", GoodbyeReason.NOT_WHITELISTED)
 
     def close(self, now: float) -> None:
         """Say Goodbye to every peer and close every connection.  No events follow."""

@@ -100,6 +100,8 @@ class Config:
     """Seconds a droppable (priority >= 2) message may wait before it is discarded."""
     receive_backlog_limit: int = 8 * MIB
     """Bytes of one peer's messages waiting for callbacks before we stop reading from it."""
+    peer_exchange: bool = True
+    """Answer and ask peer-exchange requests (and let peers mention us to others)."""
     config_reload_interval: float = 30.0
     """Seconds between re-reads of the config file a ``Service()`` without a config was built from."""
 
@@ -115,7 +117,7 @@ class Config:
         for name in ("tcp_port", "udp_port", "service_discovery_port"):
             _check_int(name, getattr(self, name), 0, 65535)
         for name in ("enable_tcp", "enable_udp", "enable_upnp", "force_acceptor_port_in_ext_ep",
-                     "disable_external_reachability_requirement", "relay"):
+                     "disable_external_reachability_requirement", "relay", "peer_exchange"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a bool, not {getattr(self, name)!r}")
         try:

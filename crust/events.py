@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ids import CrustUser, Endpoint, PeerId
+from .ids import Contact, CrustUser, Endpoint, PeerId
 
 __all__ = [
     "PeerInfo",
@@ -19,6 +19,7 @@ __all__ = [
     "BootstrapFinished",
     "SendDropped",
     "Misbehaved",
+    "ContactsLearned",
 ]
 
 
@@ -92,6 +93,14 @@ class SendDropped(Event):
     peer_id: PeerId
     priority: int
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContactsLearned(Event):
+    """``peer_id`` told us about other peers (peer exchange): hints for later bootstraps."""
+
+    peer_id: PeerId
+    contacts: tuple[Contact, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -40,7 +40,7 @@ from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, Write
 from .engine import Engine
 from .errors import BootstrapFailed, ConfigError, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
-from .events import BootstrapFinished, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
+from .events import BootstrapFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
 from .files import write_private_file
 from .identity import Identity
 from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal
@@ -140,6 +140,7 @@ class Service:
         self._backlogs: dict[PeerId, _Backlog] = {}  # written on the reactor; read by the dispatcher
         self._cache = _load_cache(config.bootstrap_cache_path)  # reactor-owned once started
         self._cache_text: str | None = None  # the latest dump waiting for the worker to write it
+        self._learned: OrderedDict[tuple[str, int], Contact] = OrderedDict()  # reactor-owned
         self._closed = False
         self._close_lock = threading.Lock()
         self._config_file = config_file
@@ -342,7 +343,7 @@ class Service:
         future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
 
         def start() -> None:
-            run = self._engine.start_bootstrap(self._cache.contacts() + contacts, blacklist=blacklist_list, user=user,
+            run = self._engine.start_bootstrap(self._bootstrap_contacts(contacts), blacklist=blacklist_list, user=user,
                                                timeout=timeout, now=self._reactor.time())
             self._bootstrap_waiters[run] = future
             self._pump()
@@ -367,7 +368,7 @@ class Service:
     def _start_async_bootstrap(self, contacts: list[Contact], blacklist: list[Endpoint | str],
                                user: CrustUser) -> None:
         def start() -> None:
-            run = self._engine.start_bootstrap(self._cache.contacts() + contacts, blacklist=blacklist, user=user,
+            run = self._engine.start_bootstrap(self._bootstrap_contacts(contacts), blacklist=blacklist, user=user,
                                                now=self._reactor.time())
             self._async_runs.add(run)
             self._pump()
@@ -594,10 +595,26 @@ class Service:
                 case BootstrapFinished():
                     self._finish_bootstrap(event)
                     continue
+                case ContactsLearned(_, contacts):
+                    self._learn(contacts)
+                    continue
             post.append(event)
         if backlog:
             self._add_backlog(backlog)
         self._dispatcher.post_many(post)
+
+    def _learn(self, contacts: tuple[Contact, ...]) -> None:
+        """Keep peer-exchange hints (newest first, bounded) as the last source of bootstrap contacts."""
+        for contact in contacts:
+            key = (contact.addr.host, contact.addr.port)
+            self._learned.pop(key, None)
+            self._learned[key] = contact
+        while len(self._learned) > BootstrapCache.MAX_ENTRIES:
+            self._learned.popitem(last=False)
+
+    def _bootstrap_contacts(self, hard_coded: list[Contact]) -> list[Contact]:
+        """Every source, in PROTOCOL.md §6 order: cache, hard-coded, LAN, then peer-exchange hints."""
+        return self._cache.contacts() + hard_coded + list(reversed(self._learned.values()))
 
     def _finish_bootstrap(self, done: BootstrapFinished) -> None:
         cached = len(self._cache)

@@ -178,3 +178,21 @@ def test_a_service_built_from_the_config_file_applies_new_whitelists_live(
     with pytest.raises(crust.BootstrapFailed) as failed:
         b.bootstrap(timeout=WAIT)
     assert failed.value.reasons == {str(a_ep): "denied: node_not_whitelisted"}
+
+
+def test_peer_exchange_lets_a_node_reach_a_peer_it_was_never_told_about(net: Net) -> None:
+    c, rc, c_ep = net.listener()
+    b, rb, b_ep = net.listener(hard_coded_contacts=[str(c_ep)])
+    assert b.bootstrap(timeout=WAIT) == c.id  # B knows C
+    a = net.service(hard_coded_contacts=[str(b_ep)])  # A knows only B
+    assert a.bootstrap(timeout=WAIT) == b.id
+    # The exchange answer arrives just after the grant and has no public event: watch the
+    # private list, with a bounded wait (a condition, not a sleep standing in for it).
+    deadline = time.monotonic() + WAIT
+    learned: list[crust.Contact] = []
+    while not learned and time.monotonic() < deadline:
+        learned = a._call(lambda: list(a._learned.values()))
+        net.event().wait(0.01)
+    assert [(x.addr, x.peer_id) for x in learned] == [(c_ep, c.id)]
+    b.close()
+    assert a.bootstrap(timeout=WAIT) == c.id  # B is gone; A reaches C through what B told it

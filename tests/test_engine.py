@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from crust.config import Config
-from crust.events import BootstrapFinished, MessageReceived, Misbehaved, PeerConnected, PeerLost, SendDropped
+from crust.events import BootstrapFinished, ContactsLearned, MessageReceived, Misbehaved, PeerConnected, PeerLost, SendDropped
 from crust.ids import Contact, CrustUser, Endpoint
+from crust.wire.messages import PeerExchangeResponse, encode_record
 from tests.simnet import Node, SimNet
 
 FAST = Config(bootstrap_cache_path=None, disable_external_reachability_requirement=True, heartbeat_interval=1.0, inactivity_timeout=5.0, handshake_timeout=2.0,
@@ -263,3 +264,44 @@ def test_banned_ips_are_never_dialled() -> None:
     assert not [e for e in b.engine.take_effects() if type(e).__name__ == "Dial"]
     net.run()
     assert dict(of(b, BootstrapFinished)[0].failures) == {str(net.endpoint("a")): "blacklisted"}
+
+
+def test_peer_exchange_tells_a_newcomer_about_reachable_peers_only() -> None:
+    net = SimNet()
+    c = net.add("c", FAST)
+    b = net.add("b", FAST)
+    client = net.add("client", FAST)
+    a = net.add("a", FAST)
+    net.listen("c"), net.listen("b")
+    b.engine.start_bootstrap([Contact(net.endpoint("c"))], now=net.now)  # B dialled C: C is reachable
+    client.engine.start_bootstrap([Contact(net.endpoint("b"))], user=CrustUser.CLIENT, now=net.now)
+    net.run()
+    a.engine.start_bootstrap([Contact(net.endpoint("b"))], now=net.now)
+    net.run()
+    learned = of(a, ContactsLearned)
+    assert [(e.peer_id, e.contacts) for e in learned] == [
+        (b.engine.id, (Contact(net.endpoint("c"), c.engine.id),))]  # never the Client, never A itself
+
+
+def test_peer_exchange_can_be_turned_off() -> None:
+    net = SimNet()
+    b = net.add("b", dataclasses.replace(FAST, peer_exchange=False))
+    c = net.add("c", FAST)
+    a = net.add("a", FAST)
+    net.listen("b"), net.listen("c")
+    c.engine.start_bootstrap([Contact(net.endpoint("b"))], now=net.now)
+    a.engine.start_bootstrap([Contact(net.endpoint("b"))], now=net.now)
+    net.run()
+    assert not of(a, ContactsLearned)  # B does not share
+
+
+def test_an_unsolicited_peer_exchange_answer_is_misbehaviour() -> None:
+    net, a, b = pair()
+    (conn,) = net.links_of("b")
+    peer = b.engine._peers[a.engine.id]  # reaching into the engine: no public way to fake a reply
+    peer.exchange_asked = False
+    a_peer = a.engine._peers[b.engine.id]
+    a_peer.outbox.push_control(encode_record(PeerExchangeResponse()))
+    a.engine._dirty[a_peer.conn.id] = a_peer.conn
+    net.run()
+    assert of(b, Misbehaved)[0].reason == "unsolicited PeerExchangeResponse"

@@ -33,9 +33,10 @@ ALLOWED: dict[str, set[str]] = {
     "outbox": DECL | {"wire", "channel"},  # row 3
     "handshake": DECL | {"wire", "crypto", "channel", "outbox"},  # row 4
     "bootstrap": DECL,  # row 5
+    "discovery": DECL | {"wire"},  # row 5: LAN beacons (wire.buffer's endpoint codec)
     "files": {"errors"},  # atomic private-file writes for identity and cache files
     "identity": {"crypto", "errors", "ids", "files"},  # a KeyPair that can be saved and loaded
-    "engine": DECL | {"wire", "crypto", "channel", "outbox", "handshake", "bootstrap", "identity"},  # row 6
+    "engine": DECL | {"wire", "crypto", "channel", "outbox", "handshake", "bootstrap", "discovery", "identity"},  # row 6
     # the shell: knows no crust protocol
     "transport": {"errors", "config", "ids"},
     "dispatch": {"errors", "ids", "events"},

@@ -9,12 +9,13 @@ from __future__ import annotations
 import pytest
 
 from crust.errors import LocalProtocolError, RemoteProtocolError
-from crust.ids import CrustUser, Endpoint
+from crust.ids import CrustUser, Endpoint, PeerId
 from crust.wire.messages import (
     CONNECT_TOKEN_SIZE,
     DATA_HEADER,
     DATA_LAST,
     MAX_LISTENERS,
+    MAX_SHARED_PEERS,
     RECORD_HEADER,
     BootstrapDenied,
     BootstrapGranted,
@@ -30,6 +31,9 @@ from crust.wire.messages import (
     Heartbeat,
     Message,
     MessageType,
+    PeerExchangeRequest,
+    PeerExchangeResponse,
+    SharedPeer,
     decode_record,
     encode_record,
 )
@@ -44,11 +48,11 @@ SAMPLES: list[tuple[Message, MessageType, bytes]] = [
     (Heartbeat(7), MessageType.HEARTBEAT, b"\x00\x00\x00\x07\x00"),
     (Heartbeat(0xFFFFFFFF, echo=True), MessageType.HEARTBEAT, b"\xff\xff\xff\xff\x01"),
     (Goodbye(GoodbyeReason.DUPLICATE), MessageType.GOODBYE, b"\x02"),
-    (BootstrapRequest(CrustUser.CLIENT), MessageType.BOOTSTRAP_REQUEST, b"\x01\x00"),
+    (BootstrapRequest(CrustUser.CLIENT), MessageType.BOOTSTRAP_REQUEST, b"\x01\x00\x00"),
     (
-        BootstrapRequest(CrustUser.NODE, (V4, V6)),
+        BootstrapRequest(CrustUser.NODE, (V4, V6), shareable=False),
         MessageType.BOOTSTRAP_REQUEST,
-        b"\x00\x02" + V4_PACKED + V6_PACKED,
+        b"\x00\x02" + V4_PACKED + V6_PACKED + b"\x01",
     ),
     (BootstrapGranted(), MessageType.BOOTSTRAP_GRANTED, b""),
     (BootstrapDenied(DenyReason.NOT_ACCEPTING), MessageType.BOOTSTRAP_DENIED, b"\x05"),
@@ -58,6 +62,12 @@ SAMPLES: list[tuple[Message, MessageType, bytes]] = [
     (ChooseConnection(), MessageType.CHOOSE_CONNECTION, b""),
     (Data(0, b"payload"), MessageType.DATA, b"\x00\x01payload"),
     (Data(255, b"", last=False), MessageType.DATA, b"\xff\x00"),
+    (PeerExchangeRequest(), MessageType.PEER_EXCHANGE_REQUEST, b""),
+    (
+        PeerExchangeResponse((SharedPeer(PeerId(bytes(range(32))), (V4,)),)),
+        MessageType.PEER_EXCHANGE_RESPONSE,
+        b"\x01" + bytes(range(32)) + b"\x01" + V4_PACKED,
+    ),
 ]
 
 
@@ -77,7 +87,7 @@ def test_message_type_values_are_the_wire_bytes() -> None:
     assert {t.name: t.value for t in MessageType} == {
         "HEARTBEAT": 1, "GOODBYE": 2, "BOOTSTRAP_REQUEST": 3, "BOOTSTRAP_GRANTED": 4,
         "BOOTSTRAP_DENIED": 5, "ECHO_ADDR_REQ": 6, "ECHO_ADDR_RESP": 7, "CONNECT_REQUEST": 8,
-        "CHOOSE_CONNECTION": 9, "DATA": 10,
+        "CHOOSE_CONNECTION": 9, "DATA": 10, "PEER_EXCHANGE_REQUEST": 11, "PEER_EXCHANGE_RESPONSE": 12,
     }
 
 
@@ -108,7 +118,7 @@ def test_sample(msg: Message, kind: MessageType, body: bytes) -> None:
 
 
 def test_unknown_message_type() -> None:
-    for kind in (0, 11, 99, 255):
+    for kind in (0, 13, 99, 255):
         with pytest.raises(RemoteProtocolError, match="unknown message type"):
             decode_record(kind, b"")
 
@@ -202,3 +212,13 @@ def test_data_header_matches_encode_record() -> None:
         assert DATA_HEADER.unpack(encode_record(Data(9, chunk, last))[:7]) == (
             MessageType.DATA, len(chunk) + 2, 9, DATA_LAST if last else 0
         )
+
+
+def test_peer_exchange_response_is_capped_on_the_wire() -> None:
+    shared = SharedPeer(PeerId(bytes(32)), (V4,))
+    kind, body = split_record(encode_record(PeerExchangeResponse((shared,) * MAX_SHARED_PEERS)))
+    assert len(decode_record(kind, body).peers) == MAX_SHARED_PEERS  # type: ignore[union-attr]
+    with pytest.raises(RemoteProtocolError, match="at most"):
+        decode_record(kind, bytes([MAX_SHARED_PEERS + 1]) + body[1:])
+    with pytest.raises(RemoteProtocolError, match="listeners"):
+        decode_record(kind, b"\x01" + bytes(32) + b"\x00")

@@ -494,6 +494,7 @@ def test_a_node_must_be_reachable_unless_the_check_is_disabled(net: Net) -> None
         b.bootstrap(timeout=WAIT)  # B does not listen: A cannot connect back
     assert info.value.reasons == {str(a_ep): "denied: failed_external_reachability"}
     assert b.bootstrap(user=crust.CrustUser.CLIENT, timeout=WAIT) == a.id  # a Client is not checked
+    ra.wait(lambda: len(ra.new_peers) == 1, what="A's on_new_peer for the Client")
     assert ra.new_peers[0].user is crust.CrustUser.CLIENT
     c, rc = net.client(str(a_ep), **checked)
     c.start_listening()

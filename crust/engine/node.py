@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import random
 import ipaddress
 import logging
 from collections import OrderedDict
@@ -46,16 +47,17 @@ from ..config import Config
 from ..crypto.keys import KeyPair
 from ..effects import Close, Dial, Effect, SendCredit, Write
 from ..errors import HandshakeError, LocalProtocolError, PeerNotFound, RemoteProtocolError
-from ..events import BootstrapFinished, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
+from ..events import BootstrapFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
 from ..handshake.bootstrap import judge_bootstrap
 from ..handshake.secure import SecureHandshake
 from ..handshake.states import EXCHANGE, ExchangeState, Role, transition
 from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId, name_hash
 from ..outbox import Outbox
+from .peer_exchange import MIN_ANSWER_INTERVAL, learned_contacts, sample_peers
 from .records import NEVER, Conn, Peer, Run
 from ..wire.messages import (
     BootstrapDenied, BootstrapGranted, BootstrapRequest, Data, DenyReason, EchoAddrReq, EchoAddrResp, Goodbye,
-    GoodbyeReason, Heartbeat, Message, encode_record,
+    GoodbyeReason, Heartbeat, Message, PeerExchangeRequest, PeerExchangeResponse, encode_record,
 )
 
 __all__ = ["Engine", "WRITE_WINDOW"]
@@ -70,8 +72,9 @@ _RTT_GAIN = 0.125  # RFC 6298 §2.3 alpha for the smoothed RTT
 class Engine:
     """A crust node without I/O.  See the module docstring for the contract."""
 
-    def __init__(self, *, static: KeyPair, config: Config) -> None:
+    def __init__(self, *, static: KeyPair, config: Config, rng: random.Random | None = None) -> None:
         self.id = static.peer_id
+        self._rng = rng or random.Random()  # peer-exchange sampling; tests inject a seeded one
         self._static = static
         self._config = config
         self._name_hash = name_hash(config.network_name)
@@ -516,7 +519,8 @@ class Engine:
                 self._reachability_checked(conn.probe_for, conn.id, reachable=True)
                 return
             conn.state = ExchangeState.EXPECT_GRANT
-            self._send_control(conn, BootstrapRequest(conn.user, self._listeners[:32]))
+            self._send_control(conn, BootstrapRequest(conn.user, self._listeners[:32],
+                                                      shareable=self._config.peer_exchange))
         else:
             conn.state = ExchangeState.EXPECT_PURPOSE
 
@@ -530,6 +534,9 @@ class Engine:
                 return
             if type(message) is Goodbye:
                 self._on_goodbye(conn, message)
+                return
+            if type(message) is PeerExchangeRequest or type(message) is PeerExchangeResponse:
+                self._on_peer_exchange(conn, message, now)
                 return
         state = transition(EXCHANGE, (conn.role, conn.state, type(message).__name__))
         if isinstance(message, BootstrapRequest):
@@ -567,6 +574,27 @@ class Engine:
         self._close(conn, flush=False)
         self._drop_peer(peer, f"closed by peer ({goodbye.reason.name.lower()})")
 
+    def _on_peer_exchange(self, conn: Conn, message: Message, now: float) -> None:
+        peer = self._peers.get(conn.peer_id)  # type: ignore[arg-type]
+        if peer is None or peer.conn is not conn:
+            return  # a retiring duplicate: its peer answers on the survivor
+        if isinstance(message, PeerExchangeRequest):
+            # Rate limit: within the interval the asker gets an empty answer, not a fresh sample.
+            answer = (sample_peers(self._peers.values(), peer.id, self._rng)
+                      if self._config.peer_exchange and now - peer.exchange_answered_at >= MIN_ANSWER_INTERVAL
+                      else PeerExchangeResponse())
+            peer.exchange_answered_at = now
+            peer.outbox.push_control(encode_record(answer))
+            self._dirty[conn.id] = conn
+            return
+        assert isinstance(message, PeerExchangeResponse)
+        if not peer.exchange_asked:
+            raise RemoteProtocolError("unsolicited PeerExchangeResponse")
+        peer.exchange_asked = False
+        contacts = learned_contacts(message, us=self.id, banned_ids=self._banned_ids, banned_ips=self._banned_ips)
+        if contacts:
+            self._events.append(ContactsLearned(peer.id, tuple(contacts)))
+
     def _successor(self, peer_id: PeerId) -> Conn | None:
         for conn in self._conns.values():
             if conn.peer_id == peer_id and conn.state is not ExchangeState.ESTABLISHED and conn.probe_for is None:
@@ -595,6 +623,7 @@ class Engine:
             return
         conn.user = request.user
         conn.listeners = request.listeners
+        conn.shareable = request.shareable
         self._send_control(conn, BootstrapGranted())
         self._establish(conn, "bootstrap_accept", now)
 
@@ -671,6 +700,9 @@ class Engine:
             peer = self._peers[peer_id] = Peer(
                 peer_id, conn, Outbox(queue_limit=cfg.send_queue_limit, drop_after=cfg.drop_after), origin)
             self._events.append(PeerConnected(self.peer_info(peer_id)))
+            if origin == "bootstrap_connect" and self._config.peer_exchange:
+                peer.exchange_asked = True  # the peer that let us in knows others: ask for them
+                peer.outbox.push_control(encode_record(PeerExchangeRequest()))
         else:
             old, peer.conn = peer.conn, conn
             peer.outbox.restart_partial()

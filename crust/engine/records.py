@@ -24,7 +24,7 @@ class Conn:
 
     __slots__ = ("id", "role", "remote", "state", "handshake", "channel", "peer_id", "contact", "run", "user",
                  "deadline", "last_rx", "last_tx", "unsent", "bytes_in", "bytes_out", "paused", "scheduled",
-                 "connected", "listeners", "probe_for", "probes", "request")
+                 "connected", "listeners", "probe_for", "probes", "request", "shareable")
 
     def __init__(self, conn_id: ConnId, role: Role, remote: Endpoint, now: float) -> None:
         self.id = conn_id
@@ -50,12 +50,14 @@ class Conn:
         self.probe_for: ConnId | None = None  # a reachability dial-back: the request it checks
         self.probes: set[ConnId] = set()  # a request under check: its dial-backs still running
         self.request: BootstrapRequest | None = None  # the request waiting for the check
+        self.shareable = True  # the requester allows peer exchange to mention it
 
 
 class Peer:
     """An authenticated, granted remote node and what we queue for it."""
 
-    __slots__ = ("id", "conn", "outbox", "user", "origin", "rtt", "probe_seq", "probe_sent_at")
+    __slots__ = ("id", "conn", "outbox", "user", "origin", "rtt", "probe_seq", "probe_sent_at", "shareable",
+                 "exchange_asked", "exchange_answered_at")
 
     def __init__(self, peer_id: PeerId, conn: Conn, outbox: Outbox, origin: str) -> None:
         self.id = peer_id
@@ -66,6 +68,9 @@ class Peer:
         self.rtt: float | None = None
         self.probe_seq = 0
         self.probe_sent_at: float | None = None  # an unanswered heartbeat is outstanding
+        self.shareable = conn.shareable  # it did not opt out of peer exchange
+        self.exchange_asked = False  # we sent a PeerExchangeRequest it has not answered
+        self.exchange_answered_at = float("-inf")  # when we last answered its request
 
 
 class Run:

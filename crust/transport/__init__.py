@@ -1,4 +1,4 @@
-"""crust's I/O shell: a selector reactor and TCP pumps.
+"""crust's I/O shell: a selector reactor, TCP pumps and a UDP socket.
 
 Nothing in this package knows crust's protocol; it moves bytes, runs timers
 and carries closures between threads.  Only ``crust.service`` puts it
@@ -9,5 +9,6 @@ from __future__ import annotations
 
 from .reactor import Reactor, TimerHandle
 from .tcp import TcpListener, TcpStream
+from .udp import UdpSocket
 
-__all__ = ["Reactor", "TimerHandle", "TcpListener", "TcpStream"]
+__all__ = ["Reactor", "TimerHandle", "TcpListener", "TcpStream", "UdpSocket"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Union
 
 from ..errors import BufferReadError, RemoteProtocolError
-from ..ids import CrustUser, Endpoint
+from ..ids import PEER_ID_SIZE, CrustUser, Endpoint, PeerId
 from .buffer import Buffer
 
 __all__ = [
@@ -35,6 +35,9 @@ __all__ = [
     "ConnectRequest",
     "ChooseConnection",
     "Data",
+    "PeerExchangeRequest",
+    "PeerExchangeResponse",
+    "SharedPeer",
     "Message",
     "RECORD_HEADER",
     "DATA_HEADER",
@@ -43,6 +46,8 @@ __all__ = [
     "decode_record",
     "MAX_LISTENERS",
     "CONNECT_TOKEN_SIZE",
+    "MAX_SHARED_PEERS",
+    "MAX_SHARED_LISTENERS",
 ]
 
 RECORD_HEADER = struct.Struct(">BI")  # type, body length
@@ -50,6 +55,9 @@ DATA_HEADER = struct.Struct(">BIBB")  # type, body length, priority, flags: a wh
 DATA_LAST = 0x01  # flag: this chunk ends its message
 MAX_LISTENERS = 32  # endpoints a BootstrapRequest may carry
 CONNECT_TOKEN_SIZE = 16  # bytes
+MAX_SHARED_PEERS = 32  # entries a PeerExchangeResponse may carry
+MAX_SHARED_LISTENERS = 4  # endpoints per shared peer
+_DO_NOT_SHARE = 0x01  # BootstrapRequest flag: keep me out of peer exchange
 
 
 class MessageType(enum.IntEnum):
@@ -65,6 +73,8 @@ class MessageType(enum.IntEnum):
     CONNECT_REQUEST = 8
     CHOOSE_CONNECTION = 9
     DATA = 10
+    PEER_EXCHANGE_REQUEST = 11
+    PEER_EXCHANGE_RESPONSE = 12
 
 
 class DenyReason(enum.IntEnum):
@@ -111,6 +121,7 @@ class BootstrapRequest:
 
     user: CrustUser
     listeners: tuple[Endpoint, ...] = ()
+    shareable: bool = True  # may the receiver tell other peers about us (peer exchange)?
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +160,26 @@ class ChooseConnection:
     """Sent by the greater PeerId on the one candidate connection that survives."""
 
 
+@dataclass(frozen=True, slots=True)
+class PeerExchangeRequest:
+    """Asks a connected peer for a sample of its directly reachable peers."""
+
+
+@dataclass(frozen=True, slots=True)
+class SharedPeer:
+    """One peer in a PeerExchangeResponse: who, and where it accepts connections."""
+
+    peer_id: PeerId
+    listeners: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerExchangeResponse:
+    """A bounded sample of the sender's directly reachable, shareable peers."""
+
+    peers: tuple[SharedPeer, ...] = ()
+
+
 @dataclass(slots=True)  # not frozen: one is built per received message, and frozen init costs ~2x
 class Data:
     """One chunk of an application message."""
@@ -159,7 +190,7 @@ class Data:
 
 
 Message = Union[Heartbeat, Goodbye, BootstrapRequest, BootstrapGranted, BootstrapDenied, EchoAddrReq,
-                EchoAddrResp, ConnectRequest, ChooseConnection, Data]
+                EchoAddrResp, ConnectRequest, ChooseConnection, Data, PeerExchangeRequest, PeerExchangeResponse]
 
 
 # -- pull/push pairs -----------------------------------------------------------
@@ -204,7 +235,11 @@ def _pull_bootstrap_request(buf: Buffer) -> BootstrapRequest:
     count = buf.pull_uint8()
     if count > MAX_LISTENERS:
         raise BufferReadError(f"BootstrapRequest lists {count} listeners, at most {MAX_LISTENERS} allowed")
-    return BootstrapRequest(user, tuple(buf.pull_endpoint() for _ in range(count)))
+    listeners = tuple(buf.pull_endpoint() for _ in range(count))
+    flags = buf.pull_uint8()
+    if flags & ~_DO_NOT_SHARE:
+        raise BufferReadError(f"unknown BootstrapRequest flags {flags:#x}")
+    return BootstrapRequest(user, listeners, shareable=not flags & _DO_NOT_SHARE)
 
 
 def _push_bootstrap_request(buf: Buffer, msg: BootstrapRequest) -> None:
@@ -213,6 +248,34 @@ def _push_bootstrap_request(buf: Buffer, msg: BootstrapRequest) -> None:
     buf.push_uint8(len(listeners))
     for endpoint in listeners:
         buf.push_endpoint(endpoint)
+    buf.push_uint8(0 if msg.shareable else _DO_NOT_SHARE)
+
+
+def _pull_peer_exchange(buf: Buffer) -> PeerExchangeResponse:
+    count = buf.pull_uint8()
+    if count > MAX_SHARED_PEERS:
+        raise BufferReadError(f"PeerExchangeResponse lists {count} peers, at most {MAX_SHARED_PEERS} allowed")
+    peers = []
+    for _ in range(count):
+        peer_id = PeerId(buf.pull_bytes(PEER_ID_SIZE))
+        listeners = buf.pull_uint8()
+        if not 0 < listeners <= MAX_SHARED_LISTENERS:
+            raise BufferReadError(f"a shared peer needs 1..{MAX_SHARED_LISTENERS} listeners, got {listeners}")
+        peers.append(SharedPeer(peer_id, tuple(buf.pull_endpoint() for _ in range(listeners))))
+    return PeerExchangeResponse(tuple(peers))
+
+
+def _push_peer_exchange(buf: Buffer, msg: PeerExchangeResponse) -> None:
+    if len(msg.peers) > MAX_SHARED_PEERS:
+        raise ValueError(f"at most {MAX_SHARED_PEERS} shared peers")
+    buf.push_uint8(len(msg.peers))
+    for peer in msg.peers:
+        if not 0 < len(peer.listeners) <= MAX_SHARED_LISTENERS:
+            raise ValueError(f"a shared peer needs 1..{MAX_SHARED_LISTENERS} listeners")
+        buf.push_bytes(bytes(peer.peer_id))
+        buf.push_uint8(len(peer.listeners))
+        for endpoint in peer.listeners:
+            buf.push_endpoint(endpoint)
 
 
 def _pull_denied(buf: Buffer) -> BootstrapDenied:
@@ -274,6 +337,8 @@ _TABLE: dict[MessageType, tuple[type, _Pull, _Push]] = {
     MessageType.CONNECT_REQUEST: (ConnectRequest, _pull_connect_request, _push_connect_request),  # type: ignore[dict-item]
     MessageType.CHOOSE_CONNECTION: (ChooseConnection, *_empty(ChooseConnection)),
     MessageType.DATA: (Data, _pull_data, _push_data),  # type: ignore[dict-item]
+    MessageType.PEER_EXCHANGE_REQUEST: (PeerExchangeRequest, *_empty(PeerExchangeRequest)),
+    MessageType.PEER_EXCHANGE_RESPONSE: (PeerExchangeResponse, _pull_peer_exchange, _push_peer_exchange),  # type: ignore[dict-item]
 }
 _TYPE_OF: dict[type, MessageType] = {cls: kind for kind, (cls, _, _) in _TABLE.items()}
 

@@ -39,11 +39,13 @@ from .config import Config, find_config_file, read_config_file
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, Write
 from .engine import Engine
-from .errors import BootstrapFailed, ConfigError, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
+from .errors import BootstrapFailed, ConfigError, CrustTimeoutError, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
 from .events import BootstrapFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
 from .files import write_private_file
+from .discovery.beacon import Reply
 from .identity import Identity
-from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal
+from .lan import LanDiscovery
+from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal, name_hash
 from .sendgate import SendGate
 from .transport.reactor import Reactor, TimerHandle
 from .transport.tcp import TcpListener, TcpStream
@@ -141,6 +143,7 @@ class Service:
         self._cache = _load_cache(config.bootstrap_cache_path)  # reactor-owned once started
         self._cache_text: str | None = None  # the latest dump waiting for the worker to write it
         self._learned: OrderedDict[tuple[str, int], Contact] = OrderedDict()  # reactor-owned
+        self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
         self._closed = False
         self._close_lock = threading.Lock()
         self._config_file = config_file
@@ -199,6 +202,8 @@ class Service:
             workers.shutdown(wait=True)  # lets a queued cache write finish
 
     def _shutdown_on_reactor(self, flushed: threading.Event) -> None:
+        if self._lan is not None:
+            self._lan.close()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -297,6 +302,8 @@ class Service:
         host, port = self._listener.address
         self._listen_endpoints = [Endpoint(h, port) for h in _local_addresses(host)]
         self._engine.set_listeners(self._listen_endpoints)
+        if self._lan is not None:
+            self._lan.set_listeners(self._listen_endpoints)
         log.info("listening on %s", ", ".join(map(str, self._listen_endpoints)))
         return list(self._listen_endpoints)
 
@@ -342,15 +349,11 @@ class Service:
         contacts = self._contacts()
         future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
 
-        def start() -> None:
-            run = self._engine.start_bootstrap(self._bootstrap_contacts(contacts), blacklist=blacklist_list, user=user,
-                                               timeout=timeout, now=self._reactor.time())
-            self._bootstrap_waiters[run] = future
-            self._pump()
-
-        self._call(start)
+        self._call(lambda: self._begin_bootstrap(contacts, blacklist_list, user, timeout,
+                                                 lambda run: self._bootstrap_waiters.__setitem__(run, future)))
+        window = self._config.service_discovery_window if self._lan is not None else 0.0
         try:
-            return future.result(timeout + _CALL_MARGIN)
+            return future.result(window + timeout + _CALL_MARGIN)
         except concurrent.futures.CancelledError:
             raise ServiceClosed("the service closed during bootstrap") from None
         except concurrent.futures.TimeoutError:
@@ -367,16 +370,30 @@ class Service:
 
     def _start_async_bootstrap(self, contacts: list[Contact], blacklist: list[Endpoint | str],
                                user: CrustUser) -> None:
-        def start() -> None:
-            run = self._engine.start_bootstrap(self._bootstrap_contacts(contacts), blacklist=blacklist, user=user,
-                                               now=self._reactor.time())
-            self._async_runs.add(run)
-            self._pump()
-
         try:
-            self._call(start)
+            self._call(lambda: self._begin_bootstrap(contacts, blacklist, user, None, self._async_runs.add))
         except ServiceClosed:
             pass
+
+    def _begin_bootstrap(self, hard_coded: list[Contact], blacklist: list[Endpoint | str], user: CrustUser,
+                         timeout: float | None, started: Callable[[int], object]) -> None:
+        """Start a run on the reactor; with discovery on, after one LAN seek window (its finds join the run)."""
+        def begin(lan: list[Contact]) -> None:
+            if self._closed:
+                return
+            contacts = self._cache.contacts() + hard_coded + lan + list(reversed(self._learned.values()))
+            run = self._engine.start_bootstrap(contacts, blacklist=blacklist, user=user, timeout=timeout,
+                                               now=self._reactor.time())
+            started(run)
+            self._pump()
+
+        if self._lan is None:
+            begin([])
+        else:
+            # With nothing else to try, the first LAN answer is worth dialling at once.
+            alone = not (hard_coded or len(self._cache) or self._learned)
+            self._lan.seek(self._config.service_discovery_window, lambda replies: begin(_lan_contacts(replies)),
+                           until_first=alone)
 
     def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
         """The pool for blocking calls (DNS now; UPnP later), started on first use."""
@@ -612,9 +629,49 @@ class Service:
         while len(self._learned) > BootstrapCache.MAX_ENTRIES:
             self._learned.popitem(last=False)
 
-    def _bootstrap_contacts(self, hard_coded: list[Contact]) -> list[Contact]:
-        """Every source, in PROTOCOL.md §6 order: cache, hard-coded, LAN, then peer-exchange hints."""
-        return self._cache.contacts() + hard_coded + list(reversed(self._learned.values()))
+    # -- LAN discovery -----------------------------------------------------------------
+
+    def start_service_discovery(self) -> None:
+        """Start the LAN beacon: bootstraps then also try peers that answer on the LAN.
+
+        Seeks go to ``service_discovery_targets`` (default: every interface's
+        broadcast address) on ``service_discovery_port``.  Answering other
+        seekers is separate: :meth:`set_service_discovery_listen`.
+
+        Raises:
+            ListenerError: the beacon's socket could not be opened.
+        """
+        self._call(self._ensure_lan)
+
+    def set_service_discovery_listen(self, listen: bool) -> None:
+        """Answer (``True``) or ignore LAN seekers; starts the beacon if needed.
+
+        Raises:
+            ListenerError: ``service_discovery_port`` could not be bound.
+        """
+        if not isinstance(listen, bool):
+            raise TypeError("listen must be a bool")
+        self._call(lambda: self._ensure_lan().set_listen(listen))
+
+    def has_peers_on_lan(self, timeout: float = 1.0) -> bool:
+        """Seek for ``timeout`` seconds: did any peer of our network answer?  Starts the beacon if needed."""
+        timeout = _check_timeout(timeout)
+        future: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._call(lambda: self._ensure_lan().seek(timeout, lambda replies: future.set_result(bool(replies)),
+                                                   until_first=True))
+        try:
+            return future.result(timeout + _CALL_MARGIN)
+        except concurrent.futures.TimeoutError:
+            raise CrustTimeoutError("the LAN seek did not finish") from None
+
+    def _ensure_lan(self) -> LanDiscovery:
+        if self._lan is None:
+            cfg = self._config
+            self._lan = LanDiscovery(self._reactor, port=cfg.service_discovery_port,
+                                     targets=cfg.service_discovery_targets, name_hash=name_hash(cfg.network_name),
+                                     peer_id=self.id)
+            self._lan.set_listeners(self._listen_endpoints)
+        return self._lan
 
     def _finish_bootstrap(self, done: BootstrapFinished) -> None:
         cached = len(self._cache)
@@ -794,6 +851,11 @@ def _load_cache(path: str | None) -> BootstrapCache:
     if cache.skipped:
         log.warning("bootstrap cache %s: skipped %d malformed entries", path, cache.skipped)
     return cache
+
+
+def _lan_contacts(replies: list[Reply]) -> list[Contact]:
+    """Dial targets from beacon replies; each carries the PeerId the handshake must prove."""
+    return [Contact(ep, reply.peer_id) for reply in replies for ep in reply.listeners]
 
 
 def _check_peer_id(peer_id: object) -> None:

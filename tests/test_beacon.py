@@ -239,3 +239,14 @@ def test_seeker_and_responder_together() -> None:
         now = seeker.get_timer()
     assert new == [PID_A, PID_B]
     assert set(seeker.found) == {PID_A, PID_B}
+
+
+def test_responder_hides_loopback_listeners_from_seekers_on_other_hosts() -> None:
+    name = bytes(32)
+    lan_ep, lo_ep = Endpoint("10.77.0.1", 5483), Endpoint("127.0.0.1", 5483)
+    responder = BeaconResponder(name, PeerId(bytes(range(32))), [lan_ep, lo_ep])
+    seek = encode_seek(Seek(bytes(16), name))
+    remote = decode_beacon(responder.receive_datagram(seek, ("10.77.0.2", 40000)) or b"")
+    local = decode_beacon(responder.receive_datagram(seek, ("127.0.0.1", 40000)) or b"")
+    assert isinstance(remote, Reply) and remote.listeners == (lan_ep,)
+    assert isinstance(local, Reply) and local.listeners == (lan_ep, lo_ep)

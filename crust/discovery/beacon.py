@@ -361,4 +361,15 @@ class BeaconResponder:
             self.ignored += 1
             return None
         self.answered += 1
-        return encode_reply(Reply(beacon.nonce, self._name_hash, self._peer_id, self._listeners))
+        listeners = self._listeners
+        if not _is_loopback(addr[0]):
+            # Our loopback address would make a seeker on another host dial itself.
+            listeners = tuple(ep for ep in listeners if not _is_loopback(ep.host))
+        return encode_reply(Reply(beacon.nonce, self._name_hash, self._peer_id, listeners))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -30,6 +30,9 @@ __all__ = ["LanDiscovery", "broadcast_targets"]
 
 log = logging.getLogger("crust")
 
+_REPLY_INTERVAL = 0.1  # seconds between two Replies to one source IP (a seeker retries every window/4)
+_MAX_TRACKED_SOURCES = 4096
+
 
 def broadcast_targets() -> list[str]:
     """The broadcast address of every IPv4 interface that has one (netifaces)."""
@@ -61,6 +64,7 @@ class LanDiscovery:
         self._listen_socket: UdpSocket | None = None
         self._seekers: list[tuple[BeaconSeeker, Callable[[list[Reply]], None]]] = []
         self._impatient: set[BeaconSeeker] = set()  # seeks that end at their first answer
+        self._replied: dict[str, float] = {}  # source IP -> when we last answered it
         self._seek_socket = UdpSocket(reactor, "0.0.0.0", 0, self._on_reply, broadcast=True)
 
     def set_listeners(self, listeners: Sequence[Endpoint]) -> None:
@@ -126,7 +130,16 @@ class LanDiscovery:
                 self._finish(seeker, on_done)
 
     def _on_seek(self, data: bytes, addr: tuple[str, int]) -> None:
+        # A Reply is up to ~8x a Seek, and UDP sources can be forged: answer each source IP
+        # at most once per _REPLY_INTERVAL so we cannot be used to amplify a flood.
+        now = self._reactor.time()
+        if now - self._replied.get(addr[0], float("-inf")) < _REPLY_INTERVAL:
+            return
+        if len(self._replied) >= _MAX_TRACKED_SOURCES:
+            self._replied.clear()
         reply = self._responder.receive_datagram(data, addr)
+        if reply is not None:
+            self._replied[addr[0]] = now
         if reply is not None and self._listen_socket is not None:
             self._listen_socket.sendto(reply, addr)
 

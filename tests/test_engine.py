@@ -9,7 +9,7 @@ import pytest
 from crust.config import Config
 from crust.events import BootstrapFinished, ContactsLearned, MessageReceived, Misbehaved, PeerConnected, PeerLost, SendDropped
 from crust.ids import Contact, CrustUser, Endpoint
-from crust.wire.messages import PeerExchangeResponse, encode_record
+from crust.wire.messages import MessageType, PeerExchangeResponse, encode_record
 from tests.simnet import Node, SimNet
 
 FAST = Config(bootstrap_cache_path=None, disable_external_reachability_requirement=True, heartbeat_interval=1.0, inactivity_timeout=5.0, handshake_timeout=2.0,
@@ -305,3 +305,26 @@ def test_an_unsolicited_peer_exchange_answer_is_misbehaviour() -> None:
     a.engine._dirty[a_peer.conn.id] = a_peer.conn
     net.run()
     assert of(b, Misbehaved)[0].reason == "unsolicited PeerExchangeResponse"
+
+
+def test_a_peer_exchange_answer_over_the_cap_is_misbehaviour() -> None:
+    net = SimNet()
+    c = net.add("c", FAST)
+    b = net.add("b", FAST)
+    a = net.add("a", FAST)
+    net.listen("c"), net.listen("b")
+    b.engine.start_bootstrap([Contact(net.endpoint("c"))], now=net.now)
+    net.run()
+    # Hold B's answer back, then let B "answer" A's request with 200 entries (the cap is 32).
+    a.engine.start_bootstrap([Contact(net.endpoint("b"))], now=net.now)
+    net.run()
+    a.events.clear()
+    a.engine._peers[b.engine.id].exchange_asked = True  # as if A had just asked again
+    b_peer = b.engine._peers[a.engine.id]
+    shared = bytes(32) + b"\x01" + bytes([0, 4, 10, 0, 0, 1, 0, 1])  # one entry: a PeerId and one endpoint
+    body = bytes([200]) + shared * 200
+    b_peer.outbox.push_control(bytes([MessageType.PEER_EXCHANGE_RESPONSE]) + len(body).to_bytes(4, "big") + body)
+    b.engine._dirty[b_peer.conn.id] = b_peer.conn
+    net.run()
+    assert "at most 32" in of(a, Misbehaved)[0].reason
+    assert of(a, PeerLost)[0].peer_id == b.engine.id

@@ -6,6 +6,7 @@ else lives in private modules and may change.
 
 from ._version import __version__
 from .config import Config, read_config_file
+from .connection_info import PrivConnectionInfo, PubConnectionInfo
 from .errors import (
     BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustError, CrustTimeoutError, DecryptError,
     HandshakeError, ListenerError, LocalProtocolError, MessageTooLarge, PeerLostError, PeerNotFound, ProtocolError,
@@ -24,7 +25,7 @@ __all__ = [
     # the facade and its settings
     "Service", "Config", "read_config_file", "Identity", "MSG_DROP_PRIORITY",
     # value types
-    "PeerId", "Endpoint", "Contact", "CrustUser", "PeerInfo",
+    "PeerId", "Endpoint", "Contact", "CrustUser", "PeerInfo", "PrivConnectionInfo", "PubConnectionInfo",
     # events (what the callbacks report)
     "Event", "PeerConnected", "MessageReceived", "PeerLost", "BootstrapFinished", "SendDropped", "Misbehaved",
     # errors and warnings

@@ -102,6 +102,8 @@ class Config:
     """Bytes of one peer's messages waiting for callbacks before we stop reading from it."""
     service_discovery_window: float = 1.0
     """Seconds a LAN seek (before a bootstrap, or ``has_peers_on_lan``) waits for answers."""
+    connect_timeout: float = 30.0
+    """Seconds ``connect()``/``start_connect()`` try before giving up (``connect(timeout=)`` overrides)."""
     peer_exchange: bool = True
     """Answer and ask peer-exchange requests (and let peers mention us to others)."""
     config_reload_interval: float = 30.0
@@ -137,7 +139,7 @@ class Config:
         if self.bootstrap_cache_path is not None and not isinstance(self.bootstrap_cache_path, (str, os.PathLike)):
             raise ConfigError(f"bootstrap_cache_path must be a path or None, not {self.bootstrap_cache_path!r}")
         for name in ("heartbeat_interval", "inactivity_timeout", "handshake_timeout", "bootstrap_timeout",
-                     "drop_after", "config_reload_interval", "service_discovery_window"):
+                     "drop_after", "config_reload_interval", "service_discovery_window", "connect_timeout"):
             _check_positive_float(name, getattr(self, name))
         _check_float(self, "bootstrap_stagger", 0.0)
         if self.inactivity_timeout <= self.heartbeat_interval:

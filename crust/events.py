@@ -20,6 +20,7 @@ __all__ = [
     "SendDropped",
     "Misbehaved",
     "ContactsLearned",
+    "ConnectFinished",
 ]
 
 
@@ -93,6 +94,15 @@ class SendDropped(Event):
     peer_id: PeerId
     priority: int
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFinished(Event):
+    """A ``connect()`` to ``peer_id`` ended: connected, or not (``failures`` per candidate)."""
+
+    peer_id: PeerId
+    connected: bool
+    failures: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

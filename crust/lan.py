@@ -16,11 +16,11 @@ says when to resend, and the reactor's timers fire those moments.
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Callable, Sequence
 
 import netifaces  # type: ignore[import-untyped]
 
+from .crypto import random_token
 from .discovery.beacon import NONCE_SIZE, BeaconResponder, BeaconSeeker, Reply
 from .ids import Endpoint, PeerId
 from .transport.reactor import Reactor
@@ -91,7 +91,7 @@ class LanDiscovery:
         targets = self._targets if self._targets is not None else broadcast_targets()
         if not targets:
             log.info("LAN discovery: no interface with a broadcast address; nothing to seek on")
-        seeker = BeaconSeeker(self._name_hash, [(t, self._port) for t in targets], secrets.token_bytes(NONCE_SIZE),
+        seeker = BeaconSeeker(self._name_hash, [(t, self._port) for t in targets], random_token(NONCE_SIZE),
                               self._reactor.time(), window, self_id=self._peer_id)
         self._seekers.append((seeker, on_done))
         if until_first:

@@ -39,12 +39,15 @@ from .config import Config, find_config_file, read_config_file
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, Write
 from .engine import Engine
-from .errors import BootstrapFailed, ConfigError, CrustTimeoutError, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
-from .events import BootstrapFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
+from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
+from .connection_info import PrivConnectionInfo, PubConnectionInfo
+from .crypto import random_token
+from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
 from .files import write_private_file
 from .discovery.beacon import Reply
 from .identity import Identity
 from .lan import LanDiscovery
+from .wire.messages import CONNECT_TOKEN_SIZE
 from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal, name_hash
 from .sendgate import SendGate
 from .transport.reactor import Reactor, TimerHandle
@@ -133,6 +136,8 @@ class Service:
         self._timer_at = float("inf")
         self._bootstrap_waiters: dict[int, concurrent.futures.Future[PeerId]] = {}
         self._async_runs: set[int] = set()
+        self._connect_waiters: dict[PeerId, list[concurrent.futures.Future[PeerId]]] = {}
+        self._async_connects: set[PeerId] = set()
         self._flushing: set[TcpStream] = set()  # closed with flush=True, still sending their last bytes
         # Shared state, each with its lock or an atomic-under-GIL operation.
         self._gates: dict[PeerId, SendGate] = {}  # written on the reactor only; read anywhere
@@ -195,6 +200,9 @@ class Service:
         self._gates.clear()
         for waiter in list(self._bootstrap_waiters.values()):
             waiter.cancel()
+        for waiters in list(self._connect_waiters.values()):
+            for connect_waiter in waiters:
+                connect_waiter.cancel()
         self._dispatcher.close(timeout)
         with self._workers_lock:
             workers = self._workers
@@ -615,6 +623,9 @@ class Service:
                 case ContactsLearned(_, contacts):
                     self._learn(contacts)
                     continue
+                case ConnectFinished():
+                    self._finish_connect(event)
+                    continue
             post.append(event)
         if backlog:
             self._add_backlog(backlog)
@@ -628,6 +639,81 @@ class Service:
             self._learned[key] = contact
         while len(self._learned) > BootstrapCache.MAX_ENTRIES:
             self._learned.popitem(last=False)
+
+    # -- connect (rendezvous through swapped connection info) ---------------------------
+
+    def prepare_connection_info(self, timeout: float | None = None) -> PrivConnectionInfo:
+        """Our PeerId, listener endpoints and a fresh connect token, to swap out of band.
+
+        Endpoints are every local address of our listener, loopback ones only when
+        nothing else exists; none when we do not listen (the peer's dial must then
+        win).  ``timeout`` bounds the wait for the I/O thread.
+        """
+        endpoints = self._call(lambda: list(self._listen_endpoints),
+                               _CALL_MARGIN if timeout is None else _check_timeout(timeout))
+        outside = [ep for ep in endpoints if not ipaddress.ip_address(ep.host).is_loopback]
+        return PrivConnectionInfo(self.id, tuple(outside or endpoints), random_token(CONNECT_TOKEN_SIZE))
+
+    def connect(self, ours: PrivConnectionInfo, theirs: PubConnectionInfo, timeout: float | None = None) -> PeerId:
+        """Connect to the peer whose info we got out of band; it calls ``connect`` with ours.
+
+        Every candidate is dialled at once and the peer's dials count too; exactly
+        one connection survives and both sides see ``on_new_peer(origin="connect")``
+        once.  Already connected: returns at once.
+
+        Raises:
+            ConnectToSelf: ``theirs`` is our own info.
+            ConnectError: no candidate connected within ``timeout`` (default ``connect_timeout``);
+                ``reasons`` names each candidate's failure.
+        """
+        timeout = self._config.connect_timeout if timeout is None else _check_timeout(timeout)
+        future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
+        self._start_connect(ours, theirs, timeout, future)
+        try:
+            return future.result(timeout + _CALL_MARGIN)
+        except concurrent.futures.CancelledError:
+            raise ServiceClosed("the service closed during connect") from None
+        except concurrent.futures.TimeoutError:
+            raise ConnectError(f"connect to {theirs.peer_id!r} did not finish within {timeout} s") from None
+
+    def start_connect(self, ours: PrivConnectionInfo, theirs: PubConnectionInfo) -> None:
+        """Like :meth:`connect` without blocking: ``on_new_peer`` or ``on_connect_failure`` follow."""
+        self._start_connect(ours, theirs, self._config.connect_timeout, None)
+
+    def _start_connect(self, ours: PrivConnectionInfo, theirs: PubConnectionInfo, timeout: float,
+                       future: concurrent.futures.Future[PeerId] | None) -> None:
+        if not isinstance(ours, PrivConnectionInfo):
+            raise TypeError(f"ours must be a crust.PrivConnectionInfo, not {type(ours).__name__}")
+        if not isinstance(theirs, PubConnectionInfo):
+            raise TypeError(f"theirs must be a crust.PubConnectionInfo, not {type(theirs).__name__}")
+        if ours.peer_id != self.id:
+            raise ValueError("ours was prepared by another Service (its peer_id is not ours)")
+        if theirs.peer_id == self.id:
+            raise ConnectToSelf("the connection info is our own: cannot connect to ourselves")
+        self._check_open()
+
+        def start() -> None:
+            if future is not None:
+                self._connect_waiters.setdefault(theirs.peer_id, []).append(future)
+            else:
+                self._async_connects.add(theirs.peer_id)
+            self._engine.start_connect(theirs.peer_id, theirs.endpoints, their_token=theirs.token,
+                                       our_token=ours.token, timeout=timeout, now=self._reactor.time())
+            self._pump()
+
+        self._call(start)
+
+    def _finish_connect(self, done: ConnectFinished) -> None:
+        reasons = dict(done.failures)
+        for waiter in self._connect_waiters.pop(done.peer_id, []):
+            if done.connected:
+                waiter.set_result(done.peer_id)
+            else:
+                waiter.set_exception(ConnectError(f"could not connect to {done.peer_id!r}", reasons))
+        if done.peer_id in self._async_connects:
+            self._async_connects.discard(done.peer_id)
+            if not done.connected:
+                self._dispatcher.post(_ConnectFailed(done.peer_id))
 
     # -- LAN discovery -----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ feeding) and reported sent, and a Close reaches the other side as
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -69,6 +70,19 @@ class SimNet:
             if not moved:
                 return
         raise AssertionError("SimNet did not settle")
+
+    def run_shuffled(self, rng: random.Random, steps: int) -> None:
+        """Up to ``steps`` deliveries, each from a randomly chosen link (in order within a link)."""
+        for _ in range(steps):
+            for node in list(self.nodes.values()):
+                self._collect(node)
+            if not self._queue:
+                return
+            pending = list(self._queue)
+            name, conn, _ = pending[rng.randrange(len(pending))]
+            head = next(item for item in pending if item[0] == name and item[1] == conn)
+            self._queue.remove(head)
+            self._deliver(*head)
 
     def advance(self, seconds: float, step: float | None = None) -> None:
         """Move the clock, firing engine timers on the way (bounded)."""

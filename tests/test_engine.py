@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from crust.config import Config
-from crust.events import BootstrapFinished, ContactsLearned, MessageReceived, Misbehaved, PeerConnected, PeerLost, SendDropped
+from crust.events import BootstrapFinished, ConnectFinished, ContactsLearned, MessageReceived, Misbehaved, PeerConnected, PeerLost, SendDropped
 from crust.ids import Contact, CrustUser, Endpoint
 from crust.wire.messages import MessageType, PeerExchangeResponse, encode_record
 from tests.simnet import Node, SimNet
@@ -328,3 +328,100 @@ def test_a_peer_exchange_answer_over_the_cap_is_misbehaviour() -> None:
     net.run()
     assert "at most 32" in of(a, Misbehaved)[0].reason
     assert of(a, PeerLost)[0].peer_id == b.engine.id
+
+
+TOKEN_A, TOKEN_B = b"A" * 16, b"B" * 16
+
+
+def connect_both(net: SimNet, a: Node, b: Node, a_eps: list, b_eps: list, timeout: float = 3.0) -> None:
+    a.engine.start_connect(b.engine.id, b_eps, their_token=TOKEN_B, our_token=TOKEN_A, timeout=timeout, now=net.now)
+    b.engine.start_connect(a.engine.id, a_eps, their_token=TOKEN_A, our_token=TOKEN_B, timeout=timeout, now=net.now)
+    net.run()
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_connect_both_ways_leaves_exactly_one_connection(chunk: int | None) -> None:
+    net = SimNet(chunk=chunk)
+    a, b = net.add("a", FAST), net.add("b", FAST)
+    connect_both(net, a, b, [net.listen("a")], [net.listen("b")])
+    net.advance(1.0)
+    for node, other in ((a, b), (b, a)):
+        assert [(e.info.id, e.info.origin) for e in of(node, PeerConnected)] == [(other.engine.id, "connect")]
+        assert of(node, ConnectFinished) == [ConnectFinished(other.engine.id, True)]
+    assert len(net.links_of("a")) == 1 and not of(a, PeerLost)
+    a.engine.send(b.engine.id, 0, b"hi", net.now)
+    net.run()
+    assert [e.data for e in of(b, MessageReceived)] == [b"hi"]
+
+
+def test_connect_works_when_only_one_side_listens() -> None:
+    net = SimNet()
+    a, b = net.add("a", FAST), net.add("b", FAST)
+    connect_both(net, a, b, [], [net.listen("b")])
+    assert of(a, ConnectFinished)[0].connected and of(b, ConnectFinished)[0].connected
+
+
+def test_connect_to_an_impostor_fails_with_each_candidates_reason() -> None:
+    net = SimNet()
+    a, b, x = net.add("a", FAST), net.add("b", FAST), net.add("x", FAST)
+    a.engine.start_connect(b.engine.id, [net.listen("x")], their_token=TOKEN_B, our_token=TOKEN_A, timeout=2.0,
+                           now=net.now)
+    net.run()
+    net.advance(2.5)
+    (done,) = of(a, ConnectFinished)
+    assert not done.connected
+    assert dict(done.failures)[str(net.endpoint("x"))] == "peer_id_mismatch"
+
+
+def test_a_later_connect_call_adopts_the_peers_early_dial() -> None:
+    net = SimNet()
+    a, b = net.add("a", FAST), net.add("b", FAST)
+    b_ep = net.listen("b")
+    a.engine.start_connect(b.engine.id, [b_ep], their_token=TOKEN_B, our_token=TOKEN_A, timeout=3.0, now=net.now)
+    net.run()  # B has not called connect() yet: A's candidate waits at B
+    assert not of(a, PeerConnected)
+    b.engine.start_connect(a.engine.id, [], their_token=TOKEN_A, our_token=TOKEN_B, timeout=3.0, now=net.now)
+    net.run()
+    assert of(a, PeerConnected) and of(b, PeerConnected)
+
+
+def test_a_wrong_token_is_refused() -> None:
+    net = SimNet()
+    a, b = net.add("a", FAST), net.add("b", FAST)
+    b_ep = net.listen("b")
+    b.engine.start_connect(a.engine.id, [], their_token=TOKEN_A, our_token=TOKEN_B, timeout=2.0, now=net.now)
+    a.engine.start_connect(b.engine.id, [b_ep], their_token=b"X" * 16, our_token=TOKEN_A, timeout=2.0, now=net.now)
+    net.run()
+    net.advance(2.5)
+    assert not of(a, PeerConnected) and not of(b, PeerConnected)
+    assert not of(a, ConnectFinished)[0].connected
+
+
+def test_connect_and_bootstrap_racing_in_any_order_end_with_one_link_and_no_loss() -> None:
+    """60 seeded interleavings: call order, delivery order across links and chunking vary."""
+    import random
+
+    from crust.crypto.keys import KeyPair
+
+    for seed in range(60):
+        rng = random.Random(seed)
+        net = SimNet(chunk=rng.choice([None, 7, 50]))
+        a = net.add("a", FAST, KeyPair(rng.randbytes(32)))
+        b = net.add("b", FAST, KeyPair(rng.randbytes(32)))
+        a_ep, b_ep = net.listen("a"), net.listen("b")
+        calls = [
+            lambda: b.engine.start_bootstrap([Contact(a_ep)], now=net.now),
+            lambda: a.engine.start_connect(b.engine.id, [b_ep], their_token=TOKEN_B, our_token=TOKEN_A,
+                                           timeout=3.0, now=net.now),
+            lambda: b.engine.start_connect(a.engine.id, [a_ep], their_token=TOKEN_A, our_token=TOKEN_B,
+                                           timeout=3.0, now=net.now),
+        ]
+        rng.shuffle(calls)
+        for call in calls:
+            call()
+            net.run_shuffled(rng, steps=rng.randint(0, 6))
+        net.run()
+        net.advance(3.0)
+        outcome = [len(of(n, PeerConnected)) for n in (a, b)] + [len(of(n, PeerLost)) for n in (a, b)]
+        assert outcome == [1, 1, 0, 0], f"seed {seed}: {outcome}"
+        assert len(net.links_of("a")) == 1, f"seed {seed}"

@@ -109,7 +109,9 @@ def test_exchange_table_graph() -> None:
     assert ExchangeState.ESTABLISHED in reachable(EXCHANGE, Role.INITIATOR, ExchangeState.EXPECT_GRANT)
     assert reachable(EXCHANGE, Role.INITIATOR, ExchangeState.EXPECT_ECHO) == {ExchangeState.EXPECT_ECHO}
     # Every row starts in a state that is an entry state or the target of some row.
-    entries = {ExchangeState.EXPECT_PURPOSE, ExchangeState.EXPECT_GRANT, ExchangeState.EXPECT_ECHO}
+    entries = {ExchangeState.EXPECT_PURPOSE, ExchangeState.EXPECT_GRANT, ExchangeState.EXPECT_ECHO,
+               ExchangeState.EXPECT_CONNECT_REPLY}
+    assert ExchangeState.ESTABLISHED in reachable(EXCHANGE, Role.INITIATOR, ExchangeState.EXPECT_CONNECT_REPLY)
     targets = set(EXCHANGE.values())
     for role, state, _ in EXCHANGE:
         assert state in entries | targets, (role, state)

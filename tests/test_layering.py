@@ -36,7 +36,9 @@ ALLOWED: dict[str, set[str]] = {
     "discovery": DECL | {"wire"},  # row 5: LAN beacons (wire.buffer's endpoint codec)
     "files": {"errors"},  # atomic private-file writes for identity and cache files
     "identity": {"crypto", "errors", "ids", "files"},  # a KeyPair that can be saved and loaded
-    "engine": DECL | {"wire", "crypto", "channel", "outbox", "handshake", "bootstrap", "discovery", "identity"},  # row 6
+    "connection_info": DECL | {"wire"},  # row 5: the info swapped out of band for connect()
+    "engine": DECL | {"wire", "crypto", "channel", "outbox", "handshake", "bootstrap", "discovery", "identity",
+                      "connection_info"},  # row 6
     # the shell: knows no crust protocol
     "transport": {"errors", "config", "ids"},
     "dispatch": {"errors", "ids", "events"},
@@ -53,8 +55,7 @@ CRYPTO_ONLY = {"Crypto", "secrets"}  # pycryptodome, and the OS CSPRNG: crypto/ 
 # files.py writes key and cache files; it draws its temp-file names from ``secrets``.
 # That randomness is file-system hygiene, not protocol behaviour (which stays
 # reproducible because only crypto/ draws key material), so it is allowed there.
-# lan.py draws beacon nonces, which only match Replies to Seeks (a Reply is a hint the handshake checks).
-CRYPTO_ONLY_EXEMPT = {("files", "secrets"), ("lan", "secrets")}
+CRYPTO_ONLY_EXEMPT = {("files", "secrets")}
 
 
 def unit_of_file(path: pathlib.Path) -> str:

@@ -11,6 +11,8 @@ Everything here is sans-IO: no sockets, threads, clocks or files.
 
 from __future__ import annotations
 
+import secrets
+
 from crust.crypto.aead import REKEY_INTERVAL, Opener, Sealer
 from crust.crypto.kex import MAX_HANDSHAKE_MESSAGE, PROTOCOL_NAME, NoiseXX
 from crust.crypto.keys import KeyPair
@@ -23,4 +25,10 @@ __all__ = [
     "MAX_HANDSHAKE_MESSAGE",
     "PROTOCOL_NAME",
     "REKEY_INTERVAL",
+    "random_token",
 ]
+
+
+def random_token(size: int = 16) -> bytes:
+    """``size`` bytes from the OS CSPRNG: connect tokens, beacon nonces (never key material)."""
+    return secrets.token_bytes(size)

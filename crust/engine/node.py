@@ -47,16 +47,16 @@ from ..config import Config
 from ..crypto.keys import KeyPair
 from ..effects import Close, Dial, Effect, SendCredit, Write
 from ..errors import HandshakeError, LocalProtocolError, PeerNotFound, RemoteProtocolError
-from ..events import BootstrapFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
+from ..events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
 from ..handshake.bootstrap import judge_bootstrap
 from ..handshake.secure import SecureHandshake
 from ..handshake.states import EXCHANGE, ExchangeState, Role, transition
 from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId, name_hash
 from ..outbox import Outbox
 from .peer_exchange import MIN_ANSWER_INTERVAL, learned_contacts, sample_peers
-from .records import NEVER, Conn, Peer, Run
+from .records import NEVER, Conn, Connect, Peer, Run
 from ..wire.messages import (
-    BootstrapDenied, BootstrapGranted, BootstrapRequest, Data, DenyReason, EchoAddrReq, EchoAddrResp, Goodbye,
+    BootstrapDenied, BootstrapGranted, BootstrapRequest, ChooseConnection, ConnectRequest, Data, DenyReason, EchoAddrReq, EchoAddrResp, Goodbye,
     GoodbyeReason, Heartbeat, Message, PeerExchangeRequest, PeerExchangeResponse, encode_record,
 )
 
@@ -66,6 +66,9 @@ log = logging.getLogger("crust")
 
 WRITE_WINDOW = 512 * 1024  # bytes of sealed frames handed to the shell but not yet in the kernel
 _MAX_REACHABILITY_PROBES = 4  # listeners of a bootstrapping Node dialled back at once
+_MAX_CONNECT_CANDIDATES = 32  # endpoints of one connection info dialled at once
+_CANDIDATE_STATES = frozenset({ExchangeState.AWAIT_LOCAL_CONNECT, ExchangeState.EXPECT_CHOOSE,
+                               ExchangeState.EXPECT_CONNECT_REPLY})
 _RTT_GAIN = 0.125  # RFC 6298 §2.3 alpha for the smoothed RTT
 
 
@@ -82,6 +85,8 @@ class Engine:
         self._pending_accepts: OrderedDict[ConnId, Conn] = OrderedDict()  # oldest first
         self._peers: dict[PeerId, Peer] = {}
         self._runs: dict[int, Run] = {}
+        self._connects: dict[PeerId, Connect] = {}  # connect() calls in progress, by peer
+        self._parked: dict[PeerId, float] = {}  # peers between a duplicate's Goodbye and the survivor
         self._next_conn = 0
         self._next_run = 0
         self._effects: list[Effect] = []
@@ -118,6 +123,10 @@ class Engine:
             due = run.policy.get_timer()
             if due is not None and due < soonest:
                 soonest = due
+        for record in self._connects.values():
+            soonest = min(soonest, record.deadline)
+        for until in self._parked.values():
+            soonest = min(soonest, until)
         return None if soonest == NEVER else soonest
 
     # -- queries --------------------------------------------------------------
@@ -179,6 +188,31 @@ class Engine:
         run = self._runs[self._next_run] = Run(self._next_run, policy, user)
         self._pump_run(run, now)
         return run.id
+
+    def start_connect(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, their_token: bytes,
+                      our_token: bytes, timeout: float, now: float) -> None:
+        """Connect to ``peer_id``, who does the same with our info (PROTOCOL.md §7).
+
+        Every endpoint is dialled at once; the peer's dials to us count too.
+        Ends with one ``ConnectFinished`` event (at once if already connected).
+        """
+        self._now = now
+        if peer_id in self._peers:
+            self._events.append(ConnectFinished(peer_id, True))
+            return
+        old = self._connects.pop(peer_id, None)
+        if old is not None:
+            self._close_candidates(peer_id, keep=None)
+        record = self._connects[peer_id] = Connect(peer_id, our_token, their_token, now + timeout)
+        for endpoint in endpoints[:_MAX_CONNECT_CANDIDATES]:
+            conn = self._new_conn(Role.INITIATOR, endpoint, now)
+            conn.connect_for = peer_id
+            record.dials.add(conn.id)
+            self._start_handshake(conn, expected=peer_id)
+            self._effects.append(Dial(conn.id, endpoint))
+        for conn in list(self._conns.values()):  # the peer may have dialled us first
+            if conn.state is ExchangeState.AWAIT_LOCAL_CONNECT and conn.peer_id == peer_id:
+                self._on_connect_request(conn, ConnectRequest(conn.connect_token or b""), now)
 
     def stop_bootstrap(self, now: float) -> None:
         """Abandon every bootstrap run (each reports ``BootstrapFinished`` with no peer)."""
@@ -361,6 +395,14 @@ class Engine:
                         if conn_id in self._conns:
                             self._close(self._conns[conn_id], flush=False)
                 self._pump_run(run, now)
+        for record in [r for r in self._connects.values() if r.deadline <= now]:
+            self._end_connect(record, connected=False)
+        for peer_id, until in list(self._parked.items()):
+            if until <= now:
+                del self._parked[peer_id]
+                peer = self._peers.get(peer_id)
+                if peer is not None and peer.conn is None:
+                    self._drop_peer(peer, "closed by peer (duplicate), and no other connection came")
 
     # -- connections --------------------------------------------------------
 
@@ -428,6 +470,8 @@ class Engine:
                 self._pump_run(run, self._now)
         if conn.probe_for is not None:
             self._reachability_checked(conn.probe_for, conn.id, reachable=False)
+        if conn.connect_for is not None and conn.connect_for in self._connects:
+            self._connects[conn.connect_for].failures[str(conn.remote)] = reason
         if conn.state is not ExchangeState.ESTABLISHED:
             log.debug("connection %s to %s failed: %s", conn.id, conn.remote, reason)
 
@@ -511,12 +555,21 @@ class Engine:
         hs = conn.handshake
         assert hs is not None and hs.channel is not None and hs.peer_id is not None
         conn.channel, conn.peer_id, conn.handshake = hs.channel, hs.peer_id, None
+        conn.session_id = hs.session_id
         if conn.role is Role.INITIATOR:
             if self._is_banned(conn.peer_id, conn.remote):
                 raise HandshakeError("peer is banned", reason="banned")
             if conn.probe_for is not None:
                 self._close(conn, flush=True)  # the Node answered at its listener as itself: reachable
                 self._reachability_checked(conn.probe_for, conn.id, reachable=True)
+                return
+            if conn.connect_for is not None:
+                record = self._connects.get(conn.connect_for)
+                if record is None:
+                    self._close(conn, flush=False)  # the connect ended meanwhile
+                    return
+                conn.state = ExchangeState.EXPECT_CONNECT_REPLY
+                self._send_control(conn, ConnectRequest(record.their_token))
                 return
             conn.state = ExchangeState.EXPECT_GRANT
             self._send_control(conn, BootstrapRequest(conn.user, self._listeners[:32],
@@ -545,6 +598,10 @@ class Engine:
             self._establish(conn, "bootstrap_connect", now)
         elif isinstance(message, BootstrapDenied):
             self._on_denied(conn, message)
+        elif isinstance(message, ConnectRequest):
+            self._on_connect_request(conn, message, now)
+        elif isinstance(message, ChooseConnection):
+            self._establish(conn, "connect", now)  # the greater PeerId picked this candidate
         elif isinstance(message, EchoAddrReq):
             self._send_control(conn, EchoAddrResp(conn.remote))
             conn.state = state
@@ -566,9 +623,11 @@ class Engine:
         if peer.conn is not conn:
             self._close(conn, flush=False)  # a retired duplicate: both sides have now said so
             return
-        if goodbye.reason is GoodbyeReason.DUPLICATE and self._successor(peer.id):
-            # The peer kept another connection of ours that we have not seen granted yet.
+        if goodbye.reason is GoodbyeReason.DUPLICATE:
+            # The peer kept another connection to us that we have not seen granted yet (it may
+            # still be in its handshake, its PeerId unknown to us): wait for it, a bounded time.
             peer.conn = None
+            self._parked[peer.id] = self._now + self._config.handshake_timeout
             self._close(conn, flush=False)
             return
         self._close(conn, flush=False)
@@ -676,11 +735,17 @@ class Engine:
         peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
         if peer is None or peer.conn is None:
             return True
-        return self._initiator(conn) > self._initiator(peer.conn)
+        return self._rank(conn) > self._rank(peer.conn)
 
-    def _initiator(self, conn: Conn) -> PeerId:
+    def _rank(self, conn: Conn) -> tuple[PeerId, bytes]:
+        """A total order of the connections between two peers that both ends compute alike.
+
+        The connection initiated by the greater PeerId wins; between two initiated by the
+        same side (a connect candidate and a bootstrap, say) the greater session id does.
+        Arrival order never enters into it, so both ends always keep the same one.
+        """
         assert conn.peer_id is not None
-        return self.id if conn.role is Role.INITIATOR else conn.peer_id
+        return (self.id if conn.role is Role.INITIATOR else conn.peer_id), conn.session_id
 
     def _establish(self, conn: Conn, origin: str, now: float) -> None:
         """``conn`` was granted: it now carries its peer (a new one, or a duplicate's survivor)."""
@@ -693,6 +758,7 @@ class Engine:
         if peer is not None and not self._wins_duplicate(conn):
             self._retire(conn, now)
             self._run_succeeded(conn, peer_id)
+            self._connect_succeeded(peer_id, conn)
             return
         conn.deadline = NEVER
         if peer is None:
@@ -705,12 +771,14 @@ class Engine:
                 peer.outbox.push_control(encode_record(PeerExchangeRequest()))
         else:
             old, peer.conn = peer.conn, conn
+            self._parked.pop(peer_id, None)
             peer.outbox.restart_partial()
             if old is not None:
                 self._retire(old, now)
         self._probe(peer, conn, now)
         self._check_conn(conn, now)
         self._run_succeeded(conn, peer_id)
+        self._connect_succeeded(peer_id, conn)
 
     def _retire(self, conn: Conn, now: float) -> None:
         """``conn`` lost a duplicate race: say so, and read on until the peer agrees.
@@ -738,6 +806,7 @@ class Engine:
     def _drop_peer(self, peer: Peer, reason: str) -> None:
         for conn in [c for c in self._conns.values() if c.peer_id == peer.id and c.state is ExchangeState.ESTABLISHED]:
             self._close(conn, flush=True)  # retiring duplicates must not outlive their peer
+        self._parked.pop(peer.id, None)
         if self._peers.pop(peer.id, None) is not None:
             log.info("lost peer %r: %s", peer.id, reason)
             self._events.append(PeerLost(peer.id, reason))
@@ -754,6 +823,70 @@ class Engine:
             self._effects.append(Dial(conn.id, contact.addr))
         if policy.finished and policy.winner is None:
             self._end_run(run, None)
+
+    # -- connect (rendezvous through swapped connection info) --------------------------
+
+    def _on_connect_request(self, conn: Conn, request: ConnectRequest, now: float) -> None:
+        """A candidate got a ConnectRequest: the peer's dial to us, or the reply to ours."""
+        assert conn.peer_id is not None
+        record = self._connects.get(conn.peer_id)
+        if conn.role is Role.RESPONDER:
+            if self._is_banned(conn.peer_id, conn.remote):
+                self._fail_conn(conn, "banned")
+                return
+            if record is None and conn.peer_id in self._peers:
+                self._close(conn, flush=False)  # a late candidate of a connect that already succeeded
+                return
+            if record is None:
+                # The peer called connect() a little before us: hold the candidate until we do
+                # (or its handshake deadline passes).
+                conn.state = ExchangeState.AWAIT_LOCAL_CONNECT
+                conn.connect_token = request.token
+                return
+            if request.token != record.our_token:
+                self._fail_conn(conn, "wrong connect token")
+                return
+            self._send_control(conn, ConnectRequest(record.our_token))  # accepted: say so
+        elif record is None and not (conn.peer_id in self._peers and self.id < conn.peer_id):
+            # Our connect ended (the peer came through another connection) and we would not be
+            # the one choosing. If we are the smaller side, a ChooseConnection may follow this
+            # reply: wait for it, and let the duplicate rule settle which connection stays.
+            self._close(conn, flush=False)
+            return
+        if self.id > conn.peer_id:  # PROTOCOL.md §7: the greater PeerId chooses, the first candidate
+            if conn.peer_id in self._peers:
+                self._close(conn, flush=True)  # a later candidate: the chosen one already carries the peer
+                return
+            self._send_control(conn, ChooseConnection())
+            self._establish(conn, "connect", now)
+        else:
+            conn.state = ExchangeState.EXPECT_CHOOSE
+
+    def _close_candidates(self, peer_id: PeerId, keep: Conn | None, chooser: bool = True) -> None:
+        for conn in list(self._conns.values()):
+            # Only connect candidates: a bootstrap connection of the same peer is settled by the
+            # duplicate rule, and closing it here would cut the peer's own bootstrap short.
+            if conn is not keep and conn.state is not ExchangeState.ESTABLISHED and (conn.connect_for == peer_id or (
+                    conn.peer_id == peer_id and conn.state in _CANDIDATE_STATES)) and (
+                    chooser or conn.state is ExchangeState.AWAIT_LOCAL_CONNECT):
+                self._close(conn, flush=False)
+
+    def _connect_succeeded(self, peer_id: PeerId, conn: Conn) -> None:
+        record = self._connects.pop(peer_id, None)
+        if record is not None:
+            # Only the chooser may drop candidates the peer may have accepted: the smaller side's
+            # candidates might carry a ChooseConnection in flight.  They end with their deadline,
+            # or when the chooser closes them, or as duplicates if chosen.
+            self._close_candidates(peer_id, keep=conn, chooser=self.id > peer_id)
+            self._events.append(ConnectFinished(peer_id, True))
+
+    def _end_connect(self, record: Connect, *, connected: bool) -> None:
+        if self._connects.pop(record.peer_id, None) is None:
+            return
+        self._close_candidates(record.peer_id, keep=None)
+        failures = dict(record.failures)
+        failures.setdefault("timeout", "no candidate connected in time")
+        self._events.append(ConnectFinished(record.peer_id, connected, tuple(failures.items())))
 
     def _run_succeeded(self, conn: Conn, peer_id: PeerId) -> None:
         run = self._runs.get(conn.run) if conn.run is not None else None

@@ -24,7 +24,8 @@ class Conn:
 
     __slots__ = ("id", "role", "remote", "state", "handshake", "channel", "peer_id", "contact", "run", "user",
                  "deadline", "last_rx", "last_tx", "unsent", "bytes_in", "bytes_out", "paused", "scheduled",
-                 "connected", "listeners", "probe_for", "probes", "request", "shareable")
+                 "connected", "listeners", "probe_for", "probes", "request", "shareable", "connect_for",
+                 "connect_token", "session_id")
 
     def __init__(self, conn_id: ConnId, role: Role, remote: Endpoint, now: float) -> None:
         self.id = conn_id
@@ -51,6 +52,9 @@ class Conn:
         self.probes: set[ConnId] = set()  # a request under check: its dial-backs still running
         self.request: BootstrapRequest | None = None  # the request waiting for the check
         self.shareable = True  # the requester allows peer exchange to mention it
+        self.connect_for: PeerId | None = None  # a connect candidate we dialled: the peer it must reach
+        self.connect_token: bytes | None = None  # a parked ConnectRequest's token (responder)
+        self.session_id = b""  # the Noise handshake hash: both ends know it, no two connections share it
 
 
 class Peer:
@@ -71,6 +75,20 @@ class Peer:
         self.shareable = conn.shareable  # it did not opt out of peer exchange
         self.exchange_asked = False  # we sent a PeerExchangeRequest it has not answered
         self.exchange_answered_at = float("-inf")  # when we last answered its request
+
+
+class Connect:
+    """One ``connect()`` in progress: the peer, both tokens, our dials and their failures."""
+
+    __slots__ = ("peer_id", "our_token", "their_token", "dials", "failures", "deadline")
+
+    def __init__(self, peer_id: PeerId, our_token: bytes, their_token: bytes, deadline: float) -> None:
+        self.peer_id = peer_id
+        self.our_token = our_token  # what the peer's dials must present
+        self.their_token = their_token  # what our dials present
+        self.dials: set[ConnId] = set()
+        self.failures: dict[str, str] = {}
+        self.deadline = deadline
 
 
 class Run:

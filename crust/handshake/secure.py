@@ -79,6 +79,7 @@ class SecureHandshake:
         self._failed = False
         self.channel: SecureChannel | None = None
         self.peer_id: PeerId | None = None
+        self.session_id = b""  # set when complete: the Noise handshake hash
         self.trailing_data = b""
         if initiator:
             self._out += encode_handshake_message(SecureInput.HELLO, name_hash + self._noise.write_message())
@@ -184,5 +185,6 @@ class SecureHandshake:
                 )
             self._out += encode_handshake_message(SecureInput.NOISE, self._noise.write_message())
         sealer, opener = self._noise.split()
+        self.session_id = self._noise.handshake_hash  # the same on both sides, unique per connection
         self.peer_id = peer_id
         self.channel = SecureChannel(sealer, opener, max_message_size=self._max_message_size)

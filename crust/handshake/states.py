@@ -68,6 +68,9 @@ class ExchangeState(enum.Enum):
     SECURING = "securing"  # the secure handshake is still running
     EXPECT_PURPOSE = "expect_purpose"  # responder: BootstrapRequest / ConnectRequest / EchoAddrReq
     CHECKING_REACHABILITY = "checking_reachability"  # responder: dialling back a Node's listeners
+    EXPECT_CONNECT_REPLY = "expect_connect_reply"  # initiator of a connect: sent ConnectRequest(token)
+    AWAIT_LOCAL_CONNECT = "await_local_connect"  # responder: a valid-looking ConnectRequest before our connect()
+    EXPECT_CHOOSE = "expect_choose"  # a connect candidate of the smaller PeerId: waits for ChooseConnection
     EXPECT_GRANT = "expect_grant"  # initiator of a bootstrap
     EXPECT_ECHO = "expect_echo"  # initiator of an echo-address query
     ESTABLISHED = "established"
@@ -77,6 +80,10 @@ EXCHANGE: Mapping[tuple[Role, ExchangeState, str], ExchangeState] = {
     (Role.RESPONDER, ExchangeState.EXPECT_PURPOSE, "BootstrapRequest"): ExchangeState.ESTABLISHED,
     (Role.RESPONDER, ExchangeState.EXPECT_PURPOSE, "EchoAddrReq"): ExchangeState.EXPECT_PURPOSE,
     (Role.RESPONDER, ExchangeState.CHECKING_REACHABILITY, "EchoAddrReq"): ExchangeState.CHECKING_REACHABILITY,
+    (Role.RESPONDER, ExchangeState.EXPECT_PURPOSE, "ConnectRequest"): ExchangeState.EXPECT_CHOOSE,
+    (Role.INITIATOR, ExchangeState.EXPECT_CONNECT_REPLY, "ConnectRequest"): ExchangeState.EXPECT_CHOOSE,
+    (Role.INITIATOR, ExchangeState.EXPECT_CHOOSE, "ChooseConnection"): ExchangeState.ESTABLISHED,
+    (Role.RESPONDER, ExchangeState.EXPECT_CHOOSE, "ChooseConnection"): ExchangeState.ESTABLISHED,
     (Role.INITIATOR, ExchangeState.EXPECT_GRANT, "BootstrapGranted"): ExchangeState.ESTABLISHED,
     (Role.INITIATOR, ExchangeState.EXPECT_GRANT, "BootstrapDenied"): ExchangeState.EXPECT_GRANT,
     (Role.INITIATOR, ExchangeState.EXPECT_ECHO, "EchoAddrResp"): ExchangeState.EXPECT_ECHO,

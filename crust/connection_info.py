@@ -98,7 +98,7 @@ class PubConnectionInfo:
     token: bytes
 
     def __post_init__(self) -> None:
-        endpoints, token = _check_fields("PubConnectionInfo", self.peer_id, self.endpoints, self.token)
+        endpoints, token = _check_fields(type(self).__name__, self.peer_id, self.endpoints, self.token)
         object.__setattr__(self, "endpoints", endpoints)
         object.__setattr__(self, "token", token)
 
@@ -267,9 +267,7 @@ class PrivConnectionInfo:
     token: bytes
 
     def __post_init__(self) -> None:
-        endpoints, token = _check_fields("PrivConnectionInfo", self.peer_id, self.endpoints, self.token)
-        object.__setattr__(self, "endpoints", endpoints)
-        object.__setattr__(self, "token", token)
+        PubConnectionInfo.__post_init__(self)  # type: ignore[arg-type]  # the same fields and checks
 
     def to_pub(self) -> PubConnectionInfo:
         """The half to hand to the other side."""

@@ -18,10 +18,10 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable, Sequence
 
 from .errors import ConfigError
-from .ids import Contact, Endpoint
+from .ids import Contact, Endpoint, EndpointLike
 
 __all__ = [
     "Config", "default_bootstrap_cache_path", "config_file_candidates", "find_config_file", "read_config_file",
@@ -51,8 +51,9 @@ _ORIGINAL_NAMES = {
 class Config:
     """Everything a :class:`crust.Service` can be told.  See API.md for the meaning of each field."""
 
-    hard_coded_contacts: tuple[Contact, ...] = ()
-    """Bootstrap contacts: ``"host:port"`` strings or :class:`crust.Contact` values."""
+    hard_coded_contacts: Sequence[Contact | EndpointLike] = ()
+    """Bootstrap contacts: ``"host:port"`` strings, ``(host, port)``, Endpoints or :class:`crust.Contact`
+    values; stored as a tuple of Contacts (read them typed through :attr:`contacts`)."""
     tcp_port: int = 0
     """TCP acceptor port; 0 picks a random free port each session."""
     udp_port: int = 0
@@ -67,8 +68,8 @@ class Config:
     service_discovery_targets: tuple[str, ...] | None = None
     """Where LAN beacons go; ``None`` = every interface's broadcast address."""
     bootstrap_cache_path: str | None = field(default_factory=default_bootstrap_cache_path)
-    whitelisted_node_ips: frozenset[str] | None = None
-    whitelisted_client_ips: frozenset[str] | None = None
+    whitelisted_node_ips: Collection[str] | None = None
+    whitelisted_client_ips: Collection[str] | None = None
     network_name: str | None = None
     disable_external_reachability_requirement: bool = False
     heartbeat_interval: float = 20.0
@@ -108,6 +109,11 @@ class Config:
     """Answer and ask peer-exchange requests (and let peers mention us to others)."""
     config_reload_interval: float = 30.0
     """Seconds between re-reads of the config file a ``Service()`` without a config was built from."""
+
+    @property
+    def contacts(self) -> tuple[Contact, ...]:
+        """``hard_coded_contacts`` as validated Contacts (what ``__post_init__`` stored)."""
+        return self.hard_coded_contacts  # type: ignore[return-value]
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

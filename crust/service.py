@@ -371,7 +371,7 @@ class Service:
         """Like :meth:`bootstrap` without blocking: ``on_new_peer`` or ``on_bootstrap_failed`` follow."""
         self._check_open()
         entries = _blacklist_entries(blacklist, user)
-        if all(is_ip_literal(c.addr.host) for c in self._config.hard_coded_contacts):
+        if all(is_ip_literal(c.addr.host) for c in self._config.contacts):
             self._start_async_bootstrap(self._contacts(), entries, user)
         else:  # DNS blocks: resolve on a worker thread, never the caller's or the reactor's
             self._worker().submit(lambda: self._start_async_bootstrap(self._contacts(), entries, user))
@@ -423,7 +423,7 @@ class Service:
 
         Cached contacts go in front of these on the reactor thread, which owns the cache.
         """
-        contacts = [_resolved(c) for c in self._config.hard_coded_contacts]
+        contacts = [_resolved(c) for c in self._config.contacts]
         return [c for c in contacts if c is not None]
 
     # -- peers and messages ----------------------------------------------------
@@ -529,7 +529,7 @@ class Service:
     def is_peer_hard_coded(self, peer_id: PeerId) -> bool:
         """True when the peer's IP is one of our hard-coded contacts' (as in the original)."""
         ip = self.get_peer_ip_addr(peer_id)
-        return any(c.addr.host == ip or (c.peer_id == peer_id) for c in self._config.hard_coded_contacts)
+        return any(c.addr.host == ip or (c.peer_id == peer_id) for c in self._config.contacts)
 
     def is_peer_whitelisted(self, peer_id: PeerId) -> bool:
         """True when the whitelist for the peer's role (node or client) is unset or holds its IP."""

@@ -39,6 +39,7 @@ import random
 import ipaddress
 import logging
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Iterable, Sequence
 
 from ..bootstrap.policy import Bootstrapper
@@ -255,7 +256,7 @@ class Engine:
             if self._is_banned(peer.id, peer.conn.remote if peer.conn else None):
                 self._lose_peer(peer.id, "banned", GoodbyeReason.BANNED)
 
-    def update_whitelists(self, node_ips: frozenset[str] | None, client_ips: frozenset[str] | None,
+    def update_whitelists(self, node_ips: Collection[str] | None, client_ips: Collection[str] | None,
                           now: float) -> None:
         """New whitelists (a re-read config file): drop peers that bootstrapped off us and no longer may."""
         self._now = now

@@ -553,11 +553,15 @@ def _child(role: str, kind: str, conn: Any, key: bytes, addr: str | None, cprofi
 class _Pair:
     """A receiver and a sender process of one kind, connected to each other."""
 
-    def __init__(self, ctx: Any, kind: str, cprofile_prefix: str | None = None) -> None:
+    def __init__(self, ctx: Any, kind: str, cprofile_prefix: str | None = None,
+                 child: Callable[..., None] | None = None) -> None:
+        """``child(role, kind, conn, key, addr, cprofile_prefix)`` runs in each process (default ``_child``);
+        it must be a module-level function and speak the same pipe protocol (bench/compare.py adds kinds)."""
         self.kind = kind
+        target = _child if child is None else child
         key = os.urandom(32)
         self.rconn, rchild = ctx.Pipe()
-        self.receiver = ctx.Process(target=_child, name=f"bench-{kind}-receiver",
+        self.receiver = ctx.Process(target=target, name=f"bench-{kind}-receiver",
                                     args=("receiver", kind, rchild, key, None, cprofile_prefix), daemon=True)
         self.receiver.start()
         rchild.close()
@@ -566,7 +570,7 @@ class _Pair:
         try:
             _, addr = self._call(self.rconn, None, 30.0, "ready")
             self.sconn, schild = ctx.Pipe()
-            self.sender = ctx.Process(target=_child, name=f"bench-{kind}-sender",
+            self.sender = ctx.Process(target=target, name=f"bench-{kind}-sender",
                                       args=("sender", kind, schild, key, addr, cprofile_prefix), daemon=True)
             self.sender.start()
             schild.close()

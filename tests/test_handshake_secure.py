@@ -344,10 +344,9 @@ def test_responder_refuses_noise_before_hello() -> None:
     [
         (b"", "bad_handshake"),  # no room for the name hash: refused by SecureHandshake
         (name_hash(None)[:31], "bad_handshake"),
-        # the hash is fine but Noise "-> e" is short: refused by crypto.kex, whose
-        # HandshakeError keeps its default reason, "protocol"
-        (name_hash(None), "protocol"),
-        (name_hash(None) + bytes(31), "protocol"),
+        # the hash is fine but Noise "-> e" is short: refused by crypto.kex, reported the same way
+        (name_hash(None), "bad_handshake"),
+        (name_hash(None) + bytes(31), "bad_handshake"),
     ],
 )
 def test_short_hello(body: bytes, reason: str) -> None:

@@ -116,8 +116,10 @@ class SecureHandshake:
             self._receive(data)
         except RemoteProtocolError as exc:
             self._failed = True
-            if isinstance(exc, HandshakeError):
+            if isinstance(exc, HandshakeError) and exc.reason != "protocol":
                 raise
+            # One name for "malformed handshake", whichever layer noticed (crypto.kex's
+            # errors carry the generic default reason).
             raise HandshakeError(str(exc), reason="bad_handshake") from exc
         except LocalProtocolError as exc:  # a table miss caused by the peer's input (h11's re-label)
             self._failed = True

@@ -16,6 +16,8 @@ setup(
     extras_require={
         # noiseprotocol: an independent Noise implementation the handshake must interoperate with.
         "test": ["pytest", "pytest-timeout", "hypothesis", "noiseprotocol>=0.3", "mypy"],
+        # bench/compare.py: pyzmq PAIR (plaintext and CURVE) as a baseline. Benchmark-only.
+        "bench": ["pyzmq"],
     },
     classifiers=[
         "Topic :: System :: Networking",

@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""crust against the libraries users would pick instead, two processes per pair on loopback.
+
+Usage::
+
+    pip install -e .[bench]              # pyzmq (benchmark-only dependency)
+    python bench/compare.py              # full run
+    python bench/compare.py --quick      # small sizes, one run
+    python bench/compare.py --json out.json
+
+The same three measurements as ``bench/messaging.py`` (whose processes, pipe
+protocol, timing and result code this reuses), for every transport:
+
+(a) throughput of 64 KiB messages (MB/s, 10^6 payload bytes per second);
+(b) rate of 100-byte messages (msgs/s);
+(c) 100-byte ping-pong round trip (µs, median; p99 in the JSON).
+
+Transports (rows):
+
+* ``crust``     -- crust.Service over TCP (messaging.py's crust kind).
+* ``raw``       -- blocking TCP, ``u32 length ‖ payload`` frames; for (b) the
+  batched sender (frames appended to a buffer, one ``sendall`` per 64 KiB).
+* ``aead``      -- raw TCP + one pycryptodome ChaCha20-Poly1305 seal per
+  64 KiB message (and one open on the receiver): the physical limit for a
+  Python library encrypting with pycryptodome.  (c) seals every 100 B ping.
+  (b) is not measured for this row.
+* ``zmq``       -- pyzmq PAIR sockets over ``tcp://127.0.0.1``, plaintext.
+* ``zmq-curve`` -- the same with CURVE encryption (CurveZMQ).
+* ``crust-rudp`` -- not built yet: printed as ``n/a (rudp not built)``.
+
+Rounds are interleaved: for every repeat, for every measurement, each
+transport in turn (A B C, A B C, ...), after one discarded warm-up of each.
+The table shows medians and the ratio of each to crust (value / crust).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import signal
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import messaging as m  # noqa: E402  (bench/messaging.py: processes, timing, results)
+
+KINDS = ("crust", "raw", "aead", "zmq", "zmq-curve")
+# kind -> {measurement: messaging.py phase name}
+PLAN: dict[str, dict[str, str]] = {
+    "crust": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
+    "raw": {"tput": "tput", "rate": "rate_batched", "rtt": "rtt"},
+    "aead": {"tput": "tput", "rtt": "rtt"},
+    "zmq": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
+    "zmq-curve": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
+}
+LABELS = {
+    "crust": "crust (TCP)",
+    "crust-rudp": "crust (rudp)",
+    "raw": "raw TCP (len-prefixed)",
+    "aead": "raw TCP + AEAD/64KiB",
+    "zmq": "pyzmq PAIR",
+    "zmq-curve": "pyzmq PAIR + CURVE",
+}
+MEASURES = (("tput", "mb_per_s", "64 KiB MB/s"), ("rate", "msgs_per_s", "100 B msgs/s"),
+            ("rtt", "median_us", "100 B RTT us"))
+_ZMQ_TIMEOUT_MS = int(m._SOCK_TIMEOUT * 1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# pyzmq PAIR children, speaking messaging.py's pipe protocol (see _raw_receiver / _raw_sender).
+
+
+def _zmq_socket(ctx: Any, kind: str) -> Any:
+    import zmq
+
+    sock = ctx.socket(zmq.PAIR)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, _ZMQ_TIMEOUT_MS)  # bounded: no call may hang the benchmark
+    sock.setsockopt(zmq.SNDTIMEO, _ZMQ_TIMEOUT_MS)
+    return sock
+
+
+def _zmq_receiver(conn: Any, kind: str) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = _zmq_socket(ctx, kind)
+    server_public = b""
+    if kind == "zmq-curve":
+        server_public, server_secret = zmq.curve_keypair()
+        sock.curve_server = True
+        sock.curve_secretkey = server_secret
+        sock.curve_publickey = server_public
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    conn.send(("ready", f"tcp://127.0.0.1:{port}|{server_public.decode()}"))
+    counter = m._Counter()
+    recv, send = sock.recv, sock.send
+    try:
+        while True:
+            cmd = conn.recv()
+            if cmd[0] == "quit":
+                break
+            params = cmd[1]
+            counter.reset()
+            cpu0 = m._cpu()
+            conn.send(("armed",))
+            size = params["size"]
+            if params["phase"] == "rtt":
+                while True:
+                    msg = recv()
+                    if not msg:
+                        break
+                    send(msg)
+            else:
+                on = counter.on
+                while True:
+                    msg = recv()
+                    if not msg:  # the empty end marker (real messages are never empty)
+                        break
+                    on(msg, size)
+            conn.recv()  # ("expect", n)
+            conn.send(("done", dict(count=counter.count, nbytes=counter.nbytes, t_last=counter.t_last,
+                                    bad=counter.bad, cpu=m._cpu() - cpu0)))
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def _zmq_sender(conn: Any, kind: str, addr: str) -> None:
+    import zmq
+
+    endpoint, server_public = addr.split("|", 1)
+    ctx = zmq.Context()
+    sock = _zmq_socket(ctx, kind)
+    if kind == "zmq-curve":
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey = server_public.encode()
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+    sock.connect(endpoint)
+    # Handshake before the first timed phase: one ping through the echo path is done by the warm-up;
+    # here only make sure the connection exists.
+    send, recv, perf = sock.send, sock.recv, time.perf_counter
+    conn.send(("ready", None))
+    cpu0 = m._cpu()
+    try:
+        while True:
+            cmd = conn.recv()
+            if cmd[0] == "quit":
+                break
+            if cmd[0] == "stats":
+                conn.send(("stats", (None, m._cpu() - cpu0)))
+                continue
+            p = cmd[1]
+            phase, size, count, cap = p["phase"], p["size"], p["count"], p["cap"]
+            payload = os.urandom(size)
+            cpu0 = m._cpu()
+            result: dict[str, Any] = {}
+            t0 = perf()
+            deadline = t0 + cap
+            n = 0
+            if phase == "tput":
+                for n in range(1, count + 1):
+                    send(payload)
+                    if perf() > deadline:
+                        break
+            elif phase == "rate":
+                for n in range(1, count + 1):
+                    send(payload)
+                    if not n & 1023 and perf() > deadline:
+                        break
+            elif phase == "rtt":
+                rtts = []
+                for n in range(1, count + 1):
+                    t = perf()
+                    send(payload)
+                    reply = recv()
+                    rtts.append(perf() - t)
+                    if len(reply) != size:
+                        raise RuntimeError("bad echo")
+                    if perf() > deadline:
+                        break
+                result["rtts"] = rtts
+            t_end = perf()
+            send(b"")
+            result.update(n=n, t0=t0, t_send_end=t_end, cpu=m._cpu() - cpu0)
+            conn.send(("sent", result))
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def _child(role: str, kind: str, conn: Any, key: bytes, addr: str | None, cprofile_prefix: str | None) -> None:
+    """Process entry: pyzmq kinds here, everything else messaging.py's ``_child``."""
+    if not kind.startswith("zmq"):
+        m._child(role, kind, conn, key, addr, cprofile_prefix)
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if role == "receiver":
+            _zmq_receiver(conn, kind)
+        else:
+            assert addr is not None
+            _zmq_sender(conn, kind, addr)
+    except Exception as exc:
+        try:
+            conn.send(("error", f"{kind} {role}: {type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent.
+
+
+def _report(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace,
+            sizes: dict[str, Any], wall: float, kinds: list[str]) -> dict[str, Any]:
+    def value(kind: str, meas: str, key: str) -> float | None:
+        return results.get(kind, {}).get(meas, {}).get(key)
+
+    ratios: dict[str, dict[str, float | None]] = {}
+    for kind in kinds:
+        ratios[kind] = {}
+        for meas, key, _ in MEASURES:
+            v, c = value(kind, meas, key), value("crust", meas, key)
+            ratios[kind][meas] = None if v is None or not c else v / c
+
+    print()
+    print(f"crust vs alternatives  ({'quick' if args.quick else 'full'}; median of {sizes['repeat']} "
+          f"interleaved run(s); {machine['nproc']} cores, Python {machine['python']}, "
+          f"pycryptodome {machine['pycryptodome']}, pyzmq {machine.get('pyzmq', '?')} / "
+          f"libzmq {machine.get('libzmq', '?')})")
+    col = 24
+    header = f"{'transport':<24}" + "".join(f"{title:>{col}}" for _, _, title in MEASURES)
+    print(header)
+    print("-" * len(header))
+
+    def cell(kind: str, meas: str, key: str) -> str:
+        v = value(kind, meas, key)
+        if v is None:
+            return "-"
+        r = ratios[kind][meas]
+        text = m._fmt(v)
+        return text if kind == "crust" or r is None else f"{text} ({r:.2f}x)"
+
+    for kind in kinds:
+        print(f"{LABELS[kind]:<24}" + "".join(f"{cell(kind, meas, key):>{col}}" for meas, key, _ in MEASURES))
+        if kind == "crust":
+            print(f"{LABELS['crust-rudp']:<24}" + f"{'n/a (rudp not built)':>{col}}" * len(MEASURES))
+    print(f"\n(x) = value / crust's (for RTT lower is better).  raw 100 B rate: frames batched into one "
+          f"sendall per 64 KiB.  raw+AEAD: one ChaCha20-Poly1305 seal per 64 KiB message (and per 100 B "
+          f"ping for RTT); its 100 B rate is not measured.  wall time {wall:.1f} s.")
+    machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return {"bench": "compare", "mode": "quick" if args.quick else "full", "sizes": sizes, "machine": machine,
+            "plan": {k: PLAN[k] for k in kinds},
+            "results": results,
+            "medians": {k: {meas: value(k, meas, key) for meas, key, _ in MEASURES} for k in kinds},
+            "ratios_to_crust": {k: {meas: (None if r is None else round(r, 4)) for meas, r in v.items()}
+                                for k, v in ratios.items()},
+            "crust-rudp": "n/a (rudp not built)", "wall_s": round(wall, 2),
+            "notes": {"mb": "10^6 payload bytes", "ratio": "value / crust value, same measurement",
+                      "raw_rate": "raw rate = rate_batched (64 KiB sendall batches)",
+                      "aead": "one pycryptodome ChaCha20-Poly1305 seal per message (64 KiB for tput)"}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, one run")
+    ap.add_argument("--repeat", type=int, default=0, help="runs per measurement (default: 3 full, 1 quick)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset of " + ",".join(KINDS))
+    ap.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+
+    sizes = dict(m.QUICK if args.quick else m.FULL)
+    if args.repeat:
+        sizes["repeat"] = args.repeat
+    kinds = [k for k in KINDS if k in args.kinds.split(",")]
+    machine = m._machine()
+    try:
+        import zmq
+
+        machine.update(pyzmq=zmq.__version__, libzmq=zmq.zmq_version(), zmq_curve=bool(zmq.has("curve")))
+    except ImportError:
+        if any(k.startswith("zmq") for k in kinds):
+            print("pyzmq is not installed: pip install -e .[bench]  (or drop zmq kinds with --kinds)",
+                  file=sys.stderr)
+            return 2
+    ctx = mp.get_context("spawn")
+    started = time.perf_counter()
+    pairs: dict[str, m._Pair] = {}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {k: {meas: [] for meas in PLAN[k]} for k in kinds}
+    try:
+        for kind in kinds:
+            pairs[kind] = m._Pair(ctx, kind, child=_child)
+        for kind in kinds:  # one discarded warm-up per kind and measurement
+            for phase in PLAN[kind].values():
+                pairs[kind].run(m._phase_params(phase, sizes, scale=0.1))
+        for rep in range(sizes["repeat"]):
+            for meas, _, _ in MEASURES:
+                for kind in kinds:  # interleaved: A B C, A B C, ...
+                    planned = PLAN[kind].get(meas)
+                    if planned is not None:
+                        runs[kind][meas].append(pairs[kind].run(m._phase_params(planned, sizes)))
+            if args.verbose:
+                print(f"round {rep + 1} done at {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    finally:
+        for pair in pairs.values():
+            pair.close()
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine["children_cpu_s"] = round(ru.ru_utime + ru.ru_stime, 2)
+    results = m._round({k: {meas: m._median_of(r) for meas, r in ph.items() if r} for k, ph in runs.items()})
+    doc = m._round(_report(results, machine, args, sizes, time.perf_counter() - started, kinds))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"JSON written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -445,20 +445,23 @@ class Engine:
 
     def _close(self, conn: Conn, *, flush: bool) -> None:
         """Forget ``conn`` and tell the shell to close it (after its queued writes when ``flush``)."""
+        if self._forget(conn):
+            self._effects.append(Close(conn.id, flush))
+
+    def _forget(self, conn: Conn) -> bool:
+        """Drop every reference to ``conn``; False if it was already gone."""
         if self._conns.pop(conn.id, None) is None:
-            return
+            return False
         self._pending_accepts.pop(conn.id, None)
         self._dirty.pop(conn.id, None)
-        self._effects.append(Close(conn.id, flush))
+        return True
 
     def _fail_conn(self, conn: Conn, reason: str, *, close: bool = True) -> None:
         """``conn`` is finished for ``reason``: lose its peer or fail its bootstrap dial."""
         if close:
             self._close(conn, flush=True)
         else:
-            self._conns.pop(conn.id, None)
-            self._pending_accepts.pop(conn.id, None)
-            self._dirty.pop(conn.id, None)
+            self._forget(conn)  # the stream is already gone: nothing to tell the shell
         peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
         if peer is not None and peer.conn is conn:
             self._drop_peer(peer, reason)

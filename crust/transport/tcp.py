@@ -38,9 +38,10 @@ import selectors
 import socket
 from collections import deque
 from itertools import islice
-from typing import Any, Callable
+from typing import Callable
 
 from ..errors import ListenerError
+from .addresses import host_port, resolve
 from .reactor import Reactor, TimerHandle
 
 __all__ = ["TcpListener", "TcpStream"]
@@ -66,25 +67,6 @@ _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, 
 _IDLE = 0  # nothing queued, or not connected yet
 _SCHEDULED = 1  # a flush is queued with call_soon, or running now
 _WAITING = 2  # the kernel buffer is full: waiting for EVENT_WRITE
-
-
-_SockAddr = tuple[Any, ...]  # (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6
-
-
-def _resolve(host: str, port: int, passive: bool) -> tuple[int, _SockAddr]:
-    """Turn an IP literal into (family, sockaddr) without ever touching DNS.
-
-    AI_NUMERICHOST makes getaddrinfo fail fast on a hostname instead of
-    blocking the reactor on a resolver; resolving names is the caller's job.
-    """
-    flags = socket.AI_NUMERICHOST | (socket.AI_PASSIVE if passive else 0)
-    infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, flags)
-    family, _type, _proto, _canon, sockaddr = infos[0]
-    return int(family), sockaddr
-
-
-def _host_port(sockaddr: _SockAddr) -> tuple[str, int]:
-    return (str(sockaddr[0]), int(sockaddr[1]))
 
 
 class TcpListener:
@@ -121,7 +103,7 @@ class TcpListener:
         self._closed = False
         self._retry_timer: TimerHandle | None = None
         try:
-            family, sockaddr = _resolve(host, port, passive=True)
+            family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as err:
             raise ListenerError(f"cannot listen on {host}:{port}: {err}") from err
@@ -140,7 +122,7 @@ class TcpListener:
             sock.close()
             raise ListenerError(f"cannot listen on {host}:{port}: {err}") from err
         self._sock = sock
-        self._address = _host_port(sock.getsockname())
+        self._address = host_port(sock.getsockname())
 
     @property
     def address(self) -> tuple[str, int]:
@@ -194,7 +176,7 @@ class TcpListener:
                 sock.close()
                 continue
             try:
-                self._on_accept(sock, _host_port(addr))
+                self._on_accept(sock, host_port(addr))
             except Exception:
                 logger.exception("listener %s: on_accept callback raised", self._address)
 
@@ -265,8 +247,8 @@ class TcpStream:
         sock.setblocking(False)
         self._connected = True
         try:
-            self._local = _host_port(sock.getsockname())
-            self._remote = _host_port(sock.getpeername())
+            self._local = host_port(sock.getsockname())
+            self._remote = host_port(sock.getpeername())
         except OSError:
             pass  # reset before we got here; the first recv reports it
         self._update_events()
@@ -343,7 +325,7 @@ class TcpStream:
         self._init(reactor, on_data, on_sent, on_closed)
         self._on_connected = on_connected
         try:
-            family, sockaddr = _resolve(host, port, passive=False)
+            family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=False)
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as err:
             # No socket exists: _closed keeps every method away from self._sock.
@@ -366,7 +348,7 @@ class TcpStream:
             return self
         try:
             # The kernel picked our port during connect(): known before the peer answers.
-            self._local = _host_port(sock.getsockname())
+            self._local = host_port(sock.getsockname())
         except OSError:
             pass
         # Writable means the connect finished, one way or the other (SO_ERROR says which).
@@ -563,8 +545,8 @@ class TcpStream:
             self._fail(OSError(code, os.strerror(code)))
             return
         try:
-            self._local = _host_port(self._sock.getsockname())
-            self._remote = _host_port(self._sock.getpeername())
+            self._local = host_port(self._sock.getsockname())
+            self._remote = host_port(self._sock.getpeername())
         except OSError as err:
             self._fail(err)
             return

@@ -32,9 +32,10 @@ import errno
 import logging
 import selectors
 import socket
-from typing import Any, Callable
+from typing import Callable
 
 from ..errors import ListenerError
+from .addresses import host_port, resolve
 from .reactor import Reactor
 
 __all__ = ["UdpSocket"]
@@ -47,10 +48,6 @@ _EVENT_READ = selectors.EVENT_READ
 # ICMP errors that some systems (Windows; Linux on connected sockets) report on a
 # later recvfrom: they concern an earlier datagram, not this socket.
 _STALE_ERRORS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH})
-
-
-def _host_port(sockaddr: tuple[Any, ...]) -> tuple[str, int]:
-    return (str(sockaddr[0]), int(sockaddr[1]))
 
 
 class UdpSocket:
@@ -88,9 +85,7 @@ class UdpSocket:
         self._on_datagram = on_datagram
         self._closed = False
         try:
-            flags = socket.AI_NUMERICHOST | socket.AI_PASSIVE
-            infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_DGRAM, 0, flags)
-            family, _type, _proto, _canon, sockaddr = infos[0]
+            family, sockaddr = resolve(host, port, socket.SOCK_DGRAM, passive=True)
             sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError as err:
             raise ListenerError(f"cannot bind UDP {host}:{port}: {err}") from err
@@ -103,7 +98,7 @@ class UdpSocket:
             if broadcast:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.bind(sockaddr)
-            self._address = _host_port(sock.getsockname())
+            self._address = host_port(sock.getsockname())
             reactor.register(sock, _EVENT_READ, self._on_readable)
         except OSError as err:
             sock.close()
@@ -165,4 +160,4 @@ class UdpSocket:
                     continue
                 logger.warning("udp %s: recvfrom failed: %s", self._address, err)
                 return
-            self._on_datagram(data, _host_port(addr))
+            self._on_datagram(data, host_port(addr))

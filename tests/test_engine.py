@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
@@ -399,8 +400,6 @@ def test_a_wrong_token_is_refused() -> None:
 
 def test_connect_and_bootstrap_racing_in_any_order_end_with_one_link_and_no_loss() -> None:
     """60 seeded interleavings: call order, delivery order across links and chunking vary."""
-    import random
-
     from crust.crypto.keys import KeyPair
 
     for seed in range(60):
@@ -425,3 +424,29 @@ def test_connect_and_bootstrap_racing_in_any_order_end_with_one_link_and_no_loss
         outcome = [len(of(n, PeerConnected)) for n in (a, b)] + [len(of(n, PeerLost)) for n in (a, b)]
         assert outcome == [1, 1, 0, 0], f"seed {seed}: {outcome}"
         assert len(net.links_of("a")) == 1, f"seed {seed}"
+
+
+def test_a_duplicate_goodbye_before_the_survivors_grant_parks_the_peer_instead_of_losing_it() -> None:
+    """B's second bootstrap connection outranks the first; A retires the first with
+    Goodbye(duplicate), and B reads that Goodbye before the Granted of the second."""
+    net, a, b = pair()
+    (first,) = net.links_of("b")
+    for _ in range(20):  # a fresh connection outranks the first one half of the time
+        b.engine.start_bootstrap([Contact(net.endpoint("a"))], now=net.now)
+        # Deliver everything, but always B's first connection before anything else to B.
+        for _ in range(1000):
+            for node in net.nodes.values():
+                net._collect(node)
+            if not net._queue:
+                break
+            items = list(net._queue)
+            head = next((x for x in items if x[0] == "b" and x[1] == first), items[0])
+            net._queue.remove(head)
+            net._deliver(*head)
+        if first not in net.links_of("b"):
+            break  # the second connection won: the first was retired
+    else:
+        raise AssertionError("the fresh connection never outranked the first in 20 tries (p = 2**-20)")
+    net.advance(2.0)
+    assert len(of(b, PeerConnected)) == 1 and not of(b, PeerLost)
+    assert b.engine.is_connected(a.engine.id)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 
 import crust
+from crust.discovery.beacon import Reply, Seek, decode_beacon, encode_seek
+from crust.ids import name_hash
 
 from .livenet import WAIT, Net
 
@@ -63,3 +65,24 @@ def test_stopping_to_listen_stops_answers(net: Net) -> None:
     assert seeker.has_peers_on_lan(timeout=0.5)
     seed.set_service_discovery_listen(False)
     assert seeker.has_peers_on_lan(timeout=0.3) is False
+
+
+def test_answers_to_one_source_are_rate_limited(net: Net) -> None:
+    """A Reply is up to 8x a Seek: a burst of Seeks from one IP gets one answer, not one each."""
+    port = free_udp_port()
+    seed = lan(net, port)
+    seed.start_listening()
+    seed.set_service_discovery_listen(True)
+    seeker = net.track(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    seeker.bind(("127.0.0.1", 0))
+    seeker.settimeout(0.5)
+    seek = encode_seek(Seek(bytes(16), name_hash(None)))
+    for _ in range(5):  # far faster than one per 0.1 s
+        seeker.sendto(seek, ("127.0.0.1", port))
+    replies = []
+    try:
+        for _ in range(10):  # bounded: stops at the first 0.5 s of silence
+            replies.append(seeker.recv(2048))
+    except socket.timeout:
+        pass
+    assert len(replies) == 1 and isinstance(decode_beacon(replies[0]), Reply)

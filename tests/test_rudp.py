@@ -1,0 +1,769 @@
+"""Reliable UDP (crust.transport.rudp) in virtual time: two RudpStreams, one simulated link, no sockets.
+
+``Pair`` owns two streams ``a`` and ``b``, a float clock and a ``Link`` that
+delivers datagrams after a delay, losing, duplicating or delaying some at
+random from a seeded ``random.Random`` (so every run is the same run).  It
+drives the streams as ``crust.transport.udp.RudpConnection`` does: after each
+datagram or timer it collects ``datagrams_to_send`` and the events.  Every
+loop is bounded by a step count.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import struct
+from typing import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crust.transport.rudp import (
+    HEADER_SIZE,
+    MAGIC,
+    MAX_DATAGRAM,
+    MAX_PAYLOAD,
+    MAX_RTO,
+    MIN_RTO,
+    RttEstimator,
+    RudpClosed,
+    RudpConnected,
+    RudpData,
+    RudpEvent,
+    RudpSent,
+    RudpStream,
+    peek_ids,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+HEADER = struct.Struct(">BBIIIIIB")
+SYN, ACK, FIN, RST, PING = 0x01, 0x02, 0x04, 0x08, 0x10
+ID_A, ID_B = 0xA1A1A1A1, 0xB2B2B2B2
+ISN_A, ISN_B = 0xFFFFF000, 0x7FFFFFF0  # both wrap, or cross 2**31, during a 1 MB transfer
+MB = 1024 * 1024
+DELAY = 0.01  # seconds, one way
+
+
+def pattern(n: int, salt: int = 0) -> bytes:
+    """n bytes that differ at every offset a misordering could swap."""
+    block = bytes((i * 7 + salt) & 0xFF for i in range(251))  # 251 is prime: no alignment with 1200
+    return (block * (n // 251 + 1))[:n]
+
+
+def header(datagram: bytes) -> tuple[int, ...]:
+    """(magic, flags, dst, src, seq, ack, window, nsack)"""
+    return HEADER.unpack_from(datagram)
+
+
+def payload_len(datagram: bytes) -> int:
+    return len(datagram) - HEADER_SIZE - 8 * datagram[22]
+
+
+# -- the harness ---------------------------------------------------------------------------
+
+class Link:
+    """Delivers datagrams after ``delay`` seconds, with seeded loss, duplication and reordering.
+
+    ``drop(direction, datagram)`` (direction 0 is a→b) may veto single datagrams;
+    ``cut`` drops everything while True.
+    """
+
+    def __init__(self, rng: random.Random, *, delay: float = DELAY, loss: float = 0.0, dup: float = 0.0,
+                 reorder: float = 0.0) -> None:
+        self.rng = rng
+        self.delay = delay
+        self.loss = loss
+        self.dup = dup
+        self.reorder = reorder
+        self.drop: Callable[[int, bytes], bool] | None = None
+        self.cut = False
+        self.queue: list[tuple[float, int, int, bytes]] = []  # (arrival, tiebreak, direction, datagram)
+        self.counter = 0
+        self.sent = [0, 0]
+        self.lost = [0, 0]
+
+    def transmit(self, direction: int, datagram: bytes, now: float) -> None:
+        assert len(datagram) <= MAX_DATAGRAM
+        self.sent[direction] += 1
+        if self.cut or (self.drop is not None and self.drop(direction, datagram)) or self.rng.random() < self.loss:
+            self.lost[direction] += 1
+            return
+        copies = 2 if self.rng.random() < self.dup else 1
+        for _ in range(copies):
+            extra = self.rng.uniform(0, 4 * self.delay) if self.rng.random() < self.reorder else 0.0
+            self.counter += 1
+            heapq.heappush(self.queue, (now + self.delay + extra, self.counter, direction, datagram))
+
+
+class Pair:
+    """Two streams joined by a Link, and what each one surfaced."""
+
+    def __init__(self, seed: int = 1, *, link: dict[str, float] | None = None, connect: str = "a",
+                 **options: float) -> None:
+        self.now = 100.0
+        self.link = Link(random.Random(seed), **(link or {}))
+        self.a = RudpStream(ID_A, ISN_A, self.now, **options)
+        self.b = RudpStream(ID_B, ISN_B, self.now, **options)
+        self.streams = (self.a, self.b)
+        self.events: tuple[list[RudpEvent], list[RudpEvent]] = ([], [])
+        self.data = (bytearray(), bytearray())
+        self.acked = [0, 0]
+        self.steps = 0
+        if connect in ("a", "both"):
+            self.a.connect(self.now)
+        if connect in ("b", "both"):
+            self.b.connect(self.now)
+        self.service(0)
+        self.service(1)
+
+    def service(self, i: int) -> None:
+        stream = self.streams[i]
+        for datagram in stream.datagrams_to_send(self.now):
+            self.link.transmit(i, datagram, self.now)
+        for event in stream.take_events():
+            self.events[i].append(event)
+            if isinstance(event, RudpData):
+                self.data[i].extend(event.data)
+            elif isinstance(event, RudpSent):
+                self.acked[i] += event.nbytes
+
+    def step(self) -> bool:
+        """Advance to the next arrival or timer and handle it; False if nothing is left to happen."""
+        self.steps += 1
+        timers = [t for t in (s.get_timer() for s in self.streams) if t is not None]
+        when = min(timers + ([self.link.queue[0][0]] if self.link.queue else []), default=None)
+        if when is None:
+            return False
+        self.now = max(self.now, when)
+        while self.link.queue and self.link.queue[0][0] <= self.now:
+            _, _, direction, datagram = heapq.heappop(self.link.queue)
+            receiver = 1 - direction
+            self.streams[receiver].receive_datagram(datagram, self.now)
+            self.service(receiver)
+        for i, stream in enumerate(self.streams):
+            timer = stream.get_timer()
+            if timer is not None and timer <= self.now:
+                stream.handle_timer(self.now)
+                self.service(i)
+                # Every deadline handled moves on: the owner's timer would spin otherwise.
+                after = stream.get_timer()
+                assert after is None or after > self.now, (timer, after, self.now)
+        return True
+
+    def run(self, until: Callable[[], bool], *, max_steps: int = 200_000, max_time: float = 1e9) -> None:
+        """Step until ``until()``; fail if it needs more than ``max_steps`` steps or virtual ``max_time``."""
+        start = self.now
+        for _ in range(max_steps):
+            if until():
+                return
+            if self.now - start > max_time:
+                break
+            if not self.step():
+                break
+        assert until(), f"condition not reached after {self.steps} steps, {self.now - start:.3f} s virtual"
+
+    def run_for(self, seconds: float, *, max_steps: int = 200_000) -> None:
+        end = self.now + seconds
+        for _ in range(max_steps):
+            timers = [t for t in (s.get_timer() for s in self.streams) if t is not None]
+            when = min(timers + ([self.link.queue[0][0]] if self.link.queue else []), default=None)
+            if when is None or when > end:
+                self.now = end
+                return
+            self.step()
+        raise AssertionError("run_for: too many steps")
+
+    def connected(self) -> bool:
+        return self.a.connected and self.b.connected
+
+    def closed_with(self, i: int) -> list[str | None]:
+        return [e.error for e in self.events[i] if isinstance(e, RudpClosed)]
+
+    def transfer(self, size_a: int, size_b: int = 0, **run: float) -> tuple[bytes, bytes]:
+        """Write ``size_a`` bytes a→b and ``size_b`` b→a; return them once both arrived whole."""
+        out_a, out_b = pattern(size_a, 1), pattern(size_b, 2)
+        self.a.write(out_a)
+        self.b.write(out_b)
+        self.service(0)
+        self.service(1)
+        self.run(lambda: len(self.data[1]) >= size_a and len(self.data[0]) >= size_b, **run)  # type: ignore[arg-type]
+        return out_a, out_b
+
+
+def connected_pair(seed: int = 1, **kwargs: object) -> Pair:
+    pair = Pair(seed, **kwargs)  # type: ignore[arg-type]
+    pair.run(pair.connected, max_steps=1000)
+    return pair
+
+
+# -- wire format ---------------------------------------------------------------------------
+
+def test_syn_layout_and_peek_ids() -> None:
+    s = RudpStream(ID_A, 0x01020304, 0.0, receive_window=65536)
+    s.connect(0.0)
+    [syn] = s.datagrams_to_send(0.0)
+    assert syn == bytes([MAGIC, SYN]) + struct.pack(">IIIIIB", 0, ID_A, 0x01020304, 0, 65536, 0)
+    assert len(syn) == HEADER_SIZE == 23
+    assert peek_ids(syn) == (0, ID_A, True)
+    assert MAX_DATAGRAM == 23 + 3 * 8 + MAX_PAYLOAD <= 1250
+
+
+def test_peek_ids_rejects_what_is_not_rudp() -> None:
+    assert peek_ids(b"") is None
+    assert peek_ids(b"\xc3CRDS" + bytes(40)) is None  # a LAN beacon
+    assert peek_ids(bytes([MAGIC, SYN]) + bytes(20)) is None  # one byte short
+    assert peek_ids(bytes([MAGIC, 0x40]) + bytes(21)) is None  # unknown flag
+    assert peek_ids(bytes([MAGIC, SYN | FIN]) + bytes(21)) is None  # impossible flag set
+    ack = bytes([MAGIC, ACK]) + struct.pack(">IIIIIB", ID_B, ID_A, 5, 6, 7, 0)
+    assert peek_ids(ack) == (ID_B, ID_A, False)
+
+
+def test_constructor_checks_its_arguments() -> None:
+    for bad in ({"local_id": 0}, {"local_id": 1 << 32}, {"initial_seq": -1}, {"initial_seq": 1 << 32}):
+        args = {"local_id": 1, "initial_seq": 0} | bad
+        with pytest.raises(ValueError):
+            RudpStream(args["local_id"], args["initial_seq"], 0.0)
+    with pytest.raises(ValueError):
+        RudpStream(1, 0, 0.0, receive_window=100)
+    with pytest.raises(ValueError):
+        RudpStream(1, 0, 0.0, idle_timeout=0)
+
+
+# -- handshake and transfer ----------------------------------------------------------------
+
+def test_handshake_then_one_megabyte_each_way() -> None:
+    pair = connected_pair()
+    assert pair.a.remote_id == ID_B and pair.b.remote_id == ID_A
+    assert [type(e) for e in pair.events[0]] == [RudpConnected]
+    out_a, out_b = pair.transfer(MB, MB)
+    assert bytes(pair.data[1]) == out_a and bytes(pair.data[0]) == out_b
+    pair.run(lambda: pair.a.pending_bytes == 0 and pair.b.pending_bytes == 0, max_steps=1000)
+    assert pair.acked == [MB, MB]
+    assert pair.a.retransmits == pair.b.retransmits == 0
+    assert pair.a.malformed == pair.b.malformed == pair.a.dropped == pair.b.dropped == 0
+    assert pair.a.srtt == pytest.approx(2 * DELAY, abs=0.005)
+
+
+def test_simultaneous_open_connects_each_side_once() -> None:
+    pair = Pair(connect="both")
+    syns = [d for _, _, _, d in pair.link.queue]
+    assert len(syns) == 2 and all(peek_ids(d) is not None and peek_ids(d)[2] for d in syns)  # type: ignore[index]
+    pair.run(pair.connected, max_steps=100)
+    pair.run_for(1.0)
+    assert [e for e in pair.events[0] if isinstance(e, RudpConnected)] == [RudpConnected()]
+    assert [e for e in pair.events[1] if isinstance(e, RudpConnected)] == [RudpConnected()]
+    out_a, out_b = pair.transfer(100_000, 100_000)
+    assert bytes(pair.data[1]) == out_a and bytes(pair.data[0]) == out_b
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_simultaneous_open_under_loss(seed: int) -> None:
+    pair = Pair(seed, connect="both", link={"loss": 0.3})
+    pair.run(pair.connected, max_steps=2000)
+    out_a, out_b = pair.transfer(50_000, 50_000)
+    assert bytes(pair.data[1]) == out_a and bytes(pair.data[0]) == out_b
+    assert sum(isinstance(e, RudpConnected) for e in pair.events[0] + pair.events[1]) == 2
+
+
+def test_lost_syn_ack_is_retransmitted() -> None:
+    pair = Pair()
+    pair.link.drop = lambda direction, d: direction == 1 and d[1] == SYN | ACK and pair.link.sent[1] == 1
+    pair.run(pair.connected, max_steps=100)
+    assert pair.now - 100.0 >= 1.0  # waited for the initial 1 s RTO
+    assert pair.a.srtt is None  # Karn: the SYN was sent twice, no sample
+
+
+def test_data_written_before_the_handshake_is_sent_after_it() -> None:
+    pair = Pair()
+    pair.a.write(b"early")
+    pair.run(lambda: bytes(pair.data[1]) == b"early", max_steps=100)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(("name", "link"), [
+    ("10% loss", {"loss": 0.10}),
+    ("20% loss", {"loss": 0.20}),
+    ("duplication", {"dup": 0.2}),
+    ("reordering", {"reorder": 0.2}),
+    ("everything", {"loss": 0.05, "dup": 0.05, "reorder": 0.1}),
+])
+def test_transfer_on_a_bad_link_is_byte_exact(name: str, link: dict[str, float], seed: int) -> None:
+    pair = connected_pair(seed, link=link)
+    out_a, out_b = pair.transfer(MB, MB // 4)
+    assert bytes(pair.data[1]) == out_a and bytes(pair.data[0]) == out_b
+    if "loss" in link or "reorder" in link:
+        assert pair.a.retransmits > 0
+    else:  # a duplicated datagram is not a duplicate ACK (RFC 6675): nothing is resent
+        assert pair.a.retransmits == pair.b.retransmits == 0
+    assert pair.a.srtt is not None and pair.a.srtt < 4 * 2 * DELAY  # Karn kept the estimate clean
+    pair.a.close(pair.now)
+    pair.service(0)
+    pair.run(lambda: pair.a.closed and pair.b.closed)
+    assert pair.closed_with(0) == pair.closed_with(1) == [None]
+
+
+# -- loss recovery and RTT ------------------------------------------------------------------
+
+def test_one_lost_datagram_is_fast_retransmitted_before_the_rto() -> None:
+    pair = connected_pair()
+    lost_at: list[float] = []
+    resent_at: list[float] = []
+    target = (ISN_A + 1 + 30 * MAX_PAYLOAD) & 0xFFFFFFFF  # the 31st data datagram
+
+    def drop(direction: int, d: bytes) -> bool:
+        if direction == 0 and payload_len(d) and header(d)[4] == target:
+            if lost_at:
+                resent_at.append(pair.now)
+                return False
+            lost_at.append(pair.now)
+            return True
+        return False
+
+    pair.link.drop = drop
+    rto = pair.a.rto
+    out, _ = pair.transfer(300_000)
+    assert bytes(pair.data[1]) == out
+    assert pair.a.retransmits == 1 and pair.a.timeouts == 0 and len(resent_at) == 1
+    # SACKs for the datagrams behind it arrive one round trip after the loss; the RTO is 10 RTTs.
+    assert resent_at[0] - lost_at[0] <= 2 * 2 * DELAY < rto
+    assert pair.a.cwnd >= 2 * MAX_PAYLOAD and pair.b.buffered_bytes == 0
+
+
+def test_rtt_estimator_follows_rfc_6298() -> None:
+    est = RttEstimator()
+    assert est.srtt is None and est.rto == 1.0  # (2.1)
+    est.sample(0.5)  # (2.2): first sample
+    assert est.srtt == 0.5 and est.rttvar == 0.25 and est.rto == pytest.approx(0.5 + 4 * 0.25)
+    est.sample(0.1)  # (2.3): RTTVAR first, with the old SRTT
+    assert est.rttvar == pytest.approx(0.75 * 0.25 + 0.25 * 0.4)
+    assert est.srtt == pytest.approx(0.875 * 0.5 + 0.125 * 0.1)
+    assert est.rto == pytest.approx(0.875 * 0.5 + 0.125 * 0.1 + 4 * est.rttvar)
+    small = RttEstimator()
+    small.sample(0.001)
+    assert small.rto == MIN_RTO  # (2.4), with crust's 200 ms floor
+    rtos = []
+    for _ in range(12):  # (5.5): double on every timeout, up to the maximum
+        small.back_off()
+        rtos.append(small.rto)
+    assert rtos[:4] == [2 * MIN_RTO, 4 * MIN_RTO, 8 * MIN_RTO, 16 * MIN_RTO] and rtos[-1] == MAX_RTO == 60.0
+    small.sample(0.001)  # a fresh sample ends the backoff
+    assert small.rto == MIN_RTO
+    huge = RttEstimator()
+    huge.sample(100.0)
+    assert huge.rto == MAX_RTO
+
+
+def test_rto_backs_off_exponentially_while_the_peer_is_unreachable() -> None:
+    pair = connected_pair()
+    times: list[float] = []
+
+    def drop_all(direction: int, d: bytes) -> bool:
+        if direction == 0 and payload_len(d):
+            times.append(pair.now)
+        return True
+
+    pair.link.drop = drop_all
+    pair.a.write(b"x" * 10)
+    pair.service(0)
+    pair.run(lambda: len(times) >= 6, max_steps=1000)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[0] == pytest.approx(MIN_RTO, rel=0.01)
+    for shorter, longer in zip(gaps, gaps[1:]):
+        assert longer == pytest.approx(2 * shorter, rel=0.01)
+    assert pair.a.timeouts == 5 and pair.a.cwnd == MAX_PAYLOAD
+
+
+def test_too_many_timeouts_kill_the_stream() -> None:
+    pair = connected_pair(idle_timeout=1e6, keepalive_interval=1e6)
+    pair.a.write(b"x" * 10)
+    pair.service(0)
+    pair.link.cut = True
+    pair.run(lambda: pair.a.closed, max_steps=1000)
+    assert pair.closed_with(0) == ["timed out"] and pair.a.timeouts == 9
+
+
+def test_cwnd_grows_in_slow_start_and_halves_on_loss() -> None:
+    pair = connected_pair()
+    initial = pair.a.cwnd
+    assert initial == 10 * MAX_PAYLOAD
+    drop_after = 150  # a data datagram well into slow start
+    dropped: list[int] = []
+
+    def drop(direction: int, d: bytes) -> bool:
+        if direction == 0 and payload_len(d) and pair.link.sent[0] == drop_after and not dropped:
+            dropped.append(pair.a.cwnd)
+            return True
+        return False
+
+    pair.link.drop = drop
+    pair.a.write(pattern(2 * MB))
+    pair.service(0)
+    peak = 0
+    for _ in range(20_000):
+        if pair.a.retransmits:
+            break
+        peak = max(peak, pair.a.cwnd)
+        pair.step()
+    assert initial < dropped[0] <= peak  # slow start grew it
+    assert MAX_PAYLOAD * 2 <= pair.a.cwnd <= peak // 2 + MAX_PAYLOAD  # fast recovery halved it
+    pair.run(lambda: len(pair.data[1]) == 2 * MB)
+    assert pair.a.timeouts == 0
+
+
+# -- flow control --------------------------------------------------------------------------
+
+def test_a_paused_reader_stops_the_sender_and_resuming_drains_it() -> None:
+    window = 64 * 1024
+    pair = connected_pair(receive_window=window)
+    pair.b.pause_reading()
+    out = pattern(1 * MB)
+    pair.a.write(out)
+    pair.service(0)
+    pair.run_for(5.0)
+    assert len(pair.data[1]) == 0
+    assert pair.b.buffered_bytes == window  # filled exactly, and no further
+    assert pair.a.pending_bytes == MB - window
+    sent_before = pair.link.sent[0]
+    pair.run_for(30.0)
+    probes = pair.link.sent[0] - sent_before
+    assert 1 <= probes <= 10  # persist probes, backed off; no data
+    assert pair.b.buffered_bytes == window
+    pair.b.resume_reading()
+    pair.service(1)
+    pair.run(lambda: len(pair.data[1]) == MB, max_steps=20_000)
+    assert bytes(pair.data[1]) == out
+
+
+def test_a_lost_window_update_is_found_by_the_persist_probe() -> None:
+    window = 32 * 1024
+    pair = connected_pair(receive_window=window)
+    pair.b.pause_reading()
+    pair.a.write(pattern(200_000))
+    pair.service(0)
+    pair.run_for(2.0)
+    assert pair.b.buffered_bytes == window
+    pair.link.cut = True  # the window update after resume is lost
+    pair.b.resume_reading()
+    pair.service(1)
+    pair.link.cut = False
+    t0 = pair.now
+    pair.run(lambda: len(pair.data[1]) == 200_000, max_steps=20_000)
+    assert pair.now - t0 < 65.0  # a probe found the open window (backoff is capped at 60 s)
+    assert pair.a.timeouts == 0
+
+
+def test_out_of_order_data_is_bounded_by_the_window() -> None:
+    window = 16 * 1024
+    pair = connected_pair(receive_window=window)
+    pair.link.drop = lambda direction, d: direction == 0 and header(d)[4] == (ISN_A + 1) & 0xFFFFFFFF \
+        and pair.a.retransmits == 0
+    pair.a.write(pattern(100_000))
+    pair.service(0)
+    high = 0
+    for _ in range(5000):
+        high = max(high, pair.b.buffered_bytes)
+        if len(pair.data[1]) == 100_000:
+            break
+        pair.step()
+    assert 0 < high <= window
+    assert bytes(pair.data[1]) == pattern(100_000)
+
+
+# -- closing -------------------------------------------------------------------------------
+
+def test_orderly_close_after_all_data_is_delivered() -> None:
+    pair = connected_pair(3, link={"loss": 0.1})
+    out = pattern(300_000)
+    pair.a.write(out)
+    pair.a.close(pair.now)
+    pair.a.write(b"ignored")  # after close(): dropped, like TcpStream
+    pair.service(0)
+    pair.run(lambda: pair.a.closed and pair.b.closed, max_steps=50_000)
+    assert bytes(pair.data[1]) == out
+    assert pair.closed_with(0) == pair.closed_with(1) == [None]
+    assert isinstance(pair.events[1][-1], RudpClosed) and pair.acked[0] == len(out)
+    assert pair.a.get_timer() is None and pair.b.get_timer() is None
+
+
+def test_both_sides_close_at_once() -> None:
+    pair = connected_pair()
+    pair.a.write(b"from a")
+    pair.b.write(b"from b")
+    pair.a.close(pair.now)
+    pair.b.close(pair.now)
+    pair.service(0)
+    pair.service(1)
+    pair.run(lambda: pair.a.closed and pair.b.closed, max_steps=1000)
+    assert (bytes(pair.data[0]), bytes(pair.data[1])) == (b"from b", b"from a")
+    assert pair.closed_with(0) == pair.closed_with(1) == [None]
+
+
+def test_a_lost_last_ack_still_closes_in_order() -> None:
+    pair = connected_pair()
+    pair.a.close(pair.now)
+    pair.service(0)
+    finals: list[bytes] = []
+
+    def drop(direction: int, d: bytes) -> bool:
+        if direction == 0 and pair.a.closed:
+            finals.append(d)
+            return True
+        return False
+
+    # a's final ACK (of b's FIN) is lost; a is gone by then, so b's FIN retransmissions go unanswered.
+    pair.link.drop = drop
+    start = pair.now
+    pair.run(lambda: pair.a.closed and pair.b.closed, max_steps=1000)
+    assert len(finals) == 2 and finals[0] == finals[1]  # sent twice: nothing would repeat it
+    assert pair.closed_with(0) == pair.closed_with(1) == [None]
+    assert pair.now - start < 5.0  # not the idle timeout: only b's FIN was outstanding
+
+
+def test_close_waits_for_a_paused_reader() -> None:
+    pair = connected_pair()
+    pair.b.pause_reading()
+    pair.a.write(b"held")
+    pair.a.close(pair.now)
+    pair.service(0)
+    pair.run_for(5.0)
+    assert not pair.b.closed and pair.data[1] == b""
+    assert pair.b.get_timer() is None  # both FINs done: no keepalive, no idle timeout, just waiting
+    pair.run_for(600.0)
+    pair.b.resume_reading()
+    pair.service(1)
+    pair.run(lambda: pair.a.closed and pair.b.closed, max_steps=1000)
+    assert pair.data[1] == b"held"
+    assert [type(e) for e in pair.events[1]] == [RudpConnected, RudpData, RudpClosed]
+
+
+def test_reset_closes_the_peer_with_an_error() -> None:
+    pair = connected_pair()
+    pair.a.write(pattern(50_000))
+    pair.service(0)
+    pair.run_for(0.05)
+    pair.a.abort(pair.now)
+    assert pair.a.closed
+    [rst] = pair.a.datagrams_to_send(pair.now)
+    assert header(rst)[1] == RST | ACK
+    assert pair.a.take_events() == [] and pair.a.get_timer() is None
+    pair.link.transmit(0, rst, pair.now)
+    pair.run(lambda: pair.b.closed, max_steps=1000)
+    assert pair.closed_with(1) == ["connection reset by peer"]
+    assert pair.closed_with(0) == []
+
+
+def test_abort_drops_what_was_not_yet_taken() -> None:
+    pair = connected_pair()
+    pair.b.write(b"unread")
+    pair.service(1)
+    pair.run(lambda: pair.link.queue == [], max_steps=100)
+    pair.a.receive_datagram(forge(ACK, ID_A, ID_B, ISN_B + 7, ISN_A + 1, b"more"), pair.now)
+    pair.a.abort(pair.now)
+    assert pair.a.take_events() == []  # the owner closed: no data after that
+
+
+def test_a_reset_answering_our_syn_is_a_refusal() -> None:
+    pair = Pair()
+    pair.link.queue.clear()  # the SYN never arrives; some peer answers it with an RST
+    pair.a.receive_datagram(forge(RST | ACK, ID_A, ID_B, 0, ISN_A + 2), pair.now)
+    assert not pair.a.closed and pair.a.dropped == 1  # acks something we never sent
+    pair.a.receive_datagram(forge(RST | ACK, ID_A, ID_B, 0, ISN_A + 1), pair.now)
+    pair.service(0)
+    assert pair.closed_with(0) == ["connection refused"]
+
+
+def test_the_peers_fin_is_answered_and_later_writes_are_ignored() -> None:
+    pair = connected_pair()
+    pair.a.close(pair.now)
+    [fin] = pair.a.datagrams_to_send(pair.now)
+    assert header(fin)[1] == ACK | FIN
+    pair.b.receive_datagram(fin, pair.now)
+    pair.b.write(b"too late")  # closing now: no half-close
+    assert pair.b.pending_bytes == 0 and not pair.b.closed
+    [answer] = pair.b.datagrams_to_send(pair.now)
+    assert header(answer)[1] == ACK | FIN  # acks a's FIN and carries b's own
+    pair.link.transmit(1, answer, pair.now)
+    pair.run(lambda: pair.a.closed and pair.b.closed, max_steps=100)
+    assert pair.closed_with(0) == pair.closed_with(1) == [None]
+
+
+def test_a_handshake_that_times_out_half_open_resets_the_peer() -> None:
+    pair = Pair()
+    # b's SYN-ACKs reach a, but a's ACKs never reach b: a is connected, b is not.
+    pair.link.drop = lambda direction, d: direction == 0 and d[1] == ACK
+    pair.run(lambda: pair.a.connected, max_steps=100)
+    pair.run(lambda: pair.b.closed, max_steps=1000)
+    assert pair.closed_with(1) == ["connect timed out"]
+    pair.run(lambda: pair.a.closed, max_steps=100)
+    assert pair.closed_with(0) == ["connection reset by peer"]  # at once, not after idle_timeout
+    assert pair.now - 100.0 == pytest.approx(DELAY + 10.0 + DELAY)  # b's clock starts at the SYN
+
+
+def test_connecting_to_a_silent_peer_times_out() -> None:
+    pair = Pair(connect_timeout=10.0)
+    pair.link.cut = True
+    start = pair.now
+    pair.run(lambda: pair.a.closed, max_steps=100)
+    assert pair.closed_with(0) == ["connect timed out"]
+    assert pair.now - start == pytest.approx(10.0)
+    assert pair.link.sent[0] == 4  # SYN at 0, 1, 3 and 7 s
+
+
+# -- liveness ------------------------------------------------------------------------------
+
+def test_a_dead_peer_times_out_after_idle_timeout() -> None:
+    pair = connected_pair()
+    pair.link.cut = True
+    start = pair.now
+    pair.run(lambda: pair.a.closed and pair.b.closed, max_steps=1000)
+    assert pair.closed_with(0) == pair.closed_with(1) == ["timed out"]
+    assert pair.now - start == pytest.approx(60.0, abs=0.1)
+
+
+def test_a_quiet_live_connection_survives_on_keepalives() -> None:
+    pair = connected_pair()
+    pair.run_for(200.0)
+    assert pair.connected() and not pair.a.closed and not pair.b.closed
+    assert 200 / 15 - 2 <= pair.link.sent[0] + pair.link.sent[1] <= 2 * (200 / 15 + 2)
+    pair.transfer(10_000, 10_000)
+
+
+def test_unanswered_keepalives_are_retried_sooner() -> None:
+    pair = connected_pair()
+    pings: list[float] = []
+
+    def drop(direction: int, d: bytes) -> bool:
+        if not d[1] & PING:
+            return False
+        if direction == 0:
+            return True  # a's own PINGs never count: b must hear a only through answers
+        pings.append(pair.now)
+        return len(pings) <= 3  # b's first three PINGs are lost
+
+    pair.link.drop = drop
+    pair.run_for(60.0)
+    assert pair.connected()
+    gaps = [round(b - a, 3) for a, b in zip(pings, pings[1:])]
+    rto = pair.b.rto
+    assert gaps[:3] == [rto, 2 * rto, 4 * rto]  # retried, backing off; then answered:
+    assert len(gaps) > 3 and all(gap == pytest.approx(15.0, abs=0.05) for gap in gaps[3:])  # every 15 s again
+
+
+def test_keepalive_is_a_ping_answered_by_an_ack() -> None:
+    pair = connected_pair(keepalive_interval=5.0, idle_timeout=12.0)
+    sent: list[tuple[int, int]] = []
+
+    def record(direction: int, d: bytes) -> bool:
+        sent.append((direction, header(d)[1]))
+        return False
+
+    pair.link.drop = record
+    pair.run_for(30.0)
+    # Whichever side sent last waits longest; the other pings and gets an ACK back.
+    assert (sent[0], sent[1]) in (((0, ACK | PING), (1, ACK)), ((1, ACK | PING), (0, ACK)))
+    assert 2 * 5 <= len(sent) <= 2 * 7 and all(flags in (ACK, ACK | PING) for _, flags in sent)
+    assert pair.connected()
+
+
+# -- hostile input -------------------------------------------------------------------------
+
+def state_of(s: RudpStream) -> tuple[int, ...]:
+    return (s.buffered_bytes, s.pending_bytes, s.cwnd, s.retransmits, len(s.take_events()),
+            len(s.datagrams_to_send(0.0)))
+
+
+def forge(flags: int, dst: int, src: int, seq: int, ack: int, payload: bytes = b"", window: int = 65536) -> bytes:
+    return HEADER.pack(MAGIC, flags, dst, src, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, window, 0) + payload
+
+
+def test_spoofed_and_out_of_window_datagrams_are_dropped_without_growing_state() -> None:
+    pair = connected_pair(receive_window=16 * 1024)
+    a, b = pair.a, pair.b
+    a.write(pattern(5000))
+    pair.service(0)
+    pair.run(lambda: a.pending_bytes == 0, max_steps=100)
+    before = state_of(b)
+    rcv_nxt = ISN_A + 1 + 5000
+    snd_nxt = ISN_B + 1
+    spoofed = [
+        forge(ACK, 0x12345678, ID_A, rcv_nxt, snd_nxt, b"x" * 100),  # wrong dst id
+        forge(ACK, ID_B, 0x12345678, rcv_nxt, snd_nxt, b"x" * 100),  # wrong src id
+        forge(ACK, 0, ID_A, rcv_nxt, snd_nxt, b"x" * 100),  # dst 0 outside a SYN
+        forge(ACK, ID_B, ID_A, rcv_nxt + 16 * 1024, snd_nxt, b"x" * 100),  # past the window
+        forge(ACK, ID_B, ID_A, rcv_nxt + (1 << 30), snd_nxt, b"x" * 100),  # far ahead
+        forge(ACK, ID_B, ID_A, rcv_nxt, snd_nxt + 5000, b"x" * 100),  # acks data never sent
+        forge(RST | ACK, ID_B, ID_A, rcv_nxt + 1_000_000, snd_nxt),  # blind reset, wrong seq
+        forge(SYN, 0, 0x99999999, 1234, 0),  # another connection's SYN
+    ]
+    for d in spoofed:
+        b.receive_datagram(d, pair.now)
+    assert b.dropped == len(spoofed) and b.malformed == 0
+    after = state_of(b)
+    assert after[:5] == before[:5]
+    assert b.connected
+    # Old data (a duplicate, or a seq half the space away) is no threat either: acked once, forgotten.
+    b.receive_datagram(forge(ACK, ID_B, ID_A, ISN_A + 1, snd_nxt, b"y" * 100), pair.now)
+    b.receive_datagram(forge(ACK, ID_B, ID_A, rcv_nxt + (1 << 31), snd_nxt, b"y" * 100), pair.now)
+    assert b.buffered_bytes == 0 and len(b.datagrams_to_send(pair.now)) == 1 and not b.take_events()
+    pair.transfer(5000, 5000)
+
+
+def test_garbage_is_counted_as_malformed() -> None:
+    pair = connected_pair()
+    b = pair.b
+    good = forge(ACK, ID_B, ID_A, ISN_A + 1, ISN_B + 1)
+    garbage = [
+        b"",
+        b"\xc5",
+        good[:-1],  # short header
+        bytes([0x45]) + good[1:],  # wrong magic
+        good[:1] + bytes([0x40]) + good[2:],  # unknown flag
+        good[:1] + bytes([SYN | FIN]) + good[2:],  # impossible flags
+        good[:-1] + b"\x04",  # 4 SACK blocks
+        good[:-1] + b"\x02" + bytes(8),  # SACK blocks run past the end
+        good + b"x" * (MAX_PAYLOAD + 1),  # payload too large
+        forge(RST | ACK, ID_B, ID_A, ISN_A + 1, ISN_B + 1, b"x"),  # RST with payload
+        forge(ACK, ID_B, 0, ISN_A + 1, ISN_B + 1),  # src id 0
+    ]
+    for d in garbage:
+        b.receive_datagram(d, pair.now)
+    assert b.malformed == len(garbage) and b.dropped == 0 and b.connected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=1300), max_size=5))
+def test_arbitrary_bytes_never_raise(datagrams: list[bytes]) -> None:
+    s = RudpStream(ID_B, ISN_B, 0.0)
+    for d in datagrams:
+        s.receive_datagram(d, 0.0)
+        s.datagrams_to_send(0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, RST, RST | ACK]),
+                          st.integers(-3000, 70000), st.integers(-3000, 70000), st.integers(0, (1 << 32) - 1),
+                          st.lists(st.tuples(st.integers(-100, 70000), st.integers(-100, 70000)), max_size=3),
+                          st.binary(max_size=1200)), max_size=6))
+def test_well_addressed_nonsense_never_raises(packets: list[tuple[int, int, int, int, list[tuple[int, int]],
+                                                                 bytes]]) -> None:
+    """Correct ids, arbitrary everything else: reaches the deep paths, never raises or outgrows the window."""
+    pair = connected_pair(receive_window=32 * 1024)
+    pair.a.write(pattern(20_000))
+    pair.service(0)
+    pair.step()
+    b = pair.b
+    for flags, seq, ack, window, sacks, payload in packets:
+        if flags & (SYN | RST):
+            payload = b""
+        blocks = b"".join(struct.pack(">II", (ISN_B + s) & 0xFFFFFFFF, (ISN_B + e) & 0xFFFFFFFF) for s, e in sacks)
+        d = HEADER.pack(MAGIC, flags, ID_B, ID_A, (ISN_A + seq) & 0xFFFFFFFF, (ISN_B + ack) & 0xFFFFFFFF,
+                        window, len(sacks)) + blocks + payload
+        b.receive_datagram(d, pair.now)
+        b.datagrams_to_send(pair.now)
+        b.take_events()
+        assert b.buffered_bytes <= 32 * 1024
+        pair.now += 0.01
+        if b.get_timer() is not None and b.get_timer() <= pair.now:  # type: ignore[operator]
+            b.handle_timer(pair.now)

@@ -10,7 +10,7 @@ import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import NewType, Tuple, Union
+from typing import Iterable, NewType, Tuple, Union
 
 __all__ = [
     "PeerId",
@@ -172,6 +172,11 @@ class Endpoint:
 
 
 EndpointLike = Union[Endpoint, str, Tuple[str, int]]
+
+
+def tcp_first(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
+    """``endpoints`` with the TCP ones first, each group in its given order: TCP is preferred where both work."""
+    return sorted(endpoints, key=lambda endpoint: endpoint.transport != "tcp")
 
 
 class CrustUser(enum.Enum):

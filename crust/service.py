@@ -52,6 +52,7 @@ from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_
 from .sendgate import SendGate
 from .transport.reactor import Reactor, TimerHandle
 from .transport.tcp import TcpListener, TcpStream
+from .transport.udp import RudpConnection, RudpSocket
 
 __all__ = ["Service"]
 
@@ -129,8 +130,9 @@ class Service:
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._workers_lock = threading.Lock()
         # Reactor-thread state.
-        self._streams: dict[ConnId, TcpStream] = {}
+        self._streams: dict[ConnId, TcpStream | RudpConnection] = {}
         self._listener: TcpListener | None = None
+        self._rudp: RudpSocket | None = None  # one UDP socket for every rUDP connection, opened on first use
         self._listen_endpoints: list[Endpoint] = []
         self._timer: TimerHandle | None = None
         self._timer_at = float("inf")
@@ -138,7 +140,7 @@ class Service:
         self._async_runs: set[int] = set()
         self._connect_waiters: dict[PeerId, list[concurrent.futures.Future[PeerId]]] = {}
         self._async_connects: set[PeerId] = set()
-        self._flushing: set[TcpStream] = set()  # closed with flush=True, still sending their last bytes
+        self._flushing: set[TcpStream | RudpConnection] = set()  # closed with flush=True, still sending their last bytes
         # Shared state, each with its lock or an atomic-under-GIL operation.
         self._gates: dict[PeerId, SendGate] = {}  # written on the reactor only; read anywhere
         self._sends: deque[tuple[PeerId, int, bytes]] = deque()  # user threads append, reactor pops
@@ -238,6 +240,9 @@ class Service:
             stream.close(flush=False)
         self._streams.clear()
         self._flushing.clear()
+        if self._rudp is not None:  # last: the flushing rUDP streams needed it for their FINs
+            self._rudp.close()
+            self._rudp = None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -301,14 +306,26 @@ class Service:
         return self._call(self._start_listening)
 
     def _start_listening(self) -> list[Endpoint]:
-        if self._listener is not None:
+        if self._listen_endpoints:
             return list(self._listen_endpoints)
         cfg = self._config
-        if not cfg.enable_tcp:
-            raise ListenerError("TCP is disabled in the config (enable_tcp=False)")
-        self._listener = TcpListener(self._reactor, cfg.listen_host, cfg.tcp_port, self._on_accept)
-        host, port = self._listener.address
-        self._listen_endpoints = [Endpoint(h, port) for h in _local_addresses(host)]
+        if not (cfg.enable_tcp or cfg.enable_udp):
+            raise ListenerError("both transports are disabled in the config (enable_tcp=enable_udp=False)")
+        endpoints: list[Endpoint] = []
+        if cfg.enable_tcp:
+            self._listener = TcpListener(self._reactor, cfg.listen_host, cfg.tcp_port, self._on_accept)
+            host, port = self._listener.address
+            endpoints += [Endpoint(h, port) for h in _local_addresses(host)]
+        if cfg.enable_udp:
+            try:
+                host, port = self._rudp_socket().address
+            except ListenerError:
+                if self._listener is not None:
+                    self._listener.close()
+                    self._listener = None
+                raise
+            endpoints += [Endpoint(h, port, "udp") for h in _local_addresses(host)]
+        self._listen_endpoints = endpoints  # TCP first: it is preferred wherever both work
         self._engine.set_listeners(self._listen_endpoints)
         if self._lan is not None:
             self._lan.set_listeners(self._listen_endpoints)
@@ -321,8 +338,9 @@ class Service:
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
-                self._listen_endpoints = []
-                self._engine.set_listeners(())
+            # The UDP socket stays: it carries our rUDP connections, inbound ones included.
+            self._listen_endpoints = []
+            self._engine.set_listeners(())
         self._call(stop)
 
     def set_accept_bootstrap(self, accept: bool) -> None:
@@ -338,6 +356,23 @@ class Service:
             return
         self._streams[conn] = TcpStream(self._reactor, sock, **self._stream_callbacks(conn))
         self._pump()
+
+    def _on_rudp_accept(self, stream: RudpConnection) -> None:
+        host, port = stream.remote_address or ("", 0)
+        conn = self._engine.handle_accepted(Endpoint(host, port, "udp"), self._reactor.time())
+        if conn is None:
+            return  # left unattached: the socket drops the SYN
+        stream.attach(**self._stream_callbacks(conn))
+        self._streams[conn] = stream
+        self._pump()
+
+    def _rudp_socket(self) -> RudpSocket:
+        """The rUDP socket, bound on first use (listening, or dialling a ``udp://`` endpoint)."""
+        if self._rudp is None:
+            cfg = self._config
+            self._rudp = RudpSocket(self._reactor, cfg.listen_host, cfg.udp_port, self._on_rudp_accept,
+                                    stream_options={"connect_timeout": cfg.handshake_timeout})
+        return self._rudp
 
     # -- bootstrap --------------------------------------------------------------
 
@@ -563,13 +598,30 @@ class Service:
         return {"on_data": on_data, "on_sent": on_sent, "on_closed": on_closed}
 
     def _dial(self, conn: ConnId, endpoint: Endpoint) -> None:
-        def on_connected(stream: TcpStream) -> None:
+        def on_connected(stream: object) -> None:
             self._engine.handle_connected(conn, self._reactor.time())
             self._pump()
 
+        cfg, callbacks = self._config, self._stream_callbacks(conn)
+
+        def fail(why: str) -> None:  # later, as a failed connect would: we are inside _pump's effect loop
+            self._reactor.call_soon(functools.partial(callbacks["on_closed"], OSError(why)))
+
+        if endpoint.transport == "udp":
+            if not cfg.enable_udp:
+                return fail("UDP is disabled (enable_udp=False)")
+            try:
+                rudp = self._rudp_socket()
+            except ListenerError as err:
+                return fail(str(err))
+            self._streams[conn] = rudp.connect((endpoint.host, endpoint.port), on_connected=on_connected,
+                                               **callbacks)
+            return None
+        if not cfg.enable_tcp:
+            return fail("TCP is disabled (enable_tcp=False)")
         self._streams[conn] = TcpStream.connect(
             self._reactor, endpoint.host, endpoint.port, on_connected=on_connected,
-            timeout=self._config.handshake_timeout, **self._stream_callbacks(conn))
+            timeout=cfg.handshake_timeout, **callbacks)
 
     def _pump(self) -> None:
         """Carry out the engine's effects, account for its events, post them, re-arm the timer."""

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 IP = "ip"
+NFT = "nft"
 CMD_TIMEOUT = 5.0  # seconds any one `ip`/`sysctl` command may take
 STOP_GRACE = 2.0  # seconds a lab process gets after SIGTERM before SIGKILL
 MAX_IFNAME = 15  # IFNAMSIZ - 1
@@ -288,6 +289,32 @@ class Lab:
             self.add_ns(name)
             built.append(self.plug(name, switch, f"{net.network_address + first + i - 1}/{net.prefixlen}"))
         return built
+
+    def drop_randomly(self, host: str, per_10000: int) -> None:
+        """Drop ``per_10000``/10000 of the IPv4 packets arriving on ``host``'s LAN interface.
+
+        These kernels have no ``netem`` (TESTLAB.md "Lossy, slow links"): the
+        loss is an nftables ``netdev`` ingress rule on the host's veth end, so it
+        lives and dies with the lab namespace.
+
+        Raises:
+            LabError: ``nft`` is missing or refused the rule.
+        """
+        if not 0 <= per_10000 <= 10000:
+            raise ValueError(f"per_10000 must be 0..10000, not {per_10000}")
+        h = self.hosts[host]
+        if h.ifname is None:
+            raise LabError(f"{host} has no LAN interface to make lossy")
+        if shutil.which(NFT) is None:
+            raise LabError("nftables `nft` is not installed")
+        ruleset = os.path.join(self.tmpdir, f"lossy-{host}.nft")
+        with open(ruleset, "w") as f:  # a file: nft's one-line syntax cannot end a chain after a rule
+            f.write(f"table netdev lossy {{\n  chain ingress {{\n"
+                    f"    type filter hook ingress device {h.ifname} priority 0;\n"
+                    f"    meta protocol ip numgen random mod 10000 < {per_10000} drop\n  }}\n}}\n")
+        done = self.exec(host, [NFT, "-f", ruleset])
+        if done.returncode != 0:
+            raise LabError(f"nft refused the loss rule on {host}: {done.stderr.strip()}")
 
     # -- processes -------------------------------------------------------------
 

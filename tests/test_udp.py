@@ -12,7 +12,8 @@ import pytest
 
 from crust.errors import ListenerError
 from crust.transport.reactor import Reactor
-from crust.transport.udp import UdpSocket
+from crust.transport import rudp as rudp_module
+from crust.transport.udp import RudpConnection, RudpSocket, UdpSocket
 
 T = TypeVar("T")
 WAIT = 20.0  # seconds any single wait may take before the test fails
@@ -204,3 +205,144 @@ def test_reuse_port_needs_both_sides(reactor: Reactor, sockets: Callable[..., tu
     plain, _ = sockets("127.0.0.1", 0)
     with pytest.raises(ListenerError):
         sockets("127.0.0.1", plain.address[1], reuse_port=True)
+
+
+# -- RudpSocket: rUDP connections multiplexed on one socket ----------------------------------
+
+
+class Stream:
+    """Records one RudpConnection's completions (they run on the reactor thread)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.data = bytearray()
+        self.acked = 0
+        self.closed: list[OSError | None] = []
+        self.connected = 0
+        self.conn: RudpConnection | None = None
+
+    def callbacks(self) -> dict[str, Any]:
+        return {"on_data": self._on_data, "on_sent": self._on_sent, "on_closed": self._on_closed}
+
+    def on_connected(self, conn: RudpConnection) -> None:
+        self._update(lambda: setattr(self, "connected", self.connected + 1))
+
+    def _on_data(self, data: bytes) -> None:
+        self._update(lambda: self.data.extend(data))
+
+    def _on_sent(self, nbytes: int) -> None:
+        self._update(lambda: setattr(self, "acked", self.acked + nbytes))
+
+    def _on_closed(self, err: OSError | None) -> None:
+        self._update(lambda: self.closed.append(err))
+
+    def _update(self, change: Callable[[], object]) -> None:
+        with self.cond:
+            change()
+            self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, timeout), f"timed out waiting for {what}"
+
+
+@pytest.fixture
+def rudp(reactor: Reactor) -> Iterator[Callable[..., tuple[RudpSocket, list[Stream]]]]:
+    """Make RudpSockets that accept every SYN (recording each accepted stream); closed after the test."""
+    made: list[RudpSocket] = []
+
+    def make(accept: bool = True, **options: float) -> tuple[RudpSocket, list[Stream]]:
+        accepted: list[Stream] = []
+
+        def on_accept(conn: RudpConnection) -> None:
+            if accept:
+                stream = Stream()
+                stream.conn = conn
+                conn.attach(**stream.callbacks())
+                accepted.append(stream)
+
+        sock = run_on(reactor, lambda: RudpSocket(reactor, "127.0.0.1", 0, on_accept, stream_options=options))
+        made.append(sock)
+        return sock, accepted
+
+    yield make
+    run_on(reactor, lambda: [sock.close() for sock in made])
+
+
+def _dial(reactor: Reactor, sock: RudpSocket, remote: tuple[str, int]) -> Stream:
+    stream = Stream()
+    stream.conn = run_on(reactor, lambda: sock.connect(remote, on_connected=stream.on_connected,
+                                                       **stream.callbacks()))
+    return stream
+
+
+def test_rudp_connection_carries_bytes_both_ways_and_closes_in_order(
+        reactor: Reactor, rudp: Callable[..., tuple[RudpSocket, list[Stream]]]) -> None:
+    server, accepted = rudp()
+    client_sock, _ = rudp()
+    client = _dial(reactor, client_sock, server.address)
+    client.wait(lambda: client.connected == 1, "the handshake")
+    payload = bytes(range(256)) * 4096  # 1 MiB, so many datagrams and windows
+    run_on(reactor, lambda: client.conn.write(payload))  # type: ignore[union-attr]
+    server_stream = accepted[0]
+    server_stream.wait(lambda: len(server_stream.data) == len(payload), "1 MiB at the server")
+    assert bytes(server_stream.data) == payload
+    client.wait(lambda: client.acked == len(payload), "acks for all of it")
+    run_on(reactor, lambda: server_stream.conn.write(b"bye"))  # type: ignore[union-attr]
+    client.wait(lambda: bytes(client.data) == b"bye", "the reply")
+    closed = threading.Event()
+    run_on(reactor, lambda: client.conn.close(flush=True, on_done=closed.set))  # type: ignore[union-attr]
+    server_stream.wait(lambda: server_stream.closed == [None], "the server's orderly close")
+    assert closed.wait(WAIT) and client.closed == []  # the closing side is not told through on_closed
+    assert run_on(reactor, lambda: (server.connections, client_sock.connections)) == (0, 0)
+
+
+def test_rudp_simultaneous_open_gives_one_connection_each(
+        reactor: Reactor, rudp: Callable[..., tuple[RudpSocket, list[Stream]]]) -> None:
+    a_sock, a_accepted = rudp()
+    b_sock, b_accepted = rudp()
+
+    a, b = run_on(reactor, lambda: _dial_both(a_sock, b_sock))  # one reactor turn: the SYNs cross
+    a.wait(lambda: a.connected == 1, "A connected")
+    b.wait(lambda: b.connected == 1, "B connected")
+    run_on(reactor, lambda: a.conn.write(b"from a"))  # type: ignore[union-attr]
+    b.wait(lambda: bytes(b.data) == b"from a", "A's bytes on B's dialled stream")
+    assert a_accepted == [] and b_accepted == []  # the crossing SYNs joined the dials
+    assert run_on(reactor, lambda: (a_sock.connections, b_sock.connections)) == (1, 1)
+
+
+def _dial_both(a_sock: RudpSocket, b_sock: RudpSocket) -> tuple[Stream, Stream]:
+    """Both sockets dial each other (on the reactor thread)."""
+    streams = (Stream(), Stream())
+    for stream, sock, remote in ((streams[0], a_sock, b_sock.address), (streams[1], b_sock, a_sock.address)):
+        stream.conn = sock.connect(remote, on_connected=stream.on_connected, **stream.callbacks())
+    return streams
+
+
+def test_rudp_refused_syn_leaves_no_state_and_dial_times_out(
+        reactor: Reactor, rudp: Callable[..., tuple[RudpSocket, list[Stream]]]) -> None:
+    server, accepted = rudp(accept=False)
+    client_sock, _ = rudp(connect_timeout=0.5)
+    client = _dial(reactor, client_sock, server.address)
+    client.wait(lambda: len(client.closed) == 1, "the connect timeout")
+    assert "timed out" in str(client.closed[0]) and client.connected == 0
+    assert accepted == [] and run_on(reactor, lambda: server.connections) == 0
+
+
+def test_rudp_datagrams_from_the_wrong_address_or_id_are_dropped(
+        reactor: Reactor, rudp: Callable[..., tuple[RudpSocket, list[Stream]]],
+        sockets: Callable[..., tuple[UdpSocket, Inbox]]) -> None:
+    server, accepted = rudp()
+    client_sock, _ = rudp()
+    client = _dial(reactor, client_sock, server.address)
+    client.wait(lambda: client.connected == 1, "the handshake")
+    spoofer, _ = sockets("127.0.0.2")
+    # A well-formed ACK carrying the client's real id, but from another address; and one with a guessed id.
+    real_dst = run_on(reactor, lambda: accepted[0].conn._stream.local_id)  # type: ignore[union-attr]
+    for dst in (real_dst, real_dst ^ 1):
+        header = bytes([rudp_module.MAGIC, 0x08]) + dst.to_bytes(4, "big") + (7).to_bytes(4, "big") + bytes(13)
+        run_on(reactor, lambda h=header: spoofer.sendto(h, server.address))
+    run_on(reactor, lambda: client.conn.write(b"still here"))  # type: ignore[union-attr]
+    stream = accepted[0]
+    stream.wait(lambda: bytes(stream.data) == b"still here", "data after the spoofed resets")
+    assert stream.closed == [] and run_on(reactor, lambda: server.dropped) == 2

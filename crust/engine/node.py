@@ -52,7 +52,7 @@ from ..events import BootstrapFinished, ConnectFinished, ContactsLearned, Event,
 from ..handshake.bootstrap import judge_bootstrap
 from ..handshake.secure import SecureHandshake
 from ..handshake.states import EXCHANGE, ExchangeState, Role, transition
-from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId, name_hash
+from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId, name_hash, tcp_first
 from ..outbox import Outbox
 from .peer_exchange import MIN_ANSWER_INTERVAL, learned_contacts, sample_peers
 from .records import NEVER, Conn, Connect, Peer, Run
@@ -145,7 +145,8 @@ class Engine:
         peer = self._peer(peer_id)
         conn = peer.conn
         return PeerInfo(
-            id=peer.id, addr=conn.remote if conn else Endpoint("0.0.0.0", 0), transport="tcp", user=peer.user,
+            id=peer.id, addr=conn.remote if conn else Endpoint("0.0.0.0", 0),
+            transport=conn.remote.transport if conn else "tcp", user=peer.user,
             origin=peer.origin, rtt=peer.rtt, bytes_sent=conn.bytes_out if conn else 0,
             bytes_received=conn.bytes_in if conn else 0,
         )
@@ -696,7 +697,7 @@ class Engine:
         The budget is half the handshake timeout, so the requester (whose own
         deadline started earlier) hears Granted or Denied before it gives up.
         """
-        listeners = [ep for ep in request.listeners if ep.transport == "tcp"][:_MAX_REACHABILITY_PROBES]
+        listeners = tcp_first(request.listeners)[:_MAX_REACHABILITY_PROBES]
         if not listeners:
             self._answer(conn, request, DenyReason.FAILED_EXTERNAL_REACHABILITY, now)
             return

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Iterable
 
-from ..ids import Contact, CrustUser, Endpoint, PeerId
+from ..ids import Contact, CrustUser, Endpoint, PeerId, tcp_first
 from ..wire.messages import MAX_SHARED_LISTENERS, MAX_SHARED_PEERS, PeerExchangeResponse, SharedPeer
 from .records import Peer
 
@@ -31,7 +31,7 @@ def shareable_listeners(peer: Peer) -> tuple[Endpoint, ...]:
         return ()
     if peer.origin == "bootstrap_connect":
         return (conn.remote,)
-    return tuple(ep for ep in conn.listeners if ep.transport == "tcp")[:MAX_SHARED_LISTENERS]
+    return tuple(tcp_first(conn.listeners)[:MAX_SHARED_LISTENERS])
 
 
 def sample_peers(peers: Iterable[Peer], asker: PeerId, rng: random.Random) -> PeerExchangeResponse:

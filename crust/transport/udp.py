@@ -30,21 +30,24 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import selectors
 import socket
 from typing import Callable
 
 from ..errors import ListenerError
 from .addresses import host_port, resolve
-from .reactor import Reactor
+from .reactor import Reactor, TimerHandle
+from .rudp import RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, peek_ids
 
-__all__ = ["UdpSocket"]
+__all__ = ["UdpSocket", "RudpSocket", "RudpConnection"]
 
 logger = logging.getLogger("crust.transport")
 
 _RECV_SIZE = 2048  # bytes per recvfrom(): crust datagrams stay under 1200
 _MAX_READS_PER_EVENT = 64  # datagrams per readiness event, for fairness
 _EVENT_READ = selectors.EVENT_READ
+_RUDP_SOCKET_BUFFER = 4 * 1024 * 1024  # bytes: bursts of a full congestion window must not overflow the kernel
 # ICMP errors that some systems (Windows; Linux on connected sockets) report on a
 # later recvfrom: they concern an earlier datagram, not this socket.
 _STALE_ERRORS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH})
@@ -134,6 +137,14 @@ class UdpSocket:
             return False
         return True
 
+    def set_buffer_sizes(self, nbytes: int) -> None:
+        """Ask for ``nbytes`` of kernel send and receive buffer (the kernel may cap it)."""
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, option, nbytes)
+            except OSError as err:
+                logger.debug("udp %s: cannot set buffer size: %s", self._address, err)
+
     def close(self) -> None:
         """Stop reading and close the socket.  Reactor thread only; idempotent."""
         if self._closed:
@@ -161,3 +172,370 @@ class UdpSocket:
                 logger.warning("udp %s: recvfrom failed: %s", self._address, err)
                 return
             self._on_datagram(data, host_port(addr))
+
+
+# -- reliable UDP: many RudpStreams on one socket ----------------------------------------
+
+
+def _random_id() -> int:
+    """A nonzero 32-bit value from the OS CSPRNG: connection ids are what stops off-path spoofing."""
+    while True:
+        value = int.from_bytes(os.urandom(4), "big")
+        if value:
+            return value
+
+
+class RudpConnection:
+    """One reliable-UDP stream, with :class:`~crust.transport.tcp.TcpStream`'s interface.
+
+    The owner sees the same ``write`` / ``pause_reading`` / ``resume_reading`` /
+    ``close`` methods and the same ``on_data`` / ``on_sent`` / ``on_closed``
+    completions, so the service drives TCP and rUDP connections alike.  The
+    protocol itself is the sans-IO :class:`~crust.transport.rudp.RudpStream`;
+    this object only carries its datagrams, events and one timer.  ``on_sent``
+    reports bytes the peer *acknowledged* (the rUDP send buffer is ours, not
+    the kernel's, so that is when they stop costing memory).
+    """
+
+    __slots__ = (
+        "_socket", "_stream", "_remote", "_on_connected", "_on_data", "_on_sent", "_on_closed",
+        "_on_done", "_timer", "_timer_when", "_service_scheduled", "_service_cb", "_closing", "_closed",
+    )
+
+    def __init__(
+        self,
+        socket_: RudpSocket,
+        stream: RudpStream,
+        remote: tuple[str, int],
+    ) -> None:
+        self._socket = socket_
+        self._stream = stream
+        self._remote = remote
+        self._on_connected: Callable[[RudpConnection], None] | None = None
+        self._on_data: Callable[[bytes], None] | None = None
+        self._on_sent: Callable[[int], None] | None = None
+        self._on_closed: Callable[[OSError | None], None] | None = None
+        self._on_done: Callable[[], None] | None = None
+        self._timer: TimerHandle | None = None
+        self._timer_when: float | None = None
+        self._service_scheduled = False
+        self._service_cb = self._service  # bound once: it is queued on every write turn
+        self._closing = False
+        self._closed = False
+
+    def attach(
+        self,
+        *,
+        on_data: Callable[[bytes], None],
+        on_sent: Callable[[int], None],
+        on_closed: Callable[[OSError | None], None],
+        on_connected: Callable[[RudpConnection], None] | None = None,
+    ) -> None:
+        """Set the completions, as :class:`~crust.transport.tcp.TcpStream` takes them.
+
+        Args:
+            on_data: called with each in-order chunk received.
+            on_sent: called with byte counts the peer acknowledged.
+            on_closed: called once if the network ends the stream: ``None`` for
+                an orderly close by the peer, an OSError saying why otherwise.
+                Not called after :meth:`close`.
+            on_connected: called once the rUDP handshake is done.
+        """
+        self._on_data = on_data
+        self._on_sent = on_sent
+        self._on_closed = on_closed
+        self._on_connected = on_connected
+
+    @property
+    def attached(self) -> bool:
+        """True once :meth:`attach` gave the connection an owner."""
+        return self._on_closed is not None
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """Our socket's ``(host, port)``."""
+        return self._socket.address
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The peer's ``(host, port)``."""
+        return self._remote
+
+    @property
+    def closed(self) -> bool:
+        """True once closed, or closing after ``close(flush=True)``."""
+        return self._closed or self._closing
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes written but not yet acknowledged by the peer."""
+        return self._stream.pending_bytes
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data``; datagrams leave once per reactor turn.  Ignored once closing or closed."""
+        if self._closed or self._closing or not data:
+            return
+        self._stream.write(data)
+        self._schedule_service()
+
+    def pause_reading(self) -> None:
+        """Hold back ``on_data``; the peer sees our receive window shrink and stops sending."""
+        if not self._closed:
+            self._stream.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading` and deliver what was held back."""
+        if not self._closed:
+            self._stream.resume_reading()
+            self._schedule_service()
+
+    def close(self, flush: bool = True, on_done: Callable[[], None] | None = None) -> None:
+        """Close locally; ``on_closed`` is not called afterwards.  Idempotent.
+
+        Args:
+            flush: True delivers what is queued, then closes in order (FIN),
+                giving up after the stream's own timeouts; False resets at once.
+            on_done: called once the stream is really closed.
+        """
+        if on_done is not None:
+            if self._closed:
+                on_done()
+            else:
+                self._on_done = on_done
+        if self._closed:
+            return
+        now = self._socket.reactor.time()
+        if flush and self._stream.connected:
+            if not self._closing:
+                self._closing = True
+                self._stream.close(now)
+                self._service()
+            return
+        self._stream.abort(now)
+        self._service()  # sends the reset
+        self._finish()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "closing" if self._closing else (
+            "connected" if self._stream.connected else "connecting")
+        return f"<RudpConnection {state} {self._socket.address}->{self._remote}>"
+
+    # -- driven by RudpSocket -----------------------------------------------------------
+
+    def _receive(self, datagram: bytes, now: float) -> None:
+        self._stream.receive_datagram(datagram, now)
+        self._service()
+
+    def _schedule_service(self) -> None:
+        if not self._service_scheduled:
+            self._service_scheduled = True
+            self._socket.reactor.call_soon(self._service_cb)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = None
+        if not self._closed:
+            self._stream.handle_timer(self._socket.reactor.time())
+            self._service()
+
+    def _service(self) -> None:
+        """Send what the machine wants sent, report its events, re-arm its timer."""
+        self._service_scheduled = False
+        if self._closed:
+            return
+        stream, sock = self._stream, self._socket
+        now = sock.reactor.time()
+        for datagram in stream.datagrams_to_send(now):
+            sock.sendto(datagram, self._remote)
+        for event in stream.take_events():
+            if self._closed:
+                return
+            if isinstance(event, RudpData):
+                if not self._closing and self._on_data is not None:
+                    self._on_data(event.data)
+            elif isinstance(event, RudpSent):
+                if not self._closing and self._on_sent is not None:
+                    self._on_sent(event.nbytes)
+            elif isinstance(event, RudpConnected):
+                if self._on_connected is not None:
+                    self._on_connected(self)
+            elif isinstance(event, RudpClosed):
+                closing = self._closing
+                self._finish()
+                if not closing and self._on_closed is not None:
+                    self._on_closed(None if event.error is None else OSError(event.error))
+                return
+        if stream.closed:
+            self._finish()
+            return
+        self._arm_timer(stream.get_timer())
+
+    def _arm_timer(self, when: float | None) -> None:
+        if when == self._timer_when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_when = when
+        if when is not None:
+            self._timer = self._socket.reactor.call_at(when, self._on_timer)
+
+    def _finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = False
+        self._arm_timer(None)
+        self._socket._forget(self)
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()
+
+
+class RudpSocket:
+    """A UDP socket that carries many :class:`RudpConnection` s (PROTOCOL.md §10).
+
+    Datagrams are demultiplexed by the connection id the sender put in them
+    (ours, chosen at random: a spoofer off the path cannot guess it) and must
+    come from the address that connection talks to.  A SYN for no connection
+    of ours is a new inbound connection: ``on_accept(connection)``
+    accepts it by calling :meth:`~RudpConnection.attach`; left unattached, the
+    SYN is ignored.  A SYN from the address we are
+    dialling becomes that dial's simultaneous open.  Datagrams that are not
+    rUDP (hole-punch probes, strays) go to ``on_other``, or are dropped.
+
+    Reactor thread only, like :class:`UdpSocket`.
+    """
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        host: str,
+        port: int,
+        on_accept: Callable[[RudpConnection], None],
+        *,
+        on_other: Callable[[bytes, tuple[str, int]], None] | None = None,
+        stream_options: dict[str, float] | None = None,
+    ) -> None:
+        """Bind and start reading.
+
+        Args:
+            reactor: the reactor that runs everything here.
+            host, port: where to bind (an IP literal; port 0 = the kernel picks).
+            on_accept: called with the connection a new SYN opens (its
+                :attr:`~RudpConnection.remote_address` says who sent it); it
+                accepts by calling :meth:`~RudpConnection.attach`.
+            on_other: gets datagrams that are not rUDP.
+            stream_options: keyword arguments for each :class:`RudpStream`
+                (``connect_timeout``, ``idle_timeout``, ``keepalive_interval``...).
+
+        Raises:
+            ListenerError: the address is not an IP literal or cannot be bound.
+        """
+        self.reactor = reactor
+        self._on_accept = on_accept
+        self._on_other = on_other
+        self._options = dict(stream_options or {})
+        self._by_id: dict[int, RudpConnection] = {}
+        # Who we are dialling, for a crossing SYN (simultaneous open): remote -> connection.
+        self._dialling: dict[tuple[str, int], RudpConnection] = {}
+        # Inbound SYNs already answered: (remote, their id) -> connection, so a
+        # retransmitted SYN reaches the same stream instead of opening another.
+        self._accepted: dict[tuple[tuple[str, int], int], RudpConnection] = {}
+        self.dropped = 0  # datagrams for no connection, or from the wrong address
+        self._udp = UdpSocket(reactor, host, port, self._on_datagram)
+        self._udp.set_buffer_sizes(_RUDP_SOCKET_BUFFER)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``."""
+        return self._udp.address
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._udp.closed
+
+    @property
+    def connections(self) -> int:
+        """How many connections are open on this socket."""
+        return len(self._by_id)
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """Send one raw datagram (hole-punch probes share the socket)."""
+        return self._udp.sendto(data, addr)
+
+    def connect(
+        self,
+        remote: tuple[str, int],
+        *,
+        on_connected: Callable[[RudpConnection], None],
+        on_data: Callable[[bytes], None],
+        on_sent: Callable[[int], None],
+        on_closed: Callable[[OSError | None], None],
+    ) -> RudpConnection:
+        """Open a connection to ``remote`` (an IP literal and port); ``on_connected`` when it is up.
+
+        A failure (no answer within the connect timeout, reset) is reported
+        through ``on_closed``, never raised.
+        """
+        conn = self._new(remote)
+        conn.attach(on_data=on_data, on_sent=on_sent, on_closed=on_closed, on_connected=on_connected)
+        self._dialling[remote] = conn
+        conn._stream.connect(self.reactor.time())
+        conn._schedule_service()
+        return conn
+
+    def close(self) -> None:
+        """Reset every connection (without their ``on_closed``) and close the socket.  Idempotent."""
+        for conn in list(self._by_id.values()):
+            conn.close(flush=False)
+        self._udp.close()
+
+    def __repr__(self) -> str:
+        return f"<RudpSocket {self.address} connections={len(self._by_id)}>"
+
+    def _new(self, remote: tuple[str, int]) -> RudpConnection:
+        local_id = _random_id()
+        while local_id in self._by_id:
+            local_id = _random_id()
+        stream = RudpStream(local_id, _random_id(), self.reactor.time(), **self._options)
+        conn = RudpConnection(self, stream, remote)
+        self._by_id[local_id] = conn
+        return conn
+
+    def _forget(self, conn: RudpConnection) -> None:
+        self._by_id.pop(conn._stream.local_id, None)
+        if self._dialling.get(conn._remote) is conn:
+            del self._dialling[conn._remote]
+        key = (conn._remote, conn._stream.remote_id)
+        if self._accepted.get(key) is conn:
+            del self._accepted[key]
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        ids = peek_ids(data)
+        if ids is None:
+            if self._on_other is not None:
+                self._on_other(data, addr)
+            return
+        dst, src, is_syn = ids
+        now = self.reactor.time()
+        conn = self._by_id.get(dst) if dst else None
+        if conn is not None:
+            if conn._remote != addr:
+                self.dropped += 1  # right id, wrong sender: spoofed, or a NAT rebinding we don't follow
+                return
+            conn._receive(data, now)
+            return
+        if not is_syn or dst:
+            self.dropped += 1
+            return
+        conn = self._accepted.get((addr, src)) or self._dialling.get(addr)
+        if conn is None:
+            conn = self._new(addr)
+            self._on_accept(conn)
+            if not conn.attached or self.closed:
+                self._by_id.pop(conn._stream.local_id, None)  # refused: no state, no answer
+                return
+            self._accepted[(addr, src)] = conn
+        conn._receive(data, now)

@@ -1,0 +1,152 @@
+"""crust over reliable UDP end to end: real Services, one UDP socket each, 127.0.0.1 only.
+
+The rUDP machine itself is tested in virtual time (tests/test_rudp.py) and
+under real packet loss in the namespace lab (tests/test_rudp_lab.py); these
+tests prove the Service carries crust's channel over it exactly as over TCP.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Any
+
+import pytest
+
+import crust
+from crust.transport import rudp
+
+from .livenet import KIB, MIB, WAIT, Net, Recorder
+
+UDP_ONLY: dict[str, Any] = dict(enable_tcp=False, enable_udp=True)
+
+
+def _udp_listener(net: Net, **overrides: Any) -> tuple[crust.Service, Recorder, crust.Endpoint]:
+    svc = net.service(**{**UDP_ONLY, **overrides})
+    rec = Recorder(svc)
+    endpoints = svc.start_listening()
+    assert [(ep.host, ep.transport) for ep in endpoints] == [("127.0.0.1", "udp")]
+    return svc, rec, endpoints[0]
+
+
+def _udp_pair(net: Net, **overrides: Any) -> tuple[crust.Service, Recorder, crust.Service, Recorder]:
+    a, ra, a_ep = _udp_listener(net, **overrides)
+    b = net.service(hard_coded_contacts=[str(a_ep)], **{**UDP_ONLY, **overrides})
+    rb = Recorder(b)
+    assert b.bootstrap(timeout=WAIT) == a.id
+    ra.wait(lambda: len(ra.new_peers) == 1, what="A's on_new_peer")
+    rb.wait(lambda: len(rb.new_peers) == 1, what="B's on_new_peer")
+    return a, ra, b, rb
+
+
+def test_bootstrap_over_rudp_reports_the_udp_transport(net: Net) -> None:
+    a, ra, b, rb = _udp_pair(net)
+    assert rb.new_peers[0].id == a.id and ra.new_peers[0].id == b.id
+    for svc, other in ((a, b), (b, a)):
+        info = svc.peer_info(other.id)
+        assert info.transport == "udp" and info.addr.transport == "udp"
+    assert str(b.peer_info(a.id).addr).startswith("udp://127.0.0.1:")
+
+
+def test_messages_arrive_whole_and_in_order_both_ways_over_rudp(net: Net) -> None:
+    a, ra, b, rb = _udp_pair(net)
+    sizes = [1, 100, 1199, 1200, 1201, 64 * KIB, MIB, 3]
+    outgoing = [os.urandom(size) for size in sizes]
+    for data in outgoing:
+        b.send(a.id, data)
+        a.send(b.id, data[::-1])
+    ra.wait(lambda: len(ra.data_from(b.id)) == len(sizes), timeout=3 * WAIT, what="B's messages at A")
+    rb.wait(lambda: len(rb.data_from(a.id)) == len(sizes), timeout=3 * WAIT, what="A's messages at B")
+    assert ra.data_from(b.id) == outgoing
+    assert rb.data_from(a.id) == [data[::-1] for data in outgoing]
+    # Framing and AEAD tags come on top of the payload.  (bytes_sent over rUDP
+    # counts what the peer acknowledged, which may still be on its way here.)
+    assert a.peer_info(b.id).bytes_received > sum(sizes)
+    assert b.peer_info(a.id).bytes_received > sum(sizes)
+
+
+def test_disconnect_over_rudp_is_seen_by_both_sides(net: Net) -> None:
+    a, ra, b, rb = _udp_pair(net)
+    b.disconnect(a.id)
+    ra.wait(lambda: ra.lost == [b.id], what="A's on_lost")
+    rb.wait(lambda: rb.lost == [a.id], what="B's on_lost")
+    assert a.peers() == [] and b.peers() == []
+
+
+def test_closing_a_service_frees_its_udp_port(net: Net) -> None:
+    a, ra, b, rb = _udp_pair(net)
+    port = a.start_listening()[0].port
+    a.close()
+    rb.wait(lambda: rb.lost == [a.id], what="B's on_lost after A closed")
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.bind(("127.0.0.1", port))  # raises if A still held the port
+    finally:
+        probe.close()
+
+
+def test_a_service_with_both_transports_announces_tcp_first_and_is_reached_over_either(net: Net) -> None:
+    a = net.service(enable_udp=True)
+    ra = Recorder(a)
+    endpoints = a.start_listening()
+    assert [ep.transport for ep in endpoints] == ["tcp", "udp"]
+    for endpoint in endpoints:
+        client = net.service(hard_coded_contacts=[str(endpoint)], enable_udp=True)
+        assert client.bootstrap(timeout=WAIT) == a.id
+        assert client.peer_info(a.id).transport == endpoint.transport
+        client.close()
+    ra.wait(lambda: len(ra.new_peers) == 2, what="both clients at A")
+
+
+def test_a_udp_contact_with_udp_disabled_fails_with_a_reason(net: Net) -> None:
+    a, ra, a_ep = _udp_listener(net)
+    b = net.service(hard_coded_contacts=[str(a_ep)], enable_udp=False)
+    with pytest.raises(crust.BootstrapFailed) as failed:
+        b.bootstrap(timeout=WAIT)
+    assert failed.value.reasons == {str(a_ep): "connect failed: UDP is disabled (enable_udp=False)"}
+    assert ra.new_peers == []
+
+
+def test_another_network_over_rudp_is_refused(net: Net) -> None:
+    a, ra, a_ep = _udp_listener(net, network_name="one")
+    b = net.service(hard_coded_contacts=[str(a_ep)], network_name="two", **UDP_ONLY)
+    with pytest.raises(crust.BootstrapFailed) as failed:
+        b.bootstrap(timeout=WAIT)
+    assert failed.value.reasons == {str(a_ep): "network_mismatch"}
+    assert ra.new_peers == []
+
+
+def test_a_silent_udp_contact_times_out(net: Net) -> None:
+    silent = net.track(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    silent.bind(("127.0.0.1", 0))
+    contact = f"udp://127.0.0.1:{silent.getsockname()[1]}"
+    b = net.service(hard_coded_contacts=[contact], handshake_timeout=0.5, **UDP_ONLY)
+    with pytest.raises(crust.BootstrapFailed) as failed:
+        b.bootstrap(timeout=WAIT)
+    assert "timed out" in failed.value.reasons[contact]
+    silent.settimeout(0)
+    assert silent.recv(2048)  # the SYNs did reach it
+
+
+def test_garbage_and_spoofed_datagrams_do_not_disturb_a_rudp_peer(net: Net) -> None:
+    a, ra, b, rb = _udp_pair(net)
+    a_port = a.start_listening()[0].port
+    attacker = net.track(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    attacker.bind(("127.0.0.2", 0))
+    garbage = [os.urandom(n) for n in (0, 1, 5, 13, 40, 1300)]
+
+    def forged(flags: int, dst: int) -> bytes:  # a well-formed rUDP header (crust/transport/rudp.py)
+        return struct.pack(">BBIIIIIB", rudp.MAGIC, flags, dst, 1 + int.from_bytes(os.urandom(3), "big"),
+                           int.from_bytes(os.urandom(4), "big"), 0, 65535, 0) + os.urandom(16)
+
+    syn, ack, rst = 0x01, 0x02, 0x08
+    for _round in range(50):
+        guessed = int.from_bytes(os.urandom(4), "big") | 1
+        for datagram in [*garbage, forged(syn, 0)[:23], forged(ack, guessed), forged(rst, guessed)]:
+            attacker.sendto(datagram, ("127.0.0.1", a_port))
+    for i in range(50):
+        b.send(a.id, i.to_bytes(4, "big") * 100)
+    ra.wait(lambda: len(ra.data_from(b.id)) == 50, what="B's messages at A despite the noise")
+    assert [int.from_bytes(m[:4], "big") for m in ra.data_from(b.id)] == list(range(50))
+    assert [info.id for info in a.peers()] == [b.id] and ra.lost == [] and rb.lost == []

@@ -150,3 +150,22 @@ def test_garbage_and_spoofed_datagrams_do_not_disturb_a_rudp_peer(net: Net) -> N
     ra.wait(lambda: len(ra.data_from(b.id)) == 50, what="B's messages at A despite the noise")
     assert [int.from_bytes(m[:4], "big") for m in ra.data_from(b.id)] == list(range(50))
     assert [info.id for info in a.peers()] == [b.id] and ra.lost == [] and rb.lost == []
+
+
+def test_a_udp_only_node_passes_the_reachability_check_over_its_own_socket(net: Net) -> None:
+    # The dial-back comes from A's rUDP socket to the very socket B bootstraps from:
+    # a second connection between the same two sockets, told apart by connection ids.
+    a, ra, a_ep = _udp_listener(net, disable_external_reachability_requirement=False)
+    b = net.service(hard_coded_contacts=[str(a_ep)], **UDP_ONLY)
+    b_endpoints = b.start_listening()
+    assert b.bootstrap(timeout=WAIT) == a.id
+    ra.wait(lambda: len(ra.new_peers) == 1, what="A's on_new_peer")
+    assert ra.new_peers[0].id == b.id and b_endpoints[0].transport == "udp"
+
+
+def test_a_udp_only_node_that_does_not_listen_is_denied_by_the_reachability_check(net: Net) -> None:
+    a, ra, a_ep = _udp_listener(net, disable_external_reachability_requirement=False)
+    b = net.service(hard_coded_contacts=[str(a_ep)], **UDP_ONLY)
+    with pytest.raises(crust.BootstrapFailed) as failed:
+        b.bootstrap(timeout=WAIT)
+    assert failed.value.reasons == {str(a_ep): "denied: failed_external_reachability"}

@@ -530,7 +530,13 @@ class RudpSocket:
         if not is_syn or dst:
             self.dropped += 1
             return
-        conn = self._accepted.get((addr, src)) or self._dialling.get(addr)
+        conn = self._accepted.get((addr, src))
+        dialled = self._dialling.get(addr)
+        # Our dial's SYN and theirs crossed (simultaneous open), or that SYN is
+        # resent; a SYN with another id is a second connection between the two
+        # sockets (a reachability dial-back), so it is accepted on its own.
+        if conn is None and dialled is not None and dialled._stream.remote_id in (0, src):
+            conn = dialled
         if conn is None:
             conn = self._new(addr)
             self._on_accept(conn)

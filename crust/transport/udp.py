@@ -323,8 +323,10 @@ class RudpConnection:
     # -- driven by RudpSocket -----------------------------------------------------------
 
     def _receive(self, datagram: bytes, now: float) -> None:
+        # Serviced once per reactor turn, not per datagram: the socket reads up to
+        # 64 datagrams per event, which then cost one ack and one on_data.
         self._stream.receive_datagram(datagram, now)
-        self._service()
+        self._schedule_service()
 
     def _schedule_service(self) -> None:
         if not self._service_scheduled:
@@ -347,13 +349,19 @@ class RudpConnection:
         now = sock.reactor.time()
         for datagram in stream.datagrams_to_send(now):
             sock.sendto(datagram, self._remote)
+        received: list[bytes] = []
         for event in stream.take_events():
             if self._closed:
                 return
             if isinstance(event, RudpData):
-                if not self._closing and self._on_data is not None:
-                    self._on_data(event.data)
-            elif isinstance(event, RudpSent):
+                received.append(event.data)
+                continue
+            if received:  # in order with the events around them, one call per run of data
+                self._deliver(received)
+                received = []
+                if self._closed:
+                    return
+            if isinstance(event, RudpSent):
                 if not self._closing and self._on_sent is not None:
                     self._on_sent(event.nbytes)
             elif isinstance(event, RudpConnected):
@@ -365,10 +373,18 @@ class RudpConnection:
                 if not closing and self._on_closed is not None:
                     self._on_closed(None if event.error is None else OSError(event.error))
                 return
+        if received:
+            self._deliver(received)
+            if self._closed:
+                return
         if stream.closed:
             self._finish()
             return
         self._arm_timer(stream.get_timer())
+
+    def _deliver(self, chunks: list[bytes]) -> None:
+        if not self._closing and self._on_data is not None:
+            self._on_data(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def _arm_timer(self, when: float | None) -> None:
         if when == self._timer_when:

@@ -34,22 +34,34 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-
 _TRANSPORTS = ("tcp", "udp")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class PeerId:
+class PeerId(bytes):
     """A peer's public identity key (32 bytes); the only name a peer has in crust.
 
     Ordered by its bytes, which is how two peers agree who chooses a connection.
+    It *is* those bytes (a ``bytes`` subclass): hashing, equality and ordering
+    then run in C, and every message looks a PeerId up several times.
     """
 
-    raw: bytes
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.raw, (bytes, bytearray, memoryview)):
-            raise TypeError(f"PeerId needs bytes, not {type(self.raw).__name__}")
-        raw = bytes(self.raw)
-        if len(raw) != PEER_ID_SIZE:
-            raise ValueError(f"PeerId needs {PEER_ID_SIZE} bytes, got {len(raw)}")
-        object.__setattr__(self, "raw", raw)
+    def __new__(cls, raw: bytes | bytearray | memoryview) -> PeerId:
+        """Wrap exactly 32 bytes.
+
+        Raises:
+            TypeError: ``raw`` is not bytes-like.
+            ValueError: it is not 32 bytes long.
+        """
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise TypeError(f"PeerId needs bytes, not {type(raw).__name__}")
+        self = super().__new__(cls, raw)
+        if len(self) != PEER_ID_SIZE:
+            raise ValueError(f"PeerId needs {PEER_ID_SIZE} bytes, got {len(self)}")
+        return self
+
+    @property
+    def raw(self) -> bytes:
+        """The 32 key bytes as a plain ``bytes``."""
+        return bytes(memoryview(self))
 
     @classmethod
     def from_str(cls, text: str) -> PeerId:
@@ -67,19 +79,14 @@ class PeerId:
             raise ValueError(f"not a hex PeerId: {text[:80]!r}") from None
         return cls(raw)
 
-    def __hash__(self) -> int:
-        # The bytes object caches its hash; the generated tuple hash would recompute
-        # it on every peer-table lookup (once per message on the hot paths).
-        return hash(self.raw)
-
     def __bytes__(self) -> bytes:
-        return self.raw
+        return bytes(memoryview(self))
 
     def __str__(self) -> str:
-        return self.raw.hex()
+        return self.hex()
 
     def __repr__(self) -> str:
-        return f"PeerId({self.raw[:4].hex()}…)"
+        return f"PeerId({self[:4].hex()}…)"
 
 
 def is_ip_literal(host: str) -> bool:

@@ -655,9 +655,11 @@ class Service:
         backlog: dict[PeerId, int] = {}
         post: list[Event] = []
         for event in events:
+            if type(event) is MessageReceived:  # the hot path: a type check is ~6x cheaper than `match`
+                backlog[event.peer_id] = backlog.get(event.peer_id, 0) + len(event.data)
+                post.append(event)
+                continue
             match event:
-                case MessageReceived(peer_id, data):
-                    backlog[peer_id] = backlog.get(peer_id, 0) + len(data)
                 case PeerConnected(info):
                     self._gates[info.id] = SendGate(info.id, self._config.send_queue_limit)
                     self._backlogs[info.id] = _Backlog()

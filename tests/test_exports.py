@@ -109,6 +109,12 @@ def _samples() -> list[Any]:
 
 @pytest.mark.parametrize("value", _samples(), ids=lambda v: type(v).__name__)
 def test_value_types_are_frozen(value: Any) -> None:
+    if isinstance(value, crust.PeerId):  # a bytes subclass with no instance dict: immutable as bytes are
+        with pytest.raises(AttributeError):
+            value.raw = bytes(32)
+        with pytest.raises(AttributeError):
+            value.anything = 1
+        return
     assert dataclasses.is_dataclass(value)
     assert getattr(type(value), "__dataclass_params__").frozen
     first = dataclasses.fields(value)[0].name

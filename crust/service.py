@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import ipaddress
 import logging
 import socket
@@ -32,14 +31,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
-import netifaces  # type: ignore[import-untyped]
-
 from .bootstrap.cache import BootstrapCache
 from .config import Config, find_config_file, read_config_file
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, Write
 from .engine import Engine
-from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, ListenerError, MessageTooLarge, PeerNotFound, ServiceClosed
+from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, MessageTooLarge, PeerNotFound, ServiceClosed
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
 from .crypto import random_token
 from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
@@ -47,12 +44,11 @@ from .files import write_private_file
 from .discovery.beacon import Reply
 from .identity import Identity
 from .lan import LanDiscovery
+from .links import Links
 from .wire.messages import CONNECT_TOKEN_SIZE
 from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal, name_hash
 from .sendgate import SendGate
 from .transport.reactor import Reactor, TimerHandle
-from .transport.tcp import TcpListener, TcpStream
-from .transport.udp import RudpConnection, RudpSocket
 
 __all__ = ["Service"]
 
@@ -130,17 +126,13 @@ class Service:
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._workers_lock = threading.Lock()
         # Reactor-thread state.
-        self._streams: dict[ConnId, TcpStream | RudpConnection] = {}
-        self._listener: TcpListener | None = None
-        self._rudp: RudpSocket | None = None  # one UDP socket for every rUDP connection, opened on first use
-        self._listen_endpoints: list[Endpoint] = []
+        self._links = Links(self._reactor, self._engine, config, self._pump)
         self._timer: TimerHandle | None = None
         self._timer_at = float("inf")
         self._bootstrap_waiters: dict[int, concurrent.futures.Future[PeerId]] = {}
         self._async_runs: set[int] = set()
         self._connect_waiters: dict[PeerId, list[concurrent.futures.Future[PeerId]]] = {}
         self._async_connects: set[PeerId] = set()
-        self._flushing: set[TcpStream | RudpConnection] = set()  # closed with flush=True, still sending their last bytes
         # Shared state, each with its lock or an atomic-under-GIL operation.
         self._gates: dict[PeerId, SendGate] = {}  # written on the reactor only; read anywhere
         self._sends: deque[tuple[PeerId, int, bytes]] = deque()  # user threads append, reactor pops
@@ -195,7 +187,7 @@ class Service:
             flushed.set()
         flushed.wait(timeout)
         try:
-            self._reactor.call_soon_threadsafe(self._abort_streams)
+            self._reactor.call_soon_threadsafe(self._links.abort)
         except ServiceClosed:
             pass
         self._reactor.stop(timeout)
@@ -214,35 +206,12 @@ class Service:
     def _shutdown_on_reactor(self, flushed: threading.Event) -> None:
         if self._lan is not None:
             self._lan.close()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
         self._engine.close(self._reactor.time())
         self._pump()
         if self._timer is not None:
             self._timer.cancel()
-        # The engine's Close effects have just moved every stream into _flushing: wait for those too.
-        open_streams = [s for s in self._streams.values() if not s.closed] + list(self._flushing)
-        remaining = [len(open_streams)]
-
-        def one_closed() -> None:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                flushed.set()
-
-        if not open_streams:
-            flushed.set()
-        for stream in open_streams:
-            stream.close(flush=True, on_done=one_closed)
-
-    def _abort_streams(self) -> None:
-        for stream in [*self._streams.values(), *self._flushing]:
-            stream.close(flush=False)
-        self._streams.clear()
-        self._flushing.clear()
-        if self._rudp is not None:  # last: the flushing rUDP streams needed it for their FINs
-            self._rudp.close()
-            self._rudp = None
+        # The engine's Close effects have just started every stream's flush: wait for those too.
+        self._links.shutdown(flushed.set)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -306,40 +275,17 @@ class Service:
         return self._call(self._start_listening)
 
     def _start_listening(self) -> list[Endpoint]:
-        if self._listen_endpoints:
-            return list(self._listen_endpoints)
-        cfg = self._config
-        if not (cfg.enable_tcp or cfg.enable_udp):
-            raise ListenerError("both transports are disabled in the config (enable_tcp=enable_udp=False)")
-        endpoints: list[Endpoint] = []
-        if cfg.enable_tcp:
-            self._listener = TcpListener(self._reactor, cfg.listen_host, cfg.tcp_port, self._on_accept)
-            host, port = self._listener.address
-            endpoints += [Endpoint(h, port) for h in _local_addresses(host)]
-        if cfg.enable_udp:
-            try:
-                host, port = self._rudp_socket().address
-            except ListenerError:
-                if self._listener is not None:
-                    self._listener.close()
-                    self._listener = None
-                raise
-            endpoints += [Endpoint(h, port, "udp") for h in _local_addresses(host)]
-        self._listen_endpoints = endpoints  # TCP first: it is preferred wherever both work
-        self._engine.set_listeners(self._listen_endpoints)
+        endpoints = self._links.listen()
+        self._engine.set_listeners(endpoints)
         if self._lan is not None:
-            self._lan.set_listeners(self._listen_endpoints)
-        log.info("listening on %s", ", ".join(map(str, self._listen_endpoints)))
-        return list(self._listen_endpoints)
+            self._lan.set_listeners(endpoints)
+        log.info("listening on %s", ", ".join(map(str, endpoints)))
+        return endpoints
 
     def stop_listening(self) -> None:
         """Stop accepting new connections; existing ones stay."""
         def stop() -> None:
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
-            # The UDP socket stays: it carries our rUDP connections, inbound ones included.
-            self._listen_endpoints = []
+            self._links.stop_listening()
             self._engine.set_listeners(())
         self._call(stop)
 
@@ -348,31 +294,6 @@ class Service:
         if not isinstance(accept, bool):
             raise TypeError("accept must be a bool")
         self._call(lambda: setattr(self._engine, "accept_bootstrap", accept))
-
-    def _on_accept(self, sock: socket.socket, addr: tuple[str, int]) -> None:
-        conn = self._engine.handle_accepted(Endpoint(addr[0], addr[1]), self._reactor.time())
-        if conn is None:
-            sock.close()
-            return
-        self._streams[conn] = TcpStream(self._reactor, sock, **self._stream_callbacks(conn))
-        self._pump()
-
-    def _on_rudp_accept(self, stream: RudpConnection) -> None:
-        host, port = stream.remote_address or ("", 0)
-        conn = self._engine.handle_accepted(Endpoint(host, port, "udp"), self._reactor.time())
-        if conn is None:
-            return  # left unattached: the socket drops the SYN
-        stream.attach(**self._stream_callbacks(conn))
-        self._streams[conn] = stream
-        self._pump()
-
-    def _rudp_socket(self) -> RudpSocket:
-        """The rUDP socket, bound on first use (listening, or dialling a ``udp://`` endpoint)."""
-        if self._rudp is None:
-            cfg = self._config
-            self._rudp = RudpSocket(self._reactor, cfg.listen_host, cfg.udp_port, self._on_rudp_accept,
-                                    stream_options={"connect_timeout": cfg.handshake_timeout})
-        return self._rudp
 
     # -- bootstrap --------------------------------------------------------------
 
@@ -579,73 +500,21 @@ class Service:
         self._pump()
         return result
 
-    def _stream_callbacks(self, conn: ConnId) -> dict[str, Any]:
-        engine, now = self._engine, self._reactor.time
-
-        def on_data(data: bytes) -> None:
-            engine.receive_data(conn, data, now())
-            self._pump()
-
-        def on_sent(nbytes: int) -> None:
-            engine.handle_sent(conn, nbytes, now())
-            self._pump()
-
-        def on_closed(err: OSError | None) -> None:
-            self._streams.pop(conn, None)
-            engine.handle_closed(conn, None if err is None else (err.strerror or str(err)), now())
-            self._pump()
-
-        return {"on_data": on_data, "on_sent": on_sent, "on_closed": on_closed}
-
-    def _dial(self, conn: ConnId, endpoint: Endpoint) -> None:
-        def on_connected(stream: object) -> None:
-            self._engine.handle_connected(conn, self._reactor.time())
-            self._pump()
-
-        cfg, callbacks = self._config, self._stream_callbacks(conn)
-
-        def fail(why: str) -> None:  # later, as a failed connect would: we are inside _pump's effect loop
-            self._reactor.call_soon(functools.partial(callbacks["on_closed"], OSError(why)))
-
-        if endpoint.transport == "udp":
-            if not cfg.enable_udp:
-                return fail("UDP is disabled (enable_udp=False)")
-            try:
-                rudp = self._rudp_socket()
-            except ListenerError as err:
-                return fail(str(err))
-            self._streams[conn] = rudp.connect((endpoint.host, endpoint.port), on_connected=on_connected,
-                                               **callbacks)
-            return None
-        if not cfg.enable_tcp:
-            return fail("TCP is disabled (enable_tcp=False)")
-        self._streams[conn] = TcpStream.connect(
-            self._reactor, endpoint.host, endpoint.port, on_connected=on_connected,
-            timeout=cfg.handshake_timeout, **callbacks)
-
     def _pump(self) -> None:
         """Carry out the engine's effects, account for its events, post them, re-arm the timer."""
         engine = self._engine
         for effect in engine.take_effects():
             match effect:
                 case Write(conn, data):
-                    stream = self._streams.get(conn)
-                    if stream is not None:
-                        stream.write(data)
+                    self._links.write(conn, data)
                 case SendCredit(peer_id, released):
                     gate = self._gates.get(peer_id)
                     if gate is not None:
                         gate.release(released)
                 case Dial(conn, endpoint):
-                    self._dial(conn, endpoint)
+                    self._links.dial(conn, endpoint)
                 case Close(conn, flush):
-                    stream = self._streams.pop(conn, None)
-                    if stream is not None and flush:
-                        # Tracked until really closed, so that close() can wait for it, then abort it.
-                        self._flushing.add(stream)
-                        stream.close(flush=True, on_done=functools.partial(self._flushing.discard, stream))
-                    elif stream is not None:
-                        stream.close(flush=False)
+                    self._links.close(conn, flush)
         events = engine.take_events()
         if events:
             self._account(events)
@@ -703,7 +572,7 @@ class Service:
         nothing else exists; none when we do not listen (the peer's dial must then
         win).  ``timeout`` bounds the wait for the I/O thread.
         """
-        endpoints = self._call(lambda: list(self._listen_endpoints),
+        endpoints = self._call(lambda: self._links.endpoints,
                                _CALL_MARGIN if timeout is None else _check_timeout(timeout))
         outside = [ep for ep in endpoints if not ipaddress.ip_address(ep.host).is_loopback]
         return PrivConnectionInfo(self.id, tuple(outside or endpoints), random_token(CONNECT_TOKEN_SIZE))
@@ -810,7 +679,7 @@ class Service:
             self._lan = LanDiscovery(self._reactor, port=cfg.service_discovery_port,
                                      targets=cfg.service_discovery_targets, name_hash=name_hash(cfg.network_name),
                                      peer_id=self.id)
-            self._lan.set_listeners(self._listen_endpoints)
+            self._lan.set_listeners(self._links.endpoints)
         return self._lan
 
     def _finish_bootstrap(self, done: BootstrapFinished) -> None:
@@ -842,9 +711,7 @@ class Service:
             backlog.posted += nbytes
             if backlog.posted - backlog.delivered > limit and backlog.paused is None:
                 conn = self._engine.conn_of(peer_id)
-                stream = self._streams.get(conn) if conn is not None else None
-                if stream is not None and conn is not None:
-                    stream.pause_reading()
+                if conn is not None and self._links.pause_reading(conn):
                     self._engine.reading_paused(conn, True, self._reactor.time())
                     backlog.paused = conn
 
@@ -866,11 +733,9 @@ class Service:
     def _resume(self, peer_id: PeerId) -> None:
         backlog = self._backlogs.get(peer_id)
         conn = backlog.paused if backlog is not None else None
-        stream = self._streams.get(conn) if conn is not None else None
         if backlog is not None:
             backlog.paused = None
-        if stream is not None and conn is not None:
-            stream.resume_reading()
+        if conn is not None and self._links.resume_reading(conn):
             self._engine.reading_paused(conn, False, self._reactor.time())
 
     def _save_cache(self) -> None:
@@ -1022,18 +887,3 @@ def _resolved(contact: Contact) -> Contact | None:
         return None
     host = str(infos[0][4][0])
     return Contact(Endpoint(host, contact.addr.port, contact.addr.transport), contact.peer_id)
-
-
-def _local_addresses(bound: str) -> list[str]:
-    """The addresses a listener bound to ``bound`` can be reached at: interfaces for a wildcard."""
-    if bound not in ("0.0.0.0", "::"):
-        return [bound]
-    family = netifaces.AF_INET if bound == "0.0.0.0" else netifaces.AF_INET6
-    found: list[str] = []
-    for name in netifaces.interfaces():
-        for entry in netifaces.ifaddresses(name).get(family, []):
-            addr = str(entry.get("addr", "")).split("%")[0]
-            if addr and addr not in found:
-                found.append(addr)
-    loopback = [a for a in found if ipaddress.ip_address(a).is_loopback]
-    return [a for a in found if a not in loopback] + loopback or [bound]

@@ -1,0 +1,265 @@
+"""Links: every byte stream of one Service, and the sockets that make them.
+
+The engine names streams by ``ConnId`` and speaks in effects (``Dial``,
+``Write``, ``Close``) and completions (``handle_accepted``,
+``handle_connected``, ``receive_data``, ``handle_sent``, ``handle_closed``).
+``Links`` turns the one into socket calls and the other back into engine
+inputs, over TCP (:mod:`crust.transport.tcp`) and reliable UDP
+(:mod:`crust.transport.udp`) alike, so the Service never touches a socket.
+After every completion it calls ``on_input`` so the Service can pump the
+engine's new effects and events.
+
+Theory of operation
+-------------------
+*Listening.*  :meth:`listen` binds a TCP listener (``enable_tcp``) and the
+rUDP socket (``enable_udp``) and returns our endpoints, TCP ones first (TCP is
+preferred wherever both work).  The rUDP socket is also bound on the first
+dial of a ``udp://`` endpoint, and it stays open when listening stops: it
+carries every rUDP connection, inbound ones included, and hole punching
+needs it.
+
+*Closing.*  ``close(conn, flush=True)`` keeps a stream in ``_flushing`` until
+it has sent its last bytes, so :meth:`shutdown` can wait for all of them and
+:meth:`abort` can cut the stragglers.  The rUDP socket closes last, after
+every rUDP stream: their FINs and resets leave through it.
+
+Everything here runs on the reactor thread; nothing takes a lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import socket
+from typing import Any, Callable
+
+import netifaces  # type: ignore[import-untyped]
+
+from .config import Config
+from .engine import Engine
+from .errors import ListenerError
+from .ids import ConnId, Endpoint
+from .transport.reactor import Reactor
+from .transport.tcp import TcpListener, TcpStream
+from .transport.udp import RudpConnection, RudpSocket
+
+__all__ = ["Links", "local_addresses"]
+
+log = logging.getLogger("crust")
+
+Stream = TcpStream | RudpConnection
+
+
+class Links:
+    """The Service's streams, listener and rUDP socket, driven by the engine (reactor thread only)."""
+
+    def __init__(self, reactor: Reactor, engine: Engine, config: Config, on_input: Callable[[], None]) -> None:
+        """Own no socket yet.
+
+        Args:
+            reactor: runs every socket callback.
+            engine: gets every completion.
+            config: transports, ports, host and timeouts.
+            on_input: called after each completion was fed to the engine.
+        """
+        self._reactor = reactor
+        self._engine = engine
+        self._config = config
+        self._on_input = on_input
+        self._streams: dict[ConnId, Stream] = {}
+        self._flushing: set[Stream] = set()  # closed with flush=True, still sending their last bytes
+        self._listener: TcpListener | None = None
+        self._rudp: RudpSocket | None = None  # one UDP socket for every rUDP connection, bound on first use
+        self._endpoints: list[Endpoint] = []
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """Where we listen (empty when not listening)."""
+        return list(self._endpoints)
+
+    # -- listening ----------------------------------------------------------------------
+
+    def listen(self) -> list[Endpoint]:
+        """Bind the enabled transports (once) and return our endpoints, TCP first.
+
+        Raises:
+            ListenerError: both transports are disabled, or a port could not be bound
+                (then nothing stays bound).
+        """
+        if self._endpoints:
+            return self.endpoints
+        cfg = self._config
+        if not (cfg.enable_tcp or cfg.enable_udp):
+            raise ListenerError("both transports are disabled in the config (enable_tcp=enable_udp=False)")
+        endpoints: list[Endpoint] = []
+        if cfg.enable_tcp:
+            self._listener = TcpListener(self._reactor, cfg.listen_host, cfg.tcp_port, self._on_accept)
+            host, port = self._listener.address
+            endpoints += [Endpoint(h, port) for h in local_addresses(host)]
+        if cfg.enable_udp:
+            try:
+                host, port = self._rudp_socket().address
+            except ListenerError:
+                self.stop_listening()
+                raise
+            endpoints += [Endpoint(h, port, "udp") for h in local_addresses(host)]
+        self._endpoints = endpoints
+        return self.endpoints
+
+    def stop_listening(self) -> None:
+        """Stop accepting TCP connections; existing streams and the rUDP socket stay."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._endpoints = []
+
+    # -- the engine's effects -----------------------------------------------------------
+
+    def dial(self, conn: ConnId, endpoint: Endpoint) -> None:
+        """Open ``conn`` to ``endpoint`` over its transport; a failure reaches the engine as a close."""
+        def on_connected(stream: object) -> None:
+            self._engine.handle_connected(conn, self._reactor.time())
+            self._on_input()
+
+        cfg, callbacks = self._config, self._callbacks(conn)
+
+        def fail(why: str) -> None:  # later, as a failed connect would: the caller is mid-pump
+            self._reactor.call_soon(functools.partial(callbacks["on_closed"], OSError(why)))
+
+        if endpoint.transport == "udp":
+            if not cfg.enable_udp:
+                fail("UDP is disabled (enable_udp=False)")
+                return
+            try:
+                rudp = self._rudp_socket()
+            except ListenerError as err:
+                fail(str(err))
+                return
+            self._streams[conn] = rudp.connect((endpoint.host, endpoint.port), on_connected=on_connected,
+                                               **callbacks)
+        elif cfg.enable_tcp:
+            self._streams[conn] = TcpStream.connect(
+                self._reactor, endpoint.host, endpoint.port, on_connected=on_connected,
+                timeout=cfg.handshake_timeout, **callbacks)
+        else:
+            fail("TCP is disabled (enable_tcp=False)")
+
+    def write(self, conn: ConnId, data: bytes) -> None:
+        """Queue ``data`` on ``conn`` (ignored if it is gone)."""
+        stream = self._streams.get(conn)
+        if stream is not None:
+            stream.write(data)
+
+    def close(self, conn: ConnId, flush: bool) -> None:
+        """Close ``conn``: after its queued bytes (``flush``), or at once."""
+        stream = self._streams.pop(conn, None)
+        if stream is None:
+            return
+        if flush:
+            self._flushing.add(stream)
+            stream.close(flush=True, on_done=functools.partial(self._flushing.discard, stream))
+        else:
+            stream.close(flush=False)
+
+    def pause_reading(self, conn: ConnId) -> bool:
+        """Stop reading ``conn`` (its peer's messages wait for the callbacks); False if it is gone."""
+        stream = self._streams.get(conn)
+        if stream is not None:
+            stream.pause_reading()
+        return stream is not None
+
+    def resume_reading(self, conn: ConnId) -> bool:
+        """Undo :meth:`pause_reading`; False if ``conn`` is gone."""
+        stream = self._streams.get(conn)
+        if stream is not None:
+            stream.resume_reading()
+        return stream is not None
+
+    # -- shutting down ------------------------------------------------------------------
+
+    def shutdown(self, done: Callable[[], None]) -> None:
+        """Stop listening and close every stream after its queued bytes; ``done()`` once all are closed."""
+        self.stop_listening()
+        open_streams = [s for s in self._streams.values() if not s.closed] + list(self._flushing)
+        remaining = [len(open_streams)]
+
+        def one_closed() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                done()
+
+        if not open_streams:
+            done()
+        for stream in open_streams:
+            stream.close(flush=True, on_done=one_closed)
+
+    def abort(self) -> None:
+        """Close every stream and socket now, dropping what is queued."""
+        self.stop_listening()
+        for stream in [*self._streams.values(), *self._flushing]:
+            stream.close(flush=False)
+        self._streams.clear()
+        self._flushing.clear()
+        if self._rudp is not None:  # last: the rUDP streams' resets leave through it
+            self._rudp.close()
+            self._rudp = None
+
+    # -- completions --------------------------------------------------------------------
+
+    def _callbacks(self, conn: ConnId) -> dict[str, Any]:
+        engine, now, on_input = self._engine, self._reactor.time, self._on_input
+
+        def on_data(data: bytes) -> None:
+            engine.receive_data(conn, data, now())
+            on_input()
+
+        def on_sent(nbytes: int) -> None:
+            engine.handle_sent(conn, nbytes, now())
+            on_input()
+
+        def on_closed(err: OSError | None) -> None:
+            self._streams.pop(conn, None)
+            engine.handle_closed(conn, None if err is None else (err.strerror or str(err)), now())
+            on_input()
+
+        return {"on_data": on_data, "on_sent": on_sent, "on_closed": on_closed}
+
+    def _on_accept(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        conn = self._engine.handle_accepted(Endpoint(addr[0], addr[1]), self._reactor.time())
+        if conn is None:
+            sock.close()
+            return
+        self._streams[conn] = TcpStream(self._reactor, sock, **self._callbacks(conn))
+        self._on_input()
+
+    def _on_rudp_accept(self, stream: RudpConnection) -> None:
+        host, port = stream.remote_address or ("", 0)
+        conn = self._engine.handle_accepted(Endpoint(host, port, "udp"), self._reactor.time())
+        if conn is None:
+            return  # left unattached: the socket drops the SYN
+        stream.attach(**self._callbacks(conn))
+        self._streams[conn] = stream
+        self._on_input()
+
+    def _rudp_socket(self) -> RudpSocket:
+        if self._rudp is None:
+            cfg = self._config
+            self._rudp = RudpSocket(self._reactor, cfg.listen_host, cfg.udp_port, self._on_rudp_accept,
+                                    stream_options={"connect_timeout": cfg.handshake_timeout})
+        return self._rudp
+
+
+def local_addresses(bound: str) -> list[str]:
+    """The addresses a socket bound to ``bound`` can be reached at: every interface's for a wildcard."""
+    if bound not in ("0.0.0.0", "::"):
+        return [bound]
+    family = netifaces.AF_INET if bound == "0.0.0.0" else netifaces.AF_INET6
+    found: list[str] = []
+    for name in netifaces.interfaces():
+        for entry in netifaces.ifaddresses(name).get(family, []):
+            addr = str(entry.get("addr", "")).split("%")[0]
+            if addr and addr not in found:
+                found.append(addr)
+    loopback = [a for a in found if ipaddress.ip_address(a).is_loopback]
+    return [a for a in found if a not in loopback] + loopback or [bound]

@@ -1,7 +1,8 @@
 """``python -m crust``: the command line.
 
 ``python -m crust demo`` runs a real multi-peer session on this machine,
-loopback only: a seed node, N peers that bootstrap off it, and M messages
+loopback only: a seed node, N peers that bootstrap off it (over TCP and
+over crust's reliable UDP, alternately), and M messages
 from each peer that the seed echoes back.  It then prints what the seed saw
 of each peer.  Everything here uses only the public API (``import crust``),
 so it doubles as a worked example.
@@ -139,13 +140,15 @@ def _demo(n_peers: int, n_messages: int, timeout: float) -> None:
         def echo(peer_id: crust.PeerId, data: bytes) -> None:
             seed.send(peer_id, data)
 
-        seed_endpoint = seed.start_listening()[0]
-        print(f"seed {_short(seed.id)} listening on {seed_endpoint}")
+        seed_endpoints = seed.start_listening()
+        print(f"seed {_short(seed.id)} listening on {', '.join(map(str, seed_endpoints))}")
 
-        # The peers: each bootstraps off the seed (its only hard-coded contact).
+        # The peers: each bootstraps off the seed (its only hard-coded contact), odd
+        # ones over TCP and even ones over crust's reliable UDP, the seed's two endpoints.
         peers: list[_Peer] = []
         for number in range(1, n_peers + 1):
-            service = stack.enter_context(crust.Service(_config(hard_coded_contacts=[str(seed_endpoint)])))
+            contact = seed_endpoints[(number - 1) % len(seed_endpoints)]
+            service = stack.enter_context(crust.Service(_config(hard_coded_contacts=[str(contact)])))
             peers.append(_Peer(number, service, n_messages))
         for peer in peers:
             peer.service.start_listening()  # a Node is reachable: it listens too
@@ -198,13 +201,13 @@ def _short(peer_id: crust.PeerId) -> str:
 
 
 def _table(infos: list[crust.PeerInfo]) -> str:
-    rows = [("peer", "addr", "origin", "rtt ms", "bytes sent", "bytes recv")]
+    rows = [("peer", "addr", "transport", "origin", "rtt ms", "bytes sent", "bytes recv")]
     for info in infos:
         rtt = "-" if info.rtt is None else f"{info.rtt * 1000:.2f}"
-        rows.append((_short(info.id), str(info.addr), info.origin, rtt,
+        rows.append((_short(info.id), f"{info.addr.host}:{info.addr.port}", info.transport, info.origin, rtt,
                      f"{info.bytes_sent:,}", f"{info.bytes_received:,}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {3, 4, 5}  # numbers line up on the right
+    right = {4, 5, 6}  # numbers line up on the right
     lines = []
     for row in rows:
         cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]

@@ -37,7 +37,7 @@ def test_demo_runs_and_prints_one_row_per_peer() -> None:
     proc = run("-m", "crust", "demo", "--peers", "3", "--messages", "20")
     assert proc.returncode == 0, explain(proc)
     lines = proc.stdout.splitlines()
-    header = [i for i, line in enumerate(lines) if line.split()[:3] == ["peer", "addr", "origin"]]
+    header = [i for i, line in enumerate(lines) if line.split()[:4] == ["peer", "addr", "transport", "origin"]]
     assert len(header) == 1, explain(proc)
     assert "rtt ms" in lines[header[0]] and "bytes sent" in lines[header[0]], explain(proc)
     rows = []
@@ -46,13 +46,14 @@ def test_demo_runs_and_prints_one_row_per_peer() -> None:
             break
         rows.append(line.split())
     assert len(rows) == 3, explain(proc)
-    for peer, addr, origin, rtt, sent, received in rows:
+    for peer, addr, transport, origin, rtt, sent, received in rows:
         assert re.fullmatch(r"[0-9a-f]{8}", peer)
         assert addr.startswith("127.0.0.1:")
         assert origin == "bootstrap_accept"
         assert rtt == "-" or float(rtt) >= 0
         assert int(sent.replace(",", "")) > 0 and int(received.replace(",", "")) > 0
     assert len({row[0] for row in rows}) == 3  # three different peers
+    assert [row[2] for row in rows] == ["tcp", "udp", "tcp"]  # peers alternate between the seed's endpoints
     assert "3 peers sent 20 messages each; 60 echoes came back" in proc.stdout, explain(proc)
 
 

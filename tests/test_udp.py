@@ -13,7 +13,7 @@ import pytest
 from crust.errors import ListenerError
 from crust.transport.reactor import Reactor
 from crust.transport import rudp as rudp_module
-from crust.transport.udp import RudpConnection, RudpSocket, UdpSocket
+from crust.transport.udp import CLOSE_LINGER, RudpConnection, RudpSocket, UdpSocket
 
 T = TypeVar("T")
 WAIT = 20.0  # seconds any single wait may take before the test fails
@@ -346,3 +346,20 @@ def test_rudp_datagrams_from_the_wrong_address_or_id_are_dropped(
     stream = accepted[0]
     stream.wait(lambda: bytes(stream.data) == b"still here", "data after the spoofed resets")
     assert stream.closed == [] and run_on(reactor, lambda: server.dropped) == 2
+
+
+def test_rudp_orderly_close_to_a_vanished_peer_turns_into_a_reset_after_the_linger(
+        reactor: Reactor, rudp: Callable[..., tuple[RudpSocket, list[Stream]]]) -> None:
+    server, accepted = rudp()
+    client_sock, _ = rudp()
+    client = _dial(reactor, client_sock, server.address)
+    client.wait(lambda: client.connected == 1, "the handshake")
+    run_on(reactor, server._udp.close)  # the peer vanishes without a word (no resets: a crash)
+    run_on(reactor, lambda: client.conn.write(b"into the void"))  # type: ignore[union-attr]
+    closed = threading.Event()
+    started = time.monotonic()
+    run_on(reactor, lambda: client.conn.close(flush=True, on_done=closed.set))  # type: ignore[union-attr]
+    # Without the linger the stream would retry for its whole RTO budget (~50 s) first.
+    assert closed.wait(WAIT), "close(flush=True) never finished"
+    assert time.monotonic() - started >= CLOSE_LINGER * 0.9  # it did wait for the peer first
+    assert client.closed == [] and run_on(reactor, lambda: client_sock.connections) == 0

@@ -48,6 +48,10 @@ _RECV_SIZE = 2048  # bytes per recvfrom(): crust datagrams stay under 1200
 _MAX_READS_PER_EVENT = 64  # datagrams per readiness event, for fairness
 _EVENT_READ = selectors.EVENT_READ
 _RUDP_SOCKET_BUFFER = 4 * 1024 * 1024  # bytes: bursts of a full congestion window must not overflow the kernel
+# An orderly rUDP close waits for the peer to acknowledge everything, FIN included;
+# a peer that vanished never will, so after this the close becomes a reset (as a
+# TCP close never waits on the peer, Service.close() must not wait long either).
+CLOSE_LINGER = 2.0  # seconds
 # ICMP errors that some systems (Windows; Linux on connected sockets) report on a
 # later recvfrom: they concern an earlier datagram, not this socket.
 _STALE_ERRORS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH})
@@ -200,6 +204,7 @@ class RudpConnection:
     __slots__ = (
         "_socket", "_stream", "_remote", "_on_connected", "_on_data", "_on_sent", "_on_closed",
         "_on_done", "_timer", "_timer_when", "_service_scheduled", "_service_cb", "_closing", "_closed",
+        "_linger",
     )
 
     def __init__(
@@ -222,6 +227,7 @@ class RudpConnection:
         self._service_cb = self._service  # bound once: it is queued on every write turn
         self._closing = False
         self._closed = False
+        self._linger: TimerHandle | None = None
 
     def attach(
         self,
@@ -294,7 +300,8 @@ class RudpConnection:
 
         Args:
             flush: True delivers what is queued, then closes in order (FIN),
-                giving up after the stream's own timeouts; False resets at once.
+                resetting instead if the peer has not acknowledged it all within
+                ``CLOSE_LINGER`` seconds; False resets at once.
             on_done: called once the stream is really closed.
         """
         if on_done is not None:
@@ -308,6 +315,7 @@ class RudpConnection:
         if flush and self._stream.connected:
             if not self._closing:
                 self._closing = True
+                self._linger = self._socket.reactor.call_later(CLOSE_LINGER, self._give_up_closing)
                 self._stream.close(now)
                 self._service()
             return
@@ -396,12 +404,22 @@ class RudpConnection:
         if when is not None:
             self._timer = self._socket.reactor.call_at(when, self._on_timer)
 
+    def _give_up_closing(self) -> None:
+        self._linger = None
+        if not self._closed:
+            self._stream.abort(self._socket.reactor.time())
+            self._service()  # sends the reset
+            self._finish()
+
     def _finish(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._closing = False
         self._arm_timer(None)
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         self._socket._forget(self)
         on_done, self._on_done = self._on_done, None
         if on_done is not None:

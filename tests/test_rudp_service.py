@@ -8,6 +8,7 @@ tests prove the Service carries crust's channel over it exactly as over TCP.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 import socket
 import struct
 from typing import Any
@@ -169,3 +170,21 @@ def test_a_udp_only_node_that_does_not_listen_is_denied_by_the_reachability_chec
     with pytest.raises(crust.BootstrapFailed) as failed:
         b.bootstrap(timeout=WAIT)
     assert failed.value.reasons == {str(a_ep): "denied: failed_external_reachability"}
+
+
+def test_connect_over_rudp_when_both_sides_dial_at_once(net: Net) -> None:
+    # Both sides dial each other's rUDP endpoint from their one UDP socket at the
+    # same moment: the two dials must stay two connections (each with one
+    # initiator), and the connect exchange keeps exactly one of them.
+    a, ra, _ = _udp_listener(net)
+    b, rb, _ = _udp_listener(net)
+    a_info, b_info = a.prepare_connection_info(), b.prepare_connection_info()
+    with ThreadPoolExecutor(2) as pool:
+        at_a = pool.submit(a.connect, a_info, b_info.to_pub(), WAIT)
+        at_b = pool.submit(b.connect, b_info, a_info.to_pub(), WAIT)
+        assert (at_a.result(WAIT + 5), at_b.result(WAIT + 5)) == (b.id, a.id)
+    for rec, other in ((ra, b), (rb, a)):
+        rec.wait(lambda: len(rec.new_peers) == 1, what="on_new_peer")
+        assert [(p.id, p.origin, p.transport) for p in rec.new_peers] == [(other.id, "connect", "udp")]
+    a.send(b.id, b"over rudp")
+    rb.wait(lambda: rb.data_from(a.id) == [b"over rudp"], what="A's message at B")

@@ -311,11 +311,28 @@ def test_rudp_simultaneous_open_gives_one_connection_each(
     assert run_on(reactor, lambda: (a_sock.connections, b_sock.connections)) == (1, 1)
 
 
-def _dial_both(a_sock: RudpSocket, b_sock: RudpSocket) -> tuple[Stream, Stream]:
+def test_rudp_plain_dials_that_cross_make_two_connections(
+        reactor: Reactor, rudp: Callable[..., tuple[RudpSocket, list[Stream]]]) -> None:
+    # Without simultaneous_open each dial keeps its own initiator: two peers that
+    # dial each other's listener at once get two streams, as over TCP.
+    a_sock, a_accepted = rudp()
+    b_sock, b_accepted = rudp()
+
+    a, b = run_on(reactor, lambda: _dial_both(a_sock, b_sock, simultaneous_open=False))  # SYNs cross
+    a.wait(lambda: a.connected == 1, "A's dial connected")
+    b.wait(lambda: b.connected == 1, "B's dial connected")
+    assert len(a_accepted) == 1 and len(b_accepted) == 1
+    run_on(reactor, lambda: a.conn.write(b"a's dial"))  # type: ignore[union-attr]
+    b_accepted[0].wait(lambda: bytes(b_accepted[0].data) == b"a's dial", "A's bytes on B's accepted stream")
+    assert run_on(reactor, lambda: (a_sock.connections, b_sock.connections)) == (2, 2)
+
+
+def _dial_both(a_sock: RudpSocket, b_sock: RudpSocket, simultaneous_open: bool = True) -> tuple[Stream, Stream]:
     """Both sockets dial each other (on the reactor thread)."""
     streams = (Stream(), Stream())
     for stream, sock, remote in ((streams[0], a_sock, b_sock.address), (streams[1], b_sock, a_sock.address)):
-        stream.conn = sock.connect(remote, on_connected=stream.on_connected, **stream.callbacks())
+        stream.conn = sock.connect(remote, on_connected=stream.on_connected, simultaneous_open=simultaneous_open,
+                                   **stream.callbacks())
     return streams
 
 

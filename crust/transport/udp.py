@@ -434,8 +434,8 @@ class RudpSocket:
     come from the address that connection talks to.  A SYN for no connection
     of ours is a new inbound connection: ``on_accept(connection)``
     accepts it by calling :meth:`~RudpConnection.attach`; left unattached, the
-    SYN is ignored.  A SYN from the address we are
-    dialling becomes that dial's simultaneous open.  Datagrams that are not
+    SYN is ignored.  A SYN from an address we dial with ``simultaneous_open``
+    joins that dial instead.  Datagrams that are not
     rUDP (hole-punch probes, strays) go to ``on_other``, or are dropped.
 
     Reactor thread only, like :class:`UdpSocket`.
@@ -471,7 +471,7 @@ class RudpSocket:
         self._on_other = on_other
         self._options = dict(stream_options or {})
         self._by_id: dict[int, RudpConnection] = {}
-        # Who we are dialling, for a crossing SYN (simultaneous open): remote -> connection.
+        # Dials open to a simultaneous open, for a crossing SYN: remote -> connection.
         self._dialling: dict[tuple[str, int], RudpConnection] = {}
         # Inbound SYNs already answered: (remote, their id) -> connection, so a
         # retransmitted SYN reaches the same stream instead of opening another.
@@ -507,15 +507,24 @@ class RudpSocket:
         on_data: Callable[[bytes], None],
         on_sent: Callable[[int], None],
         on_closed: Callable[[OSError | None], None],
+        simultaneous_open: bool = False,
     ) -> RudpConnection:
         """Open a connection to ``remote`` (an IP literal and port); ``on_connected`` when it is up.
 
         A failure (no answer within the connect timeout, reset) is reported
         through ``on_closed``, never raised.
+
+        Args:
+            simultaneous_open: a SYN from ``remote`` that crosses ours joins
+                this connection (hole punching: both sides dial, one stream
+                results).  Without it such a SYN opens a second, inbound
+                connection, so two peers dialling each other's listeners get
+                two connections, each with one initiator, as over TCP.
         """
         conn = self._new(remote)
         conn.attach(on_data=on_data, on_sent=on_sent, on_closed=on_closed, on_connected=on_connected)
-        self._dialling[remote] = conn
+        if simultaneous_open:
+            self._dialling[remote] = conn
         conn._stream.connect(self.reactor.time())
         conn._schedule_service()
         return conn
@@ -566,7 +575,7 @@ class RudpSocket:
             return
         conn = self._accepted.get((addr, src))
         dialled = self._dialling.get(addr)
-        # Our dial's SYN and theirs crossed (simultaneous open), or that SYN is
+        # Our simultaneous-open dial's SYN and theirs crossed, or that SYN is
         # resent; a SYN with another id is a second connection between the two
         # sockets (a reachability dial-back), so it is accepted on its own.
         if conn is None and dialled is not None and dialled._stream.remote_id in (0, src):

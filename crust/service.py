@@ -27,11 +27,10 @@ import logging
 import socket
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
-from .bootstrap.cache import BootstrapCache
 from .config import Config, find_config_file, read_config_file
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, Write
@@ -40,9 +39,9 @@ from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, C
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
 from .crypto import random_token
 from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
-from .files import write_private_file
 from .discovery.beacon import Reply
 from .identity import Identity
+from .contact_book import ContactBook
 from .lan import LanDiscovery
 from .links import Links
 from .wire.messages import CONNECT_TOKEN_SIZE
@@ -56,7 +55,6 @@ log = logging.getLogger("crust")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 _CALL_MARGIN = 5.0  # seconds a blocking call waits beyond the engine's own deadline
-_MAX_CACHE_FILE = 4 * 1024 * 1024  # bytes; 1500 entries take ~200 KiB
 
 
 class _Backlog:
@@ -139,9 +137,7 @@ class Service:
         self._sends_lock = threading.Lock()  # guards _drain_posted (one wakeup per batch)
         self._drain_posted = False
         self._backlogs: dict[PeerId, _Backlog] = {}  # written on the reactor; read by the dispatcher
-        self._cache = _load_cache(config.bootstrap_cache_path)  # reactor-owned once started
-        self._cache_text: str | None = None  # the latest dump waiting for the worker to write it
-        self._learned: OrderedDict[tuple[str, int], Contact] = OrderedDict()  # reactor-owned
+        self._book = ContactBook(config.bootstrap_cache_path, lambda fn: self._worker().submit(fn))
         self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -345,7 +341,7 @@ class Service:
         def begin(lan: list[Contact]) -> None:
             if self._closed:
                 return
-            contacts = self._cache.contacts() + hard_coded + lan + list(reversed(self._learned.values()))
+            contacts = self._book.ordered(hard_coded, lan)
             run = self._engine.start_bootstrap(contacts, blacklist=blacklist, user=user, timeout=timeout,
                                                now=self._reactor.time())
             started(run)
@@ -355,7 +351,7 @@ class Service:
             begin([])
         else:
             # With nothing else to try, the first LAN answer is worth dialling at once.
-            alone = not (hard_coded or len(self._cache) or self._learned)
+            alone = not (hard_coded or self._book.knows_anyone())
             self._lan.seek(self._config.service_discovery_window, lambda replies: begin(_lan_contacts(replies)),
                            until_first=alone)
 
@@ -533,8 +529,7 @@ class Service:
                     self._gates[info.id] = SendGate(info.id, self._config.send_queue_limit)
                     self._backlogs[info.id] = _Backlog()
                     if info.origin == "bootstrap_connect":  # we dialled it: a contact worth keeping
-                        self._cache.record_success(Contact(info.addr, info.id), time.time())
-                        self._save_cache()
+                        self._book.record_success(Contact(info.addr, info.id), time.time())
                 case PeerLost(peer_id, _):
                     gate = self._gates.pop(peer_id, None)
                     if gate is not None:
@@ -544,7 +539,7 @@ class Service:
                     self._finish_bootstrap(event)
                     continue
                 case ContactsLearned(_, contacts):
-                    self._learn(contacts)
+                    self._book.learn(contacts)
                     continue
                 case ConnectFinished():
                     self._finish_connect(event)
@@ -553,15 +548,6 @@ class Service:
         if backlog:
             self._add_backlog(backlog)
         self._dispatcher.post_many(post)
-
-    def _learn(self, contacts: tuple[Contact, ...]) -> None:
-        """Keep peer-exchange hints (newest first, bounded) as the last source of bootstrap contacts."""
-        for contact in contacts:
-            key = (contact.addr.host, contact.addr.port)
-            self._learned.pop(key, None)
-            self._learned[key] = contact
-        while len(self._learned) > BootstrapCache.MAX_ENTRIES:
-            self._learned.popitem(last=False)
 
     # -- connect (rendezvous through swapped connection info) ---------------------------
 
@@ -683,12 +669,7 @@ class Service:
         return self._lan
 
     def _finish_bootstrap(self, done: BootstrapFinished) -> None:
-        cached = len(self._cache)
-        for addr, why in done.failures:
-            if why not in _NOT_A_FAILURE:
-                self._cache.record_failure(Endpoint.parse(addr))
-        if len(self._cache) != cached:
-            self._save_cache()
+        self._book.record_failures(done.failures)
         waiter = self._bootstrap_waiters.pop(done.run, None)
         if waiter is not None:
             if done.peer_id is not None:
@@ -737,29 +718,6 @@ class Service:
             backlog.paused = None
         if conn is not None and self._links.resume_reading(conn):
             self._engine.reading_paused(conn, False, self._reactor.time())
-
-    def _save_cache(self) -> None:
-        """Write the cache on a worker thread (file I/O never runs on the reactor); writes coalesce."""
-        path = self._config.bootstrap_cache_path
-        if path is None:
-            return
-        pending = self._cache_text is not None
-        self._cache_text = self._cache.dumps()
-        if pending:
-            return  # the queued write will take the newest text
-
-        def write() -> None:
-            text, self._cache_text = self._cache_text, None
-            if text is not None:
-                try:
-                    write_private_file(path, text.encode("utf-8"), what="bootstrap cache", make_dirs=True)
-                except ConfigError as exc:
-                    log.warning("%s", exc)
-
-        try:
-            self._worker().submit(write)
-        except (ServiceClosed, RuntimeError):
-            self._cache_text = None  # closing: the worker pool is gone
 
     def _schedule_config_reload(self) -> None:
         self._reactor.call_later(self._config.config_reload_interval, self._reload_config)
@@ -831,31 +789,6 @@ def _blacklist_entries(blacklist: Iterable[EndpointLike], user: object) -> list[
         else:
             entries.append(Endpoint.coerce(entry))
     return entries
-
-
-_NOT_A_FAILURE = {"blacklisted", "not tried before the timeout"}  # reasons that say nothing of a contact
-
-
-def _load_cache(path: str | None) -> BootstrapCache:
-    """The bootstrap cache at ``path``: empty when there is none; a bad file is logged and replaced later."""
-    if path is None:
-        return BootstrapCache()
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read(_MAX_CACHE_FILE)
-    except FileNotFoundError:
-        return BootstrapCache()
-    except (OSError, UnicodeDecodeError) as exc:
-        log.warning("cannot read bootstrap cache %s (%s); starting with an empty one", path, exc)
-        return BootstrapCache()
-    try:
-        cache = BootstrapCache.loads(text)
-    except ConfigError as exc:
-        log.warning("bootstrap cache %s is corrupt (%s); it will be replaced", path, exc)
-        return BootstrapCache()
-    if cache.skipped:
-        log.warning("bootstrap cache %s: skipped %d malformed entries", path, cache.skipped)
-    return cache
 
 
 def _lan_contacts(replies: list[Reply]) -> list[Contact]:

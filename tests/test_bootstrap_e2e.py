@@ -191,7 +191,7 @@ def test_peer_exchange_lets_a_node_reach_a_peer_it_was_never_told_about(net: Net
     deadline = time.monotonic() + WAIT
     learned: list[crust.Contact] = []
     while not learned and time.monotonic() < deadline:
-        learned = a._call(lambda: list(a._learned.values()))
+        learned = a._call(lambda: a._book.learned)
         net.event().wait(0.01)
     assert [(x.addr, x.peer_id) for x in learned] == [(c_ep, c.id)]
     b.close()

@@ -46,8 +46,9 @@ ALLOWED: dict[str, set[str]] = {
 # Above every row, unchecked: they wire the core to the shell.  sendgate is
 # service's admission control for user threads (it blocks on a Condition), used
 # only by service.py, so it sits with service rather than in the shell; links
-# turns the engine's stream effects into socket calls for service.py.
-TOP = {"service", "sendgate", "lan", "links", "__init__", "__main__", "_version"}
+# turns the engine's stream effects into socket calls for service.py, and
+# contact_book keeps the bootstrap cache file (file I/O on the worker pool).
+TOP = {"service", "sendgate", "lan", "links", "contact_book", "__init__", "__main__", "_version"}
 SHELL = {"transport", "dispatch"}
 SANS_IO = set(ALLOWED) - SHELL
 

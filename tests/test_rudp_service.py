@@ -11,6 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 import socket
 import struct
+import threading
 from typing import Any
 
 import pytest
@@ -188,3 +189,44 @@ def test_connect_over_rudp_when_both_sides_dial_at_once(net: Net) -> None:
         assert [(p.id, p.origin, p.transport) for p in rec.new_peers] == [(other.id, "connect", "udp")]
     a.send(b.id, b"over rudp")
     rb.wait(lambda: rb.data_from(a.id) == [b"over rudp"], what="A's message at B")
+
+
+def test_a_slow_callback_over_rudp_closes_the_window_and_blocks_the_sender(net: Net) -> None:
+    # Over rUDP the receive backlog pauses the stream, whose receive window then
+    # shrinks to nothing: the sender's queue fills and send() times out, memory stays
+    # bounded, and nobody is declared lost; released, every message arrives in order.
+    chunk = 64 * KIB
+    fast = dict(heartbeat_interval=0.1, inactivity_timeout=1.0, max_message_size=chunk)
+    a, _, a_ep = _udp_listener(net, **fast)
+    b = net.service(hard_coded_contacts=[str(a_ep)], send_queue_limit=256 * KIB, **{**UDP_ONLY, **fast})
+    assert b.bootstrap(timeout=WAIT) == a.id
+    hold = net.event()
+    arrived = threading.Condition()
+    got: list[bytes] = []
+    lost = net.event()
+    a.on_lost(lambda pid: lost.set())
+    b.on_lost(lambda pid: lost.set())
+
+    @a.on_message
+    def slow(pid: crust.PeerId, data: bytes) -> None:
+        with arrived:
+            got.append(data)
+            arrived.notify_all()
+        assert hold.wait(30.0), "test never released the slow callback"
+
+    sent = 0
+    limit = 1024  # 64 MiB: far more than the window, the backlog and the queue together
+    with pytest.raises(crust.SendTimeout):
+        while sent < limit:
+            b.send(a.id, sent.to_bytes(4, "big") + bytes(chunk - 4), priority=1, timeout=0.5)
+            sent += 1
+    assert 4 <= sent < limit, sent
+    # Undelivered at the receiver: at most its backlog limit plus one rUDP window
+    # (256 KiB) and a delivery batch, whatever the sender pushed (private state read on purpose).
+    assert a._dispatcher.pending * chunk <= a._config.receive_backlog_limit + 256 * KIB + 2 * chunk
+    # Proving an absence: a paused rUDP peer still answers keep-alives and heartbeats.
+    assert not lost.wait(1.5), "a peer was lost while the receiver's callback was slow"
+    hold.set()
+    with arrived:
+        assert arrived.wait_for(lambda: len(got) >= sent, 4 * WAIT), f"{len(got)} of {sent} arrived"
+    assert [int.from_bytes(d[:4], "big") for d in got] == list(range(sent))

@@ -7,10 +7,13 @@ tests prove the Service carries crust's channel over it exactly as over TCP.
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -22,6 +25,8 @@ from crust.transport import rudp
 from .livenet import KIB, MIB, WAIT, Net, Recorder
 
 UDP_ONLY: dict[str, Any] = dict(enable_tcp=False, enable_udp=True)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER = os.path.join(REPO, "tests", "rudp_peer.py")
 
 
 def _udp_listener(net: Net, **overrides: Any) -> tuple[crust.Service, Recorder, crust.Endpoint]:
@@ -230,3 +235,29 @@ def test_a_slow_callback_over_rudp_closes_the_window_and_blocks_the_sender(net: 
     with arrived:
         assert arrived.wait_for(lambda: len(got) >= sent, 4 * WAIT), f"{len(got)} of {sent} arrived"
     assert [int.from_bytes(d[:4], "big") for d in got] == list(range(sent))
+
+
+def test_a_rudp_peer_that_crashes_is_lost_after_the_inactivity_timeout(net: Net) -> None:
+    # A real crash: the peer's process is killed, so no Goodbye, FIN or reset is sent.
+    peer = subprocess.Popen([sys.executable, PEER, "--listen", "127.0.0.1", "--lifetime", "30"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        assert peer.stdout is not None
+        line = peer.stdout.readline()  # bounded: the peer prints this within its start-up or exits
+        endpoint = json.loads(line)["endpoint"]
+        a = net.service(hard_coded_contacts=[endpoint], heartbeat_interval=0.1, inactivity_timeout=1.0,
+                        **UDP_ONLY)
+        ra = Recorder(a)
+        other = a.bootstrap(timeout=WAIT)
+        peer.kill()
+        peer.wait(WAIT)
+        ra.wait(lambda: ra.lost == [other], what="on_lost for the crashed peer")
+        assert a.peers() == []
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+            peer.wait(WAIT)
+        for stream in (peer.stdin, peer.stdout):
+            if stream is not None:
+                stream.close()

@@ -261,3 +261,25 @@ def test_a_rudp_peer_that_crashes_is_lost_after_the_inactivity_timeout(net: Net)
         for stream in (peer.stdin, peer.stdout):
             if stream is not None:
                 stream.close()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_rudp_over_ipv6_loopback(net: Net) -> None:
+    a = net.service(listen_host="::1", **UDP_ONLY)
+    ra = Recorder(a)
+    (endpoint,) = a.start_listening()
+    assert str(endpoint).startswith("udp://[::1]:")
+    b = net.service(listen_host="::1", hard_coded_contacts=[str(endpoint)], **UDP_ONLY)
+    assert b.bootstrap(timeout=WAIT) == a.id
+    b.send(a.id, b"over rUDP on ::1")
+    ra.wait(lambda: ra.data_from(b.id) == [b"over rUDP on ::1"], what="B's message at A")
+    assert b.peer_info(a.id).addr == endpoint

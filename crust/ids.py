@@ -61,7 +61,7 @@ class PeerId(bytes):
     @property
     def raw(self) -> bytes:
         """The 32 key bytes as a plain ``bytes``."""
-        return bytes(memoryview(self))
+        return bytes(self)
 
     @classmethod
     def from_str(cls, text: str) -> PeerId:

@@ -271,6 +271,8 @@ class Service:
         return self._call(self._start_listening)
 
     def _start_listening(self) -> list[Endpoint]:
+        if self._links.endpoints:
+            return self._links.endpoints  # already listening and announced
         endpoints = self._links.listen()
         self._engine.set_listeners(endpoints)
         if self._lan is not None:

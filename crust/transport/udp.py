@@ -311,17 +311,14 @@ class RudpConnection:
                 self._on_done = on_done
         if self._closed:
             return
-        now = self._socket.reactor.time()
         if flush and self._stream.connected:
             if not self._closing:
                 self._closing = True
                 self._linger = self._socket.reactor.call_later(CLOSE_LINGER, self._give_up_closing)
-                self._stream.close(now)
+                self._stream.close(self._socket.reactor.time())
                 self._service()
             return
-        self._stream.abort(now)
-        self._service()  # sends the reset
-        self._finish()
+        self._reset()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "closing" if self._closing else (
@@ -407,9 +404,12 @@ class RudpConnection:
     def _give_up_closing(self) -> None:
         self._linger = None
         if not self._closed:
-            self._stream.abort(self._socket.reactor.time())
-            self._service()  # sends the reset
-            self._finish()
+            self._reset()
+
+    def _reset(self) -> None:
+        self._stream.abort(self._socket.reactor.time())
+        self._service()  # sends the RST
+        self._finish()
 
     def _finish(self) -> None:
         if self._closed:

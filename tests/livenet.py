@@ -118,12 +118,12 @@ class Net:
         self.services.append(svc)
         return svc
 
-    def listener(self, **overrides: Any) -> tuple[crust.Service, Recorder, crust.Endpoint]:
-        """A listening Service, its Recorder and its (only, loopback) endpoint."""
+    def listener(self, transport: str = "tcp", **overrides: Any) -> tuple[crust.Service, Recorder, crust.Endpoint]:
+        """A listening Service, its Recorder and its (only, loopback) endpoint of ``transport``."""
         svc = self.service(**overrides)
         rec = Recorder(svc)
         endpoints = svc.start_listening()
-        assert endpoints and all(ep.host == "127.0.0.1" and ep.transport == "tcp" for ep in endpoints)
+        assert endpoints and all(ep.host == "127.0.0.1" and ep.transport == transport for ep in endpoints)
         return svc, rec, endpoints[0]
 
     def client(self, contact: Any, **overrides: Any) -> tuple[crust.Service, Recorder]:

@@ -502,6 +502,21 @@ class LineReader:
         return self.lines
 
 
+def expect_event(lab: Lab, peer: LineReader, event: str, timeout: float) -> dict[str, Any]:
+    """The peer's next ``event`` line within ``timeout`` s; fails the test (with its output) otherwise.
+
+    An ``"error"`` line or the end of output fails too, showing what the peer printed.
+    """
+    import pytest
+
+    msg = peer.wait_for(event, timeout)
+    if msg is None or msg.get("event") != event:
+        peer.drain(1.0)
+        pytest.fail(f"expected {event!r} from {peer.name}, got {msg!r}\n"
+                    f"stdout: {peer.lines}\nstderr:\n{lab.log_of(peer.proc)}", pytrace=False)
+    return msg
+
+
 def lab_or_skip(name_prefix: str) -> Iterator[Lab]:
     """Generator body for a pytest fixture: skip/fail via :func:`require_netns`, yield a Lab, close it."""
     require_netns()

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.netlab import (Lab, LabError, LineReader, check_no_overlap, lab_or_skip, list_netns,
+from tests.netlab import (Lab, LabError, LineReader, check_no_overlap, expect_event, lab_or_skip, list_netns,
                           root_networks)
 
 pytestmark = pytest.mark.timeout(30)
@@ -117,12 +117,7 @@ def start_peer(lab: Lab, host: str, *args: str, lifetime: float = 12.0) -> LineR
 
 
 def expect(lab: Lab, peer: LineReader, event: str, timeout: float = START) -> dict[str, Any]:
-    msg = peer.wait_for(event, timeout)
-    if msg is None or msg.get("event") != event:
-        peer.drain(1.0)
-        pytest.fail(f"expected {event!r} from {peer.name}, got {msg!r}\n"
-                    f"stdout: {peer.lines}\nstderr:\n{lab.log_of(peer.proc)}", pytrace=False)
-    return msg
+    return expect_event(lab, peer, event, timeout)
 
 
 def test_crust_over_the_lab_with_a_hard_coded_contact(lab: Lab) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.netlab import NFT, Lab, LineReader, in_ci, lab_or_skip
+from tests.netlab import NFT, Lab, LineReader, expect_event, in_ci, lab_or_skip
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,23 +42,17 @@ def _peer(lab: Lab, host: str, *args: str) -> LineReader:
     return LineReader(lab.run(host, argv, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}), name=host)
 
 
-def _expect(lab: Lab, peer: LineReader, event: str, timeout: float) -> dict[str, Any]:
-    msg = peer.wait_for(event, timeout)
-    assert msg is not None, f"{peer.name}: no {event!r} in {timeout} s: {peer.lines} {lab.log_of(peer.proc)}"
-    return msg
-
-
 def _echo_over(lab: Lab, loss_per_10000: int, count: int, size: int) -> dict[str, Any]:
     h1, h2 = lab.build_lan(2, SUBNET)
     for host in (h1, h2):
         lab.drop_randomly(host.name, loss_per_10000)
     server = _peer(lab, h1.name, "--listen", h1.ip or "")
-    endpoint = _expect(lab, server, "listening", START)["endpoint"]
+    endpoint = expect_event(lab, server, "listening", START)["endpoint"]
     assert endpoint.startswith(f"udp://{h1.ip}:")
     client = _peer(lab, h2.name, "--send", endpoint, "--count", str(count), "--size", str(size))
-    connected = _expect(lab, client, "connected", START + 20)
+    connected = expect_event(lab, client, "connected", START + 20)
     assert connected["transport"] == "udp"
-    return _expect(lab, client, "echoed", 35)
+    return expect_event(lab, client, "echoed", 35)
 
 
 # Plain sockets, no crust: count datagrams arriving on PORT within a window; or send N of them.

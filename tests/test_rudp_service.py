@@ -30,11 +30,9 @@ PEER = os.path.join(REPO, "tests", "rudp_peer.py")
 
 
 def _udp_listener(net: Net, **overrides: Any) -> tuple[crust.Service, Recorder, crust.Endpoint]:
-    svc = net.service(**{**UDP_ONLY, **overrides})
-    rec = Recorder(svc)
-    endpoints = svc.start_listening()
-    assert [(ep.host, ep.transport) for ep in endpoints] == [("127.0.0.1", "udp")]
-    return svc, rec, endpoints[0]
+    svc, rec, endpoint = net.listener("udp", **{**UDP_ONLY, **overrides})
+    assert svc.start_listening() == [endpoint]  # that one endpoint only: no TCP listener
+    return svc, rec, endpoint
 
 
 def _udp_pair(net: Net, **overrides: Any) -> tuple[crust.Service, Recorder, crust.Service, Recorder]:

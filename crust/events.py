@@ -6,11 +6,13 @@ user's callbacks (``on_new_peer``, ``on_message``, ``on_lost``, ...).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from .ids import Contact, CrustUser, Endpoint, PeerId
 
 __all__ = [
+    "Origin",
     "PeerInfo",
     "Event",
     "PeerConnected",
@@ -22,6 +24,20 @@ __all__ = [
     "ContactsLearned",
     "ConnectFinished",
 ]
+
+
+class Origin(str, enum.Enum):
+    """How a connection to a peer came about; equal to its plain string (``"connect"``...)."""
+
+    BOOTSTRAP_CONNECT = "bootstrap_connect"  # we bootstrapped off the peer
+    BOOTSTRAP_ACCEPT = "bootstrap_accept"  # the peer bootstrapped off us
+    CONNECT = "connect"  # both called connect() with each other's connection info
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +59,7 @@ class PeerInfo:
     addr: Endpoint
     transport: str
     user: CrustUser
-    origin: str
+    origin: Origin
     rtt: float | None = None
     bytes_sent: int = 0
     bytes_received: int = 0

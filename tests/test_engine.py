@@ -299,11 +299,11 @@ def test_peer_exchange_can_be_turned_off() -> None:
 def test_an_unsolicited_peer_exchange_answer_is_misbehaviour() -> None:
     net, a, b = pair()
     (conn,) = net.links_of("b")
-    peer = b.engine._peers[a.engine.id]  # reaching into the engine: no public way to fake a reply
+    peer = b.engine._peers.table[a.engine.id]  # reaching into the engine: no public way to fake a reply
     peer.exchange_asked = False
-    a_peer = a.engine._peers[b.engine.id]
+    a_peer = a.engine._peers.table[b.engine.id]
     a_peer.outbox.push_control(encode_record(PeerExchangeResponse()))
-    a.engine._dirty[a_peer.conn.id] = a_peer.conn
+    a.engine._peers.dirty[a_peer.conn.id] = a_peer.conn
     net.run()
     assert of(b, Misbehaved)[0].reason == "unsolicited PeerExchangeResponse"
 
@@ -320,12 +320,12 @@ def test_a_peer_exchange_answer_over_the_cap_is_misbehaviour() -> None:
     a.engine.start_bootstrap([Contact(net.endpoint("b"))], now=net.now)
     net.run()
     a.events.clear()
-    a.engine._peers[b.engine.id].exchange_asked = True  # as if A had just asked again
-    b_peer = b.engine._peers[a.engine.id]
+    a.engine._peers.table[b.engine.id].exchange_asked = True  # as if A had just asked again
+    b_peer = b.engine._peers.table[a.engine.id]
     shared = bytes(32) + b"\x01" + bytes([0, 4, 10, 0, 0, 1, 0, 1])  # one entry: a PeerId and one endpoint
     body = bytes([200]) + shared * 200
     b_peer.outbox.push_control(bytes([MessageType.PEER_EXCHANGE_RESPONSE]) + len(body).to_bytes(4, "big") + body)
-    b.engine._dirty[b_peer.conn.id] = b_peer.conn
+    b.engine._peers.dirty[b_peer.conn.id] = b_peer.conn
     net.run()
     assert "at most 32" in of(a, Misbehaved)[0].reason
     assert of(a, PeerLost)[0].peer_id == b.engine.id
@@ -432,7 +432,7 @@ def test_a_duplicate_goodbye_before_the_survivors_grant_parks_the_peer_instead_o
     for _ in range(50):  # a first connection in the lower half of session ids (p of 50 misses: 2**-50)...
         net, a, b = pair()
         (first,) = net.links_of("b")
-        if b.engine._conns[first].session_id < bytes([0x80]):
+        if b.engine._core.conns[first].session_id < bytes([0x80]):
             break
     for _ in range(20):  # ...so a fresh one outranks it at least half of the time
         b.engine.start_bootstrap([Contact(net.endpoint("a"))], now=net.now)

@@ -39,11 +39,11 @@ def target(net: Net) -> tuple[crust.Service, Recorder, crust.Endpoint]:
 
 def _conn_count(svc: crust.Service) -> int:
     """Connections A's engine still keeps (private state, read on the I/O thread on purpose)."""
-    return svc._call(lambda: len(svc._engine._conns))
+    return svc._call(lambda: svc._engine.connection_count())
 
 
 def _pending_count(svc: crust.Service) -> int:
-    return svc._call(lambda: len(svc._engine._pending_accepts))
+    return svc._call(lambda: svc._engine.pending_handshakes())
 
 
 def _honest_peer_still_works(net: Net, a: crust.Service, ra: Recorder, a_ep: crust.Endpoint) -> None:

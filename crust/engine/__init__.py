@@ -1,5 +1,11 @@
-"""The node as one sans-IO state machine: :class:`Engine` (see ``node.py``)."""
+"""The node as one sans-IO state machine: :class:`Engine` (``engine.py``), split by concern.
 
-from .node import WRITE_WINDOW, Engine
+``core`` (connection table, timers, output sink), ``peers`` (duplicate rule,
+liveness, flushing), ``admission`` (bootstrap requests to us), ``runs`` (our
+bootstrap runs) and ``rendezvous`` (``connect()``) share one ``Core``.
+"""
+
+from .engine import Engine
+from .peers import WRITE_WINDOW
 
 __all__ = ["Engine", "WRITE_WINDOW"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Iterable
 
+from ..events import Origin
 from ..ids import Contact, CrustUser, Endpoint, PeerId, tcp_first
 from ..wire.messages import MAX_SHARED_LISTENERS, MAX_SHARED_PEERS, PeerExchangeResponse, SharedPeer
 from .records import Peer
@@ -29,7 +30,7 @@ def shareable_listeners(peer: Peer) -> tuple[Endpoint, ...]:
     conn = peer.conn
     if conn is None or peer.user is CrustUser.CLIENT or not peer.shareable:
         return ()
-    if peer.origin == "bootstrap_connect":
+    if peer.origin is Origin.BOOTSTRAP_CONNECT:
         return (conn.remote,)
     return tuple(tcp_first(conn.listeners)[:MAX_SHARED_LISTENERS])
 

@@ -1,6 +1,6 @@
 """The engine's records: one per connection, per peer and per bootstrap run.
 
-Plain mutable slots objects, owned by :class:`~crust.engine.Engine` (on the
+Plain mutable slots objects, owned by :class:`~crust.engine.Engine`'s concerns (on the
 reactor thread); they hold state and make no decisions.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..bootstrap.policy import Bootstrapper
 from ..channel import SecureChannel
+from ..events import Origin
 from ..handshake.secure import SecureHandshake
 from ..handshake.states import ExchangeState, Role
 from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
@@ -63,7 +64,7 @@ class Peer:
     __slots__ = ("id", "conn", "outbox", "user", "origin", "rtt", "probe_seq", "probe_sent_at", "shareable",
                  "exchange_asked", "exchange_answered_at")
 
-    def __init__(self, peer_id: PeerId, conn: Conn, outbox: Outbox, origin: str) -> None:
+    def __init__(self, peer_id: PeerId, conn: Conn, outbox: Outbox, origin: Origin) -> None:
         self.id = peer_id
         self.conn: Conn | None = conn  # None while a duplicate swap is under way
         self.outbox = outbox

@@ -1,0 +1,397 @@
+"""Engine: the whole node as one sans-IO state machine (ARCHITECTURE.md §1.3).
+
+Theory of operation.  Three kinds of input drive the engine, as in
+aioquic's ``QuicConnection``:
+
+* user commands: :meth:`start_bootstrap`, :meth:`start_connect`, :meth:`send`,
+  :meth:`disconnect`, :meth:`ban`, :meth:`close`;
+* I/O completions from the shell: :meth:`handle_accepted`,
+  :meth:`handle_connected`, :meth:`receive_data`, :meth:`handle_sent`,
+  :meth:`handle_closed`, :meth:`reading_paused`;
+* the clock: :meth:`handle_timer` whenever :meth:`get_timer` comes due.
+
+Every call may queue effects (:meth:`take_effects`: Dial, Write, Close,
+SendCredit) and events (:meth:`take_events`).  Nothing here touches a
+socket, a thread or the clock; ``now`` is always a parameter.
+
+This class is the front door and the router; the protocol lives in one
+module per concern, all sharing one :class:`~crust.engine.core.Core`
+(connection table, timer heap, output sink):
+
+* ``peers``: the duplicate rule, parking, liveness, flushing outboxes;
+* ``admission``: bootstrap requests made to us, reachability dial-back;
+* ``runs``: our bootstrap runs;
+* ``rendezvous``: ``connect()`` through swapped connection info.
+
+A connection runs the secure handshake, then the exchange
+(``handshake.states.EXCHANGE``, through which every state change goes):
+the initiator says why it came, the responder grants, denies or answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import random
+from collections.abc import Collection
+from typing import Iterable, Sequence
+
+from ..config import Config
+from ..crypto.keys import KeyPair
+from ..effects import Effect
+from ..errors import HandshakeError, LocalProtocolError, RemoteProtocolError
+from ..events import Event, MessageReceived, Misbehaved, Origin, PeerInfo
+from ..handshake.states import Decision, ExchangeState, Role
+from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
+from ..wire.messages import (
+    BootstrapDenied, BootstrapGranted, BootstrapRequest, ChooseConnection, ConnectRequest, Data, EchoAddrReq, EchoAddrResp, Goodbye, GoodbyeReason,
+    Heartbeat, Message, PeerExchangeRequest, PeerExchangeResponse,
+)
+from .admission import Admission
+from .core import Core
+from .peers import Peers
+from .records import NEVER, Conn
+from .rendezvous import Rendezvous
+from .runs import Runs
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("crust")
+
+
+class Engine:
+    """A crust node without I/O.  See the module docstring for the contract."""
+
+    def __init__(self, *, static: KeyPair, config: Config, rng: random.Random | None = None) -> None:
+        core = self._core = Core(static=static, config=config)
+        self.id = core.id
+        # Order matters: conn_failed hooks run in registration order (peers first).
+        self._peers = Peers(core, rng or random.Random())
+        self._admission = Admission(core, self._peers)
+        self._runs = Runs(core, self._peers)
+        self._rendezvous = Rendezvous(core, self._peers)
+        self._listeners: tuple[Endpoint, ...] = ()
+        self.closed = False
+
+    # -- outputs ------------------------------------------------------------
+
+    def take_effects(self) -> list[Effect]:
+        """Everything the shell must do now, in order (flushes queued messages into frames first)."""
+        core = self._core
+        self._peers.flush_dirty()
+        effects, core.effects = core.effects, []
+        return effects
+
+    def take_events(self) -> list[Event]:
+        """Everything that happened since the last call, in order."""
+        core = self._core
+        events, core.events = core.events, []
+        return events
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, if ever."""
+        soonest = min(self._core.next_timer(), self._runs.next_timer(), self._rendezvous.next_timer(),
+                      self._peers.next_timer())
+        return None if soonest == NEVER else soonest
+
+    # -- queries --------------------------------------------------------------
+
+    @property
+    def accept_bootstrap(self) -> bool:
+        """Whether peers may bootstrap off us."""
+        return self._admission.accepting
+
+    @accept_bootstrap.setter
+    def accept_bootstrap(self, accept: bool) -> None:
+        self._admission.accepting = accept
+
+    def is_connected(self, peer_id: PeerId) -> bool:
+        """True while ``peer_id`` is a connected peer."""
+        return peer_id in self._peers.table
+
+    def peer_ids(self) -> list[PeerId]:
+        """Every connected peer."""
+        return list(self._peers.table)
+
+    def peer_info(self, peer_id: PeerId) -> PeerInfo:
+        """A snapshot of one peer.  Raises PeerNotFound."""
+        return self._peers.info(peer_id)
+
+    def conn_of(self, peer_id: PeerId) -> ConnId | None:
+        """The connection currently carrying ``peer_id``, if any."""
+        peer = self._peers.table.get(peer_id)
+        return peer.conn.id if peer is not None and peer.conn is not None else None
+
+    def queued_bytes(self, peer_id: PeerId, priority: int) -> int:
+        """Unsent bytes queued for ``peer_id`` at ``priority``."""
+        return self._peers.get(peer_id).outbox.queued_bytes(priority)
+
+    def connection_count(self) -> int:
+        """Live connections of every kind (handshaking, candidates, peers, retiring duplicates)."""
+        return len(self._core.conns)
+
+    def pending_handshakes(self) -> int:
+        """Accepted connections not granted yet (the ones the caps of PROTOCOL.md §11 count)."""
+        return len(self._core.pending_accepts)
+
+    # -- user commands ------------------------------------------------------
+
+    def set_listeners(self, endpoints: Sequence[Endpoint]) -> None:
+        """The endpoints we accept on, announced in our BootstrapRequests."""
+        self._listeners = tuple(endpoints)
+
+    def start_bootstrap(self, contacts: Sequence[Contact], *, blacklist: Iterable[Endpoint | str] = (),
+                        user: CrustUser = CrustUser.NODE, timeout: float | None = None, now: float) -> int:
+        """Start a bootstrap run over ``contacts`` (IP literals only); returns its id.
+
+        The run ends with one ``BootstrapFinished`` event: the first granted
+        peer, or ``None`` and each contact's failure.
+        """
+        self._core.now = now
+        return self._runs.start(contacts, blacklist=blacklist, user=user, timeout=timeout, now=now)
+
+    def start_connect(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, their_token: bytes,
+                      our_token: bytes, timeout: float, now: float) -> None:
+        """Connect to ``peer_id``, who does the same with our info (PROTOCOL.md §7).
+
+        Every endpoint is dialled at once; the peer's dials to us count too.
+        Ends with one ``ConnectFinished`` event (at once if already connected).
+        """
+        self._core.now = now
+        self._rendezvous.start(peer_id, endpoints, their_token=their_token, our_token=our_token,
+                               timeout=timeout, now=now)
+
+    def stop_bootstrap(self, now: float) -> None:
+        """Abandon every bootstrap run (each reports ``BootstrapFinished`` with no peer)."""
+        self._core.now = now
+        self._runs.stop()
+
+    def send(self, peer_id: PeerId, priority: int, data: bytes, now: float) -> None:
+        """Queue ``data`` for ``peer_id``; the frame is built at the next :meth:`take_effects`.
+
+        Raises:
+            PeerNotFound: not connected to ``peer_id``.
+        """
+        self._core.now = now
+        self._peers.send(peer_id, priority, data, now)
+
+    def disconnect(self, peer_id: PeerId, now: float) -> bool:
+        """Say Goodbye to ``peer_id`` and drop it (``PeerLost`` is reported here too)."""
+        self._core.now = now
+        if peer_id not in self._peers.table:
+            return False
+        self._peers.lose(peer_id, "disconnected", GoodbyeReason.CLOSED)
+        return True
+
+    def ban(self, peer_ids: Iterable[PeerId], ips: Iterable[str], now: float) -> None:
+        """Refuse these peers and IPs for the rest of the session; drop the connected ones."""
+        core = self._core
+        core.now = now
+        core.banned_ids.update(peer_ids)
+        core.banned_ips.update(str(ipaddress.ip_address(ip)) for ip in ips)
+        for peer in list(self._peers.table.values()):
+            if core.is_banned(peer.id, peer.conn.remote if peer.conn else None):
+                self._peers.lose(peer.id, "banned", GoodbyeReason.BANNED)
+
+    def update_whitelists(self, node_ips: Collection[str] | None, client_ips: Collection[str] | None,
+                          now: float) -> None:
+        """New whitelists (a re-read config file): drop peers that bootstrapped off us and no longer may."""
+        core = self._core
+        core.now = now
+        core.config = dataclasses.replace(core.config, whitelisted_node_ips=node_ips,
+                                          whitelisted_client_ips=client_ips)
+        for peer in list(self._peers.table.values()):
+            whitelist = client_ips if peer.user is CrustUser.CLIENT else node_ips
+            if (peer.origin is Origin.BOOTSTRAP_ACCEPT and peer.conn is not None and whitelist is not None
+                    and peer.conn.remote.host not in whitelist):
+                self._peers.lose(peer.id, "no longer whitelisted", GoodbyeReason.NOT_WHITELISTED)
+
+    def close(self, now: float) -> None:
+        """Say Goodbye to every peer and close every connection.  No events follow."""
+        core = self._core
+        core.now = now
+        self.closed = True
+        for peer in list(self._peers.table.values()):
+            if peer.conn is not None:
+                self._peers.say_goodbye(peer.conn, GoodbyeReason.CLOSED)
+        for conn in list(core.conns.values()):
+            core.close(conn, flush=True)
+        self._peers.table.clear()
+        self._runs.clear()
+        core.events.clear()
+
+    # -- I/O completions ----------------------------------------------------
+
+    def handle_accepted(self, remote: Endpoint, now: float) -> ConnId | None:
+        """A stream from ``remote`` was accepted; returns its id, or None to close it at once."""
+        core = self._core
+        core.now = now
+        if self.closed or remote.host in core.banned_ips:
+            return None
+        core.evict_pending(remote.host)
+        conn = core.new_conn(Role.RESPONDER, remote, now)
+        core.pending_accepts[conn.id] = conn
+        core.start_handshake(conn, expected=None)
+        return conn.id
+
+    def handle_connected(self, conn_id: ConnId, now: float) -> None:
+        """A dial we asked for (``Dial``) connected."""
+        core = self._core
+        core.now = now
+        conn = core.conns.get(conn_id)
+        if conn is None:
+            return
+        conn.connected = True
+        conn.last_rx = now
+        core.write_handshake(conn)
+
+    def receive_data(self, conn_id: ConnId, data: bytes, now: float) -> None:
+        """Bytes arrived on ``conn_id``."""
+        core = self._core
+        core.now = now
+        conn = core.conns.get(conn_id)
+        if conn is None:
+            return
+        conn.last_rx = now
+        conn.bytes_in += len(data)
+        try:
+            if conn.channel is None:
+                assert conn.handshake is not None
+                conn.handshake.receive_data(data)
+                core.write_handshake(conn)
+                if not conn.handshake.complete:
+                    return
+                data = conn.handshake.trailing_data
+                self._on_secured(conn)
+                if conn.id not in core.conns or not data:
+                    return
+            assert conn.channel is not None
+            for message in conn.channel.receive_data(data):
+                if conn.id not in core.conns:
+                    return  # an earlier message in this batch closed it
+                self._on_message(conn, message, now)
+        except RemoteProtocolError as exc:
+            self._remote_error(conn, exc)
+        except LocalProtocolError as exc:  # a table miss the peer's input caused (h11's re-label)
+            self._remote_error(conn, RemoteProtocolError(f"unexpected message: {exc}"))
+
+    def handle_sent(self, conn_id: ConnId, nbytes: int, now: float) -> None:
+        """``nbytes`` written on ``conn_id`` reached the kernel."""
+        core = self._core
+        core.now = now
+        conn = core.conns.get(conn_id)
+        if conn is None:
+            return
+        conn.unsent -= nbytes
+        conn.bytes_out += nbytes
+        self._peers.sent(conn)
+
+    def handle_closed(self, conn_id: ConnId, error: str | None, now: float) -> None:
+        """The stream ended: closed by the peer, reset, or a dial failed (``error`` says how)."""
+        core = self._core
+        core.now = now
+        conn = core.conns.get(conn_id)
+        if conn is None:
+            return
+        reason = f"connection lost: {error}" if error else "connection closed by peer"
+        if conn.role is Role.INITIATOR and not conn.connected:
+            reason = f"connect failed: {error or 'closed'}"
+        core.fail_conn(conn, reason, close=False)
+
+    def reading_paused(self, conn_id: ConnId, paused: bool, now: float) -> None:
+        """The shell stopped (or resumed) reading ``conn_id``: silence then is ours, not the peer's."""
+        core = self._core
+        core.now = now
+        conn = core.conns.get(conn_id)
+        if conn is not None:
+            conn.paused = paused
+            conn.last_rx = now
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything that came due by ``now``."""
+        core = self._core
+        core.now = now
+        for conn in core.due(now):
+            if conn.id in core.conns:  # an earlier one in this batch may have closed it
+                self._check_conn(conn, now)
+        self._runs.handle_timer(now)
+        self._rendezvous.handle_timer(now)
+        self._peers.expire_parked(now)
+
+    # -- routing --------------------------------------------------------------
+
+    def _check_conn(self, conn: Conn, now: float) -> None:
+        """Run ``conn``'s deadlines and schedule its next one."""
+        if conn.state is ExchangeState.ESTABLISHED:
+            self._peers.check(conn, now)
+        elif now >= conn.deadline:
+            self._core.fail_conn(conn, "handshake timed out")
+        else:
+            self._core.schedule(conn, conn.deadline)
+
+    def _on_secured(self, conn: Conn) -> None:
+        core = self._core
+        hs = conn.handshake
+        assert hs is not None and hs.channel is not None and hs.peer_id is not None
+        conn.channel, conn.peer_id, conn.handshake = hs.channel, hs.peer_id, None
+        conn.session_id = hs.session_id
+        if conn.role is Role.RESPONDER:
+            core.move(conn, Decision.SECURED)
+            return
+        if core.is_banned(conn.peer_id, conn.remote):
+            raise HandshakeError("peer is banned", reason="banned")
+        if conn.probe_for is not None:
+            self._admission.on_probe_secured(conn)  # the Node answered at its listener as itself
+        elif conn.connect_for is not None:
+            self._rendezvous.on_secured(conn)
+        else:
+            core.move(conn, Decision.SECURED_BOOTSTRAP)
+            core.send_control(conn, BootstrapRequest(conn.user, self._listeners[:32],
+                                                     shareable=core.config.peer_exchange))
+
+    def _on_message(self, conn: Conn, message: Message, now: float) -> None:
+        peers = self._peers
+        if conn.state is ExchangeState.ESTABLISHED:  # the hot path: rows exist, the lookup is skipped
+            kind = type(message)
+            if kind is Data:
+                self._core.events.append(MessageReceived(conn.peer_id, message.chunk))  # type: ignore[arg-type, union-attr]
+                return
+            if kind is Heartbeat:
+                peers.on_heartbeat(conn, message, now)  # type: ignore[arg-type]
+                return
+            if kind is Goodbye:
+                peers.on_goodbye(conn, message)  # type: ignore[arg-type]
+                return
+            if kind is PeerExchangeRequest or kind is PeerExchangeResponse:
+                peers.on_peer_exchange(conn, message, now)  # type: ignore[arg-type]
+                return
+        self._core.move(conn, type(message).__name__)
+        if isinstance(message, BootstrapRequest):
+            self._admission.on_request(conn, message, now)
+        elif isinstance(message, BootstrapDenied):
+            self._runs.on_denied(conn, message)
+        elif isinstance(message, ConnectRequest):
+            self._rendezvous.on_request(conn, message, now)
+        elif isinstance(message, BootstrapGranted):
+            peers.establish(conn, Origin.BOOTSTRAP_CONNECT, now)
+        elif isinstance(message, ChooseConnection):
+            peers.establish(conn, Origin.CONNECT, now)  # the greater PeerId picked this candidate
+        elif isinstance(message, EchoAddrReq):
+            self._core.send_control(conn, EchoAddrResp(conn.remote))
+        # EchoAddrResp: external-address voting comes with NAT traversal
+
+    def _remote_error(self, conn: Conn, exc: RemoteProtocolError) -> None:
+        core = self._core
+        reason = exc.reason if isinstance(exc, HandshakeError) else str(exc)
+        peer = self._peers.of(conn)
+        if peer is not None:
+            log.warning("peer %r misbehaved: %s", peer.id, exc)
+            core.events.append(Misbehaved(peer.id, str(exc)))
+            self._peers.lose(peer.id, f"misbehaved: {exc}", GoodbyeReason.PROTOCOL)
+            return
+        if conn.handshake is not None:
+            core.write_handshake(conn)  # a REJECT telling the peer why
+        if isinstance(exc, HandshakeError) and exc.reason in ("network_mismatch", "version_mismatch"):
+            log.warning("handshake with %s failed: %s", conn.remote, exc)
+        core.fail_conn(conn, reason if conn.role is Role.INITIATOR else str(exc))

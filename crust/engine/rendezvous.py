@@ -1,0 +1,163 @@
+"""Rendezvous: ``connect()`` through connection info swapped out of band (PROTOCOL.md §7).
+
+Theory of operation.  Both sides call ``connect(ours, theirs)`` at about the
+same time.  Each dials every candidate of the other's info, expecting its
+PeerId, and presents the other's token in a ``ConnectRequest``; the other
+checks the token is the one it handed out and answers with its own.  The
+peer's dials to us count as candidates too, even when they arrive before our
+own ``connect()`` (they are parked in ``AWAIT_LOCAL_CONNECT`` until it comes,
+or until their handshake deadline).
+
+Exactly one candidate survives: the side with the greater PeerId picks the
+first candidate whose exchange completes (``ChooseConnection``) and closes
+the rest; the smaller side waits for that choice (``EXPECT_CHOOSE``).  Only
+the chooser may close candidates the peer may have accepted, because the
+smaller side's candidates might carry a ``ChooseConnection`` in flight.  A
+``connect()`` ends with one ``ConnectFinished`` event: success, or every
+candidate's failure at the deadline.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..events import ConnectFinished, Origin
+from ..handshake.states import Decision, ExchangeState, Role
+from ..ids import Endpoint, PeerId
+from ..wire.messages import ChooseConnection, ConnectRequest
+from .core import Core
+from .peers import Peers
+from .records import NEVER, Conn, Connect
+
+__all__ = ["Rendezvous", "MAX_CONNECT_CANDIDATES"]
+
+MAX_CONNECT_CANDIDATES = 32  # endpoints of one connection info dialled at once
+_CANDIDATE_STATES = frozenset({ExchangeState.AWAIT_LOCAL_CONNECT, ExchangeState.EXPECT_CHOOSE,
+                               ExchangeState.EXPECT_CONNECT_REPLY})
+
+
+class Rendezvous:
+    """Every ``connect()`` in progress, by peer."""
+
+    def __init__(self, core: Core, peers: Peers) -> None:
+        self._core = core
+        self._peers = peers
+        self._connects: dict[PeerId, Connect] = {}
+        core.conn_failed.append(self._on_conn_failed)
+        peers.established.append(self._on_established)
+
+    def start(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, their_token: bytes, our_token: bytes,
+              timeout: float, now: float) -> None:
+        """Dial every endpoint at once; ends with one ``ConnectFinished`` (at once if already connected)."""
+        core = self._core
+        if peer_id in self._peers.table:
+            core.events.append(ConnectFinished(peer_id, True))
+            return
+        if self._connects.pop(peer_id, None) is not None:
+            self._close_candidates(peer_id, keep=None)
+        record = self._connects[peer_id] = Connect(peer_id, our_token, their_token, now + timeout)
+        for endpoint in endpoints[:MAX_CONNECT_CANDIDATES]:
+            conn = core.dial(Role.INITIATOR, endpoint, peer_id, now)
+            conn.connect_for = peer_id
+            record.dials.add(conn.id)
+        for conn in list(core.conns.values()):  # the peer may have dialled us first
+            if conn.state is ExchangeState.AWAIT_LOCAL_CONNECT and conn.peer_id == peer_id:
+                core.move(conn, Decision.LOCAL_CONNECT)
+                self._judge(conn, conn.connect_token or b"", now)
+
+    def next_timer(self) -> float:
+        """The earliest connect deadline (``NEVER`` if none)."""
+        return min((record.deadline for record in self._connects.values()), default=NEVER)
+
+    def handle_timer(self, now: float) -> None:
+        """End the connects whose deadline passed."""
+        for record in [r for r in self._connects.values() if r.deadline <= now]:
+            self._end(record)
+
+    def on_secured(self, conn: Conn) -> None:
+        """Our candidate finished its secure handshake: present the peer's token."""
+        core = self._core
+        record = self._connects.get(conn.connect_for) if conn.connect_for is not None else None
+        if record is None:
+            core.close(conn, flush=False)  # the connect ended meanwhile
+            return
+        core.move(conn, Decision.SECURED_CONNECT)
+        core.send_control(conn, ConnectRequest(record.their_token))
+
+    def on_request(self, conn: Conn, request: ConnectRequest, now: float) -> None:
+        """A candidate got a ConnectRequest (it is in JUDGING_CONNECT): the peer's dial, or the reply to ours."""
+        self._judge(conn, request.token, now)
+
+    def _judge(self, conn: Conn, token: bytes, now: float) -> None:
+        core, peers = self._core, self._peers
+        assert conn.peer_id is not None
+        record = self._connects.get(conn.peer_id)
+        if conn.role is Role.RESPONDER:
+            if core.is_banned(conn.peer_id, conn.remote):
+                self._refuse(conn, "banned")
+                return
+            if record is None and conn.peer_id in peers.table:
+                self._refuse(conn)  # a late candidate of a connect that already succeeded
+                return
+            if record is None:
+                # The peer called connect() a little before us: hold the candidate until we do
+                # (or its handshake deadline passes).
+                core.move(conn, Decision.PARK)
+                conn.connect_token = token
+                return
+            if token != record.our_token:
+                self._refuse(conn, "wrong connect token")
+                return
+            core.send_control(conn, ConnectRequest(record.our_token))  # accepted: say so
+        elif record is None and not (conn.peer_id in peers.table and core.id < conn.peer_id):
+            # Our connect ended (the peer came through another connection) and we would not be
+            # the one choosing. If we are the smaller side, a ChooseConnection may follow this
+            # reply: wait for it, and let the duplicate rule settle which connection stays.
+            self._refuse(conn)
+            return
+        if core.id > conn.peer_id:  # PROTOCOL.md §7: the greater PeerId chooses, the first candidate
+            if conn.peer_id in peers.table:
+                core.move(conn, Decision.REFUSE)
+                core.close(conn, flush=True)  # a later candidate: the chosen one already carries the peer
+                return
+            core.move(conn, Decision.CHOOSE)
+            core.send_control(conn, ChooseConnection())
+            peers.establish(conn, Origin.CONNECT, now)
+        else:
+            core.move(conn, Decision.AWAIT_CHOICE)
+
+    def _refuse(self, conn: Conn, reason: str | None = None) -> None:
+        """End a candidate we do not want: as a failure with ``reason``, or quietly."""
+        self._core.move(conn, Decision.REFUSE)
+        if reason is None:
+            self._core.close(conn, flush=False)
+        else:
+            self._core.fail_conn(conn, reason)
+
+    def _close_candidates(self, peer_id: PeerId, keep: Conn | None, chooser: bool = True) -> None:
+        core = self._core
+        for conn in list(core.conns.values()):
+            # Only connect candidates: a bootstrap connection of the same peer is settled by the
+            # duplicate rule, and closing it here would cut the peer's own bootstrap short.
+            if conn is not keep and conn.state is not ExchangeState.ESTABLISHED and (conn.connect_for == peer_id or (
+                    conn.peer_id == peer_id and conn.state in _CANDIDATE_STATES)) and (
+                    chooser or conn.state is ExchangeState.AWAIT_LOCAL_CONNECT):
+                core.close(conn, flush=False)
+
+    def _on_established(self, conn: Conn, peer_id: PeerId) -> None:
+        if self._connects.pop(peer_id, None) is not None:
+            # Only the chooser may drop candidates the peer may have accepted (see the module doc).
+            self._close_candidates(peer_id, keep=conn, chooser=self._core.id > peer_id)
+            self._core.events.append(ConnectFinished(peer_id, True))
+
+    def _on_conn_failed(self, conn: Conn, reason: str, established: bool) -> None:
+        if conn.connect_for is not None and conn.connect_for in self._connects:
+            self._connects[conn.connect_for].failures[str(conn.remote)] = reason
+
+    def _end(self, record: Connect) -> None:
+        if self._connects.pop(record.peer_id, None) is None:
+            return
+        self._close_candidates(record.peer_id, keep=None)
+        failures = dict(record.failures)
+        failures.setdefault("timeout", "no candidate connected in time")
+        self._core.events.append(ConnectFinished(record.peer_id, False, tuple(failures.items())))

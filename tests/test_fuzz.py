@@ -84,7 +84,7 @@ control_messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Goodbye, st.sampled_from(GoodbyeReason)),
     st.builds(BootstrapRequest, st.sampled_from(CrustUser),
               st.lists(endpoints, max_size=6).map(tuple)),  # MAX_LISTENERS: test_messages
-    st.just(BootstrapGranted()),
+    st.builds(BootstrapGranted, st.lists(endpoints, max_size=6).map(tuple)),
     st.builds(BootstrapDenied, st.sampled_from(DenyReason)),
     st.just(EchoAddrReq()),
     st.builds(EchoAddrResp, endpoints),

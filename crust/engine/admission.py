@@ -18,7 +18,7 @@ from ..events import Origin
 from ..handshake.bootstrap import judge_bootstrap
 from ..handshake.states import Decision, Role
 from ..ids import ConnId, CrustUser, tcp_first
-from ..wire.messages import BootstrapDenied, BootstrapGranted, BootstrapRequest, DenyReason
+from ..wire.messages import MAX_LISTENERS, BootstrapDenied, BootstrapGranted, BootstrapRequest, DenyReason
 from .core import Core
 from .peers import Peers
 from .records import Conn
@@ -65,7 +65,7 @@ class Admission:
         conn.user = request.user
         conn.listeners = request.listeners
         conn.shareable = request.shareable
-        core.send_control(conn, BootstrapGranted())
+        core.send_control(conn, BootstrapGranted(core.listeners[:MAX_LISTENERS]))
         self._peers.establish(conn, Origin.BOOTSTRAP_ACCEPT, now)
 
     def _check_reachability(self, conn: Conn, request: BootstrapRequest, now: float) -> None:

@@ -57,6 +57,7 @@ class Core:
         self.banned_ids: set[PeerId] = set()
         self.banned_ips: set[str] = set()
         self.conn_failed: list[ConnFailedHook] = []
+        self.listeners: tuple[Endpoint, ...] = ()  # where we accept, as we announce it to peers
         self.now = 0.0  # the latest ``now`` any input brought: for paths that have none of their own
         self._next_conn = 0
 

@@ -45,7 +45,7 @@ from ..events import Event, MessageReceived, Misbehaved, Origin, PeerInfo
 from ..handshake.states import Decision, ExchangeState, Role
 from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
 from ..wire.messages import (
-    BootstrapDenied, BootstrapGranted, BootstrapRequest, ChooseConnection, ConnectRequest, Data, EchoAddrReq, EchoAddrResp, Goodbye, GoodbyeReason,
+    MAX_LISTENERS, BootstrapDenied, BootstrapGranted, BootstrapRequest, ChooseConnection, ConnectRequest, Data, EchoAddrReq, EchoAddrResp, Goodbye, GoodbyeReason,
     Heartbeat, Message, PeerExchangeRequest, PeerExchangeResponse,
 )
 from .admission import Admission
@@ -71,7 +71,6 @@ class Engine:
         self._admission = Admission(core, self._peers)
         self._runs = Runs(core, self._peers)
         self._rendezvous = Rendezvous(core, self._peers)
-        self._listeners: tuple[Endpoint, ...] = ()
         self.closed = False
 
     # -- outputs ------------------------------------------------------------
@@ -139,7 +138,7 @@ class Engine:
 
     def set_listeners(self, endpoints: Sequence[Endpoint]) -> None:
         """The endpoints we accept on, announced in our BootstrapRequests."""
-        self._listeners = tuple(endpoints)
+        self._core.listeners = tuple(endpoints)
 
     def start_bootstrap(self, contacts: Sequence[Contact], *, blacklist: Iterable[Endpoint | str] = (),
                         user: CrustUser = CrustUser.NODE, timeout: float | None = None, now: float) -> int:
@@ -347,7 +346,7 @@ class Engine:
             self._rendezvous.on_secured(conn)
         else:
             core.move(conn, Decision.SECURED_BOOTSTRAP)
-            core.send_control(conn, BootstrapRequest(conn.user, self._listeners[:32],
+            core.send_control(conn, BootstrapRequest(conn.user, core.listeners[:MAX_LISTENERS],
                                                      shareable=core.config.peer_exchange))
 
     def _on_message(self, conn: Conn, message: Message, now: float) -> None:
@@ -374,6 +373,7 @@ class Engine:
         elif isinstance(message, ConnectRequest):
             self._rendezvous.on_request(conn, message, now)
         elif isinstance(message, BootstrapGranted):
+            conn.listeners = message.listeners  # where else the granter accepts
             peers.establish(conn, Origin.BOOTSTRAP_CONNECT, now)
         elif isinstance(message, ChooseConnection):
             peers.establish(conn, Origin.CONNECT, now)  # the greater PeerId picked this candidate

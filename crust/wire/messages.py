@@ -126,7 +126,14 @@ class BootstrapRequest:
 
 @dataclass(frozen=True, slots=True)
 class BootstrapGranted:
-    """The bootstrap was accepted: the connection is now an established peer link."""
+    """The bootstrap was accepted: the connection is now an established peer link.
+
+    ``listeners`` are the granter's own endpoints (every transport), so the
+    requester knows where else to reach it, e.g. to ask it for our external
+    UDP address.  An empty body (an older granter) means none.
+    """
+
+    listeners: tuple[Endpoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,14 +235,25 @@ _USER_CODES = {CrustUser.NODE: 0, CrustUser.CLIENT: 1}
 _USERS = {code: user for user, code in _USER_CODES.items()}
 
 
+def _pull_listeners(buf: Buffer, what: str) -> tuple[Endpoint, ...]:
+    count = buf.pull_uint8()
+    if count > MAX_LISTENERS:
+        raise BufferReadError(f"{what} lists {count} listeners, at most {MAX_LISTENERS} allowed")
+    return tuple(buf.pull_endpoint() for _ in range(count))
+
+
+def _push_listeners(buf: Buffer, listeners: tuple[Endpoint, ...]) -> None:
+    listeners = listeners[:MAX_LISTENERS]
+    buf.push_uint8(len(listeners))
+    for endpoint in listeners:
+        buf.push_endpoint(endpoint)
+
+
 def _pull_bootstrap_request(buf: Buffer) -> BootstrapRequest:
     user = _USERS.get(buf.pull_uint8())
     if user is None:
         raise BufferReadError("unknown CrustUser code")
-    count = buf.pull_uint8()
-    if count > MAX_LISTENERS:
-        raise BufferReadError(f"BootstrapRequest lists {count} listeners, at most {MAX_LISTENERS} allowed")
-    listeners = tuple(buf.pull_endpoint() for _ in range(count))
+    listeners = _pull_listeners(buf, "BootstrapRequest")
     flags = buf.pull_uint8()
     if flags & ~_DO_NOT_SHARE:
         raise BufferReadError(f"unknown BootstrapRequest flags {flags:#x}")
@@ -244,11 +262,22 @@ def _pull_bootstrap_request(buf: Buffer) -> BootstrapRequest:
 
 def _push_bootstrap_request(buf: Buffer, msg: BootstrapRequest) -> None:
     buf.push_uint8(_USER_CODES[msg.user])
-    listeners = msg.listeners[:MAX_LISTENERS]
-    buf.push_uint8(len(listeners))
-    for endpoint in listeners:
-        buf.push_endpoint(endpoint)
+    _push_listeners(buf, msg.listeners)
     buf.push_uint8(0 if msg.shareable else _DO_NOT_SHARE)
+
+
+def _pull_granted(buf: Buffer) -> BootstrapGranted:
+    if buf.eof():
+        return BootstrapGranted()
+    listeners = _pull_listeners(buf, "BootstrapGranted")
+    if not listeners:  # one encoding per message: no listeners is an empty body
+        raise BufferReadError("stray count byte: a BootstrapGranted with no listeners has an empty body")
+    return BootstrapGranted(listeners)
+
+
+def _push_granted(buf: Buffer, msg: BootstrapGranted) -> None:
+    if msg.listeners:
+        _push_listeners(buf, msg.listeners)
 
 
 def _pull_peer_exchange(buf: Buffer) -> PeerExchangeResponse:
@@ -330,7 +359,7 @@ _TABLE: dict[MessageType, tuple[type, _Pull, _Push]] = {
     MessageType.HEARTBEAT: (Heartbeat, _pull_heartbeat, _push_heartbeat),  # type: ignore[dict-item]
     MessageType.GOODBYE: (Goodbye, _pull_goodbye, _push_goodbye),  # type: ignore[dict-item]
     MessageType.BOOTSTRAP_REQUEST: (BootstrapRequest, _pull_bootstrap_request, _push_bootstrap_request),  # type: ignore[dict-item]
-    MessageType.BOOTSTRAP_GRANTED: (BootstrapGranted, *_empty(BootstrapGranted)),
+    MessageType.BOOTSTRAP_GRANTED: (BootstrapGranted, _pull_granted, _push_granted),  # type: ignore[dict-item]
     MessageType.BOOTSTRAP_DENIED: (BootstrapDenied, _pull_denied, _push_denied),  # type: ignore[dict-item]
     MessageType.ECHO_ADDR_REQ: (EchoAddrReq, *_empty(EchoAddrReq)),
     MessageType.ECHO_ADDR_RESP: (EchoAddrResp, _pull_echo_resp, _push_echo_resp),  # type: ignore[dict-item]

@@ -34,11 +34,12 @@ ALLOWED: dict[str, set[str]] = {
     "handshake": DECL | {"wire", "crypto", "channel", "outbox"},  # row 4
     "bootstrap": DECL,  # row 5
     "discovery": DECL | {"wire"},  # row 5: LAN beacons (wire.buffer's endpoint codec)
+    "nat": DECL | {"wire", "crypto"},  # row 5: probe codec (wire.buffer), probe MACs (crypto.mac)
     "files": {"errors"},  # atomic private-file writes for identity and cache files
     "identity": {"crypto", "errors", "ids", "files"},  # a KeyPair that can be saved and loaded
     "connection_info": DECL | {"wire"},  # row 5: the info swapped out of band for connect()
-    "engine": DECL | {"wire", "crypto", "channel", "outbox", "handshake", "bootstrap", "discovery", "identity",
-                      "connection_info"},  # row 6
+    "engine": DECL | {"wire", "crypto", "channel", "outbox", "handshake", "bootstrap", "discovery", "nat",
+                      "identity", "connection_info"},  # row 6
     # the shell: knows no crust protocol
     "transport": {"errors", "config", "ids"},
     "dispatch": {"errors", "ids", "events"},

@@ -4,7 +4,8 @@ It offers misuse-resistant objects to the layers above and nothing lower-level:
 
 * :mod:`crust.crypto.keys`: :class:`KeyPair`, an X25519 identity or ephemeral key;
 * :mod:`crust.crypto.kex`: :class:`NoiseXX`, the Noise_XX_25519_ChaChaPoly_BLAKE2b handshake;
-* :mod:`crust.crypto.aead`: :class:`Sealer` / :class:`Opener`, the transport ciphers.
+* :mod:`crust.crypto.aead`: :class:`Sealer` / :class:`Opener`, the transport ciphers;
+* :mod:`crust.crypto.mac`: the punch key and keyed BLAKE2s tags of NAT-traversal probes.
 
 Everything here is sans-IO: no sockets, threads, clocks or files.
 """

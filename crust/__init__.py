@@ -13,10 +13,11 @@ from .errors import (
     RemoteProtocolError, SendTimeout, ServiceClosed,
 )
 from .events import (
-    BootstrapFinished, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped,
+    BootstrapFinished, Event, MessageReceived, Misbehaved, Origin, PeerConnected, PeerInfo, PeerLost, SendDropped,
 )
 from .identity import Identity, InsecureKeyFileWarning
 from .ids import Contact, CrustUser, Endpoint, PeerId
+from .nat.observe import MappingBehaviour, NatInfo, TransportNat
 from .outbox import DROP_PRIORITY as MSG_DROP_PRIORITY
 from .service import Service
 
@@ -26,6 +27,7 @@ __all__ = [
     "Service", "Config", "read_config_file", "Identity", "MSG_DROP_PRIORITY",
     # value types
     "PeerId", "Endpoint", "Contact", "CrustUser", "PeerInfo", "PrivConnectionInfo", "PubConnectionInfo",
+    "Origin", "NatInfo", "TransportNat", "MappingBehaviour",
     # events (what the callbacks report)
     "Event", "PeerConnected", "MessageReceived", "PeerLost", "BootstrapFinished", "SendDropped", "Misbehaved",
     # errors and warnings

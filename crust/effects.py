@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .ids import ConnId, Endpoint, PeerId
 
-__all__ = ["Effect", "Dial", "Write", "Close", "SendCredit"]
+__all__ = ["Effect", "Dial", "Write", "Close", "SendCredit", "SendDatagram"]
 
 
 class Effect:
@@ -22,10 +22,16 @@ class Effect:
 
 @dataclass(frozen=True, slots=True)
 class Dial(Effect):
-    """Open a stream to ``endpoint``; report ``handle_connected`` or ``handle_closed`` for ``conn``."""
+    """Open a stream to ``endpoint``; report ``handle_connected`` or ``handle_closed`` for ``conn``.
+
+    ``local_port`` (TCP only): dial from this port of ours, shared with our
+    listener (``SO_REUSEPORT``), so the NAT mapping observers report for it
+    is the one a hole punch meets.
+    """
 
     conn: ConnId
     endpoint: Endpoint
+    local_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +63,11 @@ class SendCredit(Effect):
 
     peer_id: PeerId
     released: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SendDatagram(Effect):
+    """Send one datagram from our rUDP socket (peer STUN, hole-punch probes); losing it is fine."""
+
+    data: bytes
+    endpoint: Endpoint

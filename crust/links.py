@@ -41,6 +41,7 @@ from .engine import Engine
 from .errors import ListenerError
 from .ids import ConnId, Endpoint
 from .transport.reactor import Reactor
+from .transport.addresses import resolve
 from .transport.tcp import TcpListener, TcpStream
 from .transport.udp import RudpConnection, RudpSocket
 
@@ -71,6 +72,7 @@ class Links:
         self._flushing: set[Stream] = set()  # closed with flush=True, still sending their last bytes
         self._listener: TcpListener | None = None
         self._rudp: RudpSocket | None = None  # one UDP socket for every rUDP connection, bound on first use
+        self._punch_socket: socket.socket | None = None  # holds our TCP punch port (see punch_port)
         self._endpoints: list[Endpoint] = []
 
     @property
@@ -114,12 +116,59 @@ class Links:
             self._listener = None
         self._endpoints = []
 
+    def punch_port(self) -> int | None:
+        """Our TCP punch port, reserved now if need be; None without TCP.
+
+        Dials for hole punching and for asking observers where they see us
+        leave from this one port (``SO_REUSEADDR`` + ``SO_REUSEPORT``), so the
+        mapping observers report is the one a punch meets.  It is not our
+        listener's port: two nodes asking each other at once would then open
+        the same four-tuple twice (each from its listener to the other's).  A
+        socket bound to it and never used keeps the port ours between dials.
+        """
+        if not self._config.enable_tcp:
+            return None
+        if self._punch_socket is None:
+            cfg = self._config
+            try:
+                family, sockaddr = resolve(cfg.listen_host, 0, socket.SOCK_STREAM, passive=True)
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as err:
+                log.warning("no TCP punch port: %s", err)
+                return None
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if hasattr(socket, "SO_REUSEPORT"):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(sockaddr)
+            except OSError as err:
+                sock.close()
+                log.warning("no TCP punch port: %s", err)
+                return None
+            self._punch_socket = sock
+        return int(self._punch_socket.getsockname()[1])
+
+    def udp_port(self) -> int | None:
+        """Our rUDP socket's port, bound now if need be; None without UDP."""
+        if not self._config.enable_udp:
+            return None
+        try:
+            return self._rudp_socket().address[1]
+        except ListenerError as err:
+            log.warning("no rUDP socket: %s", err)
+            return None
+
     # -- the engine's effects -----------------------------------------------------------
 
-    def dial(self, conn: ConnId, endpoint: Endpoint) -> None:
-        """Open ``conn`` to ``endpoint`` over its transport; a failure reaches the engine as a close."""
-        def on_connected(stream: object) -> None:
-            self._engine.handle_connected(conn, self._reactor.time())
+    def dial(self, conn: ConnId, endpoint: Endpoint, local_port: int | None = None) -> None:
+        """Open ``conn`` to ``endpoint`` over its transport; a failure reaches the engine as a close.
+
+        ``local_port``: a TCP dial leaves from that port of ours (our punch port).
+        """
+        def on_connected(stream: Stream) -> None:
+            local = stream.local_address
+            self._engine.handle_connected(conn, self._reactor.time(),
+                                          None if local is None else Endpoint(*local, endpoint.transport))
             self._on_input()
 
         cfg, callbacks = self._config, self._callbacks(conn)
@@ -139,11 +188,20 @@ class Links:
             self._streams[conn] = rudp.connect((endpoint.host, endpoint.port), on_connected=on_connected,
                                                **callbacks)
         elif cfg.enable_tcp:
+            local = None if local_port is None else (cfg.listen_host, local_port)
             self._streams[conn] = TcpStream.connect(
                 self._reactor, endpoint.host, endpoint.port, on_connected=on_connected,
-                timeout=cfg.handshake_timeout, **callbacks)
+                timeout=cfg.handshake_timeout, local_address=local, **callbacks)
         else:
             fail("TCP is disabled (enable_tcp=False)")
+
+    def send_datagram(self, data: bytes, endpoint: Endpoint) -> None:
+        """Send one datagram from our rUDP socket (dropped quietly if there is none)."""
+        if self._config.enable_udp:
+            try:
+                self._rudp_socket().sendto(data, (endpoint.host, endpoint.port))
+            except ListenerError as err:
+                log.debug("datagram to %s not sent: %s", endpoint, err)
 
     def write(self, conn: ConnId, data: bytes) -> None:
         """Queue ``data`` on ``conn`` (ignored if it is gone)."""
@@ -204,6 +262,9 @@ class Links:
         if self._rudp is not None:  # last: the rUDP streams' resets leave through it
             self._rudp.close()
             self._rudp = None
+        if self._punch_socket is not None:
+            self._punch_socket.close()
+            self._punch_socket = None
 
     # -- completions --------------------------------------------------------------------
 
@@ -242,10 +303,15 @@ class Links:
         self._streams[conn] = stream
         self._on_input()
 
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._engine.receive_datagram(data, Endpoint(addr[0], addr[1], "udp"), self._reactor.time())
+        self._on_input()
+
     def _rudp_socket(self) -> RudpSocket:
         if self._rudp is None:
             cfg = self._config
             self._rudp = RudpSocket(self._reactor, cfg.listen_host, cfg.udp_port, self._on_rudp_accept,
+                                    on_other=self._on_datagram,
                                     stream_options={"connect_timeout": cfg.handshake_timeout})
         return self._rudp
 

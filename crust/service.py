@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from .config import Config, find_config_file, read_config_file
 from .dispatch import Dispatcher
-from .effects import Close, Dial, SendCredit, Write
+from .effects import Close, Dial, SendCredit, SendDatagram, Write
 from .engine import Engine
 from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, MessageTooLarge, PeerNotFound, ServiceClosed
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
@@ -41,9 +41,10 @@ from .crypto import random_token
 from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
 from .discovery.beacon import Reply
 from .identity import Identity
+from .nat.observe import NatInfo
 from .contact_book import ContactBook
 from .lan import LanDiscovery
-from .links import Links
+from .links import Links, local_addresses
 from .wire.messages import CONNECT_TOKEN_SIZE
 from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal, name_hash
 from .sendgate import SendGate
@@ -272,13 +273,30 @@ class Service:
 
     def _start_listening(self) -> list[Endpoint]:
         if self._links.endpoints:
-            return self._links.endpoints  # already listening and announced
+            return self._engine.listeners(self._reactor.time())  # already listening: local and external
         endpoints = self._links.listen()
         self._engine.set_listeners(endpoints)
+        self._observe_sockets()
         if self._lan is not None:
             self._lan.set_listeners(endpoints)
         log.info("listening on %s", ", ".join(map(str, endpoints)))
         return endpoints
+
+    def _observe_sockets(self) -> None:
+        """Tell the engine our punch port and rUDP port (binding them if need be), so peers are asked about them."""
+        links = self._links
+        self._engine.set_sockets(tcp_port=links.punch_port(), udp_port=links.udp_port(),
+                                 local_ips=local_addresses(self._config.listen_host), now=self._reactor.time())
+        self._pump()
+
+    def nat_info(self) -> NatInfo:
+        """What peers have told us about our NAT: external TCP and UDP endpoints, mapping behaviour, since when.
+
+        Peers are asked from the moment we listen or prepare connection info,
+        and again whenever a new peer connects while fewer than three observer
+        IPs have answered; answers count for 10 minutes.
+        """
+        return self._call(lambda: self._engine.nat_info(self._reactor.time()))
 
     def stop_listening(self) -> None:
         """Stop accepting new connections; existing ones stay."""
@@ -509,8 +527,10 @@ class Service:
                     gate = self._gates.get(peer_id)
                     if gate is not None:
                         gate.release(released)
-                case Dial(conn, endpoint):
-                    self._links.dial(conn, endpoint)
+                case Dial(conn, endpoint, local_port):
+                    self._links.dial(conn, endpoint, local_port)
+                case SendDatagram(data, endpoint):
+                    self._links.send_datagram(data, endpoint)
                 case Close(conn, flush):
                     self._links.close(conn, flush)
         events = engine.take_events()

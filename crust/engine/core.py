@@ -72,11 +72,15 @@ class Core:
         self.schedule(conn, conn.deadline)
         return conn
 
-    def dial(self, role: Role, remote: Endpoint, expected: PeerId | None, now: float) -> Conn:
-        """A new outgoing connection to ``remote`` whose handshake expects ``expected``."""
+    def dial(self, role: Role, remote: Endpoint, expected: PeerId | None, now: float, *,
+             local_port: int | None = None) -> Conn:
+        """A new outgoing connection to ``remote`` whose handshake expects ``expected``.
+
+        ``local_port``: dial from our punch port (TCP), see :class:`~crust.effects.Dial`.
+        """
         conn = self.new_conn(role, remote, now)
         self.start_handshake(conn, expected)
-        self.effects.append(Dial(conn.id, remote))
+        self.effects.append(Dial(conn.id, remote, local_port))
         return conn
 
     def start_handshake(self, conn: Conn, expected: PeerId | None) -> None:

@@ -42,6 +42,7 @@ from ..crypto.keys import KeyPair
 from ..effects import Effect
 from ..errors import HandshakeError, LocalProtocolError, RemoteProtocolError
 from ..events import Event, MessageReceived, Misbehaved, Origin, PeerInfo
+from ..nat.observe import NatInfo
 from ..handshake.states import Decision, ExchangeState, Role
 from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
 from ..wire.messages import (
@@ -50,6 +51,7 @@ from ..wire.messages import (
 )
 from .admission import Admission
 from .core import Core
+from .external import ExternalAddresses
 from .peers import Peers
 from .records import NEVER, Conn
 from .rendezvous import Rendezvous
@@ -71,6 +73,7 @@ class Engine:
         self._admission = Admission(core, self._peers)
         self._runs = Runs(core, self._peers)
         self._rendezvous = Rendezvous(core, self._peers)
+        self._external = ExternalAddresses(core, self._peers)
         self.closed = False
 
     # -- outputs ------------------------------------------------------------
@@ -90,8 +93,9 @@ class Engine:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, if ever."""
-        soonest = min(self._core.next_timer(), self._runs.next_timer(), self._rendezvous.next_timer(),
-                      self._peers.next_timer())
+        core = self._core
+        soonest = min(core.next_timer(), self._runs.next_timer(), self._rendezvous.next_timer(),
+                      self._peers.next_timer(), self._external.next_timer(core.now))
         return None if soonest == NEVER else soonest
 
     # -- queries --------------------------------------------------------------
@@ -126,6 +130,19 @@ class Engine:
         """Unsent bytes queued for ``peer_id`` at ``priority``."""
         return self._peers.get(peer_id).outbox.queued_bytes(priority)
 
+    def nat_info(self, now: float) -> NatInfo:
+        """What peers told us of our external endpoints and NAT (see :mod:`crust.nat.observe`)."""
+        return self._external.nat_info(now)
+
+    def listeners(self, now: float) -> list[Endpoint]:
+        """Where we accept, local and external, TCP first: what we announce to peers."""
+        return self._external.announced(self._core.listeners, now)
+
+    def set_mapped(self, endpoints: Sequence[Endpoint], notes: Sequence[str], now: float) -> None:
+        """External endpoints a router maps to our listeners (UPnP), and its status lines for ``nat_info``."""
+        self._core.now = now
+        self._external.mapped, self._external.notes = tuple(endpoints), tuple(notes)
+
     def connection_count(self) -> int:
         """Live connections of every kind (handshaking, candidates, peers, retiring duplicates)."""
         return len(self._core.conns)
@@ -139,6 +156,24 @@ class Engine:
     def set_listeners(self, endpoints: Sequence[Endpoint]) -> None:
         """The endpoints we accept on, announced in our BootstrapRequests."""
         self._core.listeners = tuple(endpoints)
+
+    def set_sockets(self, *, tcp_port: int | None, udp_port: int | None, local_ips: Sequence[str],
+                    now: float) -> None:
+        """Our punch port (the TCP listener's), our rUDP socket's port and our interface addresses.
+
+        With a socket to observe, the engine starts asking peers where they see it.
+        """
+        core, external = self._core, self._external
+        core.now = now
+        if tuple(local_ips) != external.local_ips and external.local_ips:
+            external.observer.reset()  # a new network: old observations mean nothing
+        external.tcp_port, external.udp_port, external.local_ips = tcp_port, udp_port, tuple(local_ips)
+        external.refresh(now)
+
+    def refresh_external(self, now: float) -> None:
+        """Ask observers again where they need it (fresh connection info wants fresh mappings)."""
+        self._core.now = now
+        self._external.refresh(now)
 
     def start_bootstrap(self, contacts: Sequence[Contact], *, blacklist: Iterable[Endpoint | str] = (),
                         user: CrustUser = CrustUser.NODE, timeout: float | None = None, now: float) -> int:
@@ -234,14 +269,15 @@ class Engine:
         core.start_handshake(conn, expected=None)
         return conn.id
 
-    def handle_connected(self, conn_id: ConnId, now: float) -> None:
-        """A dial we asked for (``Dial``) connected."""
+    def handle_connected(self, conn_id: ConnId, now: float, local: Endpoint | None = None) -> None:
+        """A dial we asked for (``Dial``) connected (from ``local``, our end, when the shell knows it)."""
         core = self._core
         core.now = now
         conn = core.conns.get(conn_id)
         if conn is None:
             return
         conn.connected = True
+        conn.local = local
         conn.last_rx = now
         core.write_handshake(conn)
 
@@ -298,6 +334,11 @@ class Engine:
             reason = f"connect failed: {error or 'closed'}"
         core.fail_conn(conn, reason, close=False)
 
+    def receive_datagram(self, data: bytes, remote: Endpoint, now: float) -> None:
+        """A datagram on our rUDP socket that is not rUDP (peer STUN, hole-punch probes)."""
+        self._core.now = now
+        self._external.receive_datagram(data, remote, now)
+
     def reading_paused(self, conn_id: ConnId, paused: bool, now: float) -> None:
         """The shell stopped (or resumed) reading ``conn_id``: silence then is ours, not the peer's."""
         core = self._core
@@ -317,6 +358,7 @@ class Engine:
         self._runs.handle_timer(now)
         self._rendezvous.handle_timer(now)
         self._peers.expire_parked(now)
+        self._external.refresh(now)
 
     # -- routing --------------------------------------------------------------
 
@@ -344,9 +386,11 @@ class Engine:
             self._admission.on_probe_secured(conn)  # the Node answered at its listener as itself
         elif conn.connect_for is not None:
             self._rendezvous.on_secured(conn)
+        elif conn.echo:
+            self._external.on_echo_secured(conn)
         else:
             core.move(conn, Decision.SECURED_BOOTSTRAP)
-            core.send_control(conn, BootstrapRequest(conn.user, core.listeners[:MAX_LISTENERS],
+            core.send_control(conn, BootstrapRequest(conn.user, tuple(self.listeners(core.now)[:MAX_LISTENERS]),
                                                      shareable=core.config.peer_exchange))
 
     def _on_message(self, conn: Conn, message: Message, now: float) -> None:
@@ -379,7 +423,9 @@ class Engine:
             peers.establish(conn, Origin.CONNECT, now)  # the greater PeerId picked this candidate
         elif isinstance(message, EchoAddrReq):
             self._core.send_control(conn, EchoAddrResp(conn.remote))
-        # EchoAddrResp: external-address voting comes with NAT traversal
+        elif isinstance(message, EchoAddrResp) and conn.echo:
+            self._external.on_echo_response(conn, message, now)
+        # an EchoAddrResp on a peer link nobody asked for: ignored
 
     def _remote_error(self, conn: Conn, exc: RemoteProtocolError) -> None:
         core = self._core

@@ -26,7 +26,7 @@ class Conn:
     __slots__ = ("id", "role", "remote", "state", "handshake", "channel", "peer_id", "contact", "run", "user",
                  "deadline", "last_rx", "last_tx", "unsent", "bytes_in", "bytes_out", "paused", "scheduled",
                  "connected", "listeners", "probe_for", "probes", "request", "shareable", "connect_for",
-                 "connect_token", "session_id")
+                 "connect_token", "session_id", "echo", "local")
 
     def __init__(self, conn_id: ConnId, role: Role, remote: Endpoint, now: float) -> None:
         self.id = conn_id
@@ -56,6 +56,8 @@ class Conn:
         self.connect_for: PeerId | None = None  # a connect candidate we dialled: the peer it must reach
         self.connect_token: bytes | None = None  # a parked ConnectRequest's token (responder)
         self.session_id = b""  # the Noise handshake hash: both ends know it, no two connections share it
+        self.echo = False  # an observer connection: asks the peer which address it sees us at, then closes
+        self.local: Endpoint | None = None  # our end of the stream, as the shell reported it
 
 
 class Peer:

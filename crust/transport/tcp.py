@@ -316,7 +316,8 @@ class TcpStream:
             on_closed: as for ``TcpStream()``; also gets the connect failure
                 (e.g. ``ConnectionRefusedError``) or ``TimeoutError``.
             timeout: seconds to wait for the connection; None waits for the kernel.
-            local_address: ``(host, port)`` to bind before connecting.
+            local_address: ``(host, port)`` to bind before connecting (with
+                ``SO_REUSEADDR`` and ``SO_REUSEPORT``: dials may share one port).
 
         Returns:
             The stream, not yet connected.
@@ -338,6 +339,8 @@ class TcpStream:
             if local_address is not None:
                 if _POSIX:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if hasattr(socket, "SO_REUSEPORT"):  # Linux, BSDs: several dials share our punch port
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind(local_address)
             code = sock.connect_ex(sockaddr)
             if code not in _CONNECT_IN_PROGRESS:

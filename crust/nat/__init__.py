@@ -1,0 +1,1 @@
+"""NAT traversal, sans-IO: the decisions behind UPnP port mapping, external addresses and hole punching."""

@@ -21,6 +21,18 @@ EXTERNAL_IP = "203.0.113.5"
 OTHER_HOST = "10.1.0.99"
 
 
+def wait_on(cond: threading.Condition, predicate: Callable[[], bool], timeout: float) -> bool:
+    """Wait until ``predicate()`` holds (re-checked whenever ``cond`` is notified), at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            cond.wait(left)
+        return True
+
+
 @dataclass
 class Entry:
     host: str
@@ -42,9 +54,11 @@ class FakeIgd:
         self.table: dict[tuple[str, int], Entry] = {}
         self.calls: list[tuple[object, ...]] = []
         self.failed: list[tuple[object, ...]] = []  # the calls answered with an injected failure
+        self.threads: set[str] = set()  # names of the threads that called us
         self.failures: dict[str, list[IgdError]] = {"discover": [], "external_ip": [], "add": [], "delete": []}
         self.conflict_all = False  # every AddMapping conflicts (a crowded router)
         self.gate: dict[str, threading.Event] = {}  # method -> event it waits for before answering
+        self.blocked: list[str] = []  # methods that reached their gate
         self.cond = threading.Condition()
 
     # -- test controls ------------------------------------------------------------
@@ -73,22 +87,19 @@ class FakeIgd:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait (bounded) until ``predicate()`` holds; it is re-checked after every call."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-            return True
+        return wait_on(self.cond, predicate, timeout)
 
     # -- the Igd interface -----------------------------------------------------------
 
     def _enter(self, method: str, *args: object) -> None:
         gate = self.gate.get(method)
         if gate is not None:
-            gate.wait(10.0)
+            with self.cond:
+                self.blocked.append(method)
+                self.cond.notify_all()
+            gate.wait(10.0)  # bounded: a test that forgets to open the gate still ends
         with self.cond:
+            self.threads.add(threading.current_thread().name)
             self.calls.append((method, *args))
             self.cond.notify_all()
             if self.failures[method]:
@@ -153,4 +164,4 @@ def reports(mapper: UpnpMapper) -> list[str]:
     return out
 
 
-__all__ = ["FakeIgd", "Entry", "drive", "reports", "IgdRefused", "LAN_IP", "EXTERNAL_IP", "OTHER_HOST"]
+__all__ = ["FakeIgd", "Entry", "drive", "reports", "wait_on", "IgdRefused", "LAN_IP", "EXTERNAL_IP", "OTHER_HOST"]

@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "handshake": DECL | {"wire", "crypto", "channel", "outbox"},  # row 4
     "bootstrap": DECL,  # row 5
     "discovery": DECL | {"wire"},  # row 5: LAN beacons (wire.buffer's endpoint codec)
-    "nat": DECL | {"wire", "crypto"},  # row 5: probe codec (wire.buffer), probe MACs (crypto.mac)
+    "nat": DECL | {"wire", "crypto"},  # row 5: probe codec (wire.buffer), probe MACs (crypto.mac), UPnP leases
     "files": {"errors"},  # atomic private-file writes for identity and cache files
     "identity": {"crypto", "errors", "ids", "files"},  # a KeyPair that can be saved and loaded
     "connection_info": DECL | {"wire"},  # row 5: the info swapped out of band for connect()
@@ -48,8 +48,9 @@ ALLOWED: dict[str, set[str]] = {
 # service's admission control for user threads (it blocks on a Condition), used
 # only by service.py, so it sits with service rather than in the shell; links
 # turns the engine's stream effects into socket calls for service.py, and
-# contact_book keeps the bootstrap cache file (file I/O on the worker pool).
-TOP = {"service", "sendgate", "lan", "links", "contact_book", "__init__", "__main__", "_version"}
+# contact_book keeps the bootstrap cache file (file I/O on the worker pool);
+# upnp_client runs nat.upnp's decisions through miniupnpc on the worker pool.
+TOP = {"service", "sendgate", "lan", "links", "contact_book", "upnp_client", "__init__", "__main__", "_version"}
 SHELL = {"transport", "dispatch"}
 SANS_IO = set(ALLOWED) - SHELL
 

@@ -1,1 +1,1 @@
-"""Sans-IO NAT traversal: probe datagrams, external-address voting and UDP hole punching."""
+"""Sans-IO NAT traversal: probe datagrams, external-address voting, UDP hole punching and UPnP leases."""

@@ -42,6 +42,8 @@ from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, 
 from .discovery.beacon import Reply
 from .identity import Identity
 from .nat.observe import NatInfo
+from .nat.upnp import UpnpMapper
+from .upnp_client import MiniupnpcIgd, PortMapper
 from .contact_book import ContactBook
 from .lan import LanDiscovery
 from .links import Links, local_addresses
@@ -140,6 +142,7 @@ class Service:
         self._backlogs: dict[PeerId, _Backlog] = {}  # written on the reactor; read by the dispatcher
         self._book = ContactBook(config.bootstrap_cache_path, lambda fn: self._worker().submit(fn))
         self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
+        self._upnp: PortMapper | None = None  # reactor-owned; maps our listeners while we listen (enable_upnp)
         self._closed = False
         self._close_lock = threading.Lock()
         self._config_file = config_file
@@ -207,8 +210,18 @@ class Service:
         self._pump()
         if self._timer is not None:
             self._timer.cancel()
-        # The engine's Close effects have just started every stream's flush: wait for those too.
-        self._links.shutdown(flushed.set)
+        # The engine's Close effects have just started every stream's flush: wait for those too,
+        # and for the router to forget our port mappings.
+        pending = [2 if self._upnp is not None else 1]
+
+        def one_done() -> None:
+            pending[0] -= 1
+            if pending[0] == 0:
+                flushed.set()
+
+        if self._upnp is not None:
+            self._upnp.stop(one_done)
+        self._links.shutdown(one_done)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -277,6 +290,8 @@ class Service:
         endpoints = self._links.listen()
         self._engine.set_listeners(endpoints)
         self._observe_sockets()
+        if self._config.enable_upnp:
+            self._map_ports(endpoints)
         if self._lan is not None:
             self._lan.set_listeners(endpoints)
         log.info("listening on %s", ", ".join(map(str, endpoints)))
@@ -289,6 +304,19 @@ class Service:
                                  local_ips=local_addresses(self._config.listen_host), now=self._reactor.time())
         self._pump()
 
+    def _map_ports(self, listeners: list[Endpoint]) -> None:
+        """Ask the router (UPnP IGD) to forward our listener ports, on the worker pool (PROTOCOL.md §8)."""
+        if self._upnp is None:
+            reactor = self._reactor
+            self._upnp = PortMapper(UpnpMapper(self.id), MiniupnpcIgd(), submit=lambda fn: self._worker().submit(fn),
+                                    call_soon_threadsafe=reactor.call_soon_threadsafe, call_at=reactor.call_at,
+                                    clock=reactor.time, on_change=self._on_mapped)
+        self._upnp.start(listeners)
+
+    def _on_mapped(self, endpoints: tuple[Endpoint, ...]) -> None:
+        self._engine.set_mapped(endpoints, self._reactor.time())
+        self._pump()
+
     def nat_info(self) -> NatInfo:
         """What peers have told us about our NAT: external TCP and UDP endpoints, mapping behaviour, since when.
 
@@ -296,13 +324,18 @@ class Service:
         and again whenever a new peer connects while fewer than three observer
         IPs have answered; answers count for 10 minutes.
         """
-        return self._call(lambda: self._engine.nat_info(self._reactor.time()))
+        def info() -> NatInfo:
+            known = self._engine.nat_info(self._reactor.time())
+            return known if self._upnp is None else dataclasses.replace(known, notes=self._upnp.status)
+        return self._call(info)
 
     def stop_listening(self) -> None:
         """Stop accepting new connections; existing ones stay."""
         def stop() -> None:
             self._links.stop_listening()
             self._engine.set_listeners(())
+            if self._upnp is not None:
+                self._upnp.stop()  # delete every mapping we made: nothing listens there any more
         self._call(stop)
 
     def set_accept_bootstrap(self, accept: bool) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 from crust.transport.reactor import Reactor
+from crust.upnp_client import MiniupnpcIgd
 from tests.livenet import Net
 
 DEFAULT_TEST_TIMEOUT = 60  # seconds; a test that needs more says so with its own mark
@@ -86,6 +87,13 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     monkeypatch.setattr(socket.socket, "sendto", sendto)
+
+    def no_ssdp(self: object) -> str:
+        # miniupnpc multicasts from C, past the socket guard: SSDP only ever runs in lab namespaces
+        # (subprocesses), so an in-process discovery is a test that would reach the real LAN.
+        raise NonLoopbackTraffic("UPnP discovery (SSDP multicast) outside a lab namespace")
+
+    monkeypatch.setattr(MiniupnpcIgd, "discover", no_ssdp)
 
 
 # -- no leaked threads ---------------------------------------------------------

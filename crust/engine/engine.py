@@ -138,10 +138,10 @@ class Engine:
         """Where we accept, local and external, TCP first: what we announce to peers."""
         return self._external.announced(self._core.listeners, now)
 
-    def set_mapped(self, endpoints: Sequence[Endpoint], notes: Sequence[str], now: float) -> None:
-        """External endpoints a router maps to our listeners (UPnP), and its status lines for ``nat_info``."""
+    def set_mapped(self, endpoints: Sequence[Endpoint], now: float) -> None:
+        """External endpoints a router maps to our listeners (UPnP)."""
         self._core.now = now
-        self._external.mapped, self._external.notes = tuple(endpoints), tuple(notes)
+        self._external.mapped = tuple(endpoints)
 
     def connection_count(self) -> int:
         """Live connections of every kind (handshaking, candidates, peers, retiring duplicates)."""

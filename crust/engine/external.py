@@ -55,13 +55,12 @@ class ExternalAddresses:
         self.udp_port: int | None = None  # our rUDP socket's port, once bound
         self.local_ips: tuple[str, ...] = ()  # our interface addresses (to tell "no NAT" on UDP)
         self._echoes: dict[bytes, tuple[PeerId, Endpoint]] = {}  # nonce -> (observer, where we asked)
-        self.notes: tuple[str, ...] = ()  # status lines of other NAT helpers (UPnP)
         self.mapped: tuple[Endpoint, ...] = ()  # external endpoints a router maps to our listeners (UPnP)
         peers.established.append(lambda conn, peer_id: self.refresh(core.now))
 
     def nat_info(self, now: float) -> NatInfo:
         """What we know now."""
-        return self.observer.nat_info(now, self.notes)
+        return self.observer.nat_info(now)
 
     def external_endpoints(self, now: float) -> list[Endpoint]:
         """Our observed external endpoints, TCP first, that differ from the local ones."""

@@ -2,26 +2,51 @@
 
 A :class:`PrivConnectionInfo` is what ``Service.prepare_connection_info()``
 returns and what we keep; :meth:`PrivConnectionInfo.to_pub` gives the
-:class:`PubConnectionInfo` the other side needs.  The public half travels as
-bytes (:meth:`PubConnectionInfo.to_bytes`, compact and versioned)::
+:class:`PubConnectionInfo` the other side needs.  Both carry our PeerId, a
+fresh 16-byte connect token and our *candidates* in three groups:
 
-    b"\\xc3CI" ‖ u8 version (1) ‖ peer_id[32] ‖ token[16] ‖ u8 count ‖ endpoint × count
+* ``listeners``: TCP and UDP listener endpoints, dialled directly;
+* ``tcp_punch``: our TCP punch socket (its observed external mapping, then
+  its local address); the other side must dial these *from its own punch
+  port* at about the same time (TCP simultaneous open), not as a plain dial;
+* ``udp_punch``: our rUDP socket (its observed external mapping, then its
+  local address), probed with :class:`crust.nat.punch.UdpPunch` before rUDP.
+
+:attr:`~PubConnectionInfo.candidates` lists them with their
+:class:`CandidateKind` in the order TCP listener, TCP punch, UDP listener,
+UDP punch: TCP is preferred where both work (PROTOCOL.md §7), and a direct
+dial needs neither timing nor cooperation, so it comes before a punch.
+Within a group the caller's order stands, external mappings first: only the
+caller knows which address is external (an address range cannot tell: the
+test lab's "internet" is a documentation range, as private as any LAN).
+:attr:`~PubConnectionInfo.endpoints` is every endpoint in that order, once.
+
+The public half travels as bytes (:meth:`PubConnectionInfo.to_bytes`, compact
+and versioned; each group holds at most ``MAX_ENDPOINTS`` together)::
+
+    v2: b"\\xc3CI" ‖ u8 version (2) ‖ peer_id[32] ‖ token[16]
+        ‖ u8 n ‖ listener × n ‖ u8 n ‖ TCP punch endpoint × n ‖ u8 n ‖ UDP punch endpoint × n
+    v1: b"\\xc3CI" ‖ u8 version (1) ‖ peer_id[32] ‖ token[16] ‖ u8 n ‖ endpoint × n   (listeners only)
 
 (each endpoint as :meth:`crust.wire.buffer.Buffer.push_endpoint` writes it:
 ``u8 transport ‖ u8 ip version ‖ address[4|16] ‖ u16 port``), or as JSON
 (:meth:`PubConnectionInfo.to_json`)::
 
-    {"version": 1, "peer_id": "<64 hex>", "token": "<32 hex>", "endpoints": ["1.2.3.4:5483", ...]}
+    v2: {"version": 2, "peer_id": "<64 hex>", "token": "<32 hex>", "listeners": ["1.2.3.4:5483", ...],
+         "tcp_punch": ["1.2.3.4:40000", ...], "udp_punch": ["udp://1.2.3.4:40001", ...]}
+    v1: {"version": 1, "peer_id": "<64 hex>", "token": "<32 hex>", "endpoints": ["1.2.3.4:5483", ...]}
 
-Neither form is signed: whoever can alter the info in transit can only make
-the connect fail, because the secure handshake proves ``peer_id``.
+We write version 2 and read both.  Neither form is signed: whoever can alter
+the info in transit can only make the connect fail, because the secure
+handshake proves ``peer_id``.
 """
 
 from __future__ import annotations
 
+import enum
 import json
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable, TypeVar
 
 from .errors import BufferReadError
 from .ids import Endpoint, PeerId, is_ip_literal
@@ -30,43 +55,67 @@ from .wire.buffer import Buffer
 __all__ = [
     "PubConnectionInfo",
     "PrivConnectionInfo",
+    "Candidate",
+    "CandidateKind",
     "CONNECTION_INFO_VERSION",
     "MAX_ENDPOINTS",
     "TOKEN_SIZE",
 ]
 
-CONNECTION_INFO_VERSION = 1
+CONNECTION_INFO_VERSION = 2
 MAX_ENDPOINTS = 32
 TOKEN_SIZE = 16  # bytes
 MAGIC = b"\xc3CI"
 _PEER_ID_SIZE = 32
-_HEADER_SIZE = len(MAGIC) + 1 + _PEER_ID_SIZE + TOKEN_SIZE + 1
+_HEADER_SIZE = len(MAGIC) + 1 + _PEER_ID_SIZE + TOKEN_SIZE + 1  # through the first count
 _ADDRESS_SIZE = {4: 4, 6: 16}
-_JSON_FIELDS = ("version", "peer_id", "token", "endpoints")
+# (field, JSON key, what one is called in messages, required transport) of each group, per version.
+_Group = tuple[str, str, str, str | None]
+_GROUPS: dict[int, tuple[_Group, ...]] = {
+    1: (("listeners", "endpoints", "endpoint", None),),
+    2: (("listeners", "listeners", "listener", None),
+        ("tcp_punch", "tcp_punch", "TCP punch endpoint", "tcp"),
+        ("udp_punch", "udp_punch", "UDP punch endpoint", "udp")),
+}
 
 
-def _check_fields(kind: str, peer_id: object, endpoints: object, token: object) -> tuple[tuple[Endpoint, ...], bytes]:
-    """Validate the three fields; return the normalised ``(endpoints, token)``."""
-    if not isinstance(peer_id, PeerId):
-        raise TypeError(f"{kind} peer_id must be a PeerId, not {type(peer_id).__name__}")
-    if not isinstance(token, (bytes, bytearray, memoryview)):
-        raise TypeError(f"{kind} token must be bytes, not {type(token).__name__}")
-    token = bytes(token)
-    if len(token) != TOKEN_SIZE:
-        raise ValueError(f"{kind} token must be {TOKEN_SIZE} bytes, got {len(token)}")
+class CandidateKind(enum.Enum):
+    """How the other side uses one endpoint of our connection info."""
+
+    TCP_LISTENER = "tcp-listener"
+    """Dial it."""
+    TCP_PUNCH = "tcp-punch"
+    """Dial it from your own TCP punch port while we dial yours (simultaneous open)."""
+    UDP_LISTENER = "udp-listener"
+    """Open an rUDP connection to it."""
+    UDP_PUNCH = "udp-punch"
+    """Punch a hole to it (:class:`crust.nat.punch.UdpPunch`), then open rUDP through it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One endpoint of a connection info, with what to do with it."""
+
+    kind: CandidateKind
+    endpoint: Endpoint
+
+
+def _check_group(kind: str, name: str, endpoints: object, transport: str | None) -> tuple[Endpoint, ...]:
+    """Validate one group; return it as a tuple without duplicates, in order."""
     if isinstance(endpoints, (str, bytes)) or not isinstance(endpoints, Iterable):
-        raise TypeError(f"{kind} endpoints must be a tuple of Endpoints, not {type(endpoints).__name__}")
-    eps = tuple(endpoints)
-    if len(eps) > MAX_ENDPOINTS:
-        raise ValueError(f"{kind} has {len(eps)} endpoints; at most {MAX_ENDPOINTS} are allowed")
-    for ep in eps:
+        raise TypeError(f"{kind} {name}: endpoints must be a tuple of Endpoints, not {type(endpoints).__name__}")
+    out: dict[Endpoint, None] = {}
+    for ep in endpoints:
         if not isinstance(ep, Endpoint):
-            raise TypeError(f"{kind} endpoints must be Endpoints, not {type(ep).__name__}")
+            raise TypeError(f"{kind} {name}: endpoints must be Endpoints, not {type(ep).__name__}")
         if not is_ip_literal(ep.host):
             raise ValueError(f"{kind} endpoint {ep} is a hostname; only IP addresses can be swapped")
         if ep.port == 0:
             raise ValueError(f"{kind} endpoint {ep} has port 0, which cannot be dialled")
-    return eps, token
+        if transport is not None and ep.transport != transport:
+            raise ValueError(f"{kind} {name} endpoint {ep} must be a {transport.upper()} endpoint")
+        out[ep] = None
+    return tuple(out)
 
 
 def _check_version(version: int) -> None:
@@ -77,48 +126,131 @@ def _check_version(version: int) -> None:
         raise ValueError(f"connection info version {version} is not a valid version")
 
 
+def _brief(value: object) -> str:
+    """A short description of a JSON value for error messages."""
+    if value is None:
+        return "null"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
+
+
+_Info = TypeVar("_Info", bound="_ConnectionInfo")
+
+
 @dataclass(frozen=True, slots=True)
-class PubConnectionInfo:
+class _ConnectionInfo:
+    """The fields and checks both halves share (see the subclasses)."""
+
+    peer_id: PeerId
+    listeners: tuple[Endpoint, ...]
+    token: bytes
+    tcp_punch: tuple[Endpoint, ...] = field(default=(), kw_only=True)
+    udp_punch: tuple[Endpoint, ...] = field(default=(), kw_only=True)
+
+    def __post_init__(self) -> None:
+        kind = type(self).__name__
+        if not isinstance(self.peer_id, PeerId):
+            raise TypeError(f"{kind} peer_id must be a PeerId, not {type(self.peer_id).__name__}")
+        if not isinstance(self.token, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{kind} token must be bytes, not {type(self.token).__name__}")
+        token = bytes(self.token)
+        if len(token) != TOKEN_SIZE:
+            raise ValueError(f"{kind} token must be {TOKEN_SIZE} bytes, got {len(token)}")
+        object.__setattr__(self, "token", token)
+        total = 0
+        for name, _, _, transport in _GROUPS[CONNECTION_INFO_VERSION]:
+            group = _check_group(kind, name, getattr(self, name), transport)
+            object.__setattr__(self, name, group)
+            total += len(group)
+        if total > MAX_ENDPOINTS:
+            raise ValueError(f"{kind} has {total} endpoints; at most {MAX_ENDPOINTS} are allowed")
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        """Every endpoint with its kind: TCP listeners, TCP punch, UDP listeners, UDP punch."""
+        groups = (
+            (CandidateKind.TCP_LISTENER, [ep for ep in self.listeners if ep.transport == "tcp"]),
+            (CandidateKind.TCP_PUNCH, self.tcp_punch),
+            (CandidateKind.UDP_LISTENER, [ep for ep in self.listeners if ep.transport == "udp"]),
+            (CandidateKind.UDP_PUNCH, self.udp_punch),
+        )
+        return tuple(Candidate(kind, ep) for kind, eps in groups for ep in eps)
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """Every endpoint once, in :attr:`candidates` order (a punch endpoint may also be a listener)."""
+        return tuple(dict.fromkeys(c.endpoint for c in self.candidates))
+
+    @classmethod
+    def gather(cls: type[_Info], peer_id: PeerId, token: bytes, *, listeners: Iterable[Endpoint] = (),
+               tcp_punch: Iterable[Endpoint] = (), udp_punch: Iterable[Endpoint] = ()) -> _Info:
+        """Build an info from everything we found, dropping duplicates and capping at ``MAX_ENDPOINTS``.
+
+        Each group is given best first (external mappings before local
+        addresses).  When there are too many, the four kinds of
+        :attr:`candidates` take turns keeping their best endpoint, so no
+        kind is crowded out by a host with many interface addresses.
+
+        Raises:
+            TypeError, ValueError: as the constructor does for bad values.
+        """
+        kind = cls.__name__
+        lists = _check_group(kind, "listeners", listeners, None)
+        groups = [
+            [ep for ep in lists if ep.transport == "tcp"],
+            list(_check_group(kind, "tcp_punch", tcp_punch, "tcp")),
+            [ep for ep in lists if ep.transport == "udp"],
+            list(_check_group(kind, "udp_punch", udp_punch, "udp")),
+        ]
+        kept: list[list[Endpoint]] = [[], [], [], []]
+        room = MAX_ENDPOINTS
+        for rank in range(max(map(len, groups))):
+            for group, keep in zip(groups, kept):
+                if rank < len(group) and room > 0:
+                    keep.append(group[rank])
+                    room -= 1
+        return cls(peer_id, (*kept[0], *kept[2]), token, tcp_punch=tuple(kept[1]), udp_punch=tuple(kept[3]))
+
+
+@dataclass(frozen=True, slots=True)
+class PubConnectionInfo(_ConnectionInfo):
     """The half of our connection info that the other side needs for ``connect()``.
 
-    ``peer_id`` is who must answer at ``endpoints`` (up to 32 IP-literal
-    endpoints, tried concurrently); ``token`` is the 16-byte connect token the
-    dialling side presents in its ``ConnectRequest``.
+    ``peer_id`` is who must answer at the endpoints; ``token`` is the 16-byte
+    connect token the dialling side presents in its ``ConnectRequest`` (and
+    half of the UDP punch key).  ``listeners``, ``tcp_punch`` and
+    ``udp_punch`` hold up to ``MAX_ENDPOINTS`` IP-literal endpoints together
+    (duplicates within a group are dropped); :attr:`candidates` says how to
+    use each, :attr:`endpoints` lists them all.
 
     The info is **not signed**: the secure handshake proves ``peer_id``, so
     tampered info can make a connect fail but never reach the wrong peer.
 
     Raises (on construction):
         TypeError: a field has the wrong type.
-        ValueError: wrong token size, too many endpoints, a hostname or port 0.
+        ValueError: wrong token size, too many endpoints, a hostname, port 0,
+            or a punch endpoint of the wrong transport.
     """
-
-    peer_id: PeerId
-    endpoints: tuple[Endpoint, ...]
-    token: bytes
-
-    def __post_init__(self) -> None:
-        endpoints, token = _check_fields(type(self).__name__, self.peer_id, self.endpoints, self.token)
-        object.__setattr__(self, "endpoints", endpoints)
-        object.__setattr__(self, "token", token)
 
     # -- bytes --------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """The compact, versioned binary form (see the module docstring)."""
+        """The compact, versioned binary form (version 2; see the module docstring)."""
         buf = Buffer()
         buf.push_bytes(MAGIC)
         buf.push_uint8(CONNECTION_INFO_VERSION)
         buf.push_bytes(self.peer_id.raw)
         buf.push_bytes(self.token)
-        buf.push_uint8(len(self.endpoints))
-        for ep in self.endpoints:
-            buf.push_endpoint(ep)
+        for name, _, _, _ in _GROUPS[CONNECTION_INFO_VERSION]:
+            group: tuple[Endpoint, ...] = getattr(self, name)
+            buf.push_uint8(len(group))
+            for ep in group:
+                buf.push_endpoint(ep)
         return buf.data()
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> PubConnectionInfo:
-        """Parse :meth:`to_bytes` output.
+        """Parse :meth:`to_bytes` output, of this version or version 1.
 
         Raises:
             TypeError: ``data`` is not bytes-like.
@@ -138,49 +270,35 @@ class PubConnectionInfo:
         if len(data) < _HEADER_SIZE:
             raise ValueError(f"truncated connection info: {len(data)} bytes, the header alone needs {_HEADER_SIZE}")
         buf = Buffer(data)
-        try:
-            buf.pull_bytes(len(MAGIC) + 1)
-            peer_id = PeerId(buf.pull_bytes(_PEER_ID_SIZE))
-            token = buf.pull_bytes(TOKEN_SIZE)
-            count = buf.pull_uint8()
-            if count > MAX_ENDPOINTS:
-                raise ValueError(f"connection info lists {count} endpoints; at most {MAX_ENDPOINTS} are allowed")
-            endpoints = []
-            for i in range(count):
-                where = f"endpoint {i + 1} of {count}"
-                if buf.remaining < 2:
-                    raise ValueError(f"truncated connection info: {where} is cut off")
-                offset = len(data) - buf.remaining
-                size = _ADDRESS_SIZE.get(data[offset + 1])
-                if size is not None and buf.remaining < 2 + size + 2:
-                    raise ValueError(f"truncated connection info: {where} is cut off")
-                try:
-                    ep = buf.pull_endpoint()
-                except BufferReadError as exc:
-                    raise ValueError(f"connection info {where} is malformed: {exc}") from None
-                if ep.port == 0:
-                    raise ValueError(f"connection info {where} has port 0")
-                endpoints.append(ep)
-        except BufferReadError as exc:  # not reachable after the size checks above; kept as a net
-            raise ValueError(f"truncated connection info: {exc}") from None
+        version = buf.pull_bytes(len(MAGIC) + 1)[-1]
+        peer_id = PeerId(buf.pull_bytes(_PEER_ID_SIZE))
+        token = buf.pull_bytes(TOKEN_SIZE)
+        groups: dict[str, list[Endpoint]] = {}
+        total = 0
+        for name, _, label, _ in _GROUPS[version]:
+            groups[name] = _pull_group(buf, data, label, total)
+            total += len(groups[name])
         if not buf.eof():
-            raise ValueError(f"connection info has {buf.remaining} trailing bytes after its {count} endpoints")
-        return cls(peer_id, tuple(endpoints), token)
+            raise ValueError(f"connection info has {buf.remaining} trailing bytes after its {total} endpoints")
+        return cls(peer_id, tuple(groups["listeners"]), token, tcp_punch=tuple(groups.get("tcp_punch", ())),
+                   udp_punch=tuple(groups.get("udp_punch", ())))
 
     # -- JSON ---------------------------------------------------------------
 
     def to_json(self) -> str:
-        """A JSON object: ``version``, ``peer_id`` (``str(peer_id)``), ``token`` (hex), ``endpoints`` (strings)."""
-        return json.dumps({
+        """A JSON object: ``version``, ``peer_id`` (``str(peer_id)``), ``token`` (hex) and the three groups."""
+        obj: dict[str, Any] = {
             "version": CONNECTION_INFO_VERSION,
             "peer_id": str(self.peer_id),
             "token": self.token.hex(),
-            "endpoints": [str(ep) for ep in self.endpoints],
-        })
+        }
+        for name, key, _, _ in _GROUPS[CONNECTION_INFO_VERSION]:
+            obj[key] = [str(ep) for ep in getattr(self, name)]
+        return json.dumps(obj)
 
     @classmethod
     def from_json(cls, text: str | bytes | bytearray) -> PubConnectionInfo:
-        """Parse :meth:`to_json` output.
+        """Parse :meth:`to_json` output, of this version or version 1.
 
         Raises:
             TypeError: ``text`` is not str or bytes.
@@ -200,13 +318,14 @@ class PubConnectionInfo:
         if isinstance(version, bool) or not isinstance(version, int):
             raise ValueError(f"connection info 'version' must be an integer, got {_brief(version)}")
         _check_version(version)
-        missing = [name for name in _JSON_FIELDS if name not in obj]
+        fields = ("version", "peer_id", "token", *(key for _, key, _, _ in _GROUPS[version]))
+        missing = [name for name in fields if name not in obj]
         if missing:
             raise ValueError(f"connection info JSON lacks field(s) {', '.join(map(repr, missing))}")
-        unknown = sorted(str(name) for name in obj if name not in _JSON_FIELDS)
+        unknown = sorted(str(name) for name in obj if name not in fields)
         if unknown:
             raise ValueError(f"connection info JSON has unknown field(s) {', '.join(map(repr, unknown))}")
-        peer_text, token_text, endpoint_texts = obj["peer_id"], obj["token"], obj["endpoints"]
+        peer_text, token_text = obj["peer_id"], obj["token"]
         if not isinstance(peer_text, str):
             raise ValueError(f"connection info 'peer_id' must be a hex string, got {_brief(peer_text)}")
         try:
@@ -221,54 +340,77 @@ class PubConnectionInfo:
             raise ValueError(f"connection info 'token' is not hex: {token_text[:80]!r}") from None
         if len(token) != TOKEN_SIZE:
             raise ValueError(f"connection info 'token' must be {TOKEN_SIZE} bytes, got {len(token)}")
-        if not isinstance(endpoint_texts, list):
-            raise ValueError(f"connection info 'endpoints' must be a list, got {_brief(endpoint_texts)}")
-        if len(endpoint_texts) > MAX_ENDPOINTS:
-            raise ValueError(
-                f"connection info lists {len(endpoint_texts)} endpoints; at most {MAX_ENDPOINTS} are allowed")
-        endpoints = []
-        for i, ep_text in enumerate(endpoint_texts):
-            if not isinstance(ep_text, str):
-                raise ValueError(f"connection info endpoint {i + 1} must be a string, got {_brief(ep_text)}")
-            try:
-                endpoints.append(Endpoint.parse(ep_text))
-            except ValueError as exc:
-                raise ValueError(f"connection info endpoint {i + 1} is bad: {exc}") from None
-        return cls(peer_id, tuple(endpoints), token)  # its checks raise ValueError (hostname, port 0)
-
-
-def _brief(value: object) -> str:
-    """A short description of a JSON value for error messages."""
-    if value is None:
-        return "null"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
+        groups: dict[str, tuple[Endpoint, ...]] = {}
+        total = 0
+        for name, key, label, _ in _GROUPS[version]:
+            groups[name] = _group_from_json(obj[key], key, label, total)
+            total += len(groups[name])
+        # The constructor's checks raise ValueError (hostname, port 0, a punch endpoint's transport).
+        return cls(peer_id, groups["listeners"], token, tcp_punch=groups.get("tcp_punch", ()),
+                   udp_punch=groups.get("udp_punch", ()))
 
 
 @dataclass(frozen=True, slots=True)
-class PrivConnectionInfo:
+class PrivConnectionInfo(_ConnectionInfo):
     """Our connection info, as ``Service.prepare_connection_info()`` returns it.
 
     Pass it as ``ours`` to ``connect(ours, theirs)``, and send
     :meth:`to_pub` to the other side out of band.  It is "private" because it
     is what *we* keep: today it holds nothing beyond the public half (its
-    ``token`` is shared anyway), but NAT traversal will add local state
+    ``token`` is shared anyway), but NAT traversal may add local state
     (sockets, mappings) that must never leave this process.
 
     Like the public half it is **not signed**: the secure handshake proves identity.
 
     Raises (on construction):
         TypeError: a field has the wrong type.
-        ValueError: wrong token size, too many endpoints, a hostname or port 0.
+        ValueError: wrong token size, too many endpoints, a hostname, port 0,
+            or a punch endpoint of the wrong transport.
     """
-
-    peer_id: PeerId
-    endpoints: tuple[Endpoint, ...]
-    token: bytes
-
-    def __post_init__(self) -> None:
-        PubConnectionInfo.__post_init__(self)  # type: ignore[arg-type]  # the same fields and checks
 
     def to_pub(self) -> PubConnectionInfo:
         """The half to hand to the other side."""
-        return PubConnectionInfo(self.peer_id, self.endpoints, self.token)
+        return PubConnectionInfo(self.peer_id, self.listeners, self.token,
+                                 tcp_punch=self.tcp_punch, udp_punch=self.udp_punch)
+
+
+def _pull_group(buf: Buffer, data: bytes, label: str, total: int) -> list[Endpoint]:
+    """One ``u8 count ‖ endpoint × count`` group; ``total`` endpoints came before it."""
+    if buf.eof():
+        raise ValueError(f"truncated connection info: the {label} count is cut off")
+    count = buf.pull_uint8()
+    if total + count > MAX_ENDPOINTS:
+        raise ValueError(f"connection info lists {total + count} endpoints; at most {MAX_ENDPOINTS} are allowed")
+    endpoints = []
+    for i in range(count):
+        where = f"{label} {i + 1} of {count}"
+        offset = len(data) - buf.remaining
+        size = _ADDRESS_SIZE.get(data[offset + 1]) if buf.remaining >= 2 else None
+        if buf.remaining < 2 or size is not None and buf.remaining < 2 + size + 2:
+            raise ValueError(f"truncated connection info: {where} is cut off")
+        try:
+            ep = buf.pull_endpoint()
+        except BufferReadError as exc:
+            raise ValueError(f"connection info {where} is malformed: {exc}") from None
+        if ep.port == 0:
+            raise ValueError(f"connection info {where} has port 0")
+        endpoints.append(ep)
+    return endpoints
+
+
+def _group_from_json(texts: object, key: str, label: str, total: int) -> tuple[Endpoint, ...]:
+    """One JSON list of endpoint strings; ``total`` endpoints came before it."""
+    if not isinstance(texts, list):
+        raise ValueError(f"connection info '{key}' must be a list, got {_brief(texts)}")
+    if total + len(texts) > MAX_ENDPOINTS:
+        raise ValueError(
+            f"connection info lists {total + len(texts)} endpoints; at most {MAX_ENDPOINTS} are allowed")
+    endpoints: list[Endpoint] = []
+    for i, ep_text in enumerate(texts):
+        if not isinstance(ep_text, str):
+            raise ValueError(f"connection info {label} {i + 1} must be a string, got {_brief(ep_text)}")
+        try:
+            endpoints.append(Endpoint.parse(ep_text))
+        except ValueError as exc:
+            raise ValueError(f"connection info {label} {i + 1} is bad: {exc}") from None
+    return tuple(endpoints)

@@ -14,12 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crust.channel import SecureChannel
+from crust.crypto.mac import punch_key
 from crust.crypto.aead import Opener, Sealer
 from crust.crypto.keys import KeyPair
 from crust.errors import RemoteProtocolError
 from crust.handshake.secure import PREAMBLE, SecureHandshake
 from crust.handshake.states import SecureInput
-from crust.ids import CrustUser, Endpoint, name_hash
+from crust.ids import CrustUser, Endpoint, PeerId, name_hash
+from crust.nat.probe import MAGIC as NAT_MAGIC
+from crust.nat.probe import PunchProbe
+from crust.nat.probe import decode as decode_nat
+from crust.nat.probe import encode as encode_nat
+from crust.nat.punch import Punched, UdpPunch
 from crust.outbox import Outbox
 from crust.wire.buffer import Buffer
 from crust.wire.framing import FrameDecoder, HandshakeDecoder, encode_frame, encode_handshake_message
@@ -183,6 +189,53 @@ def test_decode_record_fuzz(kind: int, body: bytes) -> None:
     out = Buffer()
     out.push_endpoint(endpoint)
     assert body.startswith(out.data())
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=80), st.binary(max_size=60).map(lambda b: NAT_MAGIC + b"\x01" + b)))
+def test_nat_datagram_fuzz(data: bytes) -> None:
+    # The rUDP socket's other traffic: peer-STUN echoes and punch probes.
+    try:
+        message = decode_nat(data)
+    except RemoteProtocolError:
+        return
+    assert encode_nat(message) == data
+
+
+PUNCH_KEY = punch_key(bytes(16), bytes(range(16)))
+PUNCH_SOURCES = [Endpoint("198.51.100.2", 4000, "udp"), Endpoint("203.0.113.9", 9, "udp"),
+                 Endpoint("::ffff:198.51.100.2", 4000, "udp"), Endpoint("10.0.0.1", 1, "udp")]
+
+
+@FUZZ
+@given(controlling=st.booleans(), steps=st.lists(st.tuples(
+    st.one_of(st.binary(max_size=60), st.tuples(st.integers(1, 40), st.integers(0, 40), st.booleans())),
+    st.integers(0, len(PUNCH_SOURCES) - 1), st.floats(0, 1.0)), max_size=60))
+def test_udp_punch_fuzz(controlling: bool, steps: list[tuple[Any, int, float]]) -> None:
+    # Garbage or authentic probes with any counters, acks and flags, from any
+    # address: the machine never raises, stays within its budget, and reports a
+    # punch only to an address that acked a counter we sent to that very address.
+    ours, theirs = PeerId(b"\x02" * 32), PeerId(b"\x01" * 32)
+    punch = UdpPunch(PUNCH_KEY, *((ours, theirs) if controlling else (theirs, ours)), PUNCH_SOURCES[:1],
+                     max_datagrams=50)
+    punch.start(0.0)
+    now, sent, acks = 0.0, 0, set()
+    for payload, which, dt in steps:
+        now += dt
+        source = PUNCH_SOURCES[which]
+        canonical = PUNCH_SOURCES[0] if which == 2 else source  # the IPv4-mapped form is the same address
+        if isinstance(payload, tuple):
+            counter, ack, nominate = payload
+            payload = encode_nat(PunchProbe.sign(PUNCH_KEY, *punch.route, counter, ack, nominate))
+            if punch._sent_to.get(ack) == canonical:
+                acks.add(canonical)
+        punch.receive_probe(payload, source, now)
+        punch.handle_timer(now)
+        sent += len(punch.datagrams_to_send(now))
+    assert sent <= 50
+    for event in punch.take_events():
+        if isinstance(event, Punched):
+            assert event.endpoint in acks
 
 
 def fresh_channel(max_message_size: int = 1000) -> tuple[Sealer, SecureChannel]:

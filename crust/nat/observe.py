@@ -129,7 +129,8 @@ def _canonical_ip(text: str) -> str | None:
     return str(address)
 
 
-def _canonical_endpoint(endpoint: Endpoint, kind: str) -> Endpoint | None:
+def canonical_endpoint(endpoint: Endpoint, kind: str) -> Endpoint | None:
+    """``endpoint`` with a canonical IP host and transport ``kind``; None for a hostname or port 0."""
     host = _canonical_ip(endpoint.host)
     if host is None or endpoint.port == 0:
         return None
@@ -209,7 +210,7 @@ class NatObserver:
         if not isinstance(local, Endpoint) or not isinstance(observed, Endpoint):
             raise TypeError("local and observed must be Endpoints")
         ip = _canonical_ip(observer_ip) if isinstance(observer_ip, str) else None
-        local_ep, observed_ep = _canonical_endpoint(local, kind), _canonical_endpoint(observed, kind)
+        local_ep, observed_ep = canonical_endpoint(local, kind), canonical_endpoint(observed, kind)
         if ip is None or local_ep is None or observed_ep is None:
             self.ignored += 1
             return False

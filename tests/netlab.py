@@ -94,16 +94,20 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-def require_netns() -> None:
-    """Skip the calling test when the lab cannot run here; in CI (``CI=true``) fail instead."""
+def skip_or_fail(reason: str | None) -> None:
+    """Skip the calling test for ``reason`` (if any); in CI (``CI=true``) fail instead, the lab must run there."""
     import pytest
 
-    reason = netns_unavailable_reason()
     if reason is None:
         return
     if in_ci():
         pytest.fail(f"CI=true but the namespace lab cannot run: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_netns() -> None:
+    """Skip the calling test when the lab cannot run here; in CI (``CI=true``) fail instead."""
+    skip_or_fail(netns_unavailable_reason())
 
 
 # -- small command helpers -----------------------------------------------------
@@ -214,7 +218,12 @@ class Lab:
     # -- namespaces ------------------------------------------------------------
 
     def remove_stale(self) -> list[str]:
-        """Delete namespaces named like ours (this pid) or of a dead run with the same prefix."""
+        """Delete namespaces named like ours (this pid) or of a dead run with the same prefix.
+
+        Processes still running inside such a namespace (a daemon a killed run
+        started there, e.g. miniupnpd) are killed first: nothing else runs in a
+        lab namespace, and a namespace outlives ``ip netns del`` while they do.
+        """
         removed = []
         for name in list_netns():
             if not name.startswith(self.prefix + "-"):
@@ -223,6 +232,11 @@ class Lab:
             if not pid_text.isdigit():
                 continue
             if name.startswith(self.tag) or not _pid_alive(int(pid_text)):
+                for pid in _ip(["netns", "pids", name], check=False).stdout.split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
                 _ip(["netns", "del", name], check=False)
                 removed.append(name)
         return removed

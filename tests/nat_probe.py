@@ -105,8 +105,8 @@ def classify(args: argparse.Namespace) -> int:
             emit("error", message=f"no STUN answer from {server}: {first}")
             return 1
         other = first["other"]
-        mapped = [first["mapped"], stun_ask(m, (other[0], server[1])), stun_ask(m, other)]
-        mapped[1:] = [a["mapped"] if a else None for a in mapped[1:]]  # type: ignore[index]
+        mapped = [first["mapped"]] + [a["mapped"] if a else None
+                                      for a in (stun_ask(m, (other[0], server[1])), stun_ask(m, other))]
         if mapped[0] == mapped[1]:
             mapping = "endpoint-independent"
         else:
@@ -118,8 +118,8 @@ def classify(args: argparse.Namespace) -> int:
             filtering = "address-dependent"
         else:
             filtering = "address-and-port-dependent"
-        local = [local_ip, m.getsockname()[1]]
-        emit("classified", local=local, mapped=mapped, nat=list(mapped[0]) != local, mapping=mapping,
+        local = (local_ip, m.getsockname()[1])
+        emit("classified", local=local, mapped=mapped, nat=mapped[0] != local, mapping=mapping,
              filtering=filtering)
         emit("listening", mapped=base["mapped"] if base else None)
         got: list[Any] = []
@@ -228,7 +228,8 @@ def punch(args: argparse.Namespace) -> int:
             if select.select([s], [], [], min(0.25, left(deadline)))[0]:
                 data, source = s.recvfrom(2048)
                 if source == server:
-                    peer = tuple(json.loads(data)["peer"])  # type: ignore[assignment]
+                    ip, port = json.loads(data)["peer"]
+                    peer = (ip, port)
                     break
             if not left(deadline):
                 break
@@ -278,26 +279,24 @@ def read_line(conn: socket.socket, deadline: float) -> str | None:
 
 
 def tcp_rendezvous(args: argparse.Namespace) -> int:
-    waiting: dict[str, tuple[socket.socket, Address, str]] = {}
+    waiting: dict[str, tuple[socket.socket, Address, str]] = {}  # name -> (connection, seen from, peer name)
     conns: list[socket.socket] = []
     with tcp_socket(args.port) as listener:
         listener.listen(8)
         emit("ready", port=args.port)
 
-        seen: dict[str, Address] = {}
-
-        def accept_and_record(sock: socket.socket) -> None:
+        def register(sock: socket.socket) -> None:
             conn, source = sock.accept()
-            conns.append(conn)
+            conns.append(conn)  # kept open: the peers' NAT mappings hang on it
             msg = json.loads(read_line(conn, time.monotonic() + 5) or "{}")
-            seen[msg["me"]] = source
             waiting[msg["me"]] = (conn, source, msg["peer"])
             if msg["peer"] in waiting:
-                at = time.time() + 0.5  # the namespaces share one clock
-                for c, _, other in (waiting.pop(msg["me"]), waiting.pop(msg["peer"])):
-                    c.sendall((json.dumps({"peer": seen[other], "at": at}) + "\n").encode())
+                at = time.time() + 0.5  # connect then, both (the namespaces share one clock)
+                one, two = waiting.pop(msg["me"]), waiting.pop(msg["peer"])
+                for (c, _, _), (_, seen, _) in ((one, two), (two, one)):
+                    c.sendall((json.dumps({"peer": seen, "at": at}) + "\n").encode())
 
-        stdin_lines(time.monotonic() + args.lifetime, lambda line: True, [listener], accept_and_record)
+        stdin_lines(time.monotonic() + args.lifetime, lambda line: True, [listener], register)
     for c in conns:
         c.close()
     return 0
@@ -314,7 +313,7 @@ def tcp_punch(args: argparse.Namespace) -> int:
             emit("error", message="rendezvous never told us the peer")
             return 1
         msg = json.loads(line)
-        peer = tuple(msg["peer"])
+        peer = (msg["peer"][0], msg["peer"][1])
         emit("peer", endpoint=peer, at=msg["at"])
         time.sleep(max(0.0, msg["at"] - time.time()))  # the agreed moment, not an event
         errors = []

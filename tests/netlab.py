@@ -32,6 +32,7 @@ no ``ip``) — and fails instead when ``CI=true``, where the lab must run.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import json
 import os
@@ -43,7 +44,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TypeVar
 
 IP = "ip"
 NFT = "nft"
@@ -59,6 +60,9 @@ NS_SYSCTLS = {
     "net.bridge.bridge-nf-call-ip6tables": "0",
     "net.bridge.bridge-nf-call-arptables": "0",
 }
+
+
+_LabT = TypeVar("_LabT", bound="Lab")
 
 
 class LabError(RuntimeError):
@@ -206,7 +210,7 @@ class Lab:
             self.close()
             raise
 
-    def __enter__(self) -> Lab:
+    def __enter__(self: _LabT) -> _LabT:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -223,6 +227,7 @@ class Lab:
         Processes still running inside such a namespace (a daemon a killed run
         started there, e.g. miniupnpd) are killed first: nothing else runs in a
         lab namespace, and a namespace outlives ``ip netns del`` while they do.
+        A dead run's temp dir goes too.
         """
         removed = []
         for name in list_netns():
@@ -239,6 +244,10 @@ class Lab:
                         pass
                 _ip(["netns", "del", name], check=False)
                 removed.append(name)
+        for path in glob.glob(os.path.join(tempfile.gettempdir(), glob.escape(self.prefix) + "-*")):
+            pid_text = os.path.basename(path)[len(self.prefix) + 1:].split("-", 1)[0]
+            if pid_text.isdigit() and not _pid_alive(int(pid_text)):  # a killed run's temp dir
+                shutil.rmtree(path, ignore_errors=True)
         return removed
 
     def add_ns(self, short: str) -> Host:
@@ -322,10 +331,12 @@ class Lab:
         if shutil.which(NFT) is None:
             raise LabError("nftables `nft` is not installed")
         ruleset = os.path.join(self.tmpdir, f"lossy-{host}.nft")
+        # numgen's range is 0..9999, so "< 10000" would be out of range: drop all without it.
+        share = "" if per_10000 == 10000 else f"numgen random mod 10000 < {per_10000}"
         with open(ruleset, "w") as f:  # a file: nft's one-line syntax cannot end a chain after a rule
             f.write(f"table netdev lossy {{\n  chain ingress {{\n"
                     f"    type filter hook ingress device {h.ifname} priority 0;\n"
-                    f"    meta protocol ip numgen random mod 10000 < {per_10000} drop\n  }}\n}}\n")
+                    f"    meta protocol ip {share} drop\n  }}\n}}\n")
         done = self.exec(host, [NFT, "-f", ruleset])
         if done.returncode != 0:
             raise LabError(f"nft refused the loss rule on {host}: {done.stderr.strip()}")

@@ -183,9 +183,9 @@ def serve(addresses: list[str], ports: list[int], lifetime: float) -> dict[str, 
             ready, _, _ = select.select([stdin, *where], [], [], left)
             if stdin in ready and not os.read(stdin, 4096):
                 break  # parent gone
-            for s in ready:
-                if s in where:
-                    _answer(s, where[s], socks, addresses, ports, counts)
+            for sock in where:
+                if sock in ready:
+                    _answer(sock, where[sock], socks, addresses, ports, counts)
     finally:
         for s in socks.values():
             s.close()

@@ -27,7 +27,8 @@ from typing import Any, Iterator
 import pytest
 
 from tests.natlab import NatLab, natlab_or_skip, natlab_unavailable_reason
-from tests.netlab import LineReader, expect_event, skip_or_fail
+from tests.netlab import LabError, LineReader, expect_event, root_networks, skip_or_fail
+from tests.stun_server import binding_request, binding_response, parse_request, parse_response
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,8 +36,10 @@ PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nat_probe.py")
 START = 5.0  # seconds a probe gets to start (interpreter start-up) and answer
 ECHO, RENDEZVOUS, TCP_RENDEZVOUS = 7000, 7001, 7002
 SHORT_IDLE = 2  # seconds: the idle timeout of router "short"
+SHORT_TCP_IDLE = 30  # seconds: its idle timeout for established TCP
 ROUTERS = {"fc": "full-cone", "rc": "restricted", "pr": "port-restricted", "pr2": "port-restricted",
-           "sym": "symmetric", "open": "none", "short": "port-restricted"}
+           "sym": "symmetric", "open": "none", "short": "port-restricted", "lossy": "port-restricted"}
+SERVICE_LIFETIME = 300.0  # seconds the module's public services live at most (the lab ends them sooner)
 _names = itertools.count(1)
 
 
@@ -72,13 +75,16 @@ def world(lab: NatLab) -> World:
     pub = lab.public("pub", ips=2)
     lab.public("third")
     for name, kind in ROUTERS.items():
-        lab.router(name, kind, idle_timeout=SHORT_IDLE if name == "short" else None)
+        short = name == "short"
+        lab.router(name, kind, idle_timeout=SHORT_IDLE if short else None,
+                   tcp_idle_timeout=SHORT_TCP_IDLE if short else None)
         lab.host_behind(name, name + "h")
+    lab.drop_randomly("lossy", 10000)  # everything arriving on its WAN
     stun, _ = lab.stun()
-    echo = probe(lab, "pub", "echo", "--port", str(ECHO), lifetime=120)
+    echo = probe(lab, "pub", "echo", "--port", str(ECHO), lifetime=SERVICE_LIFETIME)
     expect_event(lab, echo, "ready", START)
     for cmd, port in (("rendezvous", RENDEZVOUS), ("tcp-rendezvous", TCP_RENDEZVOUS)):
-        expect_event(lab, probe(lab, "pub", cmd, "--port", str(port), lifetime=120), "ready", START)
+        expect_event(lab, probe(lab, "pub", cmd, "--port", str(port), lifetime=SERVICE_LIFETIME), "ready", START)
     print(f"natlab: {len(lab.hosts) + 1} namespaces built in {time.monotonic() - t0:.2f} s")
     return World(lab, pub.ip or "", echo, f"{stun[0]}:{stun[1]}")
 
@@ -115,9 +121,37 @@ def test_the_lab_is_wired_as_documented(world: World) -> None:
     assert "default via 10.1.0.1" in lab.exec("fch", ["ip", "route"]).stdout
     assert f"{open_.lan} via {open_.wan_ip}" in lab.exec("pub", ["ip", "route"]).stdout  # "none" is routed
     assert "masquerade fully-random" in lab.ruleset("sym") and "fully-random" not in lab.ruleset("pr")
-    timeouts = [lab.exec(r, ["sysctl", "-n", f"net.netfilter.nf_conntrack_udp_timeout{s}"]).stdout.strip()
-                for r in ("short", "pr") for s in ("", "_stream")]
-    assert timeouts == [str(SHORT_IDLE), str(SHORT_IDLE), "30", "120"]  # per namespace
+    timeouts = [lab.exec(r, ["sysctl", "-n", f"net.netfilter.nf_conntrack_{k}"]).stdout.strip()
+                for r in ("short", "pr") for k in ("udp_timeout", "udp_timeout_stream", "tcp_timeout_established")]
+    assert timeouts == [str(SHORT_IDLE), str(SHORT_IDLE), str(SHORT_TCP_IDLE), "30", "120", "432000"]  # per netns
+
+
+def test_an_internet_overlapping_this_machines_networks_is_refused() -> None:
+    skip_or_fail(natlab_unavailable_reason())
+    own = [n for n in root_networks() if n.version == 4 and n.prefixlen > 0 and not n.is_loopback]
+    if not own:
+        pytest.skip("this machine has no IPv4 network besides loopback")
+    with pytest.raises(LabError, match="overlaps"):
+        NatLab("crustnatx", internet=str(own[0]))
+
+
+def test_a_lossy_router_wan_loses_what_arrives(world: World) -> None:
+    classifier = probe(world.lab, "lossyh", "classify", "--server", world.stun)
+    assert "no STUN answer" in expect_event(world.lab, classifier, "error", START + 5)["message"]
+
+
+def test_the_stun_codec_round_trips_and_ignores_junk() -> None:
+    request, txid = binding_request(change_ip=True, change_port=False)
+    parsed = parse_request(request)
+    assert parsed is not None and parsed[1:] == (txid, 0x04)
+    answer = binding_response(parsed[0], txid, ("198.51.100.7", 40001), ("198.51.100.1", 3478),
+                              ("198.51.100.2", 3479))
+    assert parse_response(answer, txid) == {"mapped": ("198.51.100.7", 40001), "origin": ("198.51.100.1", 3478),
+                                            "other": ("198.51.100.2", 3479)}
+    assert parse_response(answer, b"x" * 12) is None  # another transaction
+    for junk in (b"", b"\x00\x01", request[:-2], answer[:30], b"\xff" * 40):
+        assert parse_request(junk) is None or junk == request
+        assert parse_response(junk, txid) is None
 
 
 # -- classification (RFC 5780 style, against the lab's STUN server) ----------------------
@@ -165,8 +199,8 @@ def test_udp_hole_punching_matrix(world: World, a: str, b: str, works: bool) -> 
                    "--timeout", timeout)]
     for side in sides:
         expect_event(lab, side, "peer", START)
-    results = [side.wait_for("punched" if works else "failed", START + 6) for side in sides]
-    assert all(r and r["event"] == ("punched" if works else "failed") for r in results), results
+    want = "punched" if works else "failed"
+    results = [expect_event(lab, side, want, START + 6) for side in sides]
     if works:  # each side ends up talking to the other's real public endpoint
         assert results[0]["peer"][0] == lab.routers[b].wan_ip and results[1]["peer"][0] == lab.routers[a].wan_ip
 

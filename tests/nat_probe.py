@@ -7,7 +7,7 @@ command's own timeout) and by its stdin closing where it reads stdin.
     classify   RFC 5780-style mapping and filtering tests against the lab's STUN server;
                then reports unsolicited datagrams to its mapped endpoint until stdin says "done"
     send       a few UDP datagrams to --to
-    echo       UDP server: answers every datagram with what it saw; stdin "send IP PORT TEXT" pushes
+    echo       UDP server: answers every datagram with what it saw; stdin "IP PORT TEXT" pushes TEXT there
     hold       UDP sockets (--sockets K,I) that say hello to --to, K keeping alive; reports pushes
     rendezvous UDP: tells each registered peer the endpoint it saw for the other
     punch      UDP hole punching through the rendezvous
@@ -55,7 +55,7 @@ def stdin_lines(deadline: float, on_line: Callable[[str], bool], also: Sequence[
         if not ready:
             return
         for r in ready:
-            if r is not fd and on_ready is not None:
+            if r != fd and on_ready is not None:
                 on_ready(r)
         if fd in ready:
             chunk = os.read(fd, 4096)

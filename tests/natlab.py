@@ -234,7 +234,7 @@ class NatLab(Lab):
                 the full-cone map); the kernel default (30 s unreplied, 120 s
                 both ways) if ``None``.
             tcp_idle_timeout: seconds an idle established TCP connection keeps its mapping.
-            lan: the LAN's /24 (default ``10.N.0.0/24``, N counting routers from 1).
+            lan: the LAN's subnet (default ``10.N.0.0/24``, N counting routers from 1).
 
         Raises:
             LabError: a tool is missing, a subnet overlaps, or miniupnpd did not come up.
@@ -340,6 +340,11 @@ class NatLab(Lab):
                 if found:
                     mappings.append(found)
         return mappings
+
+    def upnp_log(self, router: str) -> str:
+        """The tail of miniupnpd's log on ``router`` (for failure messages); empty without UPnP."""
+        proc = self._upnpd.get(router)
+        return self.log_of(proc) if proc else ""
 
     def conntrack(self, router: str) -> list[str]:
         """The router's conntrack entries, ``/proc/net/nf_conntrack`` lines (for checks and failure messages)."""

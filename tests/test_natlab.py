@@ -278,7 +278,8 @@ def test_restart_nat_forgets_mappings_even_a_restricted_cone(world: World) -> No
 def test_upnp_maps_a_port_through_miniupnpd_and_deletes_it(world: World, upnp_router: str) -> None:
     lab, lab_router = world.lab, world.lab.routers[upnp_router]
     client = probe(lab, "uph", "upnp", "--ext-port", "40000", "--int-port", "40001")
-    igd = expect_event(lab, client, "igd", START + 5)
+    igd = client.wait_for("igd", START + 5)
+    assert igd and igd["event"] == "igd", (igd, client.lines, lab.upnp_log(upnp_router))
     assert igd["external_ip"] == lab_router.wan_ip and igd["lan_addr"] == lab.hosts["uph"].ip
     assert expect_event(lab, client, "mapped", START)["ok"] is True
     assert lab.upnp_mappings(upnp_router) == [

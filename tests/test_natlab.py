@@ -6,7 +6,8 @@ they do not disturb each other):
     inet 198.51.100.0/24: STUN server (.1/.2 x 3478/3479), pub (echo :7000, UDP
         rendezvous :7001, TCP rendezvous :7002), third (sends unsolicited datagrams)
     routers: fc full-cone, rc restricted, pr + pr2 port-restricted, sym symmetric,
-        open (no NAT), short (port-restricted, 2 s idle timeout), up (port-restricted + miniupnpd);
+        open (no NAT), short (port-restricted, 2 s idle timeout), lossy (drops all its WAN
+        receives), up (port-restricted + miniupnpd, built by the UPnP tests);
         one host behind each, "<router>h"
 
 The probes are tests/nat_probe.py subcommands run inside the namespaces.
@@ -257,7 +258,7 @@ def test_a_short_idle_timeout_ends_idle_mappings_and_keepalives_keep_them(world:
             gone_after = time.monotonic() - t_mapped
             break
         time.sleep(0.05)  # polling conntrack: the kernel sends no event we could wait on
-    assert gone_after is not None and SHORT_IDLE - 0.5 <= gone_after <= SHORT_IDLE + 1.5, gone_after
+    assert gone_after is not None and SHORT_IDLE - 1.0 <= gone_after <= SHORT_IDLE + 2.0, gone_after
     time.sleep(max(0.0, t_mapped + 2 * SHORT_IDLE + 0.5 - time.monotonic()))  # idle time is what is tested
     kept = _push(world, holder, seen["K"][1], "push-K")
     assert kept and kept["socket"] == "K", holder.lines  # kept alive across 2x the idle timeout

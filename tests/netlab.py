@@ -32,6 +32,7 @@ no ``ip``) — and fails instead when ``CI=true``, where the lab must run.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import json
 import os
@@ -43,7 +44,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TypeVar
 
 IP = "ip"
 NFT = "nft"
@@ -59,6 +60,9 @@ NS_SYSCTLS = {
     "net.bridge.bridge-nf-call-ip6tables": "0",
     "net.bridge.bridge-nf-call-arptables": "0",
 }
+
+
+_LabT = TypeVar("_LabT", bound="Lab")
 
 
 class LabError(RuntimeError):
@@ -94,16 +98,20 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-def require_netns() -> None:
-    """Skip the calling test when the lab cannot run here; in CI (``CI=true``) fail instead."""
+def skip_or_fail(reason: str | None) -> None:
+    """Skip the calling test for ``reason`` (if any); in CI (``CI=true``) fail instead, the lab must run there."""
     import pytest
 
-    reason = netns_unavailable_reason()
     if reason is None:
         return
     if in_ci():
         pytest.fail(f"CI=true but the namespace lab cannot run: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_netns() -> None:
+    """Skip the calling test when the lab cannot run here; in CI (``CI=true``) fail instead."""
+    skip_or_fail(netns_unavailable_reason())
 
 
 # -- small command helpers -----------------------------------------------------
@@ -202,7 +210,7 @@ class Lab:
             self.close()
             raise
 
-    def __enter__(self) -> Lab:
+    def __enter__(self: _LabT) -> _LabT:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -214,7 +222,13 @@ class Lab:
     # -- namespaces ------------------------------------------------------------
 
     def remove_stale(self) -> list[str]:
-        """Delete namespaces named like ours (this pid) or of a dead run with the same prefix."""
+        """Delete namespaces named like ours (this pid) or of a dead run with the same prefix.
+
+        Processes still running inside such a namespace (a daemon a killed run
+        started there, e.g. miniupnpd) are killed first: nothing else runs in a
+        lab namespace, and a namespace outlives ``ip netns del`` while they do.
+        A dead run's temp dir goes too.
+        """
         removed = []
         for name in list_netns():
             if not name.startswith(self.prefix + "-"):
@@ -223,8 +237,17 @@ class Lab:
             if not pid_text.isdigit():
                 continue
             if name.startswith(self.tag) or not _pid_alive(int(pid_text)):
+                for pid in _ip(["netns", "pids", name], check=False).stdout.split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
                 _ip(["netns", "del", name], check=False)
                 removed.append(name)
+        for path in glob.glob(os.path.join(tempfile.gettempdir(), glob.escape(self.prefix) + "-*")):
+            pid_text = os.path.basename(path)[len(self.prefix) + 1:].split("-", 1)[0]
+            if pid_text.isdigit() and not _pid_alive(int(pid_text)):  # a killed run's temp dir
+                shutil.rmtree(path, ignore_errors=True)
         return removed
 
     def add_ns(self, short: str) -> Host:
@@ -308,10 +331,12 @@ class Lab:
         if shutil.which(NFT) is None:
             raise LabError("nftables `nft` is not installed")
         ruleset = os.path.join(self.tmpdir, f"lossy-{host}.nft")
+        # numgen's range is 0..9999, so "< 10000" would be out of range: drop all without it.
+        share = "" if per_10000 == 10000 else f"numgen random mod 10000 < {per_10000}"
         with open(ruleset, "w") as f:  # a file: nft's one-line syntax cannot end a chain after a rule
             f.write(f"table netdev lossy {{\n  chain ingress {{\n"
                     f"    type filter hook ingress device {h.ifname} priority 0;\n"
-                    f"    meta protocol ip numgen random mod 10000 < {per_10000} drop\n  }}\n}}\n")
+                    f"    meta protocol ip {share} drop\n  }}\n}}\n")
         done = self.exec(host, [NFT, "-f", ruleset])
         if done.returncode != 0:
             raise LabError(f"nft refused the loss rule on {host}: {done.stderr.strip()}")

@@ -58,6 +58,7 @@ log = logging.getLogger("crust")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 _CALL_MARGIN = 5.0  # seconds a blocking call waits beyond the engine's own deadline
+NAT_WAIT = 2.0  # seconds prepare_connection_info() waits for peers to say where they see us
 
 
 class _Backlog:
@@ -143,6 +144,7 @@ class Service:
         self._book = ContactBook(config.bootstrap_cache_path, lambda fn: self._worker().submit(fn))
         self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
         self._upnp: PortMapper | None = None  # reactor-owned; maps our listeners while we listen (enable_upnp)
+        self._nat_waiters: list[concurrent.futures.Future[None]] = []  # prepare_connection_info() callers
         self._closed = False
         self._close_lock = threading.Lock()
         self._config_file = config_file
@@ -569,6 +571,8 @@ class Service:
         events = engine.take_events()
         if events:
             self._account(events)
+        if self._nat_waiters:
+            self._wake_nat_waiters()
         self._arm_timer()
 
     def _account(self, events: list[Event]) -> None:
@@ -607,16 +611,61 @@ class Service:
     # -- connect (rendezvous through swapped connection info) ---------------------------
 
     def prepare_connection_info(self, timeout: float | None = None) -> PrivConnectionInfo:
-        """Our PeerId, listener endpoints and a fresh connect token, to swap out of band.
+        """Our PeerId, every way to reach us and a fresh connect token, to swap out of band.
 
-        Endpoints are every local address of our listener, loopback ones only when
-        nothing else exists; none when we do not listen (the peer's dial must then
-        win).  ``timeout`` bounds the wait for the I/O thread.
+        The info names our listeners (local addresses, loopback ones only when
+        nothing else exists; external ones we were told of or UPnP mapped), our
+        TCP punch port and our rUDP socket, each as observers see it and
+        locally.  Binding those sockets and asking connected peers where they
+        see them may take a moment: we wait up to ``NAT_WAIT`` seconds (never
+        beyond ``timeout``) for the answers when we have peers to ask.
         """
-        endpoints = self._call(lambda: self._links.endpoints,
-                               _CALL_MARGIN if timeout is None else _check_timeout(timeout))
-        outside = [ep for ep in endpoints if not ipaddress.ip_address(ep.host).is_loopback]
-        return PrivConnectionInfo(self.id, tuple(outside or endpoints), random_token(CONNECT_TOKEN_SIZE))
+        limit = _CALL_MARGIN if timeout is None else _check_timeout(timeout)
+        deadline = time.monotonic() + limit
+        answered: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def ask() -> None:
+            self._observe_sockets()
+            self._nat_waiters.append(answered)
+            self._wake_nat_waiters()
+
+        self._call(ask, limit)
+        try:
+            answered.result(max(0.0, min(NAT_WAIT, deadline - time.monotonic())))
+        except concurrent.futures.TimeoutError:
+            pass  # what we know by now will do; the peer's own candidates may still reach us
+        finally:
+            answered.cancel()
+        return self._call(self._gather_connection_info, max(0.0, deadline - time.monotonic()))
+
+    def _wake_nat_waiters(self) -> None:
+        """Answer prepare_connection_info() callers once every socket's external mapping is known (or nobody can say)."""
+        if self._engine.peer_ids():
+            info = self._engine.nat_info(self._reactor.time())
+            kinds = [t for t, enabled in ((info.tcp, self._config.enable_tcp), (info.udp, self._config.enable_udp))
+                     if enabled]
+            if any(t.external is None for t in kinds):
+                return
+        waiters, self._nat_waiters = self._nat_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _gather_connection_info(self) -> PrivConnectionInfo:
+        now, links = self._reactor.time(), self._links
+        info = self._engine.nat_info(now)
+        listeners = self._engine.listeners(now)
+        local_ips = _outside_first(local_addresses(self._config.listen_host))
+        punch: dict[str, list[Endpoint]] = {"tcp": [], "udp": []}
+        for kind, port, nat in (("tcp", links.punch_port(), info.tcp), ("udp", links.udp_port(), info.udp)):
+            if port is None:
+                continue
+            if nat.external is not None:  # what the other side's probes and SYNs must aim at
+                punch[kind].append(Endpoint(nat.external.host, nat.external.port, kind))
+            punch[kind] += [Endpoint(ip, port, kind) for ip in local_ips]  # behind the same NAT, or none
+        outside = [ep for ep in listeners if not ipaddress.ip_address(ep.host).is_loopback]
+        return PrivConnectionInfo.gather(self.id, random_token(CONNECT_TOKEN_SIZE), listeners=outside or listeners,
+                                         tcp_punch=punch["tcp"], udp_punch=punch["udp"])
 
     def connect(self, ours: PrivConnectionInfo, theirs: PubConnectionInfo, timeout: float | None = None) -> PeerId:
         """Connect to the peer whose info we got out of band; it calls ``connect`` with ours.
@@ -661,8 +710,9 @@ class Service:
                 self._connect_waiters.setdefault(theirs.peer_id, []).append(future)
             else:
                 self._async_connects.add(theirs.peer_id)
-            self._engine.start_connect(theirs.peer_id, theirs.endpoints, their_token=theirs.token,
-                                       our_token=ours.token, timeout=timeout, now=self._reactor.time())
+            self._engine.start_connect(theirs.peer_id, theirs.listeners, tcp_punch=theirs.tcp_punch,
+                                       udp_punch=theirs.udp_punch, their_token=theirs.token, our_token=ours.token,
+                                       timeout=timeout, now=self._reactor.time())
             self._pump()
 
         self._call(start)
@@ -849,6 +899,12 @@ def _blacklist_entries(blacklist: Iterable[EndpointLike], user: object) -> list[
 def _lan_contacts(replies: list[Reply]) -> list[Contact]:
     """Dial targets from beacon replies; each carries the PeerId the handshake must prove."""
     return [Contact(ep, reply.peer_id) for reply in replies for ep in reply.listeners]
+
+
+def _outside_first(addresses: list[str]) -> list[str]:
+    """Non-loopback addresses only, unless loopback is all there is (a loopback test)."""
+    outside = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+    return outside or addresses
 
 
 def _check_peer_id(peer_id: object) -> None:

@@ -50,7 +50,7 @@ def test_connect_when_only_one_side_listens(net: Net) -> None:
     a, ra, _ = net.listener()
     b = net.service()  # no listener: its info has no endpoints, A's dial must win... B dials A
     rb = Recorder(b)
-    assert b.prepare_connection_info().to_pub().endpoints == ()
+    assert b.prepare_connection_info().to_pub().listeners == ()  # only its punch port, no listener
     assert connect_pair(a, b) == (b.id, a.id)
     rb.wait(lambda: len(rb.new_peers) == 1, what="on_new_peer at B")
 

@@ -42,6 +42,7 @@ from ..crypto.keys import KeyPair
 from ..effects import Effect
 from ..errors import HandshakeError, LocalProtocolError, RemoteProtocolError
 from ..events import Event, MessageReceived, Misbehaved, Origin, PeerInfo
+from ..nat import probe
 from ..nat.observe import NatInfo
 from ..handshake.states import Decision, ExchangeState, Role
 from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
@@ -53,6 +54,7 @@ from .admission import Admission
 from .core import Core
 from .external import ExternalAddresses
 from .peers import Peers
+from .punch import Punching
 from .records import NEVER, Conn
 from .rendezvous import Rendezvous
 from .runs import Runs
@@ -72,7 +74,8 @@ class Engine:
         self._peers = Peers(core, rng or random.Random())
         self._admission = Admission(core, self._peers)
         self._runs = Runs(core, self._peers)
-        self._rendezvous = Rendezvous(core, self._peers)
+        self._punching = Punching(core)
+        self._rendezvous = Rendezvous(core, self._peers, self._punching)
         self._external = ExternalAddresses(core, self._peers)
         self.closed = False
 
@@ -95,7 +98,7 @@ class Engine:
         """When :meth:`handle_timer` must next be called, if ever."""
         core = self._core
         soonest = min(core.next_timer(), self._runs.next_timer(), self._rendezvous.next_timer(),
-                      self._peers.next_timer(), self._external.next_timer(core.now))
+                      self._peers.next_timer(), self._external.next_timer(core.now), self._punching.next_timer())
         return None if soonest == NEVER else soonest
 
     # -- queries --------------------------------------------------------------
@@ -168,6 +171,7 @@ class Engine:
         if tuple(local_ips) != external.local_ips and external.local_ips:
             external.observer.reset()  # a new network: old observations mean nothing
         external.tcp_port, external.udp_port, external.local_ips = tcp_port, udp_port, tuple(local_ips)
+        self._punching.tcp_port, self._punching.udp_ready = tcp_port, udp_port is not None
         external.refresh(now)
 
     def refresh_external(self, now: float) -> None:
@@ -185,16 +189,19 @@ class Engine:
         self._core.now = now
         return self._runs.start(contacts, blacklist=blacklist, user=user, timeout=timeout, now=now)
 
-    def start_connect(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, their_token: bytes,
-                      our_token: bytes, timeout: float, now: float) -> None:
+    def start_connect(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, tcp_punch: Sequence[Endpoint] = (),
+                      udp_punch: Sequence[Endpoint] = (), their_token: bytes, our_token: bytes, timeout: float,
+                      now: float) -> None:
         """Connect to ``peer_id``, who does the same with our info (PROTOCOL.md §7).
 
-        Every endpoint is dialled at once; the peer's dials to us count too.
-        Ends with one ``ConnectFinished`` event (at once if already connected).
+        Every listener endpoint is dialled at once, and we punch towards the
+        punch endpoints (TCP simultaneous open, UDP hole punching); the
+        peer's dials to us count too.  Ends with one ``ConnectFinished`` event
+        (at once if already connected).
         """
         self._core.now = now
-        self._rendezvous.start(peer_id, endpoints, their_token=their_token, our_token=our_token,
-                               timeout=timeout, now=now)
+        self._rendezvous.start(peer_id, endpoints, tcp_punch=tcp_punch, udp_punch=udp_punch,
+                               their_token=their_token, our_token=our_token, timeout=timeout, now=now)
 
     def stop_bootstrap(self, now: float) -> None:
         """Abandon every bootstrap run (each reports ``BootstrapFinished`` with no peer)."""
@@ -337,7 +344,14 @@ class Engine:
     def receive_datagram(self, data: bytes, remote: Endpoint, now: float) -> None:
         """A datagram on our rUDP socket that is not rUDP (peer STUN, hole-punch probes)."""
         self._core.now = now
-        self._external.receive_datagram(data, remote, now)
+        try:
+            message = probe.decode(data)
+        except RemoteProtocolError:
+            return  # strays and scanners: dropped
+        if isinstance(message, probe.PunchProbe):
+            self._punching.receive_probe(message, remote, now)
+        else:
+            self._external.receive_datagram(message, remote, now)
 
     def reading_paused(self, conn_id: ConnId, paused: bool, now: float) -> None:
         """The shell stopped (or resumed) reading ``conn_id``: silence then is ours, not the peer's."""
@@ -359,6 +373,7 @@ class Engine:
         self._rendezvous.handle_timer(now)
         self._peers.expire_parked(now)
         self._external.refresh(now)
+        self._punching.handle_timer(now)
 
     # -- routing --------------------------------------------------------------
 

@@ -27,7 +27,6 @@ import logging
 
 from ..crypto import random_token
 from ..effects import SendDatagram
-from ..errors import RemoteProtocolError
 from ..handshake.states import Decision, Role
 from ..ids import Endpoint, PeerId, tcp_first
 from ..nat import probe
@@ -149,12 +148,8 @@ class ExternalAddresses:
         self.observer.observe("tcp", conn.peer_id, conn.remote.host, local,
                               Endpoint(response.addr.host, response.addr.port), now)
 
-    def receive_datagram(self, data: bytes, remote: Endpoint, now: float) -> None:
-        """A datagram on the rUDP socket that is not rUDP: answer or take an echo (probes go elsewhere)."""
-        try:
-            message = probe.decode(data)
-        except RemoteProtocolError:
-            return  # strays and scanners: dropped (the socket counts them)
+    def receive_datagram(self, message: probe.EchoRequest | probe.EchoResponse, remote: Endpoint, now: float) -> None:
+        """Answer a peer-STUN request, or take the answer to ours."""
         if isinstance(message, probe.EchoRequest):
             reply = probe.EchoResponse.answer(message, Endpoint(remote.host, remote.port, "udp"))
             self._core.effects.append(SendDatagram(probe.encode(reply), remote))

@@ -26,7 +26,7 @@ class Conn:
     __slots__ = ("id", "role", "remote", "state", "handshake", "channel", "peer_id", "contact", "run", "user",
                  "deadline", "last_rx", "last_tx", "unsent", "bytes_in", "bytes_out", "paused", "scheduled",
                  "connected", "listeners", "probe_for", "probes", "request", "shareable", "connect_for",
-                 "connect_token", "session_id", "echo", "local")
+                 "connect_token", "session_id", "echo", "local", "via")
 
     def __init__(self, conn_id: ConnId, role: Role, remote: Endpoint, now: float) -> None:
         self.id = conn_id
@@ -58,6 +58,7 @@ class Conn:
         self.session_id = b""  # the Noise handshake hash: both ends know it, no two connections share it
         self.echo = False  # an observer connection: asks the peer which address it sees us at, then closes
         self.local: Endpoint | None = None  # our end of the stream, as the shell reported it
+        self.via = remote.transport  # how a connect candidate was made: tcp, udp, tcp-punch, udp-punch
 
 
 class Peer:
@@ -83,7 +84,7 @@ class Peer:
 class Connect:
     """One ``connect()`` in progress: the peer, both tokens, our dials and their failures."""
 
-    __slots__ = ("peer_id", "our_token", "their_token", "dials", "failures", "deadline")
+    __slots__ = ("peer_id", "our_token", "their_token", "dials", "failures", "deadline", "held", "hold_until")
 
     def __init__(self, peer_id: PeerId, our_token: bytes, their_token: bytes, deadline: float) -> None:
         self.peer_id = peer_id
@@ -92,6 +93,8 @@ class Connect:
         self.dials: set[ConnId] = set()
         self.failures: dict[str, str] = {}
         self.deadline = deadline
+        self.held: Conn | None = None  # a UDP candidate the chooser holds while a TCP one may still win
+        self.hold_until = NEVER
 
 
 class Run:

@@ -8,9 +8,14 @@ peer's dials to us count as candidates too, even when they arrive before our
 own ``connect()`` (they are parked in ``AWAIT_LOCAL_CONNECT`` until it comes,
 or until their handshake deadline).
 
+Candidates are the other side's listeners (dialled directly) and its punch
+endpoints (:mod:`~crust.engine.punch`: TCP simultaneous open, UDP punching).
+
 Exactly one candidate survives: the side with the greater PeerId picks the
 first candidate whose exchange completes (``ChooseConnection``) and closes
-the rest; the smaller side waits for that choice (``EXPECT_CHOOSE``).  Only
+the rest; the smaller side waits for that choice (``EXPECT_CHOOSE``).  TCP is
+preferred: a UDP candidate that completes first is *held* for ``TCP_GRACE``
+while a TCP one may still connect, and loses to it if it does.  Only
 the chooser may close candidates the peer may have accepted, because the
 smaller side's candidates might carry a ``ChooseConnection`` in flight.  A
 ``connect()`` ends with one ``ConnectFinished`` event: success, or every
@@ -27,28 +32,35 @@ from ..ids import Endpoint, PeerId
 from ..wire.messages import ChooseConnection, ConnectRequest
 from .core import Core
 from .peers import Peers
+from .punch import Punching
 from .records import NEVER, Conn, Connect
 
-__all__ = ["Rendezvous", "MAX_CONNECT_CANDIDATES"]
+__all__ = ["Rendezvous", "MAX_CONNECT_CANDIDATES", "TCP_GRACE"]
 
 MAX_CONNECT_CANDIDATES = 32  # endpoints of one connection info dialled at once
+TCP_GRACE = 0.5  # seconds a ready UDP candidate waits for a TCP one (TCP is preferred where both work)
 _CANDIDATE_STATES = frozenset({ExchangeState.AWAIT_LOCAL_CONNECT, ExchangeState.EXPECT_CHOOSE,
-                               ExchangeState.EXPECT_CONNECT_REPLY})
+                               ExchangeState.EXPECT_CONNECT_REPLY, ExchangeState.HELD})
 
 
 class Rendezvous:
     """Every ``connect()`` in progress, by peer."""
 
-    def __init__(self, core: Core, peers: Peers) -> None:
+    def __init__(self, core: Core, peers: Peers, punching: Punching) -> None:
         self._core = core
         self._peers = peers
+        self._punching = punching
         self._connects: dict[PeerId, Connect] = {}
         core.conn_failed.append(self._on_conn_failed)
         peers.established.append(self._on_established)
 
-    def start(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, their_token: bytes, our_token: bytes,
-              timeout: float, now: float) -> None:
-        """Dial every endpoint at once; ends with one ``ConnectFinished`` (at once if already connected)."""
+    def start(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, tcp_punch: Sequence[Endpoint] = (),
+              udp_punch: Sequence[Endpoint] = (), their_token: bytes, our_token: bytes, timeout: float,
+              now: float) -> None:
+        """Dial every listener at once and punch towards the punch endpoints.
+
+        Ends with one ``ConnectFinished`` (at once if already connected).
+        """
         core = self._core
         if peer_id in self._peers.table:
             core.events.append(ConnectFinished(peer_id, True))
@@ -60,17 +72,23 @@ class Rendezvous:
             conn = core.dial(Role.INITIATOR, endpoint, peer_id, now)
             conn.connect_for = peer_id
             record.dials.add(conn.id)
+        self._punching.start(record, tcp_punch=tuple(tcp_punch), udp_punch=tuple(udp_punch), now=now)
         for conn in list(core.conns.values()):  # the peer may have dialled us first
             if conn.state is ExchangeState.AWAIT_LOCAL_CONNECT and conn.peer_id == peer_id:
                 core.move(conn, Decision.LOCAL_CONNECT)
                 self._judge(conn, conn.connect_token or b"", now)
 
     def next_timer(self) -> float:
-        """The earliest connect deadline (``NEVER`` if none)."""
-        return min((record.deadline for record in self._connects.values()), default=NEVER)
+        """The earliest connect deadline or end of a hold (``NEVER`` if none)."""
+        return min((min(record.deadline, record.hold_until) for record in self._connects.values()), default=NEVER)
 
     def handle_timer(self, now: float) -> None:
-        """End the connects whose deadline passed."""
+        """Choose held UDP candidates whose grace ran out; end the connects whose deadline passed."""
+        for record in [r for r in self._connects.values() if r.held is not None and r.hold_until <= now]:
+            held, record.held, record.hold_until = record.held, None, NEVER
+            assert held is not None
+            if held.id in self._core.conns:
+                self._choose(held, now)
         for record in [r for r in self._connects.values() if r.deadline <= now]:
             self._end(record)
 
@@ -91,6 +109,9 @@ class Rendezvous:
     def _judge(self, conn: Conn, token: bytes, now: float) -> None:
         core, peers = self._core, self._peers
         assert conn.peer_id is not None
+        if conn.connect_for is not None and conn.peer_id != conn.connect_for:
+            self._refuse(conn, "peer_id_mismatch")  # a punched stream that someone else answered
+            return
         record = self._connects.get(conn.peer_id)
         if conn.role is Role.RESPONDER:
             if core.is_banned(conn.peer_id, conn.remote):
@@ -120,11 +141,28 @@ class Rendezvous:
                 core.move(conn, Decision.REFUSE)
                 core.close(conn, flush=True)  # a later candidate: the chosen one already carries the peer
                 return
-            core.move(conn, Decision.CHOOSE)
-            core.send_control(conn, ChooseConnection())
-            peers.establish(conn, Origin.CONNECT, now)
+            if record is not None and conn.remote.transport == "udp" and self._tcp_may_win(record):
+                core.move(conn, Decision.HOLD)
+                if record.held is None:
+                    record.held, record.hold_until = conn, now + TCP_GRACE
+                return
+            self._choose(conn, now)
         else:
             core.move(conn, Decision.AWAIT_CHOICE)
+
+    def _choose(self, conn: Conn, now: float) -> None:
+        core = self._core
+        core.move(conn, Decision.CHOOSE)
+        core.send_control(conn, ChooseConnection())
+        self._peers.establish(conn, Origin.CONNECT, now)
+
+    def _tcp_may_win(self, record: Connect) -> bool:
+        """Whether a TCP candidate of ``record`` is still on its way (so a ready UDP one should wait)."""
+        peer_id = record.peer_id
+        return self._punching.is_tcp_pending(peer_id) or any(
+            c.remote.transport == "tcp" and c.state is not ExchangeState.ESTABLISHED
+            and (c.connect_for == peer_id or (c.peer_id == peer_id and c.state in _CANDIDATE_STATES))
+            for c in self._core.conns.values())
 
     def _refuse(self, conn: Conn, reason: str | None = None) -> None:
         """End a candidate we do not want: as a failure with ``reason``, or quietly."""
@@ -146,17 +184,25 @@ class Rendezvous:
 
     def _on_established(self, conn: Conn, peer_id: PeerId) -> None:
         if self._connects.pop(peer_id, None) is not None:
+            self._punching.stop(peer_id, self._core.now)
             # Only the chooser may drop candidates the peer may have accepted (see the module doc).
             self._close_candidates(peer_id, keep=conn, chooser=self._core.id > peer_id)
             self._core.events.append(ConnectFinished(peer_id, True))
 
     def _on_conn_failed(self, conn: Conn, reason: str, established: bool) -> None:
-        if conn.connect_for is not None and conn.connect_for in self._connects:
-            self._connects[conn.connect_for].failures[str(conn.remote)] = reason
+        record = self._connects.get(conn.connect_for or conn.peer_id)  # type: ignore[arg-type]
+        if record is None:
+            return
+        if record.held is conn:
+            record.held, record.hold_until = None, NEVER
+        if conn.connect_for is not None and conn.via != "tcp-punch":  # punching words its own failures
+            direct = conn.via == conn.remote.transport
+            record.failures[str(conn.remote) if direct else f"{conn.via} {conn.remote}"] = reason
 
     def _end(self, record: Connect) -> None:
         if self._connects.pop(record.peer_id, None) is None:
             return
+        self._punching.stop(record.peer_id, self._core.now, failed=True)
         self._close_candidates(record.peer_id, keep=None)
         failures = dict(record.failures)
         failures.setdefault("timeout", "no candidate connected in time")

@@ -83,6 +83,7 @@ class ExchangeState(enum.Enum):
     JUDGING_CONNECT = "judging_connect"  # either side: deciding on a ConnectRequest
     AWAIT_LOCAL_CONNECT = "await_local_connect"  # responder: a valid-looking ConnectRequest before our connect()
     EXPECT_CHOOSE = "expect_choose"  # a connect candidate of the smaller PeerId: waits for ChooseConnection
+    HELD = "held"  # the chooser's ready UDP candidate, held for a grace period in case TCP also connects
     EXPECT_GRANT = "expect_grant"  # initiator of a bootstrap
     EXPECT_ECHO = "expect_echo"  # initiator of an echo-address query (an observer connection)
     ESTABLISHED = "established"  # carries a peer (or retires after a duplicate race)
@@ -105,6 +106,7 @@ class Decision(enum.Enum):
     CHOOSE = "choose"  # the greater PeerId picks this candidate (sends ChooseConnection)
     AWAIT_CHOICE = "await_choice"  # the smaller PeerId accepts and waits for the choice
     REFUSE = "refuse"  # the candidate is not wanted (wrong token, banned, already connected)
+    HOLD = "hold"  # the chooser's UDP candidate waits a grace period: TCP is preferred if it comes too
     FAIL = "fail"  # the stream ended, a deadline passed or the peer broke the protocol
 
 
@@ -139,7 +141,10 @@ EXCHANGE: Mapping[tuple[Role, ExchangeState, ExchangeInput], ExchangeState] = {
     (_R, _S.EXPECT_CHOOSE, "ChooseConnection"): _S.ESTABLISHED,
     # either side of a connect candidate
     **{(role, _S.JUDGING_CONNECT, decision): target for role in Role for decision, target in (
-        (Decision.CHOOSE, _S.ESTABLISHED), (Decision.AWAIT_CHOICE, _S.EXPECT_CHOOSE), (Decision.REFUSE, _S.CLOSED))},
+        (Decision.CHOOSE, _S.ESTABLISHED), (Decision.AWAIT_CHOICE, _S.EXPECT_CHOOSE), (Decision.REFUSE, _S.CLOSED),
+        (Decision.HOLD, _S.HELD))},
+    **{(role, _S.HELD, decision): target for role in Role for decision, target in (
+        (Decision.CHOOSE, _S.ESTABLISHED), (Decision.REFUSE, _S.CLOSED))},
     # an established connection: the hot path (Data, Heartbeat, Goodbye, peer exchange) skips the
     # lookup, but the rows are here so the table is the whole machine
     **{(role, _S.ESTABLISHED, message): _S.ESTABLISHED for role in Role for message in (

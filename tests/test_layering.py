@@ -39,8 +39,9 @@ ALLOWED: dict[str, set[str]] = {
     "connection_info": DECL | {"wire"},  # row 5: the info swapped out of band for connect()
     "engine": DECL | {"wire", "crypto", "channel", "outbox", "handshake", "bootstrap", "discovery", "identity",
                       "connection_info"},  # row 6
+    "rudp": BASE,  # reliable UDP: a sans-IO transport protocol, below the shell that carries its datagrams
     # the shell: knows no crust protocol
-    "transport": {"errors", "config", "ids"},
+    "transport": {"errors", "config", "ids", "rudp"},
     "dispatch": {"errors", "ids", "events"},
 }
 # Above every row, unchecked: they wire the core to the shell.  sendgate is

@@ -38,7 +38,7 @@ from typing import Callable
 from ..errors import ListenerError
 from .addresses import host_port, resolve
 from .reactor import Reactor, TimerHandle
-from .rudp import RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, peek_ids
+from ..rudp import RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, peek_ids
 
 __all__ = ["UdpSocket", "RudpSocket", "RudpConnection"]
 
@@ -195,7 +195,7 @@ class RudpConnection:
     The owner sees the same ``write`` / ``pause_reading`` / ``resume_reading`` /
     ``close`` methods and the same ``on_data`` / ``on_sent`` / ``on_closed``
     completions, so the service drives TCP and rUDP connections alike.  The
-    protocol itself is the sans-IO :class:`~crust.transport.rudp.RudpStream`;
+    protocol itself is the sans-IO :class:`~crust.rudp.RudpStream`;
     this object only carries its datagrams, events and one timer.  ``on_sent``
     reports bytes the peer *acknowledged* (the rUDP send buffer is ours, not
     the kernel's, so that is when they stop costing memory).

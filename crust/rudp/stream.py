@@ -355,10 +355,13 @@ class RudpStream:
         if self._state is _State.CLOSED:
             return
         header = parse_header(datagram)
-        if header is None or header[7] < 0:
+        if header is None:
             self._malformed += 1
             return
         flags, dst, src, seq, ack, window, nsack, payload_at = header
+        if payload_at < 0:
+            self._malformed += 1
+            return
         if (dst != self._local_id and not (dst == 0 and flags == SYN)) \
                 or (self._remote_id and src != self._remote_id):
             self._dropped += 1

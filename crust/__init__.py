@@ -5,7 +5,8 @@ else lives in private modules and may change.
 """
 
 from ._version import __version__
-from .config import Config, read_config_file
+from .config import Config
+from .config_file import read_config_file  # also lends Config its file access (see crust.config)
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
 from .errors import (
     BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustError, CrustTimeoutError, DecryptError,

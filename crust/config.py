@@ -7,37 +7,62 @@ field has a default, so ``Config()`` is a working node.
 Timings that tests shorten (heartbeat, inactivity, handshake, bootstrap)
 are fields here rather than module constants, so no test needs a sleep or
 a monkeypatch to exercise them.
+
+This module is sans-IO (the engine imports it).  The file and the
+environment -- ``Config.load``, ``Config.save`` and the default
+``bootstrap_cache_path`` -- belong to :mod:`crust.config_file`, a top-level
+module, which this one cannot import (arrows point down only).  So
+``config_file`` lends them: it calls :func:`lend_file_side` when it is
+imported, and ``crust/__init__`` imports it, which Python runs before any
+code outside crust can reach this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
-import logging
 import os
-import sys
 from dataclasses import dataclass, field
-from typing import Any, Collection, Iterable, Sequence
+from typing import Any, Collection, Iterable, Protocol, Sequence
 
 from .errors import ConfigError
 from .ids import Contact, Endpoint, EndpointLike
 
-__all__ = [
-    "Config", "default_bootstrap_cache_path", "config_file_candidates", "find_config_file", "read_config_file",
-    "CONFIG_ENV_VAR",
-]
+__all__ = ["Config", "FileSide", "lend_file_side"]
 
 MIB = 1024 * 1024
-CONFIG_ENV_VAR = "CRUST_CONFIG"
-
-log = logging.getLogger("crust")
 
 
-def default_bootstrap_cache_path() -> str:
-    """``$XDG_CACHE_HOME/crust/bootstrap_cache.json`` (``~/.cache`` when unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "crust", "bootstrap_cache.json")
+class FileSide(Protocol):
+    """What :class:`Config` borrows from :mod:`crust.config_file`: the file system and the environment."""
+
+    def load(self, cls: type[Config], path: str | os.PathLike[str]) -> Config:
+        """Read the JSON config file at ``path`` into a ``cls``."""
+
+    def save(self, config: Config, path: str | os.PathLike[str]) -> None:
+        """Write ``config`` to ``path`` as JSON."""
+
+    def default_bootstrap_cache_path(self) -> str:
+        """The per-user bootstrap cache file."""
+
+
+_file_side: FileSide | None = None
+
+
+def lend_file_side(side: FileSide) -> None:
+    """Give :class:`Config` its file and environment access (called by :mod:`crust.config_file`)."""
+    global _file_side
+    _file_side = side
+
+
+def _files() -> FileSide:
+    if _file_side is None:  # only if crust/__init__ did not run, which Python never allows
+        raise RuntimeError("crust.config_file has not lent Config its file access")
+    return _file_side
+
+
+def _default_bootstrap_cache_path() -> str:
+    return _files().default_bootstrap_cache_path()
 
 
 # The original crust's JSON names (crust-original.md §1.4) map onto ours.
@@ -67,7 +92,7 @@ class Config:
     service_discovery_port: int = 5484
     service_discovery_targets: tuple[str, ...] | None = None
     """Where LAN beacons go; ``None`` = every interface's broadcast address."""
-    bootstrap_cache_path: str | None = field(default_factory=default_bootstrap_cache_path)
+    bootstrap_cache_path: str | None = field(default_factory=_default_bootstrap_cache_path)
     whitelisted_node_ips: Collection[str] | None = None
     whitelisted_client_ips: Collection[str] | None = None
     network_name: str | None = None
@@ -208,117 +233,16 @@ class Config:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Config:
-        """Read a JSON config file.
+        """Read a JSON config file (:func:`crust.config_file.load_config` does).
 
         Raises:
             ConfigError: unreadable file, bad JSON, unknown field or bad value.
         """
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc}") from exc
-        if isinstance(data, dict):
-            contacts = data.get("hard_coded_contacts")
-            if isinstance(contacts, list):
-                try:
-                    data["hard_coded_contacts"] = [
-                        Contact(c["addr"], c.get("peer_id")) if isinstance(c, dict) and "addr" in c else c
-                        for c in contacts
-                    ]
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"hard_coded_contacts: {exc}") from None
-        return cls.from_dict(data)
+        return _files().load(cls, path)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this Config as pretty JSON (replacing the file atomically)."""
-        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-
-
-# -- the default config file ------------------------------------------------------
-
-
-def _user_config_dir() -> str:
-    """``$XDG_CONFIG_HOME`` (``~/.config`` when unset); ``%APPDATA%`` on Windows when set."""
-    if os.name == "nt" and os.environ.get("APPDATA"):
-        return os.environ["APPDATA"]
-    return os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-
-
-def _program_config_file() -> str | None:
-    """``<program name>.crust.config`` beside the running script, or None without a script."""
-    argv0 = sys.argv[0] if sys.argv else ""
-    if not argv0 or argv0 == "-c" or argv0 == "-":  # interactive, ``python -c``, stdin
-        return None
-    script = os.path.abspath(argv0)
-    name = os.path.splitext(os.path.basename(script))[0]
-    if not name:
-        return None
-    return os.path.join(os.path.dirname(script), f"{name}.crust.config")
-
-
-def config_file_candidates() -> list[str]:
-    """Where :func:`read_config_file` looks, in order (API.md "Config").
-
-    ``$CRUST_CONFIG`` when set; ``<program name>.crust.config`` beside the
-    running script (``sys.argv[0]``, extension dropped: ``app.py`` ->
-    ``app.crust.config``); ``crust/crust.config`` in the per-user config dir
-    (``$XDG_CONFIG_HOME``, else ``~/.config``).
-    """
-    out = []
-    env = os.environ.get(CONFIG_ENV_VAR)
-    if env:
-        out.append(env)
-    program = _program_config_file()
-    if program is not None:
-        out.append(program)
-    out.append(os.path.join(_user_config_dir(), "crust", "crust.config"))
-    return out
-
-
-def find_config_file() -> str | None:
-    """The first of :func:`config_file_candidates` that exists, or None.
-
-    Raises:
-        ConfigError: ``$CRUST_CONFIG`` is set but names no file (an explicit
-            choice is never silently replaced by another file or by defaults).
-    """
-    env = os.environ.get(CONFIG_ENV_VAR)
-    if env and not os.path.isfile(env):
-        raise ConfigError(f"${CONFIG_ENV_VAR} names {env!r}, which is not a file")
-    for path in config_file_candidates():
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def read_config_file() -> Config:
-    """Load the default config file (see :func:`config_file_candidates`).
-
-    When there is none, returns ``Config()`` and logs (INFO, logger
-    ``"crust"``) every place it looked; no file is created.
-
-    Raises:
-        ConfigError: the file found cannot be read or is not a valid config
-            (the message names the file and the problem), or ``$CRUST_CONFIG``
-            names a missing file.
-    """
-    path = find_config_file()
-    if path is None:
-        log.info("no crust config file found (looked in %s); using defaults",
-                 ", ".join(config_file_candidates()))
-        return Config()
-    log.info("reading crust config file %s", path)
-    try:
-        return Config.load(path)
-    except ConfigError as exc:
-        if path in str(exc):
-            raise
-        raise ConfigError(f"config file {path!r}: {exc}") from exc
+        """Write this Config as pretty JSON, replacing the file atomically (:func:`crust.config_file.save_config`)."""
+        _files().save(self, path)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

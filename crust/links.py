@@ -41,7 +41,7 @@ from .engine import Engine
 from .errors import ListenerError
 from .ids import ConnId, Endpoint
 from .transport.reactor import Reactor
-from .transport.addresses import resolve
+from .transport.sockets import bind_socket
 from .transport.tcp import TcpListener, TcpStream
 from .transport.udp import RudpConnection, RudpSocket
 
@@ -129,23 +129,11 @@ class Links:
         if not self._config.enable_tcp:
             return None
         if self._punch_socket is None:
-            cfg = self._config
             try:
-                family, sockaddr = resolve(cfg.listen_host, 0, socket.SOCK_STREAM, passive=True)
-                sock = socket.socket(family, socket.SOCK_STREAM)
-            except OSError as err:
+                self._punch_socket = bind_socket("tcp", self._config.listen_host, 0, reuse_port=True)
+            except ListenerError as err:
                 log.warning("no TCP punch port: %s", err)
                 return None
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if hasattr(socket, "SO_REUSEPORT"):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind(sockaddr)
-            except OSError as err:
-                sock.close()
-                log.warning("no TCP punch port: %s", err)
-                return None
-            self._punch_socket = sock
         return int(self._punch_socket.getsockname()[1])
 
     def udp_port(self) -> int | None:
@@ -191,7 +179,7 @@ class Links:
             local = None if local_port is None else (cfg.listen_host, local_port)
             self._streams[conn] = TcpStream.connect(
                 self._reactor, endpoint.host, endpoint.port, on_connected=on_connected,
-                timeout=cfg.handshake_timeout, local_address=local, **callbacks)
+                timeout=cfg.handshake_timeout, local_address=local, reuse_port=True, **callbacks)
         else:
             fail("TCP is disabled (enable_tcp=False)")
 

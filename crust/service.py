@@ -31,7 +31,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
-from .config import Config, find_config_file, read_config_file
+from .config import Config
+from .config_file import find_config_file, read_config_file
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, SendDatagram, Write
 from .engine import Engine

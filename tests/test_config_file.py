@@ -9,7 +9,10 @@ import pathlib
 import pytest
 
 import crust
-from crust.config import Config, config_file_candidates, find_config_file, read_config_file
+from crust.config import Config
+from crust.config_file import (
+    config_file_candidates, default_bootstrap_cache_path, find_config_file, load_config, read_config_file,
+)
 from crust.errors import ConfigError
 
 
@@ -147,3 +150,17 @@ def test_saved_config_reads_back(places: dict[str, pathlib.Path]) -> None:
     places["user"].parent.mkdir(parents=True)
     cfg.save(places["user"])
     assert read_config_file() == cfg
+
+
+def test_config_borrows_its_file_access_from_config_file(tmp_path: pathlib.Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # crust.config is sans-IO: the default cache path, load() and save() are crust.config_file's.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert Config().bootstrap_cache_path == str(tmp_path / "cache" / "crust" / "bootstrap_cache.json")
+    assert Config().bootstrap_cache_path == default_bootstrap_cache_path()
+    path = tmp_path / "node.json"
+    Config(tcp_port=7).save(path)
+    assert json.loads(path.read_text(encoding="utf-8"))["tcp_port"] == 7
+    assert Config.load(path) == load_config(path) == Config(tcp_port=7)
+    with pytest.raises(ConfigError, match="cannot read config file .*missing.json"):
+        Config.load(tmp_path / "missing.json")

@@ -24,7 +24,7 @@ from crust.nat.probe import (
     decode,
     encode,
 )
-from crust.transport.rudp import peek_ids
+from crust.rudp import peek_ids
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEY = punch_key(bytes(16), bytes(range(16)))

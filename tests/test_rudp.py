@@ -1,4 +1,4 @@
-"""Reliable UDP (crust.transport.rudp) in virtual time: two RudpStreams, one simulated link, no sockets.
+"""Reliable UDP (crust.rudp) in virtual time: two RudpStreams, one simulated link, no sockets.
 
 ``Pair`` owns two streams ``a`` and ``b``, a float clock and a ``Link`` that
 delivers datagrams after a delay, losing, duplicating or delaying some at
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crust.transport.rudp import (
+from crust.rudp import (
     HEADER_SIZE,
     MAGIC,
     MAX_DATAGRAM,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import crust
-from crust.transport import rudp
+from crust import rudp
 
 from .livenet import KIB, MIB, WAIT, Net, Recorder
 
@@ -141,7 +141,7 @@ def test_garbage_and_spoofed_datagrams_do_not_disturb_a_rudp_peer(net: Net) -> N
     attacker.bind(("127.0.0.2", 0))
     garbage = [os.urandom(n) for n in (0, 1, 5, 13, 40, 1300)]
 
-    def forged(flags: int, dst: int) -> bytes:  # a well-formed rUDP header (crust/transport/rudp.py)
+    def forged(flags: int, dst: int) -> bytes:  # a well-formed rUDP header (crust/rudp/packet.py)
         return struct.pack(">BBIIIIIB", rudp.MAGIC, flags, dst, 1 + int.from_bytes(os.urandom(3), "big"),
                            int.from_bytes(os.urandom(4), "big"), 0, 65535, 0) + os.urandom(16)
 

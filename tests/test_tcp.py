@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import random
@@ -434,6 +435,74 @@ def test_listener_error_on_port_in_use(reactor: Reactor) -> None:
 def test_listener_error_on_a_hostname(reactor: Reactor) -> None:
     with pytest.raises(ListenerError):
         run_on(reactor, lambda: TcpListener(reactor, "not-an-ip.invalid", 0, lambda s, a: None))
+
+
+class Acceptor:
+    """A listener's accepted sockets and their peers' addresses (closed by close())."""
+
+    def __init__(self) -> None:
+        self.socks: list[socket.socket] = []
+        self.peers: list[tuple[str, int]] = []
+        self.count = threading.Semaphore(0)
+
+    def __call__(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        self.socks.append(sock)
+        self.peers.append(addr)
+        self.count.release()
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+def dial_from(reactor: Reactor, peer: Peer, local: tuple[str, int], port: int, reuse_port: bool) -> TcpStream:
+    return run_on(reactor, lambda: TcpStream.connect(
+        reactor, "127.0.0.1", port, on_connected=peer.on_connected, on_data=peer.on_data, on_sent=peer.on_sent,
+        on_closed=peer.on_closed, local_address=local, reuse_port=reuse_port))
+
+
+def test_a_listener_and_a_connection_share_a_port_with_reuse_port(reactor: Reactor) -> None:
+    # TCP hole punching dials out from the port its listener holds: the one the peer was told about.
+    here, there = Acceptor(), Acceptor()
+    listener = run_on(reactor, lambda: TcpListener(reactor, "127.0.0.1", 0, here, reuse_port=True))
+    target = run_on(reactor, lambda: TcpListener(reactor, "127.0.0.1", 0, there))
+    peer = Peer()
+    stream = dial_from(reactor, peer, listener.address, target.address[1], reuse_port=True)
+    late = None
+    try:
+        assert peer.connected.wait(WAIT), peer.closed
+        assert there.count.acquire(timeout=WAIT)
+        assert there.peers == [listener.address]  # the connection left from the listener's port
+        assert run_on(reactor, lambda: stream.local_address) == listener.address
+        late = socket.create_connection(listener.address, timeout=WAIT)  # and the listener still accepts
+        assert here.count.acquire(timeout=WAIT)
+        assert here.peers == [late.getsockname()]
+    finally:
+        if late is not None:
+            late.close()
+        close_all(reactor, [stream], listener)
+        run_on(reactor, target.close)
+        here.close()
+        there.close()
+
+
+@pytest.mark.parametrize("listener_reuses, dial_reuses", [(True, False), (False, True)])
+def test_sharing_a_listeners_port_needs_reuse_port_on_both(reactor: Reactor, listener_reuses: bool,
+                                                           dial_reuses: bool) -> None:
+    acceptor = Acceptor()
+    listener = run_on(reactor, lambda: TcpListener(reactor, "127.0.0.1", 0, acceptor, reuse_port=listener_reuses))
+    target = run_on(reactor, lambda: TcpListener(reactor, "127.0.0.1", 0, acceptor))
+    peer = Peer()
+    stream = dial_from(reactor, peer, listener.address, target.address[1], reuse_port=dial_reuses)
+    try:
+        assert peer.closed_event.wait(WAIT)  # the bind failed: reported as a connect failure
+        assert len(peer.closed) == 1 and isinstance(peer.closed[0], OSError)
+        assert peer.closed[0].errno == errno.EADDRINUSE
+        assert not peer.connected.is_set()
+    finally:
+        close_all(reactor, [stream], listener)
+        run_on(reactor, target.close)
+        acceptor.close()
 
 
 def _ipv6_loopback_works() -> bool:

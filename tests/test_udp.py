@@ -12,7 +12,7 @@ import pytest
 
 from crust.errors import ListenerError
 from crust.transport.reactor import Reactor
-from crust.transport import rudp as rudp_module
+from crust import rudp as rudp_module
 from crust.transport.udp import CLOSE_LINGER, RudpConnection, RudpSocket, UdpSocket
 
 T = TypeVar("T")

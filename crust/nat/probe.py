@@ -1,7 +1,7 @@
 """The NAT-traversal datagrams crust sends on its one UDP socket besides rUDP (sans-IO codec).
 
 Three messages share the rUDP socket (``transport.udp.RudpSocket`` hands
-every datagram that :func:`crust.transport.rudp.peek_ids` refuses to its
+every datagram that :func:`crust.rudp.peek_ids` refuses to its
 ``on_other``; rUDP owns first byte ``0xC5``, these start with ``0xC3``):
 
 * **peer STUN** (:class:`EchoRequest` / :class:`EchoResponse`): "from which

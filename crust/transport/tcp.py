@@ -41,7 +41,7 @@ from itertools import islice
 from typing import Callable
 
 from ..errors import ListenerError
-from .addresses import host_port, resolve
+from .sockets import bind_socket, host_port, resolve
 from .reactor import Reactor, TimerHandle
 
 __all__ = ["TcpListener", "TcpStream"]
@@ -57,7 +57,6 @@ CLOSE_FLUSH_TIMEOUT = 5.0  # seconds close(flush=True) keeps trying to send queu
 
 _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
-_POSIX = os.name == "posix"
 _CONNECT_IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN})
 # Running out of fds or kernel memory is not the peer's fault and lasts a
 # while; the listener stays readable meanwhile, so retrying at once would spin.
@@ -82,6 +81,8 @@ class TcpListener:
         port: int,
         on_accept: Callable[[socket.socket, tuple[str, int]], None],
         backlog: int = 128,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         """Bind, listen and start accepting.
 
@@ -93,6 +94,10 @@ class TcpListener:
                 on) and the peer's ``(host, port)``.  It owns the socket from
                 that call on, even if it raises.
             backlog: the kernel's accept queue length.
+            reuse_port: share the port with other sockets that set it too,
+                such as connections started with ``TcpStream.connect(...,
+                local_address=this address, reuse_port=True)``
+                (``SO_REUSEPORT``; see :mod:`crust.transport.sockets`).
 
         Raises:
             ListenerError: the address is not an IP literal, or bind/listen failed
@@ -103,20 +108,11 @@ class TcpListener:
         self._closed = False
         self._retry_timer: TimerHandle | None = None
         try:
-            family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as err:
-            raise ListenerError(f"cannot listen on {host}:{port}: {err}") from err
+            sock = bind_socket("tcp", host, port, reuse_port=reuse_port)
+        except ListenerError as err:  # the same failure in a listener's words, with the OSError as cause
+            raise ListenerError(f"cannot listen on {host}:{port}: {err.__cause__}") from err.__cause__
         try:
-            if _POSIX:
-                # POSIX: lets a restarted node rebind its port while old connections
-                # sit in TIME_WAIT; it still refuses a second live listener on Linux
-                # and the BSDs.  (On Windows the same flag would allow port hijacking,
-                # so it is left off there.)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
             sock.listen(backlog)
-            sock.setblocking(False)
             reactor.register(sock, _EVENT_READ, self._on_readable)
         except OSError as err:
             sock.close()
@@ -298,6 +294,7 @@ class TcpStream:
         on_closed: Callable[[OSError | None], None],
         timeout: float | None = None,
         local_address: tuple[str, int] | None = None,
+        reuse_port: bool = False,
     ) -> TcpStream:
         """Start a non-blocking connect to ``host:port``.  Reactor thread only.
 
@@ -316,8 +313,12 @@ class TcpStream:
             on_closed: as for ``TcpStream()``; also gets the connect failure
                 (e.g. ``ConnectionRefusedError``) or ``TimeoutError``.
             timeout: seconds to wait for the connection; None waits for the kernel.
-            local_address: ``(host, port)`` to bind before connecting (with
-                ``SO_REUSEADDR`` and ``SO_REUSEPORT``: dials may share one port).
+            local_address: ``(IP literal, port)`` to bind before connecting; a
+                failure to bind reaches ``on_closed`` as its OSError.
+            reuse_port: with ``local_address``, share that port with other
+                sockets that set it too, such as a ``TcpListener(...,
+                reuse_port=True)`` (``SO_REUSEPORT``; see
+                :mod:`crust.transport.sockets`).
 
         Returns:
             The stream, not yet connected.
@@ -327,21 +328,20 @@ class TcpStream:
         self._on_connected = on_connected
         try:
             family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=False)
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as err:
+            if local_address is None:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            else:
+                sock = bind_socket("tcp", *local_address, reuse_port=reuse_port)
+        except (OSError, ListenerError) as err:
             # No socket exists: _closed keeps every method away from self._sock.
-            self._fail_early(err)
+            # A local_address that cannot be bound fails like any connect: with its OSError.
+            cause = err.__cause__ if isinstance(err, ListenerError) else err
+            self._fail_early(cause if isinstance(cause, OSError) else OSError(str(err)))
             return self
         self._sock = sock
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if local_address is not None:
-                if _POSIX:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if hasattr(socket, "SO_REUSEPORT"):  # Linux, BSDs: several dials share our punch port
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind(local_address)
             code = sock.connect_ex(sockaddr)
             if code not in _CONNECT_IN_PROGRESS:
                 raise OSError(code, os.strerror(code))

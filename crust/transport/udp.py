@@ -36,9 +36,9 @@ import socket
 from typing import Callable
 
 from ..errors import ListenerError
-from .addresses import host_port, resolve
+from ..rudp import RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, peek_ids
 from .reactor import Reactor, TimerHandle
-from .rudp import RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, peek_ids
+from .sockets import bind_socket, host_port
 
 __all__ = ["UdpSocket", "RudpSocket", "RudpConnection"]
 
@@ -91,20 +91,10 @@ class UdpSocket:
         self._reactor = reactor
         self._on_datagram = on_datagram
         self._closed = False
+        sock = bind_socket("udp", host, port, reuse_port=reuse_port)
         try:
-            family, sockaddr = resolve(host, port, socket.SOCK_DGRAM, passive=True)
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-        except OSError as err:
-            raise ListenerError(f"cannot bind UDP {host}:{port}: {err}") from err
-        try:
-            sock.setblocking(False)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if hasattr(socket, "SO_REUSEPORT"):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if broadcast:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            sock.bind(sockaddr)
             self._address = host_port(sock.getsockname())
             reactor.register(sock, _EVENT_READ, self._on_readable)
         except OSError as err:
@@ -195,7 +185,7 @@ class RudpConnection:
     The owner sees the same ``write`` / ``pause_reading`` / ``resume_reading`` /
     ``close`` methods and the same ``on_data`` / ``on_sent`` / ``on_closed``
     completions, so the service drives TCP and rUDP connections alike.  The
-    protocol itself is the sans-IO :class:`~crust.transport.rudp.RudpStream`;
+    protocol itself is the sans-IO :class:`~crust.rudp.RudpStream`;
     this object only carries its datagrams, events and one timer.  ``on_sent``
     reports bytes the peer *acknowledged* (the rUDP send buffer is ours, not
     the kernel's, so that is when they stop costing memory).

@@ -1,0 +1,36 @@
+"""Reliable UDP (PROTOCOL.md §10): a sans-IO machine that gives a UDP path TCP-like stream semantics.
+
+Split as aioquic splits QUIC: ``packet`` is the wire format (one header
+parser for the socket's demultiplexer and the stream), ``recovery`` the RTT
+estimator, SACK scoreboard, NewReno and the RTO, ``receive`` reassembly and
+the receive window, ``stream`` the connection machine (:class:`RudpStream`)
+and ``events`` what it reports.  Nothing here reads a clock or touches a
+socket: ``crust.transport.udp`` carries the datagrams.
+"""
+
+from __future__ import annotations
+
+from .events import RudpClosed, RudpConnected, RudpData, RudpEvent, RudpSent
+from .packet import HEADER_SIZE, MAGIC, MAX_DATAGRAM, MAX_PAYLOAD, MAX_SACK_BLOCKS, peek_ids
+from .recovery import INITIAL_RTO, MAX_RTO, MAX_RTO_RETRIES, MIN_RTO, RttEstimator
+from .stream import RudpStream
+
+__all__ = [
+    "MAGIC",
+    "MAX_PAYLOAD",
+    "MAX_SACK_BLOCKS",
+    "HEADER_SIZE",
+    "MAX_DATAGRAM",
+    "peek_ids",
+    "RudpConnected",
+    "RudpData",
+    "RudpSent",
+    "RudpClosed",
+    "RudpEvent",
+    "INITIAL_RTO",
+    "MIN_RTO",
+    "MAX_RTO",
+    "MAX_RTO_RETRIES",
+    "RttEstimator",
+    "RudpStream",
+]

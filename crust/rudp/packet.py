@@ -1,0 +1,137 @@
+"""The rUDP wire format (PROTOCOL.md §10): header, flags, SACK blocks, 32-bit sequence numbers.
+
+One parser, :func:`parse_header`, serves both readers of a datagram: the
+socket's demultiplexer (through :func:`peek_ids`, on every datagram) and the
+stream.  Nothing here keeps state.
+
+Wire format (big-endian; header 23 bytes, datagram at most ``MAX_DATAGRAM``)::
+
+    offset size  field
+    0      1     magic: 0xC5 = rudp version 1 (other first bytes belong to others
+                 on the socket: 0xC3 beacons, ASCII for SSDP, probes)
+    1      1     flags: 0x01 SYN, 0x02 ACK, 0x04 FIN, 0x08 RST, 0x10 PING
+                 (answer with an ACK); the others must be 0
+    2      4     dst: receiver's connection id (0 only in a SYN without ACK)
+    6      4     src: sender's connection id (never 0)
+    10     4     seq: sequence number of the first payload byte (or of the
+                 SYN / FIN; in a bare ACK, PING or RST the sender's next seq)
+    14     4     ack: next sequence number expected (meaningful with ACK, else 0)
+    18     4     window: receive window in bytes, counted from ack
+    22     1     n: number of SACK blocks, 0..3
+    23     8*n   SACK blocks: u32 start, u32 end (end exclusive) of data
+                 received above ack
+    23+8n  rest  payload, 0..1200 bytes
+
+Valid flag sets: SYN, SYN|ACK, ACK (+FIN, +PING), RST (+ACK).  SYN and RST
+carry no payload.  Anything else -- short, wrong magic, unknown flags, n > 3,
+SACK blocks past the end, payload over 1200 bytes, src 0 -- is malformed.
+
+*Sequence space.*  The wire carries 32 bits; inside, offsets from the ISN are
+unbounded ints, each received value unwrapped (:func:`unwrap`) to the offset
+nearest a reference (``rcv_nxt`` for seq, ``snd_una`` for ack and SACK), exact
+while windows stay below 2**31.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Sequence
+
+__all__ = [
+    "MAGIC",
+    "MAX_PAYLOAD",
+    "MAX_SACK_BLOCKS",
+    "HEADER_SIZE",
+    "MAX_DATAGRAM",
+    "SYN",
+    "ACK",
+    "FIN",
+    "RST",
+    "PING",
+    "HEADER",
+    "Header",
+    "parse_header",
+    "peek_ids",
+    "sack_offsets",
+    "pack_sack_blocks",
+    "unwrap",
+    "MASK",
+    "HALF",
+]
+
+MAGIC = 0xC5  # first byte of every rudp datagram, version 1 included: a new version takes a new byte
+MAX_PAYLOAD = 1200  # bytes per datagram: stays below every sane path MTU, so no IP fragmentation
+MAX_SACK_BLOCKS = 3  # per datagram, as TCP fits with timestamps; the sender remembers older ones
+HEADER = struct.Struct(">BBIIIIIB")  # magic, flags, dst, src, seq, ack, window, SACK count
+_SACK = struct.Struct(">II")
+HEADER_SIZE = HEADER.size  # 23 bytes
+MAX_DATAGRAM = HEADER_SIZE + MAX_SACK_BLOCKS * _SACK.size + MAX_PAYLOAD  # 1247 bytes
+
+SYN, ACK, FIN, RST, PING = 0x01, 0x02, 0x04, 0x08, 0x10
+_VALID_FLAGS = frozenset({SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, ACK | FIN | PING, RST, RST | ACK})
+MASK = 0xFFFFFFFF  # the wire's 32 bits
+HALF = 1 << 31
+
+# (flags, dst, src, seq, ack, window, nsack, payload_at); payload_at is -1 when the
+# header names a valid flag set but the datagram around it is malformed.  A plain
+# tuple, not a NamedTuple: it is built twice per datagram on the hot path.
+Header = tuple[int, int, int, int, int, int, int, int]
+
+
+def parse_header(datagram: bytes) -> Header | None:
+    """The header of an rudp datagram, or None if the datagram is not rudp.
+
+    Not rudp: shorter than a header, another magic, or a flag set that rudp
+    never sends (the first bytes of other protocols on the socket).  Rudp
+    but malformed -- too many SACK blocks, blocks past the end, an oversized
+    payload, ``src`` 0, a SYN or RST with payload -- gives ``payload_at`` -1.
+
+    Args:
+        datagram: the bytes as received.
+
+    Returns:
+        ``(flags, dst, src, seq, ack, window, nsack, payload_at)``, where
+        ``payload_at`` is where the payload starts (``len(datagram)`` if none).
+    """
+    size = len(datagram)
+    if size < HEADER_SIZE or datagram[0] != MAGIC or datagram[1] not in _VALID_FLAGS:
+        return None
+    _, flags, dst, src, seq, ack, window, nsack = HEADER.unpack_from(datagram)
+    payload_at = HEADER_SIZE + 8 * nsack
+    if (nsack > MAX_SACK_BLOCKS or payload_at > size or size - payload_at > MAX_PAYLOAD or src == 0
+            or (flags & (SYN | RST) and size > payload_at)):
+        payload_at = -1
+    return flags, dst, src, seq, ack, window, nsack, payload_at
+
+
+def peek_ids(datagram: bytes) -> tuple[int, int, bool] | None:
+    """``(dst_id, src_id, is_syn_without_ack)`` if this looks like an rudp datagram, else None.
+
+    The socket demultiplexer calls it on every datagram; a malformed rudp
+    datagram still gets its ids, so the stream it names counts it.
+    """
+    header = parse_header(datagram)
+    if header is None:
+        return None
+    return header[1], header[2], header[0] == SYN
+
+
+def sack_offsets(datagram: bytes, nsack: int, ref: int, base: int) -> list[tuple[int, int]]:
+    """The SACK blocks of a parsed datagram as ``(start, end)`` offsets from ``base``, in wire order.
+
+    Each edge is unwrapped near ``ref`` (``snd_una``).  Stale or bogus blocks
+    are kept: which block came first matters to the reader.
+    """
+    return [(unwrap(start, ref, base), unwrap(end, ref, base))
+            for start, end in (_SACK.unpack_from(datagram, HEADER_SIZE + 8 * i) for i in range(nsack))]
+
+
+def pack_sack_blocks(ranges: Sequence[tuple[int, int]], base: int) -> bytes:
+    """SACK blocks for ``(start, end)`` offsets from ``base``, in the order given."""
+    return b"".join(_SACK.pack((base + start) & MASK, (base + end) & MASK) for start, end in ranges)
+
+
+def unwrap(wire: int, ref: int, base: int) -> int:
+    """The offset (from ``base``) nearest ``ref`` whose 32-bit wire value is ``wire``."""
+    diff = (wire - base - ref) & MASK
+    return ref + diff - (1 << 32) if diff >= HALF else ref + diff

@@ -12,7 +12,7 @@ Theory of operation.  A new connection runs two handshakes in a row:
    ``ESTABLISHED``: a peer link carrying Data and Heartbeats.
 
 The exchange's inputs are the peer's messages (by class name) and our own
-``Decision``\ s (what finished securing a dial, what we decided about a
+``Decision`` values (what finished securing a dial, what we decided about a
 request); every state change of a connection goes through ``EXCHANGE``, so
 the table is the whole machine and its diagram can be printed from it.
 

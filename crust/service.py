@@ -361,10 +361,9 @@ class Service:
         if self._lan is None:
             begin([])
         else:
-            # With nothing else to try, the first LAN answer is worth dialling at once.
-            alone = not (hard_coded or self._book.knows_anyone())
-            self._lan.seek(self._config.service_discovery_window, lambda replies: begin(_lan_contacts(replies)),
-                           until_first=alone)
+            self._lan.seek_for_bootstrap(self._config.service_discovery_window,
+                                         lambda replies: begin(_lan_contacts(replies)),
+                                         others_known=bool(hard_coded) or self._book.knows_anyone())
 
     def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
         """The pool for blocking calls (DNS now; UPnP later), started on first use."""

@@ -135,7 +135,7 @@ def test_max_size_and_empty_messages_arrive_whole(net: Net) -> None:
     p.b.send(p.a.id, big)
     p.b.send(p.a.id, b"")
     p.b.send(p.a.id, big[:64 * KIB + 1])  # one byte more than a frame's worth
-    p.ra.wait(lambda: p.ra.count() == 3, timeout=10.0, what="the big messages")
+    p.ra.wait(lambda: p.ra.count() == 3, what="the big messages")
     assert p.ra.data_from(p.b.id) == [big, b"", big[:64 * KIB + 1]]
 
     with pytest.raises(crust.MessageTooLarge) as info:
@@ -910,5 +910,5 @@ def test_messages_queued_before_close_are_delivered(net: Net) -> None:
     for i in range(6):
         p.b.send(p.a.id, bytes([i]) * MIB)
     p.b.close()
-    p.ra.wait(lambda: p.ra.lost == [p.b.id], timeout=10.0, what="A's on_lost after B closed")
+    p.ra.wait(lambda: p.ra.lost == [p.b.id], what="A's on_lost after B closed")
     assert [d[0] for d in p.ra.data_from(p.b.id)] == list(range(6))

@@ -160,10 +160,21 @@ def test_a_secured_connection_that_never_says_why_it_came_is_closed_at_the_hands
 # -- liveness -----------------------------------------------------------------------------------
 
 
+LIVE = dataclasses.replace(FAST, heartbeat_interval=0.5, inactivity_timeout=3.0)
+
+
+def live_pair(settle: float) -> tuple[SimNet, Node, Node]:
+    """B bootstrapped off A over a 20 ms link, ``settle`` seconds ago."""
+    net = SimNet(latency=0.02)
+    a, b = net.add("a", LIVE), net.add("b", LIVE)
+    b.engine.start_bootstrap([Contact(net.listen("a"))], now=net.now)
+    net.advance(settle)
+    return net, a, b
+
+
 def test_heartbeats_keep_an_idle_pair_alive_over_a_slow_lossy_link() -> None:
-    live = dataclasses.replace(FAST, heartbeat_interval=0.5, inactivity_timeout=3.0)
     net = SimNet(seed=3, latency=0.1, loss=0.1, rto=0.3)
-    a, b = net.add("a", live), net.add("b", live)
+    a, b = net.add("a", LIVE), net.add("b", LIVE)
     b.engine.start_bootstrap([Contact(net.listen("a"))], now=net.now)
     net.advance(60.0)  # 20 inactivity timeouts of idleness
     assert connected_at(a) is not None and connected_at(b) is not None
@@ -173,11 +184,8 @@ def test_heartbeats_keep_an_idle_pair_alive_over_a_slow_lossy_link() -> None:
 
 
 def test_a_peer_cut_off_is_lost_one_inactivity_timeout_after_its_last_word() -> None:
-    live = dataclasses.replace(FAST, heartbeat_interval=0.5, inactivity_timeout=3.0)
-    net = SimNet(latency=0.02)
-    a, b = net.add("a", live), net.add("b", live)
-    b.engine.start_bootstrap([Contact(net.listen("a"))], now=net.now)
-    net.advance(5.0)
+    live = LIVE
+    net, a, b = live_pair(5.0)
     (conn,) = net.links_of("a")
     net.kill_link("a", conn)
     cut = net.now
@@ -189,11 +197,8 @@ def test_a_peer_cut_off_is_lost_one_inactivity_timeout_after_its_last_word() -> 
 
 
 def test_a_peer_we_stopped_reading_is_never_lost_for_its_silence() -> None:
-    live = dataclasses.replace(FAST, heartbeat_interval=0.5, inactivity_timeout=3.0)
-    net = SimNet(latency=0.02)
-    a, b = net.add("a", live), net.add("b", live)
-    b.engine.start_bootstrap([Contact(net.listen("a"))], now=net.now)
-    net.advance(2.0)
+    live = LIVE
+    net, a, b = live_pair(2.0)
     (conn,) = net.links_of("a")
     a.engine.reading_paused(conn, True, net.now)  # our callbacks are slow: the silence is ours
     net.kill_link("a", conn)

@@ -30,6 +30,7 @@ __all__ = [
     "SendTimeout",
     "ConfigError",
     "ListenerError",
+    "CandidatesFailed",
     "BootstrapFailed",
     "ConnectError",
     "ConnectToSelf",
@@ -108,30 +109,36 @@ class ListenerError(CrustError):
     """A listener could not be started (port in use, no permission, transport disabled)."""
 
 
-class BootstrapFailed(CrustError):
-    """No bootstrap contact granted us a connection.
+class CandidatesFailed(CrustError):
+    """An operation tried several candidates and none worked; ``reasons`` says why for each.
+
+    The shared base of :class:`BootstrapFailed` (the candidates are contacts)
+    and :class:`ConnectError` (the candidates are a peer's endpoints), so a
+    caller can report either the same way.
 
     Attributes:
-        reasons: each contact tried (as text) mapped to why it failed.
+        reasons: each candidate tried (as text) mapped to why it failed.
     """
 
     def __init__(self, msg: str, reasons: Mapping[str, str] | None = None) -> None:
+        """
+        Args:
+            msg: what failed; each reason is appended as ``(candidate: why; ...)``.
+            reasons: each candidate tried, mapped to its failure (none: an empty dict).
+        """
         self.reasons: dict[str, str] = dict(reasons or {})
         if self.reasons:
-            detail = "; ".join(f"{contact}: {why}" for contact, why in self.reasons.items())
+            detail = "; ".join(f"{candidate}: {why}" for candidate, why in self.reasons.items())
             msg = f"{msg} ({detail})"
         super().__init__(msg)
 
 
-class ConnectError(CrustError):
+class BootstrapFailed(CandidatesFailed):
+    """No bootstrap contact granted us a connection; ``reasons`` maps each contact to its failure."""
+
+
+class ConnectError(CandidatesFailed):
     """``connect()`` found no working candidate; ``reasons`` maps each candidate to its failure."""
-
-    def __init__(self, msg: str, reasons: Mapping[str, str] | None = None) -> None:
-        self.reasons: dict[str, str] = dict(reasons or {})
-        if self.reasons:
-            detail = "; ".join(f"{cand}: {why}" for cand, why in self.reasons.items())
-            msg = f"{msg} ({detail})"
-        super().__init__(msg)
 
 
 class ConnectToSelf(ConnectError):

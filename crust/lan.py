@@ -1,4 +1,4 @@
-"""LanDiscovery: the LAN beacon's sockets and timers around the sans-IO seeker and responder.
+"""LanDiscovery: the LAN beacon's sockets and timer around the sans-IO :class:`~crust.discovery.lan.LanBeacon`.
 
 Runs on the reactor thread.  Two UDP sockets:
 
@@ -9,8 +9,10 @@ Runs on the reactor thread.  Two UDP sockets:
 * the *seeker* socket, on a random port with SO_BROADCAST: Seeks leave from
   it and the Replies (unicast, to the Seek's source) come back to it.
 
-A seek runs for one window; :class:`~crust.discovery.beacon.BeaconSeeker`
-says when to resend, and the reactor's timers fire those moments.
+What to send, when, and what to answer are decided by the sans-IO
+:class:`~crust.discovery.lan.LanBeacon` (seek windows, ending at the first
+answer, the reply rate limit); this class only moves its datagrams and
+fires its one timer.
 """
 
 from __future__ import annotations
@@ -21,17 +23,15 @@ from typing import Callable, Sequence
 import netifaces  # type: ignore[import-untyped]
 
 from .crypto import random_token
-from .discovery.beacon import NONCE_SIZE, BeaconResponder, BeaconSeeker, Reply
+from .discovery.beacon import NONCE_SIZE, Reply
+from .discovery.lan import LanBeacon
 from .ids import Endpoint, PeerId
-from .transport.reactor import Reactor
+from .transport.reactor import Reactor, TimerHandle
 from .transport.udp import UdpSocket
 
 __all__ = ["LanDiscovery", "broadcast_targets"]
 
 log = logging.getLogger("crust")
-
-_REPLY_INTERVAL = 0.1  # seconds between two Replies to one source IP (a seeker retries every window/4)
-_MAX_TRACKED_SOURCES = 4096
 
 
 def broadcast_targets() -> list[str]:
@@ -58,18 +58,15 @@ class LanDiscovery:
         self._reactor = reactor
         self._port = port
         self._targets = list(targets) if targets is not None else None
-        self._name_hash = name_hash
-        self._peer_id = peer_id
-        self._responder = BeaconResponder(name_hash, peer_id)
+        self._beacon = LanBeacon(name_hash, peer_id)
         self._listen_socket: UdpSocket | None = None
-        self._seekers: list[tuple[BeaconSeeker, Callable[[list[Reply]], None]]] = []
-        self._impatient: set[BeaconSeeker] = set()  # seeks that end at their first answer
-        self._replied: dict[str, float] = {}  # source IP -> when we last answered it
+        self._on_done: dict[int, Callable[[list[Reply]], None]] = {}  # seek id -> its caller's callback
+        self._timer: TimerHandle | None = None
         self._seek_socket = UdpSocket(reactor, "0.0.0.0", 0, self._on_reply, broadcast=True)
 
     def set_listeners(self, listeners: Sequence[Endpoint]) -> None:
-        """What our Replies announce (at most the beacon's limit, TCP first)."""
-        self._responder.listeners = [ep for ep in listeners if ep.transport == "tcp"][:16]
+        """What our Replies announce (the TCP listeners, at most the beacon's limit)."""
+        self._beacon.set_listeners(listeners)
 
     def set_listen(self, listen: bool) -> None:
         """Answer Seeks (``True``) or stop answering.
@@ -88,58 +85,62 @@ class LanDiscovery:
 
         With ``until_first``, the seek ends at the first answer instead.
         """
-        targets = self._targets if self._targets is not None else broadcast_targets()
-        if not targets:
-            log.info("LAN discovery: no interface with a broadcast address; nothing to seek on")
-        seeker = BeaconSeeker(self._name_hash, [(t, self._port) for t in targets], random_token(NONCE_SIZE),
-                              self._reactor.time(), window, self_id=self._peer_id)
-        self._seekers.append((seeker, on_done))
-        if until_first:
-            self._impatient.add(seeker)
-        self._drive(seeker, on_done)
+        seek_id = self._beacon.seek(self._seek_targets(), random_token(NONCE_SIZE), self._reactor.time(), window,
+                                    until_first=until_first)
+        self._started(seek_id, on_done)
+
+    def seek_for_bootstrap(self, window: float, on_done: Callable[[list[Reply]], None], *,
+                           others_known: bool) -> None:
+        """The seek in front of a bootstrap run (:meth:`LanBeacon.seek_for_bootstrap` decides how long)."""
+        seek_id = self._beacon.seek_for_bootstrap(self._seek_targets(), random_token(NONCE_SIZE),
+                                                  self._reactor.time(), window, others_known=others_known)
+        self._started(seek_id, on_done)
 
     def close(self) -> None:
         """Close both sockets; seeks in progress end at once with what they found."""
-        for seeker, on_done in self._seekers:
-            on_done(list(seeker.found.values()))
-        self._seekers.clear()
-        self._impatient.clear()
+        self._beacon.close()
+        self._pump()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.set_listen(False)
         self._seek_socket.close()
 
-    def _drive(self, seeker: BeaconSeeker, on_done: Callable[[list[Reply]], None]) -> None:
-        if (seeker, on_done) not in self._seekers:
-            return  # closed meanwhile
-        now = self._reactor.time()
-        for datagram, addr in seeker.datagrams_to_send(now):
-            self._seek_socket.sendto(datagram, addr)
-        if seeker.done(now):
-            self._finish(seeker, on_done)
-            return
-        self._reactor.call_at(seeker.get_timer(), lambda: self._drive(seeker, on_done))
+    def _seek_targets(self) -> list[tuple[str, int]]:
+        targets = self._targets if self._targets is not None else broadcast_targets()
+        if not targets:
+            log.info("LAN discovery: no interface with a broadcast address; nothing to seek on")
+        return [(t, self._port) for t in targets]
 
-    def _finish(self, seeker: BeaconSeeker, on_done: Callable[[list[Reply]], None]) -> None:
-        self._seekers.remove((seeker, on_done))
-        self._impatient.discard(seeker)
-        on_done(list(seeker.found.values()))
+    def _started(self, seek_id: int, on_done: Callable[[list[Reply]], None]) -> None:
+        self._on_done[seek_id] = on_done
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what the beacon wants sent, report ended seeks, re-arm the timer."""
+        beacon = self._beacon
+        for datagram, addr in beacon.datagrams_to_send(self._reactor.time()):
+            self._seek_socket.sendto(datagram, addr)
+        while (finished := beacon.next_finished()) is not None:
+            seek_id, replies = finished
+            self._on_done.pop(seek_id)(replies)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        when = beacon.get_timer()
+        if when is not None:
+            self._timer = self._reactor.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._beacon.handle_timer(self._reactor.time())
+        self._pump()
 
     def _on_reply(self, data: bytes, addr: tuple[str, int]) -> None:
-        now = self._reactor.time()
-        for seeker, on_done in list(self._seekers):
-            if seeker.receive_datagram(data, addr, now) is not None and seeker in self._impatient:
-                self._finish(seeker, on_done)
+        self._beacon.receive_reply(data, addr, self._reactor.time())
+        self._pump()
 
     def _on_seek(self, data: bytes, addr: tuple[str, int]) -> None:
-        # A Reply is up to ~8x a Seek, and UDP sources can be forged: answer each source IP
-        # at most once per _REPLY_INTERVAL so we cannot be used to amplify a flood.
-        now = self._reactor.time()
-        if now - self._replied.get(addr[0], float("-inf")) < _REPLY_INTERVAL:
-            return
-        if len(self._replied) >= _MAX_TRACKED_SOURCES:
-            self._replied.clear()
-        reply = self._responder.receive_datagram(data, addr)
-        if reply is not None:
-            self._replied[addr[0]] = now
+        reply = self._beacon.receive_seek(data, addr, self._reactor.time())
         if reply is not None and self._listen_socket is not None:
             self._listen_socket.sendto(reply, addr)
-

@@ -12,10 +12,33 @@ one timer for the engine's next deadline.
 ``send()`` is the hot path: it validates, waits at the peer's
 :class:`~crust.sendgate.SendGate` only while that priority's queue is full,
 appends to a shared deque and wakes the reactor once per batch, not once
-per message.  Inbound, the reactor counts bytes of each peer's messages
-waiting for the dispatcher; over ``receive_backlog_limit`` it stops reading
-that peer's socket until the callbacks catch up (half the limit), so a slow
-``on_message`` bounds memory instead of growing it.
+per message.  Inbound, :class:`~crust.engine.backpressure.ReceiveBacklog`
+decides when to stop reading a peer whose messages wait for the dispatcher
+(over ``receive_backlog_limit``) and when to read again (half the limit),
+so a slow ``on_message`` bounds memory instead of growing it.  The
+dispatcher tallies delivered bytes and hands them back to the reactor in
+batches through the reactor's call queue (:class:`~crust.engine.backpressure.DeliveryTally`).
+
+Who owns what.  Every field shared between threads has one owner (the only
+thread that writes it) or a lock:
+
+* reactor thread only (user threads reach them through ``_call``):
+  ``_engine``, ``_links``, ``_timer``, ``_lan``, ``_backlog``, ``_book``,
+  ``_bootstrap_waiters``, ``_connect_waiters``, ``_async_runs``,
+  ``_async_connects`` (``bootstrap()`` only reads whether ``_lan`` is set;
+  ``close()`` cancels the waiters and clears ``_gates`` only after the
+  reactor thread has stopped);
+* the delivering thread (``crust-dispatch``, or the caller of
+  ``run_callbacks`` in manual mode): ``_tally``; its reports cross to the
+  reactor as closures, so ``_backlog`` is never touched elsewhere;
+* ``_gates``: written on the reactor (peer connected / lost), read by any
+  thread (a dict lookup is atomic under the GIL);
+* ``_sends``: user threads append, the reactor pops (deque operations are
+  atomic); ``_drain_posted`` is guarded by ``_sends_lock``;
+* ``_config``: replaced whole on the reactor (config reload), its reference
+  read by any thread;
+* ``_closed``: written under ``_close_lock``, read by any thread;
+  ``_workers``: ``_workers_lock``.
 """
 
 from __future__ import annotations
@@ -36,6 +59,7 @@ from .config_file import find_config_file, read_config_file
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, SendDatagram, Write
 from .engine import Engine
+from .engine.backpressure import DeliveryTally, ReceiveBacklog
 from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, MessageTooLarge, PeerNotFound, ServiceClosed
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
 from .crypto import random_token
@@ -49,7 +73,7 @@ from .contact_book import ContactBook
 from .lan import LanDiscovery
 from .links import Links, local_addresses
 from .wire.messages import CONNECT_TOKEN_SIZE
-from .ids import ConnId, Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal, name_hash
+from .ids import Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal, name_hash
 from .sendgate import SendGate
 from .transport.reactor import Reactor, TimerHandle
 
@@ -60,22 +84,6 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 _CALL_MARGIN = 5.0  # seconds a blocking call waits beyond the engine's own deadline
 NAT_WAIT = 2.0  # seconds prepare_connection_info() waits for peers to say where they see us
-
-
-class _Backlog:
-    """Bytes of one peer's messages posted to the dispatcher, and delivered by it.
-
-    No lock: each counter has one writer (``posted`` and ``paused`` the reactor,
-    ``delivered`` the dispatcher), and a stale read only delays a pause or a
-    resume by one message.  This runs once per received message, so it matters.
-    """
-
-    __slots__ = ("posted", "delivered", "paused")
-
-    def __init__(self) -> None:
-        self.posted = 0
-        self.delivered = 0
-        self.paused: ConnId | None = None  # the connection whose reading we paused
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +149,8 @@ class Service:
         self._sends: deque[tuple[PeerId, int, bytes]] = deque()  # user threads append, reactor pops
         self._sends_lock = threading.Lock()  # guards _drain_posted (one wakeup per batch)
         self._drain_posted = False
-        self._backlogs: dict[PeerId, _Backlog] = {}  # written on the reactor; read by the dispatcher
+        self._backlog = ReceiveBacklog(config.receive_backlog_limit)  # reactor only
+        self._tally = DeliveryTally(self._backlog.report_every)  # the delivering thread only
         self._book = ContactBook(config.bootstrap_cache_path, lambda fn: self._worker().submit(fn))
         self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
         self._upnp: PortMapper | None = None  # reactor-owned; maps our listeners while we listen (enable_upnp)
@@ -406,10 +415,9 @@ class Service:
         if self._lan is None:
             begin([])
         else:
-            # With nothing else to try, the first LAN answer is worth dialling at once.
-            alone = not (hard_coded or self._book.knows_anyone())
-            self._lan.seek(self._config.service_discovery_window, lambda replies: begin(_lan_contacts(replies)),
-                           until_first=alone)
+            self._lan.seek_for_bootstrap(self._config.service_discovery_window,
+                                         lambda replies: begin(_lan_contacts(replies)),
+                                         others_known=bool(hard_coded) or self._book.knows_anyone())
 
     def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
         """The pool for blocking calls (DNS now; UPnP later), started on first use."""
@@ -587,14 +595,14 @@ class Service:
             match event:
                 case PeerConnected(info):
                     self._gates[info.id] = SendGate(info.id, self._config.send_queue_limit)
-                    self._backlogs[info.id] = _Backlog()
+                    self._backlog.track(info.id)
                     if info.origin == "bootstrap_connect":  # we dialled it: a contact worth keeping
                         self._book.record_success(Contact(info.addr, info.id), time.time())
                 case PeerLost(peer_id, _):
                     gate = self._gates.pop(peer_id, None)
                     if gate is not None:
                         gate.close()
-                    self._backlogs.pop(peer_id, None)
+                    self._backlog.forget(peer_id)
                 case BootstrapFinished():
                     self._finish_bootstrap(event)
                     continue
@@ -790,40 +798,30 @@ class Service:
                 self._dispatcher.post(_AsyncBootstrapFailed(done.failures))
 
     def _add_backlog(self, added: dict[PeerId, int]) -> None:
-        limit = self._config.receive_backlog_limit
+        backlog = self._backlog
         for peer_id, nbytes in added.items():
-            backlog = self._backlogs.get(peer_id)
-            if backlog is None:
-                continue
-            backlog.posted += nbytes
-            if backlog.posted - backlog.delivered > limit and backlog.paused is None:
+            if backlog.posted(peer_id, nbytes):
                 conn = self._engine.conn_of(peer_id)
                 if conn is not None and self._links.pause_reading(conn):
                     self._engine.reading_paused(conn, True, self._reactor.time())
-                    backlog.paused = conn
+                    backlog.paused(peer_id, conn)
 
     def _on_delivered(self, event: Event) -> None:
-        # Dispatcher thread: count the delivered bytes; resume reading at half the limit.
+        # The delivering thread: tally; a due report goes to the reactor, the backlog's owner.
         if type(event) is not MessageReceived:
             return
-        peer_id = event.peer_id
-        backlog = self._backlogs.get(peer_id)
-        if backlog is None:
-            return
-        backlog.delivered += len(event.data)
-        if backlog.paused is not None and backlog.posted - backlog.delivered <= self._config.receive_backlog_limit // 2:
+        report = self._tally.delivered(event.peer_id, len(event.data))
+        if report is not None:
             try:
-                self._reactor.call_soon_threadsafe(lambda: self._resume(peer_id))
+                self._reactor.call_soon_threadsafe(lambda: self._on_delivery_report(report))
             except ServiceClosed:
                 pass
 
-    def _resume(self, peer_id: PeerId) -> None:
-        backlog = self._backlogs.get(peer_id)
-        conn = backlog.paused if backlog is not None else None
-        if backlog is not None:
-            backlog.paused = None
-        if conn is not None and self._links.resume_reading(conn):
-            self._engine.reading_paused(conn, False, self._reactor.time())
+    def _on_delivery_report(self, report: dict[PeerId, int]) -> None:
+        for peer_id, nbytes in report.items():
+            conn = self._backlog.delivered(peer_id, nbytes)
+            if conn is not None and self._links.resume_reading(conn):
+                self._engine.reading_paused(conn, False, self._reactor.time())
 
     def _schedule_config_reload(self) -> None:
         self._reactor.call_later(self._config.config_reload_interval, self._reload_config)

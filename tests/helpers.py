@@ -16,6 +16,10 @@ from crust.handshake.secure import SecureHandshake
 from crust.ids import PeerId, name_hash
 
 DEFAULT_MAX_MESSAGE = 2 * 1024 * 1024  # bytes, Config.max_message_size's default
+# The one bound of every test's wait for an event that should come promptly (a callback, a
+# socket closing, a thread joining): generous, so a loaded machine does not fail a test, and
+# never spent by a passing one.  Windows that prove an *absence* are short and named where used.
+WAIT = 10.0  # seconds
 
 F = TypeVar("F", bound=Callable[..., None])
 

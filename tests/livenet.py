@@ -24,11 +24,11 @@ from crust.crypto.keys import KeyPair
 from crust.handshake.secure import SecureHandshake
 from crust.ids import name_hash
 from crust.wire.messages import BootstrapGranted, BootstrapRequest, Message
+from tests.helpers import WAIT
 
 M = TypeVar("M")
 MIB = 1024 * 1024
 KIB = 1024
-WAIT = 5.0  # seconds: the default bound of every wait for something that must happen
 
 # Every Service in these tests stays on loopback, keeps no cache file and has no NAT helpers.
 BASE_CONFIG: dict[str, Any] = dict(

@@ -13,7 +13,7 @@ from crust.dispatch import Dispatcher
 from crust.errors import ServiceClosed
 from crust.events import Event
 
-WAIT = 10.0  # seconds any single wait may take before the test fails
+from tests.helpers import WAIT
 
 
 @dataclass(frozen=True, slots=True)

@@ -437,16 +437,7 @@ def test_a_duplicate_goodbye_before_the_survivors_grant_parks_the_peer_instead_o
     for _ in range(20):  # ...so a fresh one outranks it at least half of the time
         b.engine.start_bootstrap([Contact(net.endpoint("a"))], now=net.now)
         # Deliver everything, but always B's first connection before anything else to B.
-        for _ in range(1000):
-            moved = [net._collect(node) for node in net.nodes.values()]  # every node, then decide
-            if not net._queue:
-                if any(moved):  # a dial's effects (accept, connect) are collected on the next round
-                    continue
-                break
-            items = list(net._queue)
-            head = next((x for x in items if x[0] == "b" and x[1] == first), items[0])
-            net._queue.remove(head)
-            net._deliver(*head)
+        net.run(choose=lambda heads: next((d for d in heads if (d.to, d.conn) == ("b", first)), heads[0]))
         if first not in net.links_of("b"):
             break  # the second connection won: the first was retired
     else:

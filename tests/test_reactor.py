@@ -15,8 +15,9 @@ import pytest
 from crust.errors import ServiceClosed
 from crust.transport.reactor import Reactor
 
+from tests.helpers import WAIT
+
 T = TypeVar("T")
-WAIT = 10.0  # seconds any single wait may take before the test fails
 
 
 def run_on(reactor: Reactor, fn: Callable[[], T]) -> T:

@@ -135,7 +135,7 @@ def test_max_size_and_empty_messages_arrive_whole(net: Net) -> None:
     p.b.send(p.a.id, big)
     p.b.send(p.a.id, b"")
     p.b.send(p.a.id, big[:64 * KIB + 1])  # one byte more than a frame's worth
-    p.ra.wait(lambda: p.ra.count() == 3, timeout=10.0, what="the big messages")
+    p.ra.wait(lambda: p.ra.count() == 3, what="the big messages")
     assert p.ra.data_from(p.b.id) == [big, b"", big[:64 * KIB + 1]]
 
     with pytest.raises(crust.MessageTooLarge) as info:
@@ -358,19 +358,6 @@ def test_closing_one_side_is_seen_long_before_inactivity_timeout(net: Net) -> No
     assert p.a.peers() == []
 
 
-def test_heartbeats_keep_an_idle_pair_connected(net: Net) -> None:
-    live = dict(heartbeat_interval=0.1, inactivity_timeout=1.0)
-    p = net.pair(live, live)
-    lost = threading.Event()
-    p.a.on_lost(lambda pid: lost.set())
-    p.b.on_lost(lambda pid: lost.set())
-    # Proving an absence: nothing may be lost during 2.5 inactivity timeouts of idleness.
-    assert not lost.wait(2.5), "an idle but healthy pair was lost"
-    assert p.a.is_connected(p.b.id) and p.b.is_connected(p.a.id)
-    p.b.send(p.a.id, b"still here")
-    p.ra.wait(lambda: p.ra.count() == 1)
-
-
 def test_a_silent_peer_is_lost_after_inactivity_timeout(net: Net) -> None:
     a, ra, a_ep = net.listener(heartbeat_interval=0.1, inactivity_timeout=1.0)
     raw = RawPeer(net.raw_connect(a_ep))
@@ -388,19 +375,17 @@ def test_a_silent_peer_is_lost_after_inactivity_timeout(net: Net) -> None:
 
 
 def test_bootstrap_failure_names_each_contacts_reason(net: Net) -> None:
+    # Wiring: real socket errors and a real handshake refusal become reasons.  A silent contact's
+    # handshake timeout and its timing are pinned in virtual time (test_engine_network.py).
     other, _, other_ep = net.listener(network_name="some-other-network")
-    _, deaf = net.deaf_server()
     refused = refused_address()
-    b = net.service(hard_coded_contacts=[str(other_ep), refused, deaf], handshake_timeout=1.0)
-    start = time.monotonic()
+    b = net.service(hard_coded_contacts=[str(other_ep), refused])
     with pytest.raises(crust.BootstrapFailed) as info:
-        b.bootstrap(timeout=4.0)
-    assert time.monotonic() - start < 3.0  # the deaf contact costs one handshake timeout, not the whole budget
+        b.bootstrap(timeout=WAIT)
     reasons = info.value.reasons
-    assert set(reasons) == {str(other_ep), refused, deaf}, reasons
+    assert set(reasons) == {str(other_ep), refused}, reasons
     assert reasons[str(other_ep)] == "network_mismatch"
     assert reasons[refused].startswith("connect failed"), reasons
-    assert reasons[deaf] == "handshake timed out", reasons
     assert "network_mismatch" in str(info.value)
     assert isinstance(info.value, crust.CrustError)
     assert other.peers() == [] and b.peers() == []
@@ -413,17 +398,6 @@ def test_bootstrap_with_no_contacts_fails_at_once(net: Net) -> None:
         b.bootstrap(timeout=5.0)
     assert time.monotonic() - start < 1.0
     assert info.value.reasons == {}
-
-
-def test_bootstrap_timeout_is_respected(net: Net) -> None:
-    _, deaf = net.deaf_server()
-    b = net.service(hard_coded_contacts=[deaf], handshake_timeout=30.0)
-    start = time.monotonic()
-    with pytest.raises(crust.BootstrapFailed) as info:
-        b.bootstrap(timeout=1.0)
-    took = time.monotonic() - start
-    assert 0.8 < took < 3.0, took
-    assert info.value.reasons == {deaf: "timed out"}
 
 
 def test_blacklisted_contacts_are_skipped(net: Net) -> None:
@@ -936,5 +910,5 @@ def test_messages_queued_before_close_are_delivered(net: Net) -> None:
     for i in range(6):
         p.b.send(p.a.id, bytes([i]) * MIB)
     p.b.close()
-    p.ra.wait(lambda: p.ra.lost == [p.b.id], timeout=10.0, what="A's on_lost after B closed")
+    p.ra.wait(lambda: p.ra.lost == [p.b.id], what="A's on_lost after B closed")
     assert [d[0] for d in p.ra.data_from(p.b.id)] == list(range(6))

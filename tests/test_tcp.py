@@ -19,8 +19,9 @@ from crust.transport import tcp
 from crust.transport.reactor import Reactor
 from crust.transport.tcp import TcpListener, TcpStream
 
+from tests.helpers import WAIT
+
 T = TypeVar("T")
-WAIT = 20.0  # seconds any single wait may take before the test fails
 MIB = 1024 * 1024
 
 

@@ -15,8 +15,9 @@ from crust.transport.reactor import Reactor
 from crust import rudp as rudp_module
 from crust.transport.udp import CLOSE_LINGER, RudpConnection, RudpSocket, UdpSocket
 
+from tests.helpers import WAIT
+
 T = TypeVar("T")
-WAIT = 20.0  # seconds any single wait may take before the test fails
 QUIET = 0.3  # seconds we listen for a datagram that must not arrive
 LOOPBACK_BROADCAST = "127.255.255.255"
 

@@ -1,4 +1,4 @@
-"""Sans-IO LAN discovery: the beacon codec and its seeker and responder machines."""
+"""Sans-IO LAN discovery: the beacon codec, its seeker and responder machines, and a node's LanBeacon."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .beacon import (
     encode_reply,
     encode_seek,
 )
+from .lan import LanBeacon
 
 __all__ = [
     "MAX_DATAGRAM",
@@ -21,6 +22,7 @@ __all__ = [
     "NONCE_SIZE",
     "BeaconResponder",
     "BeaconSeeker",
+    "LanBeacon",
     "Reply",
     "Seek",
     "decode_beacon",

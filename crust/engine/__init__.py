@@ -3,6 +3,7 @@
 ``core`` (connection table, timers, output sink), ``peers`` (duplicate rule,
 liveness, flushing), ``admission`` (bootstrap requests to us), ``runs`` (our
 bootstrap runs) and ``rendezvous`` (``connect()``) share one ``Core``.
+``backpressure`` decides when the shell pauses and resumes reading a peer.
 """
 
 from .engine import Engine

@@ -82,6 +82,7 @@ class Admission:
             probe = core.dial(Role.INITIATOR, endpoint, conn.peer_id, now)
             probe.probe_for = conn.id
             probe.deadline = now + budget
+            core.schedule(probe, probe.deadline)  # earlier than the handshake deadline dial() scheduled
             conn.probes.add(probe.id)
 
     def on_probe_secured(self, probe: Conn) -> None:

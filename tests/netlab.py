@@ -341,6 +341,10 @@ class Lab:
         if done.returncode != 0:
             raise LabError(f"nft refused the loss rule on {host}: {done.stderr.strip()}")
 
+    def stop_dropping(self, host: str) -> None:
+        """Undo :meth:`drop_randomly` on ``host`` (its loss table goes; a host without one is left alone)."""
+        self.exec(host, [NFT, "delete", "table", "netdev", "lossy"])
+
     # -- processes -------------------------------------------------------------
 
     def exec(self, host: str, argv: Sequence[str], timeout: float = CMD_TIMEOUT) -> subprocess.CompletedProcess[str]:

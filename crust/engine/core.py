@@ -79,6 +79,7 @@ class Core:
         ``local_port``: dial from our punch port (TCP), see :class:`~crust.effects.Dial`.
         """
         conn = self.new_conn(role, remote, now)
+        conn.connected = False  # even as the Noise responder (a punched stream): nothing is written before it is
         self.start_handshake(conn, expected)
         self.effects.append(Dial(conn.id, remote, local_port))
         return conn

@@ -337,7 +337,7 @@ class Engine:
         if conn is None:
             return
         reason = f"connection lost: {error}" if error else "connection closed by peer"
-        if conn.role is Role.INITIATOR and not conn.connected:
+        if not conn.connected:  # a dial of ours (accepted streams start connected)
             reason = f"connect failed: {error or 'closed'}"
         core.fail_conn(conn, reason, close=False)
 

@@ -1,0 +1,144 @@
+"""One crust peer driven by JSON commands, for the namespace lab tests (NAT traversal, UPnP).
+
+Started inside a lab namespace; reads one JSON command per line on stdin and
+prints one JSON event per line on stdout, flushed at once.  Every event has
+``"event"`` and ``"t"`` (seconds since start).  Commands (``"cmd"``):
+
+    listen                           -> {"event": "listening", "endpoints": [...]}
+    bootstrap  [blacklist, user]     -> {"event": "bootstrapped", "peer": hex} | error
+    nat                              -> {"event": "nat", "tcp": {...}, "udp": {...}, "notes": [...]}
+    info                             -> {"event": "info", "info": <PubConnectionInfo JSON>}
+    connect    info [timeout]        -> {"event": "connected", "peer", "transport", "addr", "seconds"} | error
+    send       peer size [priority]  -> {"event": "sent", "sha256": hex, "bytes": n}
+    peers                            -> {"event": "peers", "peers": [{"peer", "transport", "addr"}]}
+    quit                             -> the process ends (so does a closed stdin or --lifetime)
+
+Asynchronous events: {"event": "new_peer", "peer", "transport", "addr", "origin"},
+{"event": "message", "peer", "bytes", "sha256"}, {"event": "lost", "peer"}.
+A failed command answers {"event": "error", "cmd", "type", "message", "reasons"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import crust  # noqa: E402
+
+T0 = time.monotonic()
+_out = threading.Lock()
+
+
+def emit(event: str, **fields: Any) -> None:
+    line = json.dumps({"event": event, **fields, "t": round(time.monotonic() - T0, 3)})
+    with _out:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def transport_nat(t: crust.TransportNat) -> dict[str, Any]:
+    return {"external": None if t.external is None else str(t.external), "local": None if t.local is None else str(t.local),
+            "mapping": t.mapping.value, "confirmed": t.confirmed, "observers": t.observers}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contact", action="append", default=[], help="a hard-coded contact (repeatable)")
+    ap.add_argument("--no-tcp", action="store_true")
+    ap.add_argument("--no-udp", action="store_true")
+    ap.add_argument("--upnp", action="store_true")
+    ap.add_argument("--heartbeat", type=float, default=20.0, help="heartbeat_interval, seconds")
+    ap.add_argument("--lifetime", type=float, default=120.0)
+    ap.add_argument("--debug", action="store_true", help="crust's debug log on stderr")
+    args = ap.parse_args()
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(relativeCreated)d %(message)s")
+        from crust.engine.engine import Engine
+        original = Engine.receive_data
+
+        def traced(self: Engine, conn_id: Any, data: bytes, now: float) -> None:
+            conn = self._core.conns.get(conn_id)
+            if conn is not None and conn.channel is None:
+                logging.getLogger("crust").debug("conn %s (%s) got %r", conn_id, conn.role.value, bytes(data[:24]))
+            original(self, conn_id, data, now)
+
+        Engine.receive_data = traced  # type: ignore[method-assign]
+
+    config = crust.Config(
+        enable_tcp=not args.no_tcp, enable_udp=not args.no_udp, enable_upnp=args.upnp, bootstrap_cache_path=None,
+        listen_host="0.0.0.0", hard_coded_contacts=args.contact, heartbeat_interval=args.heartbeat,
+        inactivity_timeout=max(120.0, 6 * args.heartbeat), network_name="natlab", bootstrap_timeout=15.0,
+    )
+    svc = crust.Service(config)
+    ours: list[crust.PrivConnectionInfo] = []
+    svc.on_new_peer(lambda p: emit("new_peer", peer=str(p.id), transport=p.transport, addr=str(p.addr),
+                                   origin=str(p.origin)))
+    svc.on_message(lambda peer, data: emit("message", peer=str(peer), bytes=len(data),
+                                           sha256=hashlib.sha256(data).hexdigest()))
+    svc.on_lost(lambda peer: emit("lost", peer=str(peer)))
+    done = threading.Event()
+
+    def run(command: dict[str, Any]) -> None:
+        cmd = command.get("cmd")
+        try:
+            if cmd == "listen":
+                emit("listening", endpoints=[str(ep) for ep in svc.start_listening()])
+            elif cmd == "bootstrap":
+                user = crust.CrustUser.CLIENT if command.get("user", "client") == "client" else crust.CrustUser.NODE
+                peer = svc.bootstrap(blacklist=command.get("blacklist", []), user=user)
+                emit("bootstrapped", peer=str(peer))
+            elif cmd == "nat":
+                info = svc.nat_info()
+                emit("nat", tcp=transport_nat(info.tcp), udp=transport_nat(info.udp), notes=list(info.notes))
+            elif cmd == "info":
+                ours[:] = [svc.prepare_connection_info()]
+                emit("info", info=ours[0].to_pub().to_json())
+            elif cmd == "connect":
+                theirs = crust.PubConnectionInfo.from_json(command["info"])
+                start = time.monotonic()
+                peer = svc.connect(ours[0], theirs, timeout=float(command.get("timeout", 20.0)))
+                info = svc.peer_info(peer)
+                emit("connected", peer=str(peer), transport=info.transport, addr=str(info.addr),
+                     seconds=round(time.monotonic() - start, 3))
+            elif cmd == "send":
+                data = os.urandom(int(command["size"]))
+                svc.send(crust.PeerId.from_str(command["peer"]), data, int(command.get("priority", 0)))
+                emit("sent", bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+            elif cmd == "peers":
+                emit("peers", peers=[{"peer": str(p.id), "transport": p.transport, "addr": str(p.addr)}
+                                     for p in svc.peers()])
+            elif cmd == "quit":
+                done.set()
+            else:
+                emit("error", cmd=cmd, type="UnknownCommand", message=f"unknown command {cmd!r}", reasons={})
+        except Exception as exc:  # reported as a line: the test reads stdout, not a traceback
+            emit("error", cmd=cmd, type=type(exc).__name__, message=str(exc),
+                 reasons=dict(getattr(exc, "reasons", {}) or {}))
+
+    def read_commands() -> None:
+        for line in sys.stdin:
+            if line.strip():
+                # Each command on its own thread: connect() blocks while the test drives the other side.
+                threading.Thread(target=run, args=(json.loads(line),), daemon=True).start()
+        done.set()
+
+    threading.Thread(target=read_commands, daemon=True).start()
+    emit("ready", peer=str(svc.id))
+    try:
+        done.wait(args.lifetime)
+    finally:
+        svc.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -155,7 +155,6 @@ class Service:
         self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
         self._upnp: PortMapper | None = None  # reactor-owned; maps our listeners while we listen (enable_upnp)
         self._nat_waiters: list[concurrent.futures.Future[None]] = []  # prepare_connection_info() callers
-        self._observing = False  # our punch port and rUDP socket are bound and peers are asked about them
         self._closed = False
         self._close_lock = threading.Lock()
         self._config_file = config_file
@@ -313,7 +312,6 @@ class Service:
     def _observe_sockets(self) -> None:
         """Tell the engine our punch port and rUDP port (binding them if need be), so peers are asked about them."""
         links = self._links
-        self._observing = True
         self._engine.set_sockets(tcp_port=links.punch_port(), udp_port=links.udp_port(),
                                  local_ips=local_addresses(self._config.listen_host), now=self._reactor.time())
         self._pump()
@@ -337,11 +335,14 @@ class Service:
         Peers are asked from the moment we listen, prepare connection info or
         first call this (which then answers with what little is known yet),
         and again whenever a new peer connects while fewer than three
-        observer IPs have answered; answers count for 10 minutes.
+        observer IPs have answered; answers count for 10 minutes.  Each call
+        also re-reads our interface addresses: when they changed (a new
+        network), every earlier answer is forgotten and peers are asked anew.
         """
         def info() -> NatInfo:
-            if not self._observing:
-                self._observe_sockets()  # asked before listening or preparing info: start finding out now
+            # Binds our sockets if need be, and re-reads our interface addresses: a new network
+            # (a changed address set) forgets every vote and asks again.
+            self._observe_sockets()
             known = self._engine.nat_info(self._reactor.time())
             return known if self._upnp is None else dataclasses.replace(known, notes=self._upnp.status)
         return self._call(info)

@@ -110,3 +110,15 @@ def test_force_acceptor_port_puts_the_listener_port_on_every_external_ip() -> No
     tcp, udp = crust.Endpoint("10.0.0.2", 5000), crust.Endpoint("10.0.0.2", 6000, "udp")
     assert announced(True, [tcp, udp]) == [tcp, crust.Endpoint("203.0.113.5", 5000), udp,
                                            crust.Endpoint("203.0.113.5", 6000, "udp")]
+
+
+def test_a_new_network_forgets_every_observation() -> None:
+    engine = Engine(static=KeyPair.generate(), config=crust.Config(bootstrap_cache_path=None))
+    engine.set_sockets(tcp_port=4000, udp_port=6000, local_ips=["10.0.0.2"], now=1.0)
+    engine._external.observer.observe("udp", crust.PeerId(bytes(32)), "198.51.100.1",
+                                      crust.Endpoint("10.0.0.2", 6000, "udp"),
+                                      crust.Endpoint("203.0.113.5", 6000, "udp"), 1.0)
+    engine.set_sockets(tcp_port=4000, udp_port=6000, local_ips=["10.0.0.2"], now=2.0)  # same network
+    assert engine.nat_info(2.0).udp.external == crust.Endpoint("203.0.113.5", 6000, "udp")
+    engine.set_sockets(tcp_port=4000, udp_port=6000, local_ips=["192.168.7.20"], now=3.0)  # moved
+    assert engine.nat_info(3.0).udp.external is None

@@ -162,7 +162,7 @@ class Engine:
 
     def set_sockets(self, *, tcp_port: int | None, udp_port: int | None, local_ips: Sequence[str],
                     now: float) -> None:
-        """Our punch port (the TCP listener's), our rUDP socket's port and our interface addresses.
+        """Our TCP punch port, our rUDP socket's port and our interface addresses (a changed set forgets every vote).
 
         With a socket to observe, the engine starts asking peers where they see it.
         """
@@ -173,11 +173,6 @@ class Engine:
         external.tcp_port, external.udp_port, external.local_ips = tcp_port, udp_port, tuple(local_ips)
         self._punching.tcp_port, self._punching.udp_ready = tcp_port, udp_port is not None
         external.refresh(now)
-
-    def refresh_external(self, now: float) -> None:
-        """Ask observers again where they need it (fresh connection info wants fresh mappings)."""
-        self._core.now = now
-        self._external.refresh(now)
 
     def start_bootstrap(self, contacts: Sequence[Contact], *, blacklist: Iterable[Endpoint | str] = (),
                         user: CrustUser = CrustUser.NODE, timeout: float | None = None, now: float) -> int:

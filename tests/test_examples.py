@@ -116,11 +116,13 @@ def test_readme_quickstart_is_examples_echo() -> None:
 def test_readme_opens_with_the_commands_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```sh\n(.*?)\n```", readme, flags=re.S)
-    assert blocks[:2] == ["pip install -e . && python -m crust demo",
+    # The virtual environment first: the two commands after it need its python and pip.
+    assert blocks[:3] == ["python3 -m venv .venv && . .venv/bin/activate",
+                          "pip install -e . && python -m crust demo",
                           "pip install -e '.[test]' && python -m pytest -q"]
     first_content = readme.split("\n", 1)[1].lstrip()
-    assert first_content.startswith("```sh\npip install -e . && python -m crust demo\n```")
-    test_command = blocks[1].split(" && ", 1)[1]
+    assert first_content.startswith("```sh\npython3 -m venv .venv && . .venv/bin/activate\n```")
+    test_command = blocks[2].split(" && ", 1)[1]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(rf"^{re.escape(test_command)} \|\| status=\$\?$", ci, flags=re.M), \
         f".ci/run does not run the README's test command {test_command!r}"

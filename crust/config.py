@@ -74,66 +74,118 @@ _ORIGINAL_NAMES = {
 
 @dataclass(frozen=True)
 class Config:
-    """Everything a :class:`crust.Service` can be told.  See API.md for the meaning of each field."""
+    """Everything a :class:`crust.Service` can be told; ``Config()`` alone is a working node.
+
+    Frozen: change a value with ``dataclasses.replace(config, field=value)``,
+    which validates again.  A bad value raises :class:`crust.ConfigError`
+    naming the field.  ``Config.load(path)`` / ``config.save(path)`` read and
+    write the JSON file form (the original crust's field names are accepted).
+    docs/api.md has the same list as a table.
+
+    Attributes:
+        hard_coded_contacts: bootstrap contacts: ``"host:port"`` strings, ``(host, port)`` tuples,
+            Endpoints or :class:`crust.Contact` values (a Contact's PeerId is then verified by the
+            handshake); stored as a tuple of Contacts (:attr:`contacts`).  Default: none.
+        tcp_port: TCP listener port, 0..65535; 0 (default) picks a random free port each session.
+        udp_port: UDP port of crust's reliable UDP and hole punching, 0..65535; 0 (default) = random.
+        listen_host: IP address the listeners bind to.  Default ``"0.0.0.0"`` (every IPv4
+            interface); ``"127.0.0.1"`` keeps a node on loopback.
+        enable_tcp: use TCP (default True).  TCP is preferred when both transports work.
+        enable_udp: use reliable UDP (default True).
+        enable_upnp: ask the router (UPnP IGD) to forward our listener ports (default True;
+            loopback listeners are never mapped).
+        force_acceptor_port_in_ext_ep: advertise ``tcp_port`` on our external IP even when no peer
+            has observed that port, as the original crust's option does (default False).
+        service_discovery_port: UDP port of the LAN beacon, 0..65535 (default 5484).
+        service_discovery_targets: IP addresses LAN beacons are sent to; ``None`` (default) = the
+            broadcast address of every IPv4 interface.  Tests use ``["127.255.255.255"]``.
+        bootstrap_cache_path: JSON file of peers we were directly connected to, tried first when
+            bootstrapping.  Default ``$XDG_CACHE_HOME/crust/bootstrap_cache.json`` (``~/.cache``
+            when unset); ``None`` keeps no cache.
+        whitelisted_node_ips: when set, only these IPs may connect to us as Nodes (default None:
+            anyone).  Re-read live from the config file a Service was built from.
+        whitelisted_client_ips: when set, only these IPs may bootstrap off us as Clients
+            (default None: anyone).  Re-read live like ``whitelisted_node_ips``.
+        network_name: peers whose network name differs never connect to each other (default None,
+            itself a network name).
+        disable_external_reachability_requirement: skip the check that a Node bootstrapping off us
+            is reachable from outside (we dial it back) (default False).
+        heartbeat_interval: seconds of outbound silence after which a Heartbeat is sent; > 0
+            (default 20.0).  Heartbeats also measure ``PeerInfo.rtt``.
+        inactivity_timeout: seconds of inbound silence after which a peer is lost; must exceed
+            ``heartbeat_interval`` (default 120.0).
+        max_message_size: largest message ``send()`` accepts, in bytes, 1..2**30 (default 2 MiB);
+            larger raises :class:`crust.MessageTooLarge`.
+        relay: reserved for relaying between peers that cannot reach each other (not built yet;
+            validated, unused; default False).
+        relay_max_circuits: reserved for the relay: circuits at once, >= 1 (default 16).
+        relay_max_bytes_per_s: reserved for the relay: bytes per second, >= 1 (default 1 MiB).
+        handshake_timeout: seconds a new connection may take to finish its secure and bootstrap
+            handshakes; > 0 (default 10.0).
+        max_pending_handshakes: unfinished inbound handshakes kept at once, >= 1 (default 256);
+            beyond it the oldest is dropped.
+        max_pending_handshakes_per_ip: unfinished inbound handshakes kept per source IP, >= 1
+            (default 32); beyond it that IP's oldest is dropped.
+        max_peers: connected peers at once, >= 1 (default 4096); further bootstraps are denied and
+            dials refused.
+        bootstrap_timeout: seconds a ``bootstrap()`` (without ``timeout=``) or ``start_bootstrap()``
+            run may take; > 0 (default 10.0).
+        bootstrap_max_in_flight: bootstrap attempts running at once, >= 1 (default 8).
+        bootstrap_stagger: seconds between starting two bootstrap attempts (happy-eyeballs
+            style), >= 0 (default 0.25).
+        send_queue_limit: bytes queued per peer and priority before ``send()`` blocks (priorities
+            0 and 1) or old messages are dropped (priority >= 2); >= ``max_message_size``
+            (default 8 MiB).
+        drop_after: seconds a droppable (priority >= 2) message may wait in the queue before it is
+            discarded (reported by ``on_send_dropped``); > 0 (default 60.0).
+        receive_backlog_limit: bytes of one peer's messages waiting for callbacks before we stop
+            reading from it (we read again at half); >= ``max_message_size`` (default 8 MiB).
+        service_discovery_window: seconds a LAN seek (before a bootstrap, or ``has_peers_on_lan``)
+            waits for answers; > 0 (default 1.0).
+        connect_timeout: seconds ``connect()`` / ``start_connect()`` try before giving up
+            (``connect(timeout=)`` overrides); > 0 (default 30.0).
+        peer_exchange: answer and ask peer-exchange requests, and let peers mention us to others
+            (default True).
+        config_reload_interval: seconds between re-reads of the config file a ``Service()``
+            without a config was built from; > 0 (default 30.0).
+    """
 
     hard_coded_contacts: Sequence[Contact | EndpointLike] = ()
-    """Bootstrap contacts: ``"host:port"`` strings, ``(host, port)``, Endpoints or :class:`crust.Contact`
-    values; stored as a tuple of Contacts (read them typed through :attr:`contacts`)."""
     tcp_port: int = 0
-    """TCP acceptor port; 0 picks a random free port each session."""
     udp_port: int = 0
-    """UDP port for reliable UDP and hole punching; 0 = random."""
     listen_host: str = "0.0.0.0"
-    """Local address the listeners bind to (``"127.0.0.1"`` keeps a node on loopback)."""
     enable_tcp: bool = True
     enable_udp: bool = True
     enable_upnp: bool = True
     force_acceptor_port_in_ext_ep: bool = False
     service_discovery_port: int = 5484
     service_discovery_targets: tuple[str, ...] | None = None
-    """Where LAN beacons go; ``None`` = every interface's broadcast address."""
     bootstrap_cache_path: str | None = field(default_factory=_default_bootstrap_cache_path)
     whitelisted_node_ips: Collection[str] | None = None
     whitelisted_client_ips: Collection[str] | None = None
     network_name: str | None = None
     disable_external_reachability_requirement: bool = False
     heartbeat_interval: float = 20.0
-    """Seconds of outbound silence after which we send a Heartbeat."""
     inactivity_timeout: float = 120.0
-    """Seconds of inbound silence after which a peer is lost."""
     max_message_size: int = 2 * MIB
     relay: bool = False
     relay_max_circuits: int = 16
     relay_max_bytes_per_s: int = 1 * MIB
 
     handshake_timeout: float = 10.0
-    """Seconds a new connection may take to finish its secure and bootstrap handshakes."""
     max_pending_handshakes: int = 256
-    """Unfinished inbound handshakes kept at once; beyond it the oldest is dropped."""
     max_pending_handshakes_per_ip: int = 32
-    """Unfinished inbound handshakes kept per source IP; beyond it that IP's oldest is dropped."""
     max_peers: int = 4096
-    """Connected peers at once; further bootstraps are denied and dials refused."""
     bootstrap_timeout: float = 10.0
-    """Default timeout of ``bootstrap()`` and of a ``start_bootstrap()`` run."""
     bootstrap_max_in_flight: int = 8
-    """Bootstrap attempts running at once."""
     bootstrap_stagger: float = 0.25
-    """Seconds between starting two bootstrap attempts (happy-eyeballs style)."""
     send_queue_limit: int = 8 * MIB
-    """Bytes queued per peer and priority before ``send()`` blocks (or drops, priority >= 2)."""
     drop_after: float = 60.0
-    """Seconds a droppable (priority >= 2) message may wait before it is discarded."""
     receive_backlog_limit: int = 8 * MIB
-    """Bytes of one peer's messages waiting for callbacks before we stop reading from it."""
     service_discovery_window: float = 1.0
-    """Seconds a LAN seek (before a bootstrap, or ``has_peers_on_lan``) waits for answers."""
     connect_timeout: float = 30.0
-    """Seconds ``connect()``/``start_connect()`` try before giving up (``connect(timeout=)`` overrides)."""
     peer_exchange: bool = True
-    """Answer and ask peer-exchange requests (and let peers mention us to others)."""
     config_reload_interval: float = 30.0
-    """Seconds between re-reads of the config file a ``Service()`` without a config was built from."""
 
     @property
     def contacts(self) -> tuple[Contact, ...]:

@@ -36,7 +36,6 @@ import glob
 import ipaddress
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -45,6 +44,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence, TypeVar
+
+from tests.lines import LineReader
 
 IP = "ip"
 NFT = "nft"
@@ -461,75 +462,7 @@ def _quiet_close(f: Any) -> None:
         pass
 
 
-# -- reading a lab process's output ---------------------------------------------
-
-class LineReader:
-    """Bounded reads of a process's stdout, one line at a time (never blocks past a deadline)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], name: str = "") -> None:
-        assert proc.stdout is not None, "LineReader needs stdout=PIPE"
-        self.proc = proc
-        self.name = name or str(proc.pid)  # for failure messages
-        self._fd = proc.stdout.fileno()
-        self._buf = b""
-        self._eof = False
-        self.lines: list[str] = []  # every line read so far (for failure messages)
-
-    def next_line(self, timeout: float) -> str | None:
-        """The next line, or ``None`` at EOF or when ``timeout`` seconds pass first."""
-        deadline = time.monotonic() + timeout
-        for _ in range(100_000):  # bounded; each round waits on select or ends
-            if b"\n" in self._buf:
-                line, self._buf = self._buf.split(b"\n", 1)
-                text = line.decode(errors="replace")
-                self.lines.append(text)
-                return text
-            if self._eof:
-                return None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            ready, _, _ = select.select([self._fd], [], [], left)
-            if ready:
-                chunk = os.read(self._fd, 65536)
-                if chunk:
-                    self._buf += chunk
-                else:
-                    self._eof = True
-        return None
-
-    def next_json(self, timeout: float) -> dict[str, Any] | None:
-        """The next line that is a JSON object (other lines are kept but skipped)."""
-        deadline = time.monotonic() + timeout
-        for _ in range(10_000):
-            line = self.next_line(max(0.0, deadline - time.monotonic()))
-            if line is None:
-                return None
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
-        return None
-
-    def wait_for(self, event: str, timeout: float) -> dict[str, Any] | None:
-        """The next JSON line whose ``"event"`` is ``event`` (or ``"error"``), within ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        for _ in range(10_000):
-            msg = self.next_json(max(0.0, deadline - time.monotonic()))
-            if msg is None or msg.get("event") in (event, "error"):
-                return msg
-        return None
-
-    def drain(self, timeout: float) -> list[str]:
-        """Read what is left until EOF or ``timeout`` s; returns every line read so far."""
-        deadline = time.monotonic() + timeout
-        for _ in range(100_000):
-            if self.next_line(max(0.0, deadline - time.monotonic())) is None:
-                break
-        return self.lines
-
+# -- reading a lab process's output: tests.lines.LineReader ------------------------
 
 def expect_event(lab: Lab, peer: LineReader, event: str, timeout: float) -> dict[str, Any]:
     """The peer's next ``event`` line within ``timeout`` s; fails the test (with its output) otherwise.

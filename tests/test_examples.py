@@ -7,14 +7,22 @@ loopback).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import py_compile
+import random
 import re
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+
+import crust
+from tests.lines import Program
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 60  # seconds per subprocess
@@ -61,7 +69,8 @@ def test_demo_runs_and_prints_one_row_per_peer() -> None:
 def test_demo_timeout_fails_with_a_message() -> None:
     proc = run("-m", "crust", "demo", "--peers", "2", "--messages", "5", "--timeout", "0")
     assert proc.returncode == 1, explain(proc)
-    assert proc.stderr.startswith("demo failed: "), explain(proc)
+    assert proc.stderr.startswith("python -m crust demo: "), explain(proc)
+    assert len(proc.stderr.splitlines()) == 1, explain(proc)
 
 
 def test_no_command_prints_usage() -> None:
@@ -92,8 +101,9 @@ def test_echo_example() -> None:
     assert proc.stdout == "echo: hello\n", explain(proc)
 
 
-def test_chat_example_compiles(tmp_path: Path) -> None:
-    py_compile.compile(str(ROOT / "examples" / "chat.py"), cfile=str(tmp_path / "chat.pyc"), doraise=True)
+@pytest.mark.parametrize("name", ["chat.py", "chat_tk.py"])
+def test_interactive_examples_compile(tmp_path: Path, name: str) -> None:
+    py_compile.compile(str(ROOT / "examples" / name), cfile=str(tmp_path / "example.pyc"), doraise=True)
 
 
 def test_readme_quickstart_is_examples_echo() -> None:
@@ -106,11 +116,89 @@ def test_readme_quickstart_is_examples_echo() -> None:
 def test_readme_opens_with_the_commands_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```sh\n(.*?)\n```", readme, flags=re.S)
-    assert blocks[:2] == ["pip install -e . && python -m crust demo",
+    # The virtual environment first: the two commands after it need its python and pip.
+    assert blocks[:3] == ["python3 -m venv .venv && . .venv/bin/activate",
+                          "pip install -e . && python -m crust demo",
                           "pip install -e '.[test]' && python -m pytest -q"]
     first_content = readme.split("\n", 1)[1].lstrip()
-    assert first_content.startswith("```sh\npip install -e . && python -m crust demo\n```")
-    test_command = blocks[1].split(" && ", 1)[1]
+    assert first_content.startswith("```sh\npython3 -m venv .venv && . .venv/bin/activate\n```")
+    test_command = blocks[2].split(" && ", 1)[1]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(rf"^{re.escape(test_command)} \|\| status=\$\?$", ci, flags=re.M), \
         f".ci/run does not run the README's test command {test_command!r}"
+
+
+# -- examples/file_transfer.py and examples/lan_party.py, as subprocesses on loopback ----------
+
+def program(*args: str, cwd: Path, name: str) -> Program:
+    return Program([sys.executable, *args], cwd=cwd, env=dict(os.environ, PYTHONPATH=str(ROOT)), name=name)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 30)
+def test_file_transfer_sends_a_file_and_checks_its_hash(tmp_path: Path) -> None:
+    data = random.Random(16).randbytes(3 * 1024 * 1024 + 12345)  # 13 chunks, the last one short
+    (tmp_path / "big.bin").write_bytes(data)
+    example = str(ROOT / "examples" / "file_transfer.py")
+    with program(example, "receive", "--out", "downloads", "--timeout", "60", cwd=tmp_path, name="receiver") as rx:
+        endpoint = rx.expect(r"^receiving on (127\.0\.0\.1:\d+)$", RUN_TIMEOUT).group(1)
+        sender = subprocess.run([sys.executable, example, "send", "big.bin", endpoint], cwd=tmp_path,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)), stdin=subprocess.DEVNULL,
+                                capture_output=True, timeout=RUN_TIMEOUT)
+        assert sender.returncode == 0, sender
+        assert sender.stdout == f"sent big.bin ({len(data)} bytes); the receiver's sha256 matches\n".encode()
+        bar = sender.stderr.split(b"\r")
+        assert bar[-1].startswith(b"sending big.bin [" + b"#" * 30 + b"] 100%"), sender.stderr[-200:]
+        assert len(bar) > 2, "the progress bar was drawn as the chunks went"
+        rx.expect(rf"^received downloads/big.bin \({len(data)} bytes\), "
+                  rf"sha256 {hashlib.sha256(data).hexdigest()} ok$", RUN_TIMEOUT)
+        assert rx.stop() == 0, rx.output()
+    assert (tmp_path / "downloads" / "big.bin").read_bytes() == data
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 30)
+def test_file_transfer_receiver_refuses_a_file_whose_hash_differs(tmp_path: Path) -> None:
+    example = str(ROOT / "examples" / "file_transfer.py")
+    with program(example, "receive", "--out", ".", "--timeout", "60", cwd=tmp_path, name="receiver") as rx:
+        endpoint = rx.expect(r"^receiving on (127\.0\.0\.1:\d+)$", RUN_TIMEOUT).group(1)
+        # A sender whose header promises other bytes than it sends (and a name that tries to escape).
+        config = crust.Config(network_name="crust-file-transfer", listen_host="127.0.0.1", enable_upnp=False,
+                              bootstrap_cache_path=None, hard_coded_contacts=[endpoint])
+        answers: list[bytes] = []
+        answered = threading.Event()
+        with crust.Service(config) as svc:
+            svc.on_message(lambda peer_id, data: (answers.append(data), answered.set()))
+            receiver = svc.bootstrap(user=crust.CrustUser.CLIENT, timeout=RUN_TIMEOUT)
+            header = {"name": "../escape.txt", "size": 5, "sha256": hashlib.sha256(b"hello").hexdigest()}
+            svc.send(receiver, b"H" + json.dumps(header).encode())
+            svc.send(receiver, b"D" + b"jello")
+            assert answered.wait(RUN_TIMEOUT)
+        assert json.loads(answers[0][1:]) == {"ok": False, "sha256": hashlib.sha256(b"jello").hexdigest()}
+        rx.expect(r"^received \./escape\.txt \(5 bytes\), but its sha256 [0-9a-f]{64} is not the sender's", 10)
+        assert rx.stop() == 1, rx.output()
+    assert (tmp_path / "escape.txt").read_bytes() == b"jello" and not (tmp_path.parent / "escape.txt").exists()
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 30)
+def test_lan_party_guests_find_each_other_by_the_beacon(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])  # the party's own beacon port: no other test hears it
+    example = str(ROOT / "examples" / "lan_party.py")
+    guests: list[Program] = []
+    try:
+        for name in ("alice", "bob", "carol"):
+            guest = program(example, "--name", name, "--host", "127.0.0.1", "--targets", "127.255.255.255",
+                            "--port", port, cwd=tmp_path, name=name)
+            guests.append(guest)
+            guest.expect(rf"^{name} is at the party, listening on 127\.0\.0\.1:\d+", RUN_TIMEOUT)
+        alice, bob, carol = guests
+        # Each newcomer bootstraps off whoever answers its beacon, round after round: a full mesh.
+        for guest, others in ((alice, {"bob", "carol"}), (bob, {"alice", "carol"}), (carol, {"alice", "bob"})):
+            seen = {guest.expect(r"^met (\w+) \([0-9a-f]{8}\); \d so far$", RUN_TIMEOUT).group(1) for _ in others}
+            assert seen == others, guest.output()
+        for guest in guests:  # end of input: each leaves, naming whom it met
+            assert guest.stop() == 0, guest.output()
+        assert "alice leaves, having met bob, carol" in alice.output()
+    finally:
+        for guest in guests:
+            guest.stop()

@@ -59,9 +59,10 @@ ALLOWED: dict[str, set[str]] = {
 # The files crust keeps are top-level too: config_file (the JSON config file and
 # the environment it is found through; crust.config stays a pure dataclass),
 # identity (a crypto.keys.KeyPair saved and loaded) and files (atomic
-# private-file writes for both identity and cache).
+# private-file writes for both identity and cache).  cli is the command line
+# (``python -m crust``): a user of the public API, like the examples.
 TOP = {"service", "sendgate", "lan", "links", "contact_book", "upnp_client", "config_file", "identity", "files",
-       "__init__", "__main__", "_version"}
+       "__init__", "__main__", "_version", "cli"}
 SHELL = {"transport", "dispatch"}
 SANS_IO = set(ALLOWED) - SHELL
 

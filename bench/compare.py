@@ -33,6 +33,8 @@ Transports (rows):
 * ``zmq-curve`` -- the same with CURVE encryption (CurveZMQ).
 * ``crust-rudp`` -- crust.Service over its reliable UDP transport only
   (``enable_tcp=False``): 1200-byte datagrams, acks and congestion control in Python.
+* ``crust-chacha`` -- crust over TCP with ChaCha20-Poly1305 forced on both ends
+  (``crust.crypto.ranking.force_preference``): what the measured cipher choice gains, in the same run.
 
 Rounds are interleaved: for every repeat, for every measurement, each
 transport in turn (A B C, A B C, ...), after one discarded warm-up of each.
@@ -59,11 +61,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import messaging as m  # noqa: E402  (bench/messaging.py: processes, timing, results)
 
-KINDS = ("crust", "crust-rudp", "raw", "aead", "aead-gcm", "aead-ocb", "zmq", "zmq-curve")
+from crust.crypto.ranking import ROUNDS, SMALL_REPEAT, measure  # noqa: E402
+
+KINDS = ("crust", "crust-rudp", "crust-chacha", "raw", "aead", "aead-gcm", "aead-ocb", "zmq", "zmq-curve")
 # kind -> {measurement: messaging.py phase name}
 PLAN: dict[str, dict[str, str]] = {
     "crust": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
     "crust-rudp": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
+    "crust-chacha": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
     "raw": {"tput": "tput", "rate": "rate_batched", "rtt": "rtt"},
     "aead": {"tput": "tput", "rtt": "rtt"},
     "aead-gcm": {"tput": "tput", "rtt": "rtt"},
@@ -74,6 +79,7 @@ PLAN: dict[str, dict[str, str]] = {
 LABELS = {
     "crust": "crust (TCP)",
     "crust-rudp": "crust (rudp)",
+    "crust-chacha": "crust (TCP, ChaCha only)",
     "raw": "raw TCP (len-prefixed)",
     "aead": "raw + ChaCha20-Poly1305",
     "aead-gcm": "raw + AES-256-GCM",
@@ -212,6 +218,12 @@ def _zmq_sender(conn: Any, kind: str, addr: str) -> None:
 
 def _child(role: str, kind: str, conn: Any, key: bytes, addr: str | None, cprofile_prefix: str | None) -> None:
     """Process entry: pyzmq kinds here, everything else messaging.py's ``_child``."""
+    if kind == "crust-chacha":
+        from crust.crypto.aead import Cipher
+        from crust.crypto.ranking import force_preference
+
+        force_preference([Cipher.CHACHA20_POLY1305])
+        kind = "crust"
     if not kind.startswith("zmq"):
         m._child(role, kind, conn, key, addr, cprofile_prefix)
         return
@@ -272,7 +284,8 @@ def _report(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: a
     negotiated = machine.get("crust_ciphers", {})
     if negotiated:
         print("crust's negotiated cipher: " + ", ".join(f"{LABELS[k]} {c}" for k, c in negotiated.items()))
-    print("seal cost in this process (crust.crypto.ranking.measure, best of 3 / 12; µs): " + "; ".join(
+    print(f"seal cost in this process (crust.crypto.ranking.measure, best of {ROUNDS} / {ROUNDS * SMALL_REPEAT}; "
+          f"µs): " + "; ".join(
         f"{c['cipher']} 64 KiB {c['bulk_us']:.1f}, 100 B {c['small_us']:.1f}" for c in machine["seal_costs_us"]))
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return {"bench": "compare", "mode": "quick" if args.quick else "full", "sizes": sizes, "machine": machine,
@@ -311,8 +324,6 @@ def main(argv: list[str] | None = None) -> int:
             print("pyzmq is not installed: pip install -e .[bench]  (or drop zmq kinds with --kinds)",
                   file=sys.stderr)
             return 2
-    from crust.crypto.ranking import measure
-
     # The same measurement each crust process makes to rank its ciphers, here for the record.
     machine["seal_costs_us"] = [{"cipher": c.cipher.label, "bulk_us": c.bulk_us, "small_us": c.small_us}
                                 for c in measure(time.perf_counter)]

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crust.crypto.aead import Cipher
-from crust.crypto.kex import PROTOCOL_NAME, NoiseXX
+from crust.crypto.kex import NoiseXX
 from crust.crypto.keys import KeyPair
 from crust.crypto.ranking import available_ciphers
 from crust.errors import HandshakeError
@@ -28,6 +28,7 @@ from crust.wire.framing import HandshakeDecoder, encode_handshake_message
 from crust.wire.messages import Data, Heartbeat
 
 from tests.helpers import both_modes, feed, run_handshake, transfer
+from tests.test_kex import noise_peer
 
 CHACHA, GCM, OCB = Cipher.CHACHA20_POLY1305, Cipher.AES_256_GCM, Cipher.AES_256_OCB
 NAME_HASH = name_hash(None)
@@ -308,21 +309,8 @@ def test_a_choice_the_responder_did_not_offer_fails() -> None:
 
 # -- interop: the noiseprotocol package, whose payloads are empty --------------------------------
 
-def _noiseprotocol(initiator: bool) -> Any:
-    connection = pytest.importorskip("noise.connection")
-    conn = connection.NoiseConnection.from_name(PROTOCOL_NAME)
-    if initiator:
-        conn.set_as_initiator()
-    else:
-        conn.set_as_responder()
-    conn.set_keypair_from_private_bytes(connection.Keypair.STATIC, KeyPair.generate().private_bytes)
-    conn.set_prologue(PROLOGUE)
-    conn.start_handshake()
-    return conn
-
-
 def test_interop_noiseprotocol_initiator_gets_chacha() -> None:
-    theirs = _noiseprotocol(initiator=True)
+    theirs = noise_peer(True, KeyPair.generate(), PROLOGUE)
     raw = RawPeer(theirs)
     b = SecureHandshake(initiator=False, static=KeyPair.generate(), name_hash=NAME_HASH, max_message_size=1024,
                         ciphers=(OCB, GCM, CHACHA))
@@ -337,7 +325,7 @@ def test_interop_noiseprotocol_initiator_gets_chacha() -> None:
 
 
 def test_interop_noiseprotocol_responder_gets_chacha() -> None:
-    theirs = _noiseprotocol(initiator=False)
+    theirs = noise_peer(False, KeyPair.generate(), PROLOGUE)
     raw = RawPeer(theirs)
     a = SecureHandshake(initiator=True, static=KeyPair.generate(), name_hash=NAME_HASH, max_message_size=1024,
                         ciphers=(OCB, GCM, CHACHA))

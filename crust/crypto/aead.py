@@ -214,7 +214,7 @@ class Cipher(enum.IntEnum):
         return _SUITES[self].rekey_interval
 
 
-_Primitive = Callable[[bytes, bytes, BytesLike, BytesLike], bytes]
+_Primitive = aes.Primitive
 
 
 class _Suite(NamedTuple):

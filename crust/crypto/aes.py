@@ -17,7 +17,7 @@ constant-time.  :func:`hardware_support` says which modes may be offered here.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Callable, Protocol, Union
 
 from Crypto.Cipher import AES
 from Crypto.Util import _cpu_features
@@ -25,11 +25,27 @@ from Crypto.Util import _cpu_features
 __all__ = ["TAG_SIZE", "gcm_seal", "gcm_open", "ocb_seal", "ocb_open", "hardware_support"]
 
 BytesLike = Union[bytes, bytearray, memoryview]
+Primitive = Callable[[bytes, bytes, BytesLike, BytesLike], bytes]  # (key, nonce, ad, data) -> bytes
 
 TAG_SIZE = 16  # bytes: both modes at their full 128-bit tag
-_new_aes = AES.new
-_GCM = AES.MODE_GCM
-_OCB = AES.MODE_OCB
+
+
+class _Mode(Protocol):
+    """What GCM and OCB cipher objects share (pycryptodome's GcmMode / OcbMode)."""
+
+    def update(self, assoc_data: BytesLike, /) -> object: ...
+
+    def encrypt_and_digest(self, plaintext: BytesLike, /) -> tuple[bytes, bytes]: ...
+
+    def decrypt_and_verify(self, ciphertext: BytesLike, received_mac_tag: BytesLike, /) -> bytes: ...
+
+
+def _new_gcm(key: bytes, nonce: bytes) -> _Mode:
+    return AES.new(key, AES.MODE_GCM, nonce=nonce)  # 128-bit tag by default
+
+
+def _new_ocb(key: bytes, nonce: bytes) -> _Mode:
+    return AES.new(key, AES.MODE_OCB, nonce=nonce)  # 128-bit tag by default
 
 
 def _split(data: BytesLike) -> tuple[memoryview, memoryview]:
@@ -40,41 +56,35 @@ def _split(data: BytesLike) -> tuple[memoryview, memoryview]:
     return view[:-TAG_SIZE], view[-TAG_SIZE:]
 
 
-def gcm_seal(key: bytes, nonce: bytes, ad: BytesLike, plaintext: BytesLike) -> bytes:
-    """AES-256-GCM encryption: ``ciphertext ‖ tag``.  ``key`` is 32 bytes, ``nonce`` 12."""
-    cipher = _new_aes(key, _GCM, nonce=nonce)
-    if ad:
-        cipher.update(ad)
-    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
-    return ciphertext + tag
+def _make_seal(new: Callable[[bytes, bytes], _Mode], name: str) -> Primitive:
+    def seal(key: bytes, nonce: bytes, ad: BytesLike, plaintext: BytesLike) -> bytes:
+        cipher = new(key, nonce)
+        if ad:
+            cipher.update(ad)
+        ciphertext, tag = cipher.encrypt_and_digest(plaintext)
+        return ciphertext + tag
+
+    seal.__doc__ = f"{name} encryption: ``ciphertext ‖ tag``.  ``key`` is 32 bytes, ``nonce`` 12."
+    return seal
 
 
-def gcm_open(key: bytes, nonce: bytes, ad: BytesLike, data: BytesLike) -> bytes:
-    """Inverse of :func:`gcm_seal`.  Raises ValueError on a short input or a bad tag."""
-    ciphertext, tag = _split(data)
-    cipher = _new_aes(key, _GCM, nonce=nonce)
-    if ad:
-        cipher.update(ad)
-    # decrypt_and_verify checks the tag before it hands back any plaintext.
-    return cipher.decrypt_and_verify(ciphertext, tag)
+def _make_open(new: Callable[[bytes, bytes], _Mode], name: str) -> Primitive:
+    def open_(key: bytes, nonce: bytes, ad: BytesLike, data: BytesLike) -> bytes:
+        ciphertext, tag = _split(data)
+        cipher = new(key, nonce)
+        if ad:
+            cipher.update(ad)
+        # decrypt_and_verify checks the tag before it hands back any plaintext.
+        return cipher.decrypt_and_verify(ciphertext, tag)
+
+    open_.__doc__ = f"{name} decryption of ``ciphertext ‖ tag``.  Raises ValueError on a short input or a bad tag."
+    return open_
 
 
-def ocb_seal(key: bytes, nonce: bytes, ad: BytesLike, plaintext: BytesLike) -> bytes:
-    """AES-256-OCB (RFC 7253, TAGLEN 128) encryption: ``ciphertext ‖ tag``."""
-    cipher = _new_aes(key, _OCB, nonce=nonce)
-    if ad:
-        cipher.update(ad)
-    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
-    return ciphertext + tag
-
-
-def ocb_open(key: bytes, nonce: bytes, ad: BytesLike, data: BytesLike) -> bytes:
-    """Inverse of :func:`ocb_seal`.  Raises ValueError on a short input or a bad tag."""
-    ciphertext, tag = _split(data)
-    cipher = _new_aes(key, _OCB, nonce=nonce)
-    if ad:
-        cipher.update(ad)
-    return cipher.decrypt_and_verify(ciphertext, tag)
+gcm_seal = _make_seal(_new_gcm, "AES-256-GCM")
+gcm_open = _make_open(_new_gcm, "AES-256-GCM")
+ocb_seal = _make_seal(_new_ocb, "AES-256-OCB (RFC 7253, TAGLEN 128)")
+ocb_open = _make_open(_new_ocb, "AES-256-OCB (RFC 7253, TAGLEN 128)")
 
 
 def hardware_support() -> tuple[bool, bool]:

@@ -54,8 +54,8 @@ __all__ = [
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
-KEY_SIZE = 32  # bytes: a ChaCha20 key
-TAG_SIZE = 16  # bytes: a Poly1305 tag, appended to every ciphertext
+KEY_SIZE = 32  # bytes: a ChaCha20 or AES-256 key
+TAG_SIZE = 16  # bytes: a Poly1305, GCM or OCB tag, appended to every ciphertext
 MAX_NONCE = 2**64 - 1  # Noise §5.1: reserved for REKEY, never used for a message
 REKEY_INTERVAL = 2**32  # messages; PROTOCOL.md §3 "in practice after 2^32 frames"
 # AES modes: at most 2**22 frames of <= 4113 blocks = 2**34 blocks per key, the

@@ -24,14 +24,25 @@ Transports (rows):
   64 KiB message (and one open on the receiver): the physical limit for a
   Python library encrypting with pycryptodome.  (c) seals every 100 B ping.
   (b) is not measured for this row.
+* ``aead-gcm``, ``aead-ocb`` -- the same with AES-256-GCM and AES-256-OCB
+  (crust.crypto.aead's Sealer/Opener for each): the ceilings for the other
+  ciphers crust can negotiate.  crust runs the one its handshake chose (by
+  measuring the ciphers on this machine), printed under the table with the
+  seal costs this process measured.
 * ``zmq``       -- pyzmq PAIR sockets over ``tcp://127.0.0.1``, plaintext.
 * ``zmq-curve`` -- the same with CURVE encryption (CurveZMQ).
 * ``crust-rudp`` -- crust.Service over its reliable UDP transport only
   (``enable_tcp=False``): 1200-byte datagrams, acks and congestion control in Python.
+* ``crust-chacha`` -- crust over TCP with ChaCha20-Poly1305 forced on both ends
+  (``crust.crypto.ranking.force_preference``): what the measured cipher choice gains, in the same run.
 
 Rounds are interleaved: for every repeat, for every measurement, each
 transport in turn (A B C, A B C, ...), after one discarded warm-up of each.
 The table shows medians and the ratio of each to crust (value / crust).
+
+No py-libp2p row: ``libp2p`` (every release on PyPI) pins ``fastecdsa==2.3.2``,
+which ships no wheel for CPython 3.11 on Linux (it compiles against GMP), so
+it does not install from wheels as an optional extra.
 """
 
 from __future__ import annotations
@@ -50,21 +61,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import messaging as m  # noqa: E402  (bench/messaging.py: processes, timing, results)
 
-KINDS = ("crust", "crust-rudp", "raw", "aead", "zmq", "zmq-curve")
+from crust.crypto.ranking import ROUNDS, SMALL_REPEAT, measure  # noqa: E402
+
+KINDS = ("crust", "crust-rudp", "crust-chacha", "raw", "aead", "aead-gcm", "aead-ocb", "zmq", "zmq-curve")
 # kind -> {measurement: messaging.py phase name}
 PLAN: dict[str, dict[str, str]] = {
     "crust": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
     "crust-rudp": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
+    "crust-chacha": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
     "raw": {"tput": "tput", "rate": "rate_batched", "rtt": "rtt"},
     "aead": {"tput": "tput", "rtt": "rtt"},
+    "aead-gcm": {"tput": "tput", "rtt": "rtt"},
+    "aead-ocb": {"tput": "tput", "rtt": "rtt"},
     "zmq": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
     "zmq-curve": {"tput": "tput", "rate": "rate", "rtt": "rtt"},
 }
 LABELS = {
     "crust": "crust (TCP)",
     "crust-rudp": "crust (rudp)",
+    "crust-chacha": "crust (TCP, ChaCha only)",
     "raw": "raw TCP (len-prefixed)",
-    "aead": "raw TCP + AEAD/64KiB",
+    "aead": "raw + ChaCha20-Poly1305",
+    "aead-gcm": "raw + AES-256-GCM",
+    "aead-ocb": "raw + AES-256-OCB",
     "zmq": "pyzmq PAIR",
     "zmq-curve": "pyzmq PAIR + CURVE",
 }
@@ -199,6 +218,12 @@ def _zmq_sender(conn: Any, kind: str, addr: str) -> None:
 
 def _child(role: str, kind: str, conn: Any, key: bytes, addr: str | None, cprofile_prefix: str | None) -> None:
     """Process entry: pyzmq kinds here, everything else messaging.py's ``_child``."""
+    if kind == "crust-chacha":
+        from crust.crypto.aead import Cipher
+        from crust.crypto.ranking import force_preference
+
+        force_preference([Cipher.CHACHA20_POLY1305])
+        kind = "crust"
     if not kind.startswith("zmq"):
         m._child(role, kind, conn, key, addr, cprofile_prefix)
         return
@@ -254,8 +279,14 @@ def _report(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: a
     for kind in kinds:
         print(f"{LABELS[kind]:<24}" + "".join(f"{cell(kind, meas, key):>{col}}" for meas, key, _ in MEASURES))
     print(f"\n(x) = value / crust's (for RTT lower is better).  raw 100 B rate: frames batched into one "
-          f"sendall per 64 KiB.  raw+AEAD: one ChaCha20-Poly1305 seal per 64 KiB message (and per 100 B "
-          f"ping for RTT); its 100 B rate is not measured.  wall time {wall:.1f} s.")
+          f"sendall per 64 KiB.  raw + cipher: one seal per 64 KiB message (and per 100 B ping for RTT); "
+          f"its 100 B rate is not measured.  wall time {wall:.1f} s.")
+    negotiated = machine.get("crust_ciphers", {})
+    if negotiated:
+        print("crust's negotiated cipher: " + ", ".join(f"{LABELS[k]} {c}" for k, c in negotiated.items()))
+    print(f"seal cost in this process (crust.crypto.ranking.measure, best of {ROUNDS} / {ROUNDS * SMALL_REPEAT}; "
+          f"µs): " + "; ".join(
+        f"{c['cipher']} 64 KiB {c['bulk_us']:.1f}, 100 B {c['small_us']:.1f}" for c in machine["seal_costs_us"]))
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return {"bench": "compare", "mode": "quick" if args.quick else "full", "sizes": sizes, "machine": machine,
             "plan": {k: PLAN[k] for k in kinds},
@@ -266,7 +297,8 @@ def _report(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: a
             "wall_s": round(wall, 2),
             "notes": {"mb": "10^6 payload bytes", "ratio": "value / crust value, same measurement",
                       "raw_rate": "raw rate = rate_batched (64 KiB sendall batches)",
-                      "aead": "one ChaCha20-Poly1305 seal per message (64 KiB for tput), crust.crypto.aead on pycryptodome"}}
+                      "aead": "one seal per message (64 KiB for tput) with crust.crypto.aead's Sealer on pycryptodome: "
+                              "aead ChaCha20-Poly1305, aead-gcm AES-256-GCM, aead-ocb AES-256-OCB"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
             print("pyzmq is not installed: pip install -e .[bench]  (or drop zmq kinds with --kinds)",
                   file=sys.stderr)
             return 2
+    # The same measurement each crust process makes to rank its ciphers, here for the record.
+    machine["seal_costs_us"] = [{"cipher": c.cipher.label, "bulk_us": c.bulk_us, "small_us": c.small_us}
+                                for c in measure(time.perf_counter)]
     ctx = mp.get_context("spawn")
     started = time.perf_counter()
     pairs: dict[str, m._Pair] = {}
@@ -299,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for kind in kinds:
             pairs[kind] = m._Pair(ctx, kind, child=_child)
+            if kind.startswith("crust") and pairs[kind].sender_info:
+                machine.setdefault("crust_ciphers", {})[kind] = pairs[kind].sender_info.get("cipher")
         for kind in kinds:  # one discarded warm-up per kind and measurement
             for phase in PLAN[kind].values():
                 pairs[kind].run(m._phase_params(phase, sizes, scale=0.1))

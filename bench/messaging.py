@@ -166,19 +166,26 @@ class _Counter:
 # Raw TCP (optionally with one AEAD seal per message).
 
 
-class _Aead:
-    """One direction of ChaCha20-Poly1305 with a counter nonce: crust's own Sealer/Opener.
+# The raw+AEAD kinds and the cipher each runs: ``aead`` is this script's; bench/compare.py adds
+# the AES rows so every ceiling is measured in the same run.
+AEAD_KINDS = {"aead": "CHACHA20_POLY1305", "aead-gcm": "AES_256_GCM", "aead-ocb": "AES_256_OCB"}
 
-    The baseline uses the same primitive code as crust (``crust.crypto.aead``,
-    RFC 8439 assembled from pycryptodome's ChaCha20 and Poly1305, the fastest
-    pycryptodome AEAD we know), so it stays the limit crust is measured against.
+
+class _Aead:
+    """One direction of an AEAD with a counter nonce: crust's own Sealer/Opener.
+
+    The baseline uses the same code as crust (``crust.crypto.aead``; for
+    ChaCha20-Poly1305, RFC 8439 assembled from pycryptodome's ChaCha20 and
+    Poly1305, the fastest pycryptodome AEAD we know), so it stays the limit
+    crust is measured against when it runs that cipher.
     """
 
-    def __init__(self, key: bytes) -> None:
-        from crust.crypto.aead import Opener, Sealer
+    def __init__(self, key: bytes, kind: str = "aead") -> None:
+        from crust.crypto.aead import Cipher, Opener, Sealer
 
-        self.seal = Sealer(key).seal
-        self.open = Opener(key).open
+        cipher = Cipher[AEAD_KINDS[kind]]
+        self.seal = Sealer(key, cipher=cipher).seal
+        self.open = Opener(key, cipher=cipher).open
 
 
 class _FrameReader:
@@ -253,8 +260,8 @@ def _raw_receiver(conn: Any, kind: str, key: bytes) -> None:
     _raw_socket_opts(sock)
     reader = _FrameReader(sock)
     counter = _Counter()
-    opener = _Aead(key) if kind == "aead" else None  # sender -> receiver direction
-    sealer = _Aead(key[::-1]) if kind == "aead" else None  # receiver -> sender direction
+    opener = _Aead(key, kind) if kind in AEAD_KINDS else None  # sender -> receiver direction
+    sealer = _Aead(key[::-1], kind) if kind in AEAD_KINDS else None  # receiver -> sender direction
     while True:
         cmd = conn.recv()
         if cmd[0] == "quit":
@@ -295,8 +302,8 @@ def _raw_sender(conn: Any, kind: str, key: bytes, addr: str) -> None:
     sock = socket.create_connection((host, int(port)), timeout=_SOCK_TIMEOUT)
     _raw_socket_opts(sock)
     reader = _FrameReader(sock)
-    sealer = _Aead(key) if kind == "aead" else None
-    opener = _Aead(key[::-1]) if kind == "aead" else None
+    sealer = _Aead(key, kind) if kind in AEAD_KINDS else None
+    opener = _Aead(key[::-1], kind) if kind in AEAD_KINDS else None
     conn.send(("ready", None))
     sendall, pack, perf = sock.sendall, _HDR.pack, time.perf_counter
     cpu0 = _cpu()
@@ -417,6 +424,14 @@ def _crust_receiver(conn: Any, kind: str, key: bytes) -> None:
         svc.close()
 
 
+def _negotiated_cipher(svc: Any, peer: Any) -> str | None:
+    """The transport AEAD the handshake chose with ``peer`` (a private peek: no public API shows it)."""
+    try:
+        return str(svc._engine._peers.table[peer].conn.channel.cipher.label)
+    except (AttributeError, KeyError):
+        return None
+
+
 def _crust_sender(conn: Any, kind: str, key: bytes, addr: str) -> None:
     import crust
 
@@ -439,7 +454,7 @@ def _crust_sender(conn: Any, kind: str, key: bytes, addr: str) -> None:
     try:
         svc.start_listening()
         peer = svc.bootstrap(timeout=10.0)
-        conn.send(("ready", None))
+        conn.send(("ready", {"cipher": _negotiated_cipher(svc, peer)}))
         send = svc.send
         cpu0 = _cpu()
         while True:
@@ -560,6 +575,7 @@ class _Pair:
         self.receiver.start()
         rchild.close()
         self.sender = None
+        self.sender_info: Any = None
         self.sconn = None
         try:
             _, addr = self._call(self.rconn, None, 30.0, "ready")
@@ -568,7 +584,7 @@ class _Pair:
                                       args=("sender", kind, schild, key, addr, cprofile_prefix), daemon=True)
             self.sender.start()
             schild.close()
-            self._call(self.sconn, None, 30.0, "ready")
+            _, self.sender_info = self._call(self.sconn, None, 30.0, "ready")  # crust: the negotiated cipher
         except BaseException:
             self.close()
             raise

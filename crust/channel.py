@@ -14,7 +14,7 @@ call per frame rather than per message is what makes small messages cheap.
 
 from __future__ import annotations
 
-from .crypto.aead import Opener, Sealer
+from .crypto.aead import Cipher, Opener, Sealer
 from .errors import RemoteProtocolError
 from .wire.framing import FrameDecoder, encode_frame
 from .wire.messages import DATA_HEADER, DATA_LAST, RECORD_HEADER, Data, Message, MessageType, decode_record, encode_record
@@ -22,7 +22,7 @@ from .wire.messages import DATA_HEADER, DATA_LAST, RECORD_HEADER, Data, Message,
 __all__ = ["SecureChannel", "MAX_FRAME_PLAINTEXT", "AEAD_TAG_SIZE"]
 
 MAX_FRAME_PLAINTEXT = 64 * 1024 + 256  # bytes: 64 KiB of message data plus record headers
-AEAD_TAG_SIZE = 16  # bytes
+AEAD_TAG_SIZE = 16  # bytes: every negotiable cipher's tag (crypto.aead.TAG_SIZE)
 _DATA = MessageType.DATA
 _RECORD_HEADER_SIZE = RECORD_HEADER.size
 _unpack_record = RECORD_HEADER.unpack_from
@@ -44,6 +44,11 @@ class SecureChannel:
         self._partial: dict[int, bytearray] = {}  # priority -> chunks of an unfinished message
         self._max_message = max_message_size
         self._failed = False
+
+    @property
+    def cipher(self) -> Cipher:
+        """The transport AEAD the handshake agreed on (the same both ways)."""
+        return self._sealer.cipher
 
     # -- inbound ----------------------------------------------------------
 

@@ -56,6 +56,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from .config import Config
 from .config_file import find_config_file, read_config_file
+from .crypto.ranking import measure_preference
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, SendDatagram, Write
 from .engine import Engine
@@ -130,6 +131,8 @@ class Service:
             raise ValueError(f"dispatch must be 'thread' or 'manual', not {dispatch!r}")
         self._config = config
         self._identity = identity
+        # Rank the transport ciphers by their cost on this machine: once per process, a few ms.
+        measure_preference(time.perf_counter)
         self._engine = Engine(static=identity, config=config)
         self._reactor = Reactor("crust-io")
         self._dispatcher = Dispatcher(manual=dispatch == "manual", name="crust-dispatch",

@@ -11,6 +11,7 @@ import pytest
 
 from crust.crypto.kex import NoiseXX
 from crust.crypto.keys import KeyPair
+from crust.crypto.ranking import preferred_ciphers
 from crust.errors import HandshakeError, LocalProtocolError, RemoteProtocolError
 from crust.handshake.secure import MAGIC, MAX_HANDSHAKE_MESSAGE, PREAMBLE, PROTOCOL_VERSION, SecureHandshake
 from crust.handshake.states import SecureInput, SecureState
@@ -21,8 +22,9 @@ from crust.wire.messages import Data, Heartbeat
 from tests.helpers import both_modes, bytewise, feed, handshake_pair, run_handshake, transfer
 
 HELLO_SIZE = 3 + 32 + 32  # header, name hash, Noise "-> e"
-NOISE2_SIZE = 3 + 32 + 48 + 16  # header, e, encrypted s, empty encrypted payload
-NOISE3_SIZE = 3 + 48 + 16
+OFFER_SIZE = 2 + len(preferred_ciphers())  # the responder's cipher offer (tests/test_negotiate.py)
+NOISE2_SIZE = 3 + 32 + 48 + OFFER_SIZE + 16  # header, e, encrypted s, encrypted offer
+NOISE3_SIZE = 3 + 48 + 3 + 16  # header, encrypted s, encrypted choice
 
 
 def responder(network: str | None = None, static: KeyPair | None = None) -> SecureHandshake:

@@ -1,15 +1,24 @@
 """Authenticated encryption for established channels: ``Sealer`` and ``Opener``.
 
-This is the Noise ``ChaChaPoly`` cipher (Noise spec rev 34, §12.3): ChaCha20-Poly1305
-as in RFC 8439, with a 96-bit nonce made of 32 zero bits followed by a 64-bit
-little-endian message counter.  One ``Sealer`` encrypts one direction of a
-connection and the peer's ``Opener`` decrypts it; both count messages, so the
-nonce is never sent and a replayed, dropped or reordered frame simply fails
-authentication.
+A channel runs one of three AEADs, the :class:`Cipher` its two ends agreed on
+in the handshake (crust.handshake.negotiate):
 
-Both sides apply Noise ``REKEY()`` (§4.2) after every ``rekey_interval``
-messages.  As in Noise, rekeying replaces the key but does not reset the
-counter, so ``(key, nonce)`` pairs can never repeat.
+* ``CHACHA20_POLY1305``: the Noise ``ChaChaPoly`` cipher (Noise spec rev 34,
+  §12.3), RFC 8439 with a 96-bit nonce of 32 zero bits followed by the 64-bit
+  *little-endian* message counter.  Always supported; the handshake uses it too.
+* ``AES_256_GCM``: the Noise ``AESGCM`` cipher (§12.4): 32 zero bits, then the
+  counter *big-endian*.
+* ``AES_256_OCB``: RFC 7253 with a 128-bit tag and the same nonce as AESGCM.
+
+One ``Sealer`` encrypts one direction of a connection and the peer's
+``Opener`` decrypts it; both count messages, so the nonce is never sent and a
+replayed, dropped or reordered frame simply fails authentication.
+
+Both sides apply Noise ``REKEY()`` (§4.2, with the channel's own cipher) after
+every ``rekey_interval`` messages: 2**32 for ChaCha20-Poly1305, 2**22 for the
+AES modes, whose 128-bit block makes the data one key may protect finite
+(docs/security.md).  As in Noise, rekeying replaces the key but does not
+reset the counter, so ``(key, nonce)`` pairs can never repeat.
 
 The module functions :func:`encrypt` and :func:`decrypt` are Noise's
 ``ENCRYPT(k, n, ad, plaintext)`` and ``DECRYPT(k, n, ad, ciphertext)``; the
@@ -18,13 +27,15 @@ handshake (``kex``) uses them for its CipherState.
 
 from __future__ import annotations
 
+import enum
 import hmac
 import struct
-from typing import Union
+from typing import Callable, NamedTuple, Union
 
 from Crypto.Cipher import ChaCha20
 from Crypto.Hash.Poly1305 import Poly1305_MAC
 
+from crust.crypto import aes
 from crust.errors import DecryptError, LocalProtocolError
 
 __all__ = [
@@ -32,6 +43,8 @@ __all__ = [
     "TAG_SIZE",
     "MAX_NONCE",
     "REKEY_INTERVAL",
+    "AES_REKEY_INTERVAL",
+    "Cipher",
     "Sealer",
     "Opener",
     "encrypt",
@@ -41,15 +54,19 @@ __all__ = [
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
-KEY_SIZE = 32  # bytes: a ChaCha20 key
-TAG_SIZE = 16  # bytes: a Poly1305 tag, appended to every ciphertext
+KEY_SIZE = 32  # bytes: a ChaCha20 or AES-256 key
+TAG_SIZE = 16  # bytes: a Poly1305, GCM or OCB tag, appended to every ciphertext
 MAX_NONCE = 2**64 - 1  # Noise §5.1: reserved for REKEY, never used for a message
 REKEY_INTERVAL = 2**32  # messages; PROTOCOL.md §3 "in practice after 2^32 frames"
+# AES modes: at most 2**22 frames of <= 4113 blocks = 2**34 blocks per key, the
+# amount TLS 1.3 allows one AES-GCM key (RFC 8446 §5.5); see docs/security.md.
+AES_REKEY_INTERVAL = 2**22  # messages
 
 # Noise §12.3: 4 zero bytes, then the counter as a 64-bit little-endian integer.
 # A precompiled Struct is the cheapest way to build it on the hot path.
 _NONCE = struct.Struct("<4xQ")
 _pack_nonce = _NONCE.pack
+_pack_nonce_be = struct.Struct(">4xQ").pack  # Noise §12.4 (AESGCM): the counter big-endian
 _REKEY_NONCE = _pack_nonce(MAX_NONCE)
 _ZEROS = bytes(KEY_SIZE)
 _new_chacha = ChaCha20.new
@@ -176,7 +193,91 @@ def rekey(key: bytes) -> bytes:
     return _seal(_check_key(key), _REKEY_NONCE, b"", _ZEROS)[:KEY_SIZE]
 
 
-class Sealer:
+# -- the negotiable transport ciphers -----------------------------------------------
+
+
+class Cipher(enum.IntEnum):
+    """A transport AEAD two peers can agree on; the value is its wire id (docs/protocol.md §3.3)."""
+
+    CHACHA20_POLY1305 = 1
+    AES_256_GCM = 2
+    AES_256_OCB = 3
+
+    @property
+    def label(self) -> str:
+        """The cipher's name in logs and docs, e.g. ``"aes-256-ocb"``."""
+        return self.name.lower().replace("_", "-")
+
+    @property
+    def rekey_interval(self) -> int:
+        """Messages per key in a channel running this cipher (the module docstring says why)."""
+        return _SUITES[self].rekey_interval
+
+
+_Primitive = aes.Primitive
+
+
+class _Suite(NamedTuple):
+    seal: _Primitive  # (key, 12-byte nonce, ad, plaintext) -> ciphertext || tag
+    open: _Primitive  # (key, nonce, ad, ciphertext || tag) -> plaintext; ValueError if forged
+    pack_nonce: Callable[[int], bytes]  # the message counter as the cipher's 12-byte nonce
+    rekey_interval: int
+
+
+_SUITES: dict[Cipher, _Suite] = {
+    Cipher.CHACHA20_POLY1305: _Suite(_seal, _open, _pack_nonce, REKEY_INTERVAL),
+    Cipher.AES_256_GCM: _Suite(aes.gcm_seal, aes.gcm_open, _pack_nonce_be, AES_REKEY_INTERVAL),
+    Cipher.AES_256_OCB: _Suite(aes.ocb_seal, aes.ocb_open, _pack_nonce_be, AES_REKEY_INTERVAL),
+}
+
+
+def _suite(cipher: object) -> _Suite:
+    if not isinstance(cipher, Cipher):
+        raise TypeError(f"cipher must be a crust.crypto.aead.Cipher, not {type(cipher).__name__}")
+    return _SUITES[cipher]
+
+
+def _rekey(suite: _Suite, key: bytes) -> bytes:
+    """Noise ``REKEY(k)`` with ``suite``'s own ENCRYPT (§4.2)."""
+    return suite.seal(key, suite.pack_nonce(MAX_NONCE), b"", _ZEROS)[:KEY_SIZE]
+
+
+class _Direction:
+    """What a Sealer and an Opener share: the cipher, the key, the counter and the rekey countdown."""
+
+    __slots__ = ("_cipher", "_suite", "_run", "_pack", "_key", "_n", "_interval", "_until_rekey")
+
+    def __init__(self, key: bytes, cipher: Cipher, rekey_interval: int | None, run: _Primitive) -> None:
+        self._cipher = cipher
+        self._suite = _suite(cipher)
+        self._key = _check_key(key)
+        self._interval = _check_interval(self._suite.rekey_interval if rekey_interval is None else rekey_interval)
+        self._run = run  # the suite's seal or open, bound once: the hot path does one lookup
+        self._pack = self._suite.pack_nonce
+        self._n = 0
+        # A countdown rather than ``n % interval``: one compare per message, and
+        # it stays right however ``n`` started.
+        self._until_rekey = self._interval
+
+    @property
+    def cipher(self) -> Cipher:
+        """The AEAD this direction runs."""
+        return self._cipher
+
+    @property
+    def nonce(self) -> int:
+        """The counter the next message will use (= messages processed so far)."""
+        return self._n
+
+    def _count(self, n: int) -> None:
+        self._n = n + 1
+        self._until_rekey -= 1
+        if not self._until_rekey:
+            self._key = _rekey(self._suite, self._key)
+            self._until_rekey = self._interval
+
+
+class Sealer(_Direction):
     """Encrypts one direction of a channel: a Noise CipherState used only for sending.
 
     Each call to :meth:`seal` uses the next nonce; after ``rekey_interval``
@@ -184,30 +285,24 @@ class Sealer:
 
     Args:
         key: the 32-byte sending key (from the handshake's ``Split()``).
-        rekey_interval: messages per key; the peer's :class:`Opener` must use the same value.
+        cipher: the AEAD; the peer's :class:`Opener` must use the same one.
+        rekey_interval: messages per key, by default the cipher's
+            (:attr:`Cipher.rekey_interval`); the peer's Opener must use the same value.
 
     Raises:
-        TypeError: ``key`` is not bytes or ``rekey_interval`` is not an int.
+        TypeError: ``key`` is not bytes, ``cipher`` not a :class:`Cipher`, or
+            ``rekey_interval`` not an int.
         ValueError: ``key`` is not 32 bytes or ``rekey_interval`` is below 1.
     """
 
     TAG_SIZE = TAG_SIZE
     overhead: int = TAG_SIZE  # bytes a sealed message is longer than its plaintext
 
-    __slots__ = ("_key", "_n", "_interval", "_until_rekey")
+    __slots__ = ()
 
-    def __init__(self, key: bytes, *, rekey_interval: int = REKEY_INTERVAL) -> None:
-        self._key = _check_key(key)
-        self._interval = _check_interval(rekey_interval)
-        self._n = 0
-        # A countdown rather than ``n % interval``: one compare per message, and
-        # it stays right however ``n`` started.
-        self._until_rekey = self._interval
-
-    @property
-    def nonce(self) -> int:
-        """The counter the next :meth:`seal` will use (= messages sealed so far)."""
-        return self._n
+    def __init__(self, key: bytes, *, cipher: Cipher = Cipher.CHACHA20_POLY1305,
+                 rekey_interval: int | None = None) -> None:
+        super().__init__(key, cipher, rekey_interval, _suite(cipher).seal)
 
     def seal(self, plaintext: BytesLike, ad: bytes = b"") -> bytes:
         """Encrypt and authenticate one message.
@@ -226,19 +321,15 @@ class Sealer:
         n = self._n
         if n >= MAX_NONCE:
             raise LocalProtocolError("Sealer nonce exhausted: the channel must be replaced")
-        sealed = _seal(self._key, _pack_nonce(n), ad, plaintext)
-        self._n = n + 1
-        self._until_rekey -= 1
-        if not self._until_rekey:
-            self._key = rekey(self._key)
-            self._until_rekey = self._interval
+        sealed = self._run(self._key, self._pack(n), ad, plaintext)
+        self._count(n)
         return sealed
 
     def __repr__(self) -> str:
-        return f"<Sealer nonce={self._n}>"  # never show the key
+        return f"<Sealer {self._cipher.label} nonce={self._n}>"  # never show the key
 
 
-class Opener:
+class Opener(_Direction):
     """Decrypts one direction of a channel: a Noise CipherState used only for receiving.
 
     Messages must arrive exactly once and in order.  The first failure poisons
@@ -247,29 +338,24 @@ class Opener:
 
     Args:
         key: the 32-byte receiving key (from the handshake's ``Split()``).
-        rekey_interval: messages per key; must match the peer's :class:`Sealer`.
+        cipher: the AEAD; must match the peer's :class:`Sealer`.
+        rekey_interval: messages per key (default: the cipher's); must match the peer's Sealer.
 
     Raises:
-        TypeError: ``key`` is not bytes or ``rekey_interval`` is not an int.
+        TypeError: ``key`` is not bytes, ``cipher`` not a :class:`Cipher`, or
+            ``rekey_interval`` not an int.
         ValueError: ``key`` is not 32 bytes or ``rekey_interval`` is below 1.
     """
 
     TAG_SIZE = TAG_SIZE
     overhead: int = TAG_SIZE
 
-    __slots__ = ("_key", "_n", "_interval", "_until_rekey", "_poisoned")
+    __slots__ = ("_poisoned",)
 
-    def __init__(self, key: bytes, *, rekey_interval: int = REKEY_INTERVAL) -> None:
-        self._key = _check_key(key)
-        self._interval = _check_interval(rekey_interval)
-        self._n = 0
-        self._until_rekey = self._interval
+    def __init__(self, key: bytes, *, cipher: Cipher = Cipher.CHACHA20_POLY1305,
+                 rekey_interval: int | None = None) -> None:
+        super().__init__(key, cipher, rekey_interval, _suite(cipher).open)
         self._poisoned = False
-
-    @property
-    def nonce(self) -> int:
-        """The counter the next :meth:`open` expects (= messages opened so far)."""
-        return self._n
 
     @property
     def poisoned(self) -> bool:
@@ -298,19 +384,15 @@ class Opener:
             self._poisoned = True
             raise DecryptError("Opener nonce exhausted")
         try:
-            plaintext = _open(self._key, _pack_nonce(n), ad, ciphertext)
+            plaintext = self._run(self._key, self._pack(n), ad, ciphertext)
         except ValueError:
             # Noise lets a CipherState retry after a failed DECRYPT; a stream
             # channel must not, or an attacker could probe it repeatedly.
             self._poisoned = True
             raise DecryptError(f"frame {n} failed authentication") from None
-        self._n = n + 1
-        self._until_rekey -= 1
-        if not self._until_rekey:
-            self._key = rekey(self._key)
-            self._until_rekey = self._interval
+        self._count(n)
         return plaintext
 
     def __repr__(self) -> str:
         state = " poisoned" if self._poisoned else ""
-        return f"<Opener nonce={self._n}{state}>"
+        return f"<Opener {self._cipher.label} nonce={self._n}{state}>"

@@ -37,7 +37,7 @@ import hashlib
 import hmac
 
 from crust.crypto import aead
-from crust.crypto.aead import Opener, Sealer
+from crust.crypto.aead import Cipher, Opener, Sealer
 from crust.crypto.keys import KEY_SIZE, KeyPair, check_public_key
 from crust.errors import DecryptError, HandshakeError, LocalProtocolError, RemoteProtocolError
 
@@ -361,12 +361,17 @@ class NoiseXX:
             raise LocalProtocolError("split keys exist only once the handshake is complete")
         return self._keys
 
-    def split(self) -> tuple[Sealer, Opener]:
+    def split(self, cipher: Cipher = Cipher.CHACHA20_POLY1305) -> tuple[Sealer, Opener]:
         """The transport ciphers for our sending and our receiving direction.
 
         The initiator sends with ``k1`` and receives with ``k2``; the responder
         the other way round.  This may be called once: a second pair of
         ciphers would reuse the same nonces with the same keys.
+
+        Args:
+            cipher: the transport AEAD both ends agreed on.  The handshake
+                itself always ran ChaChaPoly; with the default the transport
+                phase is exactly Noise's.
 
         Returns:
             ``(sealer, opener)``.
@@ -374,14 +379,15 @@ class NoiseXX:
         Raises:
             LocalProtocolError: the handshake is not complete, or split() was
                 already called.
+            TypeError: ``cipher`` is not a :class:`~crust.crypto.aead.Cipher`.
         """
         k1, k2 = self.split_keys()
         if self._split_done:
             raise LocalProtocolError("split() may be called only once per handshake (nonce reuse)")
+        send, receive = (k1, k2) if self._initiator else (k2, k1)
+        sealer, opener = Sealer(send, cipher=cipher), Opener(receive, cipher=cipher)
         self._split_done = True
-        if self._initiator:
-            return Sealer(k1), Opener(k2)
-        return Sealer(k2), Opener(k1)
+        return sealer, opener
 
     # -- internals ---------------------------------------------------------------
 

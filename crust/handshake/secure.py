@@ -7,8 +7,13 @@ Handshake messages are ``u8 type ‖ u16 length ‖ body``, at most
 a few hundred bytes before we give up on it.
 
 * initiator → HELLO: network-name hash (in clear) ‖ Noise ``-> e``
-* responder → NOISE: Noise ``<- e, ee, s, es``   (or REJECT(reason) and close)
-* initiator → NOISE: Noise ``-> s, se``
+* responder → NOISE: Noise ``<- e, ee, s, es`` with its cipher offer as the
+  encrypted payload   (or REJECT(reason) and close)
+* initiator → NOISE: Noise ``-> s, se`` with its cipher choice as the payload
+
+The payloads agree on the transport AEAD (:mod:`crust.handshake.negotiate`
+says how, and why no attacker can change the outcome); the channel is keyed
+from Noise ``Split()`` with it.
 
 The Noise prologue is the preamble plus the network-name hash, so peers of
 different networks could never finish anyway; the hash in HELLO only makes
@@ -22,13 +27,17 @@ first frames (``trailing_data``, as in wsproto).
 from __future__ import annotations
 
 import struct
+from typing import Sequence
 
 from ..channel import SecureChannel
+from ..crypto.aead import Cipher
 from ..crypto.kex import NoiseXX
 from ..crypto.keys import KeyPair
+from ..crypto.ranking import check_preference, preferred_ciphers
 from ..errors import HandshakeError, LocalProtocolError, RemoteProtocolError
 from ..ids import NAME_HASH_SIZE, PeerId
 from ..wire.framing import HandshakeDecoder, encode_handshake_message
+from .negotiate import choose, encode_choice, encode_offer, read_choice, read_offer
 from .states import SECURE, Role, SecureInput, SecureState, transition
 
 __all__ = ["SecureHandshake", "PREAMBLE", "PROTOCOL_VERSION", "MAGIC", "MAX_HANDSHAKE_MESSAGE", "RejectReason"]
@@ -36,7 +45,7 @@ __all__ = ["SecureHandshake", "PREAMBLE", "PROTOCOL_VERSION", "MAGIC", "MAX_HAND
 MAGIC = b"\xc3CRUST"
 PROTOCOL_VERSION = 1
 PREAMBLE = MAGIC + struct.pack(">H", PROTOCOL_VERSION)
-MAX_HANDSHAKE_MESSAGE = 512  # bytes; the largest real one is 96 (+ payload, none yet)
+MAX_HANDSHAKE_MESSAGE = 512  # bytes; the largest real one is 96 + the cipher offer (5 bytes today)
 
 
 class RejectReason:
@@ -53,6 +62,21 @@ class SecureHandshake:
     returns.  When :attr:`complete`, take :attr:`channel`, :attr:`peer_id`
     and :attr:`trailing_data`.  After an error the machine is dead; send
     whatever :meth:`data_to_send` still holds (a REJECT), then close.
+
+    Args:
+        initiator: True for the side that dialled.
+        static: our long-term key pair.
+        name_hash: the network-name hash (32 bytes).
+        max_message_size: the channel's largest message.
+        expected_peer: the initiator aborts unless the responder is this peer.
+        ciphers: our transport-cipher preference, best first; by default
+            this process's measured one
+            (:func:`crust.crypto.ranking.preferred_ciphers`).
+
+    Raises:
+        LocalProtocolError: ``name_hash`` is not 32 bytes.
+        TypeError, ValueError: ``ciphers`` is not a valid preference
+            (:func:`crust.crypto.ranking.check_preference`).
     """
 
     def __init__(
@@ -63,9 +87,11 @@ class SecureHandshake:
         name_hash: bytes,
         max_message_size: int,
         expected_peer: PeerId | None = None,
+        ciphers: Sequence[Cipher] | None = None,
     ) -> None:
         if len(name_hash) != NAME_HASH_SIZE:
             raise LocalProtocolError("name hash must be 32 bytes")
+        self._ciphers = preferred_ciphers() if ciphers is None else check_preference(ciphers)
         self._role = Role.INITIATOR if initiator else Role.RESPONDER
         self._static = static
         self._name_hash = name_hash
@@ -80,6 +106,7 @@ class SecureHandshake:
         self.channel: SecureChannel | None = None
         self.peer_id: PeerId | None = None
         self.session_id = b""  # set when complete: the Noise handshake hash
+        self.cipher: Cipher | None = None  # set when complete: the negotiated transport AEAD
         self.trailing_data = b""
         if initiator:
             self._out += encode_handshake_message(SecureInput.HELLO, name_hash + self._noise.write_message())
@@ -169,11 +196,12 @@ class SecureHandshake:
         if their_hash != self._name_hash:
             self._out += encode_handshake_message(SecureInput.REJECT, bytes([RejectReason.NETWORK_MISMATCH]))
             raise HandshakeError("peer belongs to another network", reason="network_mismatch")
-        self._noise.read_message(noise1)
-        self._out += encode_handshake_message(SecureInput.NOISE, self._noise.write_message())
+        self._noise.read_message(noise1)  # message 1's payload: empty (a later version may fill it)
+        offer = encode_offer(self._ciphers)
+        self._out += encode_handshake_message(SecureInput.NOISE, self._noise.write_message(offer))
 
     def _on_noise(self, body: bytes) -> None:
-        self._noise.read_message(body)
+        payload = self._noise.read_message(body)
         remote = self._noise.remote_static
         assert remote is not None  # Noise XX delivers s in message 2 and 3
         peer_id = PeerId(remote)
@@ -185,8 +213,15 @@ class SecureHandshake:
                 raise HandshakeError(
                     f"peer at this address is {peer_id!r}, expected {self._expected!r}", reason="peer_id_mismatch"
                 )
-            self._out += encode_handshake_message(SecureInput.NOISE, self._noise.write_message())
-        sealer, opener = self._noise.split()
+            offer = read_offer(payload)
+            cipher = choose(self._ciphers, offer)
+            # No choice for a responder that offered nothing: it would not read one.
+            choice = b"" if offer is None else encode_choice(cipher)
+            self._out += encode_handshake_message(SecureInput.NOISE, self._noise.write_message(choice))
+        else:
+            cipher = read_choice(payload, self._ciphers)
+        sealer, opener = self._noise.split(cipher)
+        self.cipher = cipher
         self.session_id = self._noise.handshake_hash  # the same on both sides, unique per connection
         self.peer_id = peer_id
         self.channel = SecureChannel(sealer, opener, max_message_size=self._max_message_size)

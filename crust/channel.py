@@ -10,10 +10,20 @@ different priorities may interleave, chunks of one priority never do.
 Outbound, the caller hands over record pieces for one frame (the outbox
 decides which) and gets back the sealed, length-prefixed frame.  One AEAD
 call per frame rather than per message is what makes small messages cheap.
+
+What a peer may make the channel hold is bounded, and the bounds may change
+between frames (:meth:`SecureChannel.set_limits`): the largest frame, and
+the bytes of unfinished messages, all priorities together, each counted as
+its bytes so far plus ``MESSAGE_OVERHEAD`` (:func:`crust.config.unfinished_limit`
+by default).  Going over is a ``RemoteProtocolError`` whose text starts with
+``flood:``.  So that a new limit applies from the very next frame, the
+engine takes messages one frame at a time (:meth:`feed`, :meth:`next_batch`)
+and acts on each frame's messages before the next one is decoded.
 """
 
 from __future__ import annotations
 
+from .config import MESSAGE_OVERHEAD, unfinished_limit
 from .crypto.aead import Cipher, Opener, Sealer
 from .errors import RemoteProtocolError
 from .wire.framing import FrameDecoder, encode_frame
@@ -35,7 +45,8 @@ class SecureChannel:
     the connection must be closed, and every later ``receive_data`` raises.
     """
 
-    __slots__ = ("_sealer", "_opener", "_decoder", "_partial", "_max_message", "_failed")
+    __slots__ = ("_sealer", "_opener", "_decoder", "_partial", "_max_message", "_failed", "_unfinished",
+                 "_unfinished_limit")
 
     def __init__(self, sealer: Sealer, opener: Opener, *, max_message_size: int) -> None:
         self._sealer = sealer
@@ -44,6 +55,26 @@ class SecureChannel:
         self._partial: dict[int, bytearray] = {}  # priority -> chunks of an unfinished message
         self._max_message = max_message_size
         self._failed = False
+        self._unfinished = 0  # what the unfinished messages in _partial count for
+        self._unfinished_limit = unfinished_limit(max_message_size)
+
+    # -- limits -----------------------------------------------------------
+
+    def set_limits(self, *, max_frame: int, unfinished: int) -> None:
+        """Bound what the peer may make us hold, from the next frame on.
+
+        Args:
+            max_frame: plaintext bytes one frame may carry (at most ``MAX_FRAME_PLAINTEXT``).
+            unfinished: what unfinished messages may count for together (each its
+                bytes so far plus ``MESSAGE_OVERHEAD``); 0 allows none.
+        """
+        self._decoder.max_size = min(max_frame, MAX_FRAME_PLAINTEXT) + AEAD_TAG_SIZE
+        self._unfinished_limit = unfinished
+
+    @property
+    def unfinished(self) -> int:
+        """What the unfinished messages held now count for (bytes plus ``MESSAGE_OVERHEAD`` each)."""
+        return self._unfinished
 
     @property
     def cipher(self) -> Cipher:
@@ -55,20 +86,46 @@ class SecureChannel:
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Feed stream bytes; return every message they complete, in order.
 
-        Complete ``Data`` messages come back whole (``last=True``).  A list is
-        returned rather than one event at a time because this is the receive
-        hot path: one call per socket read, not per message.
+        Complete ``Data`` messages come back whole (``last=True``).  If any
+        frame fails, the call raises and returns nothing, not even the
+        messages of earlier frames (the engine uses :meth:`next_batch`).
 
         Raises:
-            RemoteProtocolError: oversize frame or message, bad MAC, malformed record.
+            RemoteProtocolError: oversize frame or message, bad MAC, malformed record, a flood.
+        """
+        self.feed(data)
+        out: list[Message] = []
+        while (batch := self.next_batch()) is not None:
+            out += batch
+        return out
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer stream bytes; :meth:`next_batch` decodes them.
+
+        Raises:
+            RemoteProtocolError: the channel already failed.
         """
         if self._failed:
             raise RemoteProtocolError("channel already failed")
         self._decoder.receive_data(data)
-        out: list[Message] = []
+
+    def next_batch(self) -> list[Message] | None:
+        """The messages the next whole frame completes (maybe none), or None until more bytes arrive.
+
+        One frame at a time, and a list rather than one message at a time,
+        because this is the receive hot path: a frame carries up to 64 KiB.
+
+        Raises:
+            RemoteProtocolError: oversize frame or message, bad MAC, malformed record, a flood.
+        """
+        if self._failed:
+            raise RemoteProtocolError("channel already failed")
         try:
-            while (frame := self._decoder.next_frame()) is not None:
-                self._read_records(self._opener.open(frame), out)
+            frame = self._decoder.next_frame()
+            if frame is None:
+                return None
+            out: list[Message] = []
+            self._read_records(self._opener.open(frame), out)
         except RemoteProtocolError:
             self._failed = True
             raise
@@ -103,14 +160,26 @@ class SecureChannel:
             if flags:
                 out.append(Data(priority, chunk))
             else:
+                self._hold(len(chunk) + MESSAGE_OVERHEAD)
                 self._partial[priority] = bytearray(chunk)
             return
         if len(partial) + len(chunk) > self._max_message:
             raise RemoteProtocolError(f"message exceeds {self._max_message} bytes")
-        partial += chunk
         if flags:
             del self._partial[priority]
+            self._unfinished -= len(partial) + MESSAGE_OVERHEAD
+            partial += chunk
             out.append(Data(priority, bytes(partial)))
+        else:
+            self._hold(len(chunk))
+            partial += chunk
+
+    def _hold(self, nbytes: int) -> None:
+        held = self._unfinished + nbytes
+        if held > self._unfinished_limit:
+            raise RemoteProtocolError(
+                f"flood: unfinished messages would count {held} bytes, over the limit of {self._unfinished_limit}")
+        self._unfinished = held
 
     # -- outbound ---------------------------------------------------------
 

@@ -28,9 +28,33 @@ from typing import Any, Collection, Iterable, Protocol, Sequence
 from .errors import ConfigError
 from .ids import Contact, Endpoint, EndpointLike
 
-__all__ = ["Config", "FileSide", "lend_file_side"]
+__all__ = ["Config", "FileSide", "lend_file_side", "MESSAGE_OVERHEAD", "UNFINISHED_MESSAGES", "unfinished_limit"]
 
 MIB = 1024 * 1024
+
+# What one hostile peer can make us hold is counted as it really costs (docs/security.md,
+# "Denial-of-service bounds"): a message is its bytes plus this, so a flood of empty
+# messages fills a queue as surely as a flood of big ones.  Measured on CPython 3.11: a
+# received message waiting for its callback costs about 75 bytes beyond its payload, a
+# queued outbound one about 200 (the send() batch tuple, the outbox entry, its timestamp).
+MESSAGE_OVERHEAD = 256
+"""Bytes every queue limit counts for one message on top of its payload."""
+
+UNFINISHED_MESSAGES = 2
+"""Max-size messages one connection may have half-sent at once (see :func:`unfinished_limit`)."""
+
+
+def unfinished_limit(max_message_size: int) -> int:
+    """Bytes a connection may hold in messages it has begun and not finished, both ways.
+
+    The receiver drops a peer whose unfinished messages (each counted as its
+    bytes so far plus ``MESSAGE_OVERHEAD``) would exceed it; the sender never
+    starts cutting a message into chunks if the ones it has begun and not
+    finished (each counted whole) would then exceed it.  Both ends derive it
+    from ``max_message_size`` alone, so two nodes that agree on that agree on
+    this, and an honest sender is never taken for a flood.
+    """
+    return UNFINISHED_MESSAGES * (max_message_size + MESSAGE_OVERHEAD)
 
 
 class FileSide(Protocol):
@@ -134,12 +158,13 @@ class Config:
         bootstrap_stagger: seconds between starting two bootstrap attempts (happy-eyeballs
             style), >= 0 (default 0.25).
         send_queue_limit: bytes queued per peer and priority before ``send()`` blocks (priorities
-            0 and 1) or old messages are dropped (priority >= 2); >= ``max_message_size``
-            (default 8 MiB).
+            0 and 1) or old messages are dropped (priority >= 2); each message counts its payload
+            plus ``MESSAGE_OVERHEAD`` (256); >= ``max_message_size`` (default 8 MiB).
         drop_after: seconds a droppable (priority >= 2) message may wait in the queue before it is
             discarded (reported by ``on_send_dropped``); > 0 (default 60.0).
         receive_backlog_limit: bytes of one peer's messages waiting for callbacks before we stop
-            reading from it (we read again at half); >= ``max_message_size`` (default 8 MiB).
+            reading from it (we read again at half); each message counts its payload plus
+            ``MESSAGE_OVERHEAD`` (256); >= ``max_message_size`` (default 8 MiB).
         service_discovery_window: seconds a LAN seek (before a bootstrap, or ``has_peers_on_lan``)
             waits for answers; > 0 (default 1.0).
         connect_timeout: seconds ``connect()`` / ``start_connect()`` try before giving up
@@ -186,6 +211,11 @@ class Config:
     connect_timeout: float = 30.0
     peer_exchange: bool = True
     config_reload_interval: float = 30.0
+
+    @property
+    def unfinished_limit(self) -> int:
+        """Bytes of unfinished messages a connection may hold (:func:`unfinished_limit` of ``max_message_size``)."""
+        return unfinished_limit(self.max_message_size)
 
     @property
     def contacts(self) -> tuple[Contact, ...]:

@@ -13,15 +13,33 @@ have waited longer than ``drop_after`` seconds, or when their queue would
 exceed ``queue_limit`` bytes.  A message whose first chunk has been sent is
 never dropped (the peer would be left with half a message).  Lower
 priorities are never dropped; the Service blocks ``send()`` instead.
+
+What the queues hold is counted as it costs (docs/security.md): each
+message is its bytes plus ``message_overhead``, so ``queue_limit`` and the
+``(priority, bytes)`` released to the sender's gate cover empty messages
+too (the overhead is released with a message's last chunk).
+
+Two bounds protect the receiver.  Control records are kept one per *key*
+(our probe, our echo of the peer's probe, an answer): a newer record
+replaces the queued one, so a peer that asks and never reads leaves us at
+most one answer of each kind.  And a message is cut into chunks only if
+the messages begun and not finished, each counted whole, stay within
+``unfinished_limit``, the bound the receiving channel enforces
+(:func:`crust.config.unfinished_limit`); a message that would exceed it
+waits, as does every less urgent message that would need cutting, until
+begun ones finish.  Messages that fit in one frame are never cut, so they
+pass as before; and since a begun message always finishes, nothing waits
+for ever.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import deque
-from typing import Callable
+from typing import Callable, Hashable
 
 from .channel import data_record_header
+from .config import MESSAGE_OVERHEAD
 
 __all__ = ["Outbox", "DROP_PRIORITY"]
 
@@ -41,27 +59,46 @@ class _Queued:
 class Outbox:
     """Per-priority FIFO queues with strict-priority, chunked frame filling."""
 
-    __slots__ = ("_queues", "_active", "_control", "_bytes", "_limit", "_drop_after", "_dropped_bytes")
+    __slots__ = ("_queues", "_active", "_control", "_bytes", "_limit", "_drop_after", "_dropped_bytes",
+                 "_overhead", "_unfinished", "_unfinished_limit")
 
-    def __init__(self, *, queue_limit: int, drop_after: float) -> None:
+    def __init__(self, *, queue_limit: int, drop_after: float, unfinished_limit: int,
+                 message_overhead: int = MESSAGE_OVERHEAD) -> None:
         self._queues: dict[int, deque[_Queued]] = {}
         self._active: list[int] = []  # sorted priorities with queued messages
-        self._control: deque[bytes] = deque()
-        self._bytes: dict[int, int] = {}  # priority -> unsent bytes queued
+        self._control: dict[Hashable, bytes] = {}  # key -> the latest record, oldest key first
+        self._bytes: dict[int, int] = {}  # priority -> what its unsent messages count for
         self._limit = queue_limit
         self._drop_after = drop_after
         self._dropped_bytes: dict[int, int] = {}  # priority -> bytes discarded since the last take
+        self._overhead = message_overhead
+        self._unfinished = 0  # begun, unfinished messages, each counted whole (bytes + overhead)
+        self._unfinished_limit = unfinished_limit
 
     def __bool__(self) -> bool:
         return bool(self._active or self._control)
 
     def queued_bytes(self, priority: int) -> int:
-        """Unsent bytes queued at ``priority``."""
+        """What the unsent messages at ``priority`` count for: their unsent bytes plus the overhead each."""
         return self._bytes.get(priority, 0)
 
-    def push_control(self, record: bytes) -> None:
-        """Queue an encoded control record; it goes out ahead of all data."""
-        self._control.append(record)
+    @property
+    def queued_control(self) -> int:
+        """Control records waiting to go out (at most one per key)."""
+        return len(self._control)
+
+    @property
+    def unfinished(self) -> int:
+        """What the messages begun and not finished count for (the receiver holds their first chunks)."""
+        return self._unfinished
+
+    def push_control(self, key: Hashable, record: bytes) -> None:
+        """Queue an encoded control record under ``key``, replacing one still queued there.
+
+        It goes out ahead of all data.  One record per key is what bounds the
+        answers a peer that never reads can make us queue.
+        """
+        self._control[key] = record
 
     def push(self, priority: int, data: bytes, now: float) -> int:
         """Queue one message; returns how many droppable messages were discarded to make room."""
@@ -70,7 +107,7 @@ class Outbox:
             queue = self._queues[priority] = deque()
             bisect.insort(self._active, priority)
         queue.append(_Queued(data, now))
-        total = self._bytes[priority] = self._bytes.get(priority, 0) + len(data)
+        total = self._bytes[priority] = self._bytes.get(priority, 0) + len(data) + self._overhead
         if priority < DROP_PRIORITY or total <= self._limit:
             return 0
         return self._drop(priority, lambda item: self._bytes[priority] > self._limit)
@@ -81,8 +118,9 @@ class Outbox:
         dropped = 0
         for item in queue:
             if item.offset == 0 and should_drop(item):
-                self._bytes[priority] -= len(item.data)
-                self._dropped_bytes[priority] = self._dropped_bytes.get(priority, 0) + len(item.data)
+                cost = len(item.data) + self._overhead
+                self._bytes[priority] -= cost
+                self._dropped_bytes[priority] = self._dropped_bytes.get(priority, 0) + cost
                 dropped += 1
             else:
                 kept.append(item)
@@ -131,6 +169,7 @@ class Outbox:
         The receiver's reassembly state died with the old connection's
         channel, so a message cut in the middle must start over.
         """
+        self._unfinished = 0
         for priority, queue in self._queues.items():
             if queue and queue[0].offset:
                 self._bytes[priority] += queue[0].offset
@@ -145,12 +184,17 @@ class Outbox:
         pieces: list[bytes | memoryview] = []
         used = 0
         control = self._control
-        while control and (not pieces or used + len(control[0]) <= capacity):
-            record = control.popleft()
+        while control:
+            key = next(iter(control))
+            record = control[key]
+            if pieces and used + len(record) > capacity:
+                break
+            del control[key]
             pieces.append(record)
             used += len(record)
         released: list[tuple[int, int]] = []
-        full = False
+        full = blocked = False
+        overhead = self._overhead
         for priority in list(self._active):
             if full or used + _DATA_HEADER_SIZE >= capacity:
                 break
@@ -164,16 +208,30 @@ class Outbox:
                 if not last and pieces and remaining <= capacity - _DATA_HEADER_SIZE:
                     full = True  # it fits whole in the next frame: cutting it would only cost copies
                     break
+                if not last and item.offset == 0 and not self._begin(len(item.data) + overhead, blocked):
+                    blocked = True  # it waits for begun messages to finish, and so do less urgent big ones
+                    break
                 pieces.append(data_record_header(priority, n, last))
                 pieces.append(item.data if (item.offset == 0 and last) else memoryview(item.data)[item.offset:item.offset + n])
                 used += _DATA_HEADER_SIZE + n
                 sent += n
-                item.offset += n
                 if last:
+                    if item.offset:
+                        self._unfinished -= len(item.data) + overhead
+                    sent += overhead
                     queue.popleft()
+                else:
+                    item.offset += n
             if sent:
                 released.append((priority, sent))
                 self._bytes[priority] -= sent
             if not queue:
                 self._forget(priority)
         return pieces, released
+
+    def _begin(self, cost: int, blocked: bool) -> bool:
+        """Whether a message counting ``cost`` may be cut into chunks now (then it counts as begun)."""
+        if blocked or (self._unfinished and self._unfinished + cost > self._unfinished_limit):
+            return False
+        self._unfinished += cost
+        return True

@@ -9,6 +9,10 @@ Droppable priorities wait only while twice the limit is in flight: the
 outbox keeps at most one limit (dropping the oldest to make room, which
 gives the bytes back), so the other limit bounds what ``send()`` may pile
 up before the I/O thread has even seen it.
+
+A message counts as its bytes plus ``MESSAGE_OVERHEAD``, as in the outbox
+(whose releases return both), so a flood of empty messages blocks
+``send()`` as a flood of big ones does.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 
+from .config import MESSAGE_OVERHEAD
 from .errors import PeerLostError, SendTimeout, ServiceClosed
 from .ids import PeerId
 from .outbox import DROP_PRIORITY
@@ -38,7 +43,9 @@ class SendGate:
         self._closed_by: type[Exception] | None = None
 
     def admit(self, priority: int, nbytes: int, timeout: float | None) -> None:
-        """Block until ``priority``'s queue is under the limit, then count ``nbytes`` in.
+        """Block until ``priority``'s queue is under the limit, then count a message of ``nbytes`` in.
+
+        It counts ``nbytes + MESSAGE_OVERHEAD``, what the outbox releases for it.
 
         A message larger than the limit is admitted once the queue is empty
         below it, so any message up to ``max_message_size`` can be sent.
@@ -49,6 +56,7 @@ class SendGate:
             ServiceClosed: the service closed while we waited.
         """
         limit = self._limit if priority < DROP_PRIORITY else 2 * self._limit
+        nbytes += MESSAGE_OVERHEAD
         with self._cond:
             queued = self._queued.get(priority, 0)
             if queued < limit and self._closed_by is None:  # the fast path: no clock, no wait

@@ -60,7 +60,7 @@ from .crypto.ranking import measure_preference
 from .dispatch import Dispatcher
 from .effects import Close, Dial, SendCredit, SendDatagram, Write
 from .engine import Engine
-from .engine.backpressure import DeliveryTally, ReceiveBacklog
+from .engine.backpressure import DeliveryTally, ReceiveBacklog, message_cost
 from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, MessageTooLarge, PeerNotFound, ServiceClosed
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
 from .crypto import random_token
@@ -598,7 +598,7 @@ class Service:
         post: list[Event] = []
         for event in events:
             if type(event) is MessageReceived:  # the hot path: a type check is ~6x cheaper than `match`
-                backlog[event.peer_id] = backlog.get(event.peer_id, 0) + len(event.data)
+                backlog[event.peer_id] = backlog.get(event.peer_id, 0) + message_cost(event.data)
                 post.append(event)
                 continue
             match event:
@@ -819,7 +819,7 @@ class Service:
         # The delivering thread: tally; a due report goes to the reactor, the backlog's owner.
         if type(event) is not MessageReceived:
             return
-        report = self._tally.delivered(event.peer_id, len(event.data))
+        report = self._tally.delivered(event.peer_id, message_cost(event.data))
         if report is not None:
             try:
                 self._reactor.call_soon_threadsafe(lambda: self._on_delivery_report(report))

@@ -302,7 +302,7 @@ def test_an_unsolicited_peer_exchange_answer_is_misbehaviour() -> None:
     peer = b.engine._peers.table[a.engine.id]  # reaching into the engine: no public way to fake a reply
     peer.exchange_asked = False
     a_peer = a.engine._peers.table[b.engine.id]
-    a_peer.outbox.push_control(encode_record(PeerExchangeResponse()))
+    a_peer.outbox.push_control("exchange_answer", encode_record(PeerExchangeResponse()))
     a.engine._peers.dirty[a_peer.conn.id] = a_peer.conn
     net.run()
     assert of(b, Misbehaved)[0].reason == "unsolicited PeerExchangeResponse"
@@ -324,7 +324,7 @@ def test_a_peer_exchange_answer_over_the_cap_is_misbehaviour() -> None:
     b_peer = b.engine._peers.table[a.engine.id]
     shared = bytes(32) + b"\x01" + bytes([0, 4, 10, 0, 0, 1, 0, 1])  # one entry: a PeerId and one endpoint
     body = bytes([200]) + shared * 200
-    b_peer.outbox.push_control(bytes([MessageType.PEER_EXCHANGE_RESPONSE]) + len(body).to_bytes(4, "big") + body)
+    b_peer.outbox.push_control("exchange_answer", bytes([MessageType.PEER_EXCHANGE_RESPONSE]) + len(body).to_bytes(4, "big") + body)
     b.engine._peers.dirty[b_peer.conn.id] = b_peer.conn
     net.run()
     assert "at most 32" in of(a, Misbehaved)[0].reason

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crust.channel import SecureChannel
+from crust.config import MESSAGE_OVERHEAD, unfinished_limit
 from crust.crypto.mac import punch_key
 from crust.crypto.aead import Opener, Sealer
 from crust.crypto.keys import KeyPair
@@ -310,11 +311,11 @@ def test_outbox_through_channel_round_trip(
     messages: list[tuple[int, bytes]], capacity: int, control: list[Message]
 ) -> None:
     # Whatever the frame size, each priority's messages arrive whole and in order.
-    box = Outbox(queue_limit=1 << 40, drop_after=1e9)
+    box = Outbox(queue_limit=1 << 40, drop_after=1e9, unfinished_limit=unfinished_limit(3000))
     for priority, data in messages:
         box.push(priority, data, 0.0)
-    for msg in control:
-        box.push_control(encode_record(msg))
+    for i, msg in enumerate(control):
+        box.push_control(i, encode_record(msg))
     sealer, receiver = fresh_channel(max_message_size=3000)
     got: list[Message] = []
     released = 0
@@ -322,7 +323,7 @@ def test_outbox_through_channel_round_trip(
         pieces, rel = box.fill(capacity)
         released += sum(n for _, n in rel)
         got += receiver.receive_data(encode_frame(sealer.seal(b"".join(bytes(p) for p in pieces))))
-    assert released == sum(len(d) for _, d in messages)
+    assert released == sum(len(d) + MESSAGE_OVERHEAD for _, d in messages)
     assert [m for m in got if not isinstance(m, Data)] == control
     for priority in range(6):
         assert [m for m in got if isinstance(m, Data) and m.priority == priority] == [

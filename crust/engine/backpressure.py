@@ -5,6 +5,10 @@ application's callbacks on another thread; a slow ``on_message`` must bound
 memory, not grow it.  So each peer has a *backlog*: the bytes of its
 messages handed over and not yet delivered.
 
+Each message counts as its bytes plus ``MESSAGE_OVERHEAD``
+(:func:`message_cost`): what it really costs while it waits, so a flood of
+empty messages fills a backlog as surely as a flood of big ones.
+
 * :class:`ReceiveBacklog` (the producer's side, the one place the decision
   lives): above ``limit`` waiting bytes it says "pause reading this peer";
   once the backlog is back to ``limit // 2`` it says "resume" and names the
@@ -29,11 +33,17 @@ Nothing here reads a clock or touches a socket; it only counts.
 
 from __future__ import annotations
 
+from ..config import MESSAGE_OVERHEAD
 from ..ids import ConnId, PeerId
 
-__all__ = ["ReceiveBacklog", "DeliveryTally"]
+__all__ = ["ReceiveBacklog", "DeliveryTally", "message_cost"]
 
 _REPORT_FRACTION = 8  # report deliveries every limit/8 bytes: early pauses stay small, handoffs few
+
+
+def message_cost(data: bytes) -> int:
+    """What one message counts for in a backlog: its bytes plus ``MESSAGE_OVERHEAD``."""
+    return len(data) + MESSAGE_OVERHEAD
 
 
 class _Backlog:

@@ -53,6 +53,7 @@ from ..wire.messages import (
 from .admission import Admission
 from .core import Core
 from .external import ExternalAddresses
+from .limits import PRE_GRANT_ECHOES, limit_pre_grant
 from .peers import Peers
 from .punch import Punching
 from .records import NEVER, Conn
@@ -130,7 +131,7 @@ class Engine:
         return peer.conn.id if peer is not None and peer.conn is not None else None
 
     def queued_bytes(self, peer_id: PeerId, priority: int) -> int:
-        """Unsent bytes queued for ``peer_id`` at ``priority``."""
+        """What the unsent messages for ``peer_id`` at ``priority`` count for (bytes plus ``MESSAGE_OVERHEAD`` each)."""
         return self._peers.get(peer_id).outbox.queued_bytes(priority)
 
     def nat_info(self, now: float) -> NatInfo:
@@ -303,11 +304,16 @@ class Engine:
                 self._on_secured(conn)
                 if conn.id not in core.conns or not data:
                     return
-            assert conn.channel is not None
-            for message in conn.channel.receive_data(data):
-                if conn.id not in core.conns:
-                    return  # an earlier message in this batch closed it
-                self._on_message(conn, message, now)
+            channel = conn.channel
+            assert channel is not None
+            channel.feed(data)
+            # One frame at a time: what a frame's messages decide (a grant raises the
+            # link's limits, a flood closes it) holds from the very next frame on.
+            while (batch := channel.next_batch()) is not None:
+                for message in batch:
+                    self._on_message(conn, message, now)
+                    if conn.id not in core.conns:
+                        return  # that message closed it: the rest of the batch and the stream are moot
         except RemoteProtocolError as exc:
             self._remote_error(conn, exc)
         except LocalProtocolError as exc:  # a table miss the peer's input caused (h11's re-label)
@@ -387,6 +393,7 @@ class Engine:
         assert hs is not None and hs.channel is not None and hs.peer_id is not None
         conn.channel, conn.peer_id, conn.handshake = hs.channel, hs.peer_id, None
         conn.session_id = hs.session_id
+        limit_pre_grant(conn.channel)  # the smallest budget until a grant (limits.py)
         if conn.role is Role.RESPONDER:
             core.move(conn, Decision.SECURED)
             return
@@ -432,10 +439,26 @@ class Engine:
         elif isinstance(message, ChooseConnection):
             peers.establish(conn, Origin.CONNECT, now)  # the greater PeerId picked this candidate
         elif isinstance(message, EchoAddrReq):
-            self._core.send_control(conn, EchoAddrResp(conn.remote))
+            self._on_echo_request(conn, now)
         elif isinstance(message, EchoAddrResp) and conn.echo:
             self._external.on_echo_response(conn, message, now)
         # an EchoAddrResp on a peer link nobody asked for: ignored
+
+    def _on_echo_request(self, conn: Conn, now: float) -> None:
+        """Tell the peer where we see it: through a peer's outbox, or at once (once) before a grant.
+
+        Raises:
+            RemoteProtocolError: a flood (asked too often).
+        """
+        if conn.state is ExchangeState.ESTABLISHED:
+            self._peers.on_echo_request(conn, now)
+            return
+        # An observer connection asks once and closes.  More is an attempt to make us seal
+        # a frame per 5-byte record: the link is closed, not answered.
+        if conn.echoes_answered >= PRE_GRANT_ECHOES:
+            raise RemoteProtocolError(f"flood: more than {PRE_GRANT_ECHOES} EchoAddrReq before a grant")
+        conn.echoes_answered += 1
+        self._core.send_control(conn, EchoAddrResp(conn.remote))
 
     def _remote_error(self, conn: Conn, exc: RemoteProtocolError) -> None:
         core = self._core

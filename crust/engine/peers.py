@@ -20,6 +20,13 @@ Writes are paced by a window: at most ``WRITE_WINDOW`` bytes of sealed
 frames may sit in the shell's buffer per connection; the rest waits in the
 outbox, where priorities still apply.  Each frame is filled with as many
 queued messages as fit, so small messages cost one AEAD call per 64 KiB.
+
+What a peer asks of us is bounded too (:mod:`crust.engine.limits`): its
+control requests (heartbeat probes, ``EchoAddrReq``, peer exchange) draw
+on its :class:`~crust.engine.limits.RequestRate`, and a peer that asks too
+often is dropped as a flood; our answers wait in its outbox, one per kind,
+behind the same write window, so a peer that asks and never reads leaves
+us a few queued records, not one per question.
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ from ..handshake.states import ExchangeState, Role
 from ..ids import ConnId, Endpoint, PeerId
 from ..outbox import Outbox
 from ..wire.messages import (
-    Goodbye, GoodbyeReason, Heartbeat, PeerExchangeRequest, PeerExchangeResponse, encode_record,
+    EchoAddrResp, Goodbye, GoodbyeReason, Heartbeat, PeerExchangeRequest, PeerExchangeResponse, encode_record,
 )
 from .core import Core
+from .limits import CONTROL_BURST, CONTROL_RATE, limit_granted
 from .peer_exchange import MIN_ANSWER_INTERVAL, learned_contacts, sample_peers
 from .records import NEVER, Conn, Peer
 
@@ -50,6 +58,9 @@ WRITE_WINDOW = 512 * 1024  # bytes of sealed frames handed to the shell but not 
 _RTT_GAIN = 0.125  # RFC 6298 §2.3 alpha for the smoothed RTT
 
 EstablishedHook = Callable[[Conn, PeerId], None]
+
+# Outbox control keys: one queued record of each kind per peer, the newest (see Outbox.push_control).
+_PROBE, _ECHO, _ADDRESS, _EXCHANGE_ASK, _EXCHANGE_ANSWER = "probe", "echo", "address", "exchange_ask", "exchange_answer"
 
 
 class Peers:
@@ -130,6 +141,8 @@ class Peers:
         credit: dict[int, int] = {}
         while outbox and conn.unsent < window:
             pieces, released = outbox.fill(MAX_FRAME_PLAINTEXT)
+            if not pieces:
+                break  # cannot happen (a begun message always goes on), but never loop on empty frames
             core.write(conn, conn.channel.seal(pieces))
             for priority, nbytes in released:
                 credit[priority] = credit.get(priority, 0) + nbytes
@@ -168,6 +181,8 @@ class Peers:
         peer_id = conn.peer_id
         assert peer_id is not None and conn.state is ExchangeState.ESTABLISHED
         core.pending_accepts.pop(conn.id, None)
+        assert conn.channel is not None
+        limit_granted(conn.channel, core.config)  # before its next frame is read: frames may come at once
         peer = self.table.get(peer_id)
         conn.last_tx = conn.last_rx = now
         if peer is not None and not self.wins_duplicate(conn):
@@ -177,12 +192,13 @@ class Peers:
         conn.deadline = NEVER
         if peer is None:
             cfg = core.config
-            peer = self.table[peer_id] = Peer(
-                peer_id, conn, Outbox(queue_limit=cfg.send_queue_limit, drop_after=cfg.drop_after), origin)
+            outbox = Outbox(queue_limit=cfg.send_queue_limit, drop_after=cfg.drop_after,
+                            unfinished_limit=cfg.unfinished_limit)
+            peer = self.table[peer_id] = Peer(peer_id, conn, outbox, origin, now)
             core.events.append(PeerConnected(self.info(peer_id)))
             if origin is Origin.BOOTSTRAP_CONNECT and cfg.peer_exchange:
                 peer.exchange_asked = True  # the peer that let us in knows others: ask for them
-                peer.outbox.push_control(encode_record(PeerExchangeRequest()))
+                peer.outbox.push_control(_EXCHANGE_ASK, encode_record(PeerExchangeRequest()))
         else:
             old, peer.conn = peer.conn, conn
             self.parked.pop(peer_id, None)
@@ -275,7 +291,7 @@ class Peers:
         if peer.probe_sent_at is None:  # one probe in flight: its echo times the RTT
             peer.probe_seq = (peer.probe_seq + 1) & 0xFFFFFFFF
             peer.probe_sent_at = now
-        peer.outbox.push_control(encode_record(Heartbeat(peer.probe_seq)))
+        peer.outbox.push_control(_PROBE, encode_record(Heartbeat(peer.probe_seq)))
         conn.last_tx = now
         self.dirty[conn.id] = conn
 
@@ -294,12 +310,24 @@ class Peers:
 
     # -- messages on an established connection ------------------------------------------
 
+    def _asked(self, peer: Peer, what: str, now: float) -> None:
+        """Count one control request of ``peer``.  Raises RemoteProtocolError (a flood) if it asks too often."""
+        if not peer.requests.take(now):
+            raise RemoteProtocolError(f"flood: control requests ({what}) over {CONTROL_BURST} at once "
+                                      f"or {CONTROL_RATE:g} a second")
+
+    def _answer(self, peer: Peer, key: str, record: bytes) -> None:
+        """Queue ``record`` (replacing an unsent answer of its kind) for the next flush."""
+        peer.outbox.push_control(key, record)
+        if peer.conn is not None:
+            self.dirty[peer.conn.id] = peer.conn
+
     def on_heartbeat(self, conn: Conn, beat: Heartbeat, now: float) -> None:
-        """Echo a probe, or time the RTT from the echo of ours."""
+        """Echo a probe, or time the RTT from the echo of ours.  Raises RemoteProtocolError (a flood)."""
         peer = self.table[conn.peer_id]  # type: ignore[index]
         if not beat.echo:
-            peer.outbox.push_control(encode_record(Heartbeat(beat.seq, echo=True)))
-            self.dirty[conn.id] = conn
+            self._asked(peer, "heartbeat probes", now)
+            self._answer(peer, _ECHO, encode_record(Heartbeat(beat.seq, echo=True)))
         elif beat.seq == peer.probe_seq and peer.probe_sent_at is not None:
             sample = now - peer.probe_sent_at
             peer.rtt = sample if peer.rtt is None else peer.rtt + _RTT_GAIN * (sample - peer.rtt)
@@ -322,6 +350,14 @@ class Peers:
         core.close(conn, flush=False)
         self.drop(peer, f"closed by peer ({goodbye.reason.name.lower()})")
 
+    def on_echo_request(self, conn: Conn, now: float) -> None:
+        """Tell the peer where we see it (``EchoAddrReq`` on a peer link).  Raises RemoteProtocolError (a flood)."""
+        peer = self.of(conn)
+        if peer is None:
+            return  # a retiring duplicate: nobody asks there
+        self._asked(peer, "EchoAddrReq", now)
+        self._answer(peer, _ADDRESS, encode_record(EchoAddrResp(conn.remote)))
+
     def on_peer_exchange(self, conn: Conn, message: PeerExchangeRequest | PeerExchangeResponse, now: float) -> None:
         """Answer a request for contacts (rate-limited), or take the contacts we asked for."""
         peer = self.of(conn)
@@ -329,13 +365,13 @@ class Peers:
             return  # a retiring duplicate: its peer answers on the survivor
         core = self._core
         if isinstance(message, PeerExchangeRequest):
-            # Rate limit: within the interval the asker gets an empty answer, not a fresh sample.
+            self._asked(peer, "PeerExchangeRequest", now)
+            # Within the interval the asker gets an empty answer, not a fresh sample.
             answer = (sample_peers(self.table.values(), peer.id, self._rng)
                       if core.config.peer_exchange and now - peer.exchange_answered_at >= MIN_ANSWER_INTERVAL
                       else PeerExchangeResponse())
             peer.exchange_answered_at = now
-            peer.outbox.push_control(encode_record(answer))
-            self.dirty[conn.id] = conn
+            self._answer(peer, _EXCHANGE_ANSWER, encode_record(answer))
             return
         if not peer.exchange_asked:
             raise RemoteProtocolError("unsolicited PeerExchangeResponse")

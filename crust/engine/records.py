@@ -14,6 +14,7 @@ from ..handshake.states import ExchangeState, Role
 from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
 from ..outbox import Outbox
 from ..wire.messages import BootstrapRequest
+from .limits import RequestRate
 
 __all__ = ["Conn", "Peer", "Run", "NEVER"]
 
@@ -26,7 +27,7 @@ class Conn:
     __slots__ = ("id", "role", "remote", "state", "handshake", "channel", "peer_id", "contact", "run", "user",
                  "deadline", "last_rx", "last_tx", "unsent", "bytes_in", "bytes_out", "paused", "scheduled",
                  "connected", "listeners", "probe_for", "probes", "request", "shareable", "connect_for",
-                 "connect_token", "session_id", "echo", "local", "via")
+                 "connect_token", "session_id", "echo", "local", "via", "echoes_answered")
 
     def __init__(self, conn_id: ConnId, role: Role, remote: Endpoint, now: float) -> None:
         self.id = conn_id
@@ -59,15 +60,16 @@ class Conn:
         self.echo = False  # an observer connection: asks the peer which address it sees us at, then closes
         self.local: Endpoint | None = None  # our end of the stream, as the shell reported it
         self.via = remote.transport  # how a connect candidate was made: tcp, udp, tcp-punch, udp-punch
+        self.echoes_answered = 0  # EchoAddrReq answered before a grant (limits.PRE_GRANT_ECHOES)
 
 
 class Peer:
     """An authenticated, granted remote node and what we queue for it."""
 
     __slots__ = ("id", "conn", "outbox", "user", "origin", "rtt", "probe_seq", "probe_sent_at", "shareable",
-                 "exchange_asked", "exchange_answered_at")
+                 "exchange_asked", "exchange_answered_at", "requests")
 
-    def __init__(self, peer_id: PeerId, conn: Conn, outbox: Outbox, origin: Origin) -> None:
+    def __init__(self, peer_id: PeerId, conn: Conn, outbox: Outbox, origin: Origin, now: float) -> None:
         self.id = peer_id
         self.conn: Conn | None = conn  # None while a duplicate swap is under way
         self.outbox = outbox
@@ -79,6 +81,7 @@ class Peer:
         self.shareable = conn.shareable  # it did not opt out of peer exchange
         self.exchange_asked = False  # we sent a PeerExchangeRequest it has not answered
         self.exchange_answered_at = float("-inf")  # when we last answered its request
+        self.requests = RequestRate(now)  # the control requests it makes of us
 
 
 class Connect:

@@ -9,7 +9,11 @@ The length is checked against the limit *before* any byte of the body is
 buffered for it, so a peer announcing 2^31 bytes costs us four bytes, not
 two gigabytes.  Bytes are consumed from a ``bytearray`` with a read offset
 that is compacted only once it passes half the buffer, which keeps both
-one-chunk and byte-at-a-time feeding linear.
+one-chunk and byte-at-a-time feeding linear; and once no whole frame is
+left, so an idle stream holds at most one unfinished frame, not the last
+read (up to 256 KiB per connection otherwise).  The limit may change
+between frames (:attr:`max_size`): a link not yet granted is held to small
+frames.
 """
 
 from __future__ import annotations
@@ -40,6 +44,21 @@ class _Decoder:
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
+
+    @property
+    def max_size(self) -> int:
+        """The largest frame (or handshake message) body accepted; takes effect from the next one."""
+        return self._max
+
+    @max_size.setter
+    def max_size(self, value: int) -> None:
+        self._max = value
+
+    def _compact(self) -> None:
+        """Free the bytes already returned (called when no whole frame is left)."""
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
 
     @property
     def buffered(self) -> int:
@@ -73,12 +92,14 @@ class FrameDecoder(_Decoder):
             raise RemoteProtocolError("frame decoder already failed")
         buf, pos = self._buf, self._pos
         if len(buf) - pos < 4:
+            self._compact()
             return None
         (length,) = _FRAME_HEADER.unpack_from(buf, pos)
         if length > self._max:
             raise self._fail(f"frame of {length} bytes exceeds the {self._max}-byte limit")
         end = pos + 4 + length
         if len(buf) < end:
+            self._compact()
             return None
         self._pos = end
         return bytes(buf[pos + 4:end])
@@ -106,12 +127,14 @@ class HandshakeDecoder(_Decoder):
             raise RemoteProtocolError("handshake decoder already failed")
         buf, pos = self._buf, self._pos
         if len(buf) - pos < 3:
+            self._compact()
             return None
         kind, length = _HANDSHAKE_HEADER.unpack_from(buf, pos)
         if length > self._max:
             raise self._fail(f"handshake message of {length} bytes exceeds the {self._max}-byte limit")
         end = pos + 3 + length
         if len(buf) < end:
+            self._compact()
             return None
         self._pos = end
         return kind, bytes(buf[pos + 3:end])

@@ -445,3 +445,31 @@ def test_a_duplicate_goodbye_before_the_survivors_grant_parks_the_peer_instead_o
     net.advance(2.0)
     assert len(of(b, PeerConnected)) == 1 and not of(b, PeerLost)
     assert b.engine.is_connected(a.engine.id)
+
+
+def test_the_node_whitelist_judges_connect_both_ways() -> None:
+    net = SimNet()
+    a = net.add("a", dataclasses.replace(FAST, whitelisted_node_ips=["10.9.9.9"]))  # b's IP is not on it
+    b = net.add("b", FAST)
+    connect_both(net, a, b, [net.listen("a")], [net.listen("b")])
+    net.advance(3.5)
+    (done,) = of(a, ConnectFinished)
+    assert not done.connected
+    reasons = dict(done.failures)
+    assert reasons[str(net.endpoint("b"))] == "not whitelisted"  # A never dials B
+    # B's dial reached A, which refused it: B fails too, and no connection survives anywhere.
+    assert not of(b, ConnectFinished)[0].connected and not net.links_of("a")
+
+
+def test_new_whitelists_drop_connect_peers_but_not_the_peers_we_bootstrapped_off() -> None:
+    net = SimNet()
+    a, b, seed = net.add("a", FAST), net.add("b", FAST), net.add("seed", FAST)
+    a.engine.start_bootstrap([Contact(net.listen("seed"), seed.engine.id)], now=net.now)
+    net.run()
+    connect_both(net, a, b, [net.listen("a")], [net.listen("b")])
+    assert a.engine.is_connected(b.engine.id) and a.engine.is_connected(seed.engine.id)
+    a.engine.update_whitelists(["10.9.9.9"], None, net.now)
+    net.run()
+    assert not a.engine.is_connected(b.engine.id)  # let in by connect(): judged by the node list
+    assert a.engine.is_connected(seed.engine.id)  # we dialled it to bootstrap: never judged by a whitelist
+    assert [e.reason for e in of(a, PeerLost)] == ["no longer whitelisted"]

@@ -173,6 +173,14 @@ class Core:
         if len(self.pending_accepts) >= cfg.max_pending_handshakes:
             self.fail_conn(next(iter(self.pending_accepts.values())), "pending handshakes over the cap")
 
+    def may_connect(self, host: str) -> bool:
+        """Whether ``host`` passes the node whitelist (``whitelisted_node_ips``; unset lets everyone in).
+
+        ``connect()`` links are symmetric, peer to peer, so both directions are judged as a Node's.
+        """
+        whitelist = self.config.whitelisted_node_ips
+        return whitelist is None or host in whitelist
+
     def is_banned(self, peer_id: PeerId | None, remote: Endpoint | None) -> bool:
         """Whether ``peer_id`` or the IP of ``remote`` was banned."""
         return (peer_id in self.banned_ids) or (remote is not None and remote.host in self.banned_ips)

@@ -233,14 +233,20 @@ class Engine:
 
     def update_whitelists(self, node_ips: Collection[str] | None, client_ips: Collection[str] | None,
                           now: float) -> None:
-        """New whitelists (a re-read config file): drop peers that bootstrapped off us and no longer may."""
+        """New whitelists (a re-read config file): drop every peer a whitelist let in whose IP no longer passes.
+
+        Whitelists judge who may come in: peers that bootstrapped off us (a Client
+        by the client list, a Node by the node list) and ``connect()`` peers (the
+        node list, both ways).  Peers we bootstrapped off ourselves were never
+        judged by a whitelist, as in the original, and stay.
+        """
         core = self._core
         core.now = now
         core.config = dataclasses.replace(core.config, whitelisted_node_ips=node_ips,
                                           whitelisted_client_ips=client_ips)
         for peer in list(self._peers.table.values()):
             whitelist = client_ips if peer.user is CrustUser.CLIENT else node_ips
-            if (peer.origin is Origin.BOOTSTRAP_ACCEPT and peer.conn is not None and whitelist is not None
+            if (peer.origin is not Origin.BOOTSTRAP_CONNECT and peer.conn is not None and whitelist is not None
                     and peer.conn.remote.host not in whitelist):
                 self._peers.lose(peer.id, "no longer whitelisted", GoodbyeReason.NOT_WHITELISTED)
 

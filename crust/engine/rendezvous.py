@@ -68,11 +68,20 @@ class Rendezvous:
         if self._connects.pop(peer_id, None) is not None:
             self._close_candidates(peer_id, keep=None)
         record = self._connects[peer_id] = Connect(peer_id, our_token, their_token, now + timeout)
-        for endpoint in endpoints[:MAX_CONNECT_CANDIDATES]:
+        allowed: dict[str, list[Endpoint]] = {"listeners": [], "tcp_punch": [], "udp_punch": []}
+        for group, given in (("listeners", endpoints), ("tcp_punch", tcp_punch), ("udp_punch", udp_punch)):
+            for endpoint in given:
+                if core.may_connect(endpoint.host):
+                    allowed[group].append(endpoint)
+                else:
+                    label = str(endpoint) if group == "listeners" else f"{group.replace('_', '-')} {endpoint}"
+                    record.failures[label] = "not whitelisted"
+        for endpoint in allowed["listeners"][:MAX_CONNECT_CANDIDATES]:
             conn = core.dial(Role.INITIATOR, endpoint, peer_id, now)
             conn.connect_for = peer_id
             record.dials.add(conn.id)
-        self._punching.start(record, tcp_punch=tuple(tcp_punch), udp_punch=tuple(udp_punch), now=now)
+        self._punching.start(record, tcp_punch=tuple(allowed["tcp_punch"]), udp_punch=tuple(allowed["udp_punch"]),
+                             now=now)
         for conn in list(core.conns.values()):  # the peer may have dialled us first
             if conn.state is ExchangeState.AWAIT_LOCAL_CONNECT and conn.peer_id == peer_id:
                 core.move(conn, Decision.LOCAL_CONNECT)
@@ -113,6 +122,9 @@ class Rendezvous:
             self._refuse(conn, "peer_id_mismatch")  # a punched stream that someone else answered
             return
         record = self._connects.get(conn.peer_id)
+        if not core.may_connect(conn.remote.host):
+            self._refuse(conn, "not whitelisted")  # a punched stream from a learned address, or a dial to us
+            return
         if conn.role is Role.RESPONDER:
             if core.is_banned(conn.peer_id, conn.remote):
                 self._refuse(conn, "banned")

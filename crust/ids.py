@@ -89,6 +89,21 @@ class PeerId(bytes):
         return f"PeerId({self[:4].hex()}…)"
 
 
+def check_bytes(what: str, value: object, size: int | None = None) -> bytes:
+    """``value`` as ``bytes``, checked to be bytes-like (and ``size`` long when given).
+
+    Raises:
+        TypeError: ``value`` is not bytes, bytearray or memoryview.
+        ValueError: it is not ``size`` bytes long.
+    """
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+    value = bytes(value)
+    if size is not None and len(value) != size:
+        raise ValueError(f"{what} must be {size} bytes, got {len(value)}")
+    return value
+
+
 def is_ip_literal(host: str) -> bool:
     """True when ``host`` is an IPv4 or IPv6 address rather than a name."""
     try:

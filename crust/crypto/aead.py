@@ -37,6 +37,7 @@ from Crypto.Hash.Poly1305 import Poly1305_MAC
 
 from crust.crypto import aes
 from crust.errors import DecryptError, LocalProtocolError
+from crust.ids import check_bytes
 
 __all__ = [
     "KEY_SIZE",
@@ -85,15 +86,6 @@ def _tag(one_time_key: bytes, ad: BytesLike, ciphertext: BytesLike) -> bytes:
     mac.update(ciphertext)
     mac.update(_PADDING[:-len(ciphertext) % 16] + _LENGTHS.pack(len(ad), len(ciphertext)))
     return mac.digest()
-
-
-def _check_key(key: object) -> bytes:
-    if not isinstance(key, (bytes, bytearray, memoryview)):
-        raise TypeError(f"an AEAD key must be bytes, not {type(key).__name__}")
-    key = bytes(key)
-    if len(key) != KEY_SIZE:
-        raise ValueError(f"an AEAD key must be {KEY_SIZE} bytes, got {len(key)}")
-    return key
 
 
 def _check_interval(rekey_interval: object) -> int:
@@ -153,7 +145,7 @@ def encrypt(key: bytes, n: int, ad: BytesLike, plaintext: BytesLike) -> bytes:
         TypeError: an argument has the wrong type.
         ValueError: the key is not 32 bytes or ``n`` is out of range.
     """
-    return _seal(_check_key(key), _pack_nonce(_check_n(n)), ad, plaintext)
+    return _seal(check_bytes("an AEAD key", key, KEY_SIZE), _pack_nonce(_check_n(n)), ad, plaintext)
 
 
 def decrypt(key: bytes, n: int, ad: BytesLike, ciphertext: BytesLike) -> bytes:
@@ -173,7 +165,7 @@ def decrypt(key: bytes, n: int, ad: BytesLike, ciphertext: BytesLike) -> bytes:
         TypeError: an argument has the wrong type.
         ValueError: the key is not 32 bytes or ``n`` is out of range.
     """
-    key = _check_key(key)
+    key = check_bytes("an AEAD key", key, KEY_SIZE)
     nonce = _pack_nonce(_check_n(n))
     try:
         return _open(key, nonce, ad, ciphertext)
@@ -190,7 +182,7 @@ def rekey(key: bytes) -> bytes:
     Returns:
         The next 32-byte key.
     """
-    return _seal(_check_key(key), _REKEY_NONCE, b"", _ZEROS)[:KEY_SIZE]
+    return _seal(check_bytes("an AEAD key", key, KEY_SIZE), _REKEY_NONCE, b"", _ZEROS)[:KEY_SIZE]
 
 
 # -- the negotiable transport ciphers -----------------------------------------------
@@ -250,7 +242,7 @@ class _Direction:
     def __init__(self, key: bytes, cipher: Cipher, rekey_interval: int | None, run: _Primitive) -> None:
         self._cipher = cipher
         self._suite = _suite(cipher)
-        self._key = _check_key(key)
+        self._key = check_bytes("an AEAD key", key, KEY_SIZE)
         self._interval = _check_interval(self._suite.rekey_interval if rekey_interval is None else rekey_interval)
         self._run = run  # the suite's seal or open, bound once: the hot path does one lookup
         self._pack = self._suite.pack_nonce

@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from ..ids import check_bytes
+
 __all__ = ["KEY_SIZE", "TAG_SIZE", "TOKEN_SIZE", "SHORT_ID_SIZE", "punch_key", "mac", "verify", "short_id"]
 
 KEY_SIZE = 32  # bytes: BLAKE2s's largest key
@@ -37,15 +39,6 @@ SHORT_ID_SIZE = 8  # bytes: names one side of one punch; collisions only cost a 
 # punch key must be a different function of them.
 _KEY_LABEL = b"crust udp punch key v1"
 _ID_PERSON = b"crustpid"  # BLAKE2s personalisation, exactly 8 bytes
-
-
-def _check_bytes(what: str, value: object, size: int | None = None) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
-    value = bytes(value)
-    if size is not None and len(value) != size:
-        raise ValueError(f"{what} must be {size} bytes, got {len(value)}")
-    return value
 
 
 def punch_key(token_a: bytes, token_b: bytes) -> bytes:
@@ -64,8 +57,8 @@ def punch_key(token_a: bytes, token_b: bytes) -> bytes:
         TypeError: a token is not bytes-like.
         ValueError: a token is not ``TOKEN_SIZE`` bytes.
     """
-    a = _check_bytes("token_a", token_a, TOKEN_SIZE)
-    b = _check_bytes("token_b", token_b, TOKEN_SIZE)
+    a = check_bytes("token_a", token_a, TOKEN_SIZE)
+    b = check_bytes("token_b", token_b, TOKEN_SIZE)
     low, high = sorted((a, b))
     return hashlib.blake2s(_KEY_LABEL, key=low + high, digest_size=KEY_SIZE).digest()
 
@@ -77,8 +70,8 @@ def mac(key: bytes, data: bytes) -> bytes:
         TypeError: ``key`` or ``data`` is not bytes-like.
         ValueError: ``key`` is not ``KEY_SIZE`` bytes.
     """
-    key = _check_bytes("key", key, KEY_SIZE)
-    return hashlib.blake2s(_check_bytes("data", data), key=key, digest_size=TAG_SIZE).digest()
+    key = check_bytes("key", key, KEY_SIZE)
+    return hashlib.blake2s(check_bytes("data", data), key=key, digest_size=TAG_SIZE).digest()
 
 
 def verify(key: bytes, data: bytes, tag: bytes) -> bool:
@@ -90,7 +83,7 @@ def verify(key: bytes, data: bytes, tag: bytes) -> bool:
         TypeError: an argument is not bytes-like.
         ValueError: ``key`` is not ``KEY_SIZE`` bytes.
     """
-    return hmac.compare_digest(mac(key, data), _check_bytes("tag", tag))
+    return hmac.compare_digest(mac(key, data), check_bytes("tag", tag))
 
 
 def short_id(key: bytes, peer_id: bytes) -> bytes:
@@ -103,6 +96,6 @@ def short_id(key: bytes, peer_id: bytes) -> bytes:
         TypeError: an argument is not bytes-like.
         ValueError: ``key`` is not ``KEY_SIZE`` bytes.
     """
-    key = _check_bytes("key", key, KEY_SIZE)
-    raw = _check_bytes("peer_id", peer_id)
+    key = check_bytes("key", key, KEY_SIZE)
+    raw = check_bytes("peer_id", peer_id)
     return hashlib.blake2s(raw, key=key, digest_size=SHORT_ID_SIZE, person=_ID_PERSON).digest()

@@ -58,7 +58,7 @@ from typing import Union
 
 from ..crypto.mac import SHORT_ID_SIZE, TAG_SIZE, mac, verify
 from ..errors import BufferReadError, RemoteProtocolError
-from ..ids import Endpoint, is_ip_literal
+from ..ids import Endpoint, check_bytes, is_ip_literal
 from ..wire.buffer import Buffer
 
 __all__ = [
@@ -92,15 +92,6 @@ _TYPE_PUNCH_PROBE = 3
 _FLAG_NOMINATE = 0x01
 
 
-def _check_bytes(what: str, value: object, size: int) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
-    value = bytes(value)
-    if len(value) != size:
-        raise ValueError(f"{what} must be {size} bytes, got {len(value)}")
-    return value
-
-
 def _check_uint32(what: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
@@ -115,7 +106,7 @@ class EchoRequest:
     nonce: bytes  # NONCE_SIZE bytes
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "nonce", _check_bytes("nonce", self.nonce, NONCE_SIZE))
+        object.__setattr__(self, "nonce", check_bytes("nonce", self.nonce, NONCE_SIZE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +117,7 @@ class EchoResponse:
     observed: Endpoint
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "nonce", _check_bytes("nonce", self.nonce, NONCE_SIZE))
+        object.__setattr__(self, "nonce", check_bytes("nonce", self.nonce, NONCE_SIZE))
         ep = self.observed
         if not isinstance(ep, Endpoint):
             raise TypeError(f"observed must be an Endpoint, not {type(ep).__name__}")
@@ -164,13 +155,13 @@ class PunchProbe:
     tag: bytes
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sender", _check_bytes("sender", self.sender, SHORT_ID_SIZE))
-        object.__setattr__(self, "receiver", _check_bytes("receiver", self.receiver, SHORT_ID_SIZE))
+        object.__setattr__(self, "sender", check_bytes("sender", self.sender, SHORT_ID_SIZE))
+        object.__setattr__(self, "receiver", check_bytes("receiver", self.receiver, SHORT_ID_SIZE))
         _check_uint32("counter", self.counter, 1)
         _check_uint32("ack", self.ack, 0)
         if not isinstance(self.nominate, bool):
             raise TypeError(f"nominate must be a bool, not {type(self.nominate).__name__}")
-        object.__setattr__(self, "tag", _check_bytes("tag", self.tag, TAG_SIZE))
+        object.__setattr__(self, "tag", check_bytes("tag", self.tag, TAG_SIZE))
 
     @property
     def heard(self) -> bool:

@@ -171,6 +171,9 @@ class Config:
             (``connect(timeout=)`` overrides); > 0 (default 30.0).
         peer_exchange: answer and ask peer-exchange requests, and let peers mention us to others
             (default True).
+        target_peers: connections the Service keeps up by itself, bootstrapping off peers its peers
+            tell it of (peer exchange), in the role of its last ``bootstrap()``; 0 (the default)
+            = only what you connect yourself; 0 .. ``max_peers``.
         config_reload_interval: seconds between re-reads of the config file a ``Service()``
             without a config was built from; > 0 (default 30.0).
     """
@@ -210,6 +213,7 @@ class Config:
     service_discovery_window: float = 1.0
     connect_timeout: float = 30.0
     peer_exchange: bool = True
+    target_peers: int = 0
     config_reload_interval: float = 30.0
 
     @property
@@ -266,6 +270,7 @@ class Config:
             _check_int(name, getattr(self, name), 1, 1 << 40)
         for name in ("send_queue_limit", "receive_backlog_limit"):
             _check_int(name, getattr(self, name), self.max_message_size, 1 << 40)
+        _check_int("target_peers", self.target_peers, 0, self.max_peers)
 
     # -- JSON file form -------------------------------------------------------
 

@@ -202,3 +202,10 @@ def test_lan_party_guests_find_each_other_by_the_beacon(tmp_path: Path) -> None:
     finally:
         for guest in guests:
             guest.stop()
+
+
+def test_mesh_example_ends_fully_meshed() -> None:
+    done = run("examples/mesh.py")
+    assert done.returncode == 0, explain(done)
+    rows = done.stdout.strip().splitlines()
+    assert len(rows) == 5 and all(row.count("'") == 8 for row in rows), explain(done)  # 4 peers each

@@ -53,6 +53,7 @@ from ..wire.messages import (
 from .admission import Admission
 from .core import Core
 from .external import ExternalAddresses
+from .mesh import Mesh
 from .limits import PRE_GRANT_ECHOES, limit_pre_grant
 from .peers import Peers
 from .punch import Punching
@@ -78,6 +79,7 @@ class Engine:
         self._punching = Punching(core)
         self._rendezvous = Rendezvous(core, self._peers, self._punching)
         self._external = ExternalAddresses(core, self._peers)
+        self._mesh = Mesh(core, self._peers, self._runs)
         self.closed = False
 
     # -- outputs ------------------------------------------------------------
@@ -99,7 +101,8 @@ class Engine:
         """When :meth:`handle_timer` must next be called, if ever."""
         core = self._core
         soonest = min(core.next_timer(), self._runs.next_timer(), self._rendezvous.next_timer(),
-                      self._peers.next_timer(), self._external.next_timer(core.now), self._punching.next_timer())
+                      self._peers.next_timer(), self._external.next_timer(core.now), self._punching.next_timer(),
+                      self._mesh.next_timer())
         return None if soonest == NEVER else soonest
 
     # -- queries --------------------------------------------------------------
@@ -183,6 +186,7 @@ class Engine:
         peer, or ``None`` and each contact's failure.
         """
         self._core.now = now
+        self._mesh.bootstrapped(user, now)
         return self._runs.start(contacts, blacklist=blacklist, user=user, timeout=timeout, now=now)
 
     def start_connect(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, tcp_punch: Sequence[Endpoint] = (),
@@ -381,6 +385,7 @@ class Engine:
         self._peers.expire_parked(now)
         self._external.refresh(now)
         self._punching.handle_timer(now)
+        self._mesh.handle_timer(now)
 
     # -- routing --------------------------------------------------------------
 

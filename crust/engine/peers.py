@@ -40,7 +40,7 @@ from ..effects import SendCredit
 from ..errors import PeerNotFound, RemoteProtocolError
 from ..events import ContactsLearned, Origin, PeerConnected, PeerInfo, PeerLost, SendDropped
 from ..handshake.states import ExchangeState, Role
-from ..ids import ConnId, Endpoint, PeerId
+from ..ids import ConnId, Contact, Endpoint, PeerId
 from ..outbox import Outbox
 from ..wire.messages import (
     EchoAddrResp, Goodbye, GoodbyeReason, Heartbeat, PeerExchangeRequest, PeerExchangeResponse, encode_record,
@@ -73,6 +73,7 @@ class Peers:
         self.parked: dict[PeerId, float] = {}  # peers between a duplicate's Goodbye and the survivor
         self.dirty: dict[ConnId, Conn] = {}  # conns whose outbox may fill a frame
         self.established: list[EstablishedHook] = []  # told of every connection that came to carry a peer
+        self.learned: list[Callable[[list[Contact]], None]] = []  # told of contacts peer exchange brought
         core.conn_failed.append(self._on_conn_failed)
 
     # -- queries ----------------------------------------------------------------------
@@ -196,9 +197,8 @@ class Peers:
                             unfinished_limit=cfg.unfinished_limit)
             peer = self.table[peer_id] = Peer(peer_id, conn, outbox, origin, now)
             core.events.append(PeerConnected(self.info(peer_id)))
-            if origin is Origin.BOOTSTRAP_CONNECT and cfg.peer_exchange:
-                peer.exchange_asked = True  # the peer that let us in knows others: ask for them
-                peer.outbox.push_control(_EXCHANGE_ASK, encode_record(PeerExchangeRequest()))
+            if origin is Origin.BOOTSTRAP_CONNECT:
+                self.ask_exchange(peer)  # the peer that let us in knows others: ask for them
         else:
             old, peer.conn = peer.conn, conn
             self.parked.pop(peer_id, None)
@@ -208,6 +208,13 @@ class Peers:
         self._probe(peer, conn, now)
         self.check(conn, now)
         self._tell_established(conn, peer_id)
+
+    def ask_exchange(self, peer: Peer) -> None:
+        """Ask ``peer`` for a sample of its peers (once at a time; not with ``peer_exchange`` off)."""
+        if self._core.config.peer_exchange and not peer.exchange_asked and peer.conn is not None:
+            peer.exchange_asked = True
+            peer.outbox.push_control(_EXCHANGE_ASK, encode_record(PeerExchangeRequest()))
+            self.dirty[peer.conn.id] = peer.conn
 
     def _tell_established(self, conn: Conn, peer_id: PeerId) -> None:
         for hook in self.established:
@@ -379,3 +386,5 @@ class Peers:
         contacts = learned_contacts(message, us=core.id, banned_ids=core.banned_ids, banned_ips=core.banned_ips)
         if contacts:
             core.events.append(ContactsLearned(peer.id, tuple(contacts)))
+            for hook in self.learned:
+                hook(contacts)

@@ -11,7 +11,7 @@ the granting peer, or ``None`` with every contact's failure.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..bootstrap.policy import Bootstrapper
 from ..events import BootstrapFinished
@@ -33,6 +33,7 @@ class Runs:
         self._peers = peers
         self._runs: dict[int, Run] = {}
         self._next_run = 0
+        self.finished: list[Callable[[int, PeerId | None], None]] = []  # told of every run's end
         core.conn_failed.append(self._on_conn_failed)
         peers.established.append(self._on_established)
 
@@ -119,3 +120,5 @@ class Runs:
         if self._runs.pop(run.id, None) is None:
             return
         self._core.events.append(BootstrapFinished(run.id, peer_id, tuple(run.policy.failures.items())))
+        for hook in self.finished:
+            hook(run.id, peer_id)

@@ -31,6 +31,7 @@ from .ids import Contact, Endpoint, EndpointLike
 __all__ = ["Config", "FileSide", "lend_file_side", "MESSAGE_OVERHEAD", "UNFINISHED_MESSAGES", "unfinished_limit"]
 
 MIB = 1024 * 1024
+MAX_UPNP_LEASE = 604800  # seconds; IGD v2 caps a lease at one week (crust.nat.upnp.MAX_LEASE)
 
 # What one hostile peer can make us hold is counted as it really costs (docs/security.md,
 # "Denial-of-service bounds"): a message is its bytes plus this, so a flood of empty
@@ -186,6 +187,10 @@ class Config:
     enable_udp: bool = True
     enable_upnp: bool = True
     force_acceptor_port_in_ext_ep: bool = False
+    upnp_lease: float = 3600.0
+    """Seconds each UPnP port mapping is leased for (1..604800, rounded to whole seconds); crust renews
+    it at half-life and deletes it on ``stop_listening()``/``close()``.  A crash leaves the router's
+    entry until the lease ends, so a short lease cleans up sooner but costs more renewals."""
     service_discovery_port: int = 5484
     service_discovery_targets: tuple[str, ...] | None = None
     bootstrap_cache_path: str | None = field(default_factory=_default_bootstrap_cache_path)
@@ -259,6 +264,9 @@ class Config:
                      "drop_after", "config_reload_interval", "service_discovery_window", "connect_timeout"):
             _check_positive_float(name, getattr(self, name))
         _check_float(self, "bootstrap_stagger", 0.0)
+        if isinstance(self.upnp_lease, bool) or not isinstance(self.upnp_lease, (int, float)) \
+                or not 1 <= self.upnp_lease <= MAX_UPNP_LEASE:
+            raise ConfigError(f"upnp_lease must be 1..{MAX_UPNP_LEASE} seconds, not {self.upnp_lease!r}")
         if self.inactivity_timeout <= self.heartbeat_interval:
             raise ConfigError(
                 f"inactivity_timeout ({self.inactivity_timeout}) must exceed heartbeat_interval "

@@ -69,7 +69,7 @@ from .discovery.beacon import Reply
 from .identity import Identity
 from .nat.observe import NatInfo
 from .nat.upnp import UpnpMapper
-from .upnp_client import MiniupnpcIgd, PortMapper
+from .upnp_client import SETTLE_TIMEOUT, MiniupnpcIgd, PortMapper
 from .contact_book import ContactBook
 from .lan import LanDiscovery
 from .links import Links, local_addresses
@@ -323,7 +323,8 @@ class Service:
         """Ask the router (UPnP IGD) to forward our listener ports, on the worker pool (PROTOCOL.md §8)."""
         if self._upnp is None:
             reactor = self._reactor
-            self._upnp = PortMapper(UpnpMapper(self.id), MiniupnpcIgd(), submit=lambda fn: self._worker().submit(fn),
+            mapper = UpnpMapper(self.id, lease=round(self._config.upnp_lease))
+            self._upnp = PortMapper(mapper, MiniupnpcIgd(), submit=lambda fn: self._worker().submit(fn),
                                     call_soon_threadsafe=reactor.call_soon_threadsafe, call_at=reactor.call_at,
                                     clock=reactor.time, on_change=self._on_mapped)
         self._upnp.start(listeners)
@@ -371,7 +372,10 @@ class Service:
                   timeout: float | None = None) -> PeerId:
         """Join the network through ``hard_coded_contacts``; returns the first granting peer's id.
 
-        Contacts are tried concurrently (staggered); the first granted wins.
+        Contacts are tried concurrently (staggered); the first granted wins.  A Node
+        whose UPnP mapping attempt is still under way (right after :meth:`start_listening`)
+        waits for it first, at most 8 s, so that its request announces the router's
+        mapping, which the responder's reachability check dials.
 
         Raises:
             BootstrapFailed: no contact granted us; ``reasons`` names each contact's failure
@@ -386,6 +390,7 @@ class Service:
         self._call(lambda: self._begin_bootstrap(contacts, blacklist_list, user, timeout,
                                                  lambda run: self._bootstrap_waiters.__setitem__(run, future)))
         window = self._config.service_discovery_window if self._lan is not None else 0.0
+        window += SETTLE_TIMEOUT if user is CrustUser.NODE and self._config.enable_upnp else 0.0
         try:
             return future.result(window + timeout + _CALL_MARGIN)
         except concurrent.futures.CancelledError:
@@ -421,18 +426,27 @@ class Service:
             started(run)
             self._pump()
 
-        if self._lan is None:
-            begin([])
+        def seek() -> None:
+            if self._lan is None:
+                begin([])
+            else:
+                self._lan.seek_for_bootstrap(self._config.service_discovery_window,
+                                             lambda replies: begin(_lan_contacts(replies)),
+                                             others_known=bool(hard_coded) or self._book.knows_anyone())
+
+        if user is CrustUser.NODE and self._upnp is not None:
+            # A Node's listeners face a reachability check (PROTOCOL.md §6.3): announce the
+            # router's mapping, so first wait out a mapping attempt under way (bounded).
+            self._upnp.when_settled(seek, SETTLE_TIMEOUT)
         else:
-            self._lan.seek_for_bootstrap(self._config.service_discovery_window,
-                                         lambda replies: begin(_lan_contacts(replies)),
-                                         others_known=bool(hard_coded) or self._book.knows_anyone())
+            seek()
 
     def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The pool for blocking calls (DNS now; UPnP later), started on first use."""
+        """The pool for blocking calls (DNS, UPnP, cache writes), started on first use."""
         with self._workers_lock:
-            self._check_open()
             if self._workers is None:
+                # A running pool stays usable while close() runs: it deletes our UPnP mappings there.
+                self._check_open()
                 self._workers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="crust-worker")
             return self._workers
 

@@ -6,9 +6,10 @@ which does SSDP and SOAP in C).  :class:`PortMapper` runs a
 
 * the **reactor thread** (the one that runs ``call_at`` timers and
   ``call_soon_threadsafe`` closures) owns the mapper, the timer handles and
-  the stop callbacks.  :meth:`PortMapper.start`, :meth:`~PortMapper.stop` and
-  :meth:`~PortMapper.refresh` must be called there (or before the reactor
-  runs), and ``on_change`` and the stop callback run there;
+  the stop and settle callbacks.  :meth:`PortMapper.start`, :meth:`~PortMapper.stop`,
+  :meth:`~PortMapper.refresh` and :meth:`~PortMapper.when_settled` must be
+  called there (or before the reactor runs), and ``on_change`` and those
+  callbacks run there;
 * a **worker thread** (``submit``, the Service's pool) only carries out one
   action on the IGD and posts the outcome back with ``call_soon_threadsafe``.
   The mapper has at most one action in flight and the next is submitted only
@@ -27,6 +28,7 @@ is one INFO line on the ``crust`` logger.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from typing import Callable, Iterable, Protocol
 
@@ -36,12 +38,17 @@ from .ids import Endpoint
 from .nat.igd import Action, Igd, IgdError, IgdNotFound, IgdRefused, MappingConflict
 from .nat.upnp import MapperState, UpnpMapper
 
-__all__ = ["MiniupnpcIgd", "PortMapper", "igd_error", "DISCOVER_DELAY_MS", "STOP_TIMEOUT"]
+__all__ = ["MiniupnpcIgd", "PortMapper", "igd_error", "DISCOVER_DELAY_MS", "STOP_TIMEOUT", "SETTLE_TIMEOUT"]
 
 log = logging.getLogger("crust")
 
-DISCOVER_DELAY_MS = 2000  # ms miniupnpc waits for SSDP answers, per device type it searches
+# ms miniupnpc waits for SSDP answers, per device type it searches: an IGD is found in
+# about this (it is also the M-SEARCH's MX, 1 s), "no IGD" takes 4x this (measured in the lab).
+DISCOVER_DELAY_MS = 1000
 STOP_TIMEOUT = 5.0  # seconds stop() waits for the IGD to delete our mappings
+# Seconds a bootstrapping Node waits at most for a mapping attempt under way: no IGD takes
+# 4 s, an IGD found ~1-2 s plus one SOAP call per action.
+SETTLE_TIMEOUT = 8.0
 _PUMP_LIMIT = 64  # actions started in one pump when each fails at once (a closed pool): bounded
 
 # What miniupnpc's bare Exception texts mean (its strupnperror() table,
@@ -222,6 +229,8 @@ class PortMapper:
         self._timer: _Cancellable | None = None
         self._timer_at = float("inf")
         self._stop_waiters: list[Callable[[], object]] = []
+        self._settle_waiters: dict[int, tuple[Callable[[], object], _Cancellable]] = {}  # when_settled()
+        self._settle_keys = itertools.count()
         self._give_up: _Cancellable | None = None
         # Written by the reactor thread only (whole tuples), read from any thread:
         self._endpoints: tuple[Endpoint, ...] = ()
@@ -261,6 +270,24 @@ class PortMapper:
             self._give_up = self._call_at(self._clock() + self._stop_timeout, self._on_give_up)
         self._pump()
 
+    def when_settled(self, fn: Callable[[], object], timeout: float = SETTLE_TIMEOUT) -> None:
+        """Call ``fn()`` on the reactor thread once no mapping attempt is under way (reactor thread).
+
+        At once when none is; else when the attempt ends (mapped, refused, no
+        IGD, stopped) or after ``timeout`` seconds, whichever comes first.
+        """
+        if not self._mapper.settling:
+            self._call_back(fn)
+            return
+        key = next(self._settle_keys)
+
+        def give_up() -> None:
+            if self._settle_waiters.pop(key, None) is not None:
+                log.info("upnp: still no answer from the IGD after %g s; going on without a mapping", timeout)
+                self._call_back(fn)
+
+        self._settle_waiters[key] = (fn, self._call_at(self._clock() + timeout, give_up))
+
     @property
     def mapper(self) -> UpnpMapper:
         """The decisions being run (reactor thread only)."""
@@ -296,6 +323,11 @@ class PortMapper:
         self._arm_timer()
         if self._stop_waiters and self._mapper.state is not MapperState.STOPPING:
             self._finish_stop()
+        if self._settle_waiters and not self._mapper.settling:
+            waiters, self._settle_waiters = self._settle_waiters, {}
+            for fn, timer in waiters.values():
+                timer.cancel()
+                self._call_back(fn)
 
     def _perform(self, action: Action) -> None:
         """Worker thread: one blocking IGD call; the outcome goes back to the reactor thread."""

@@ -11,6 +11,8 @@ prints one JSON event per line on stdout, flushed at once.  Every event has
     connect    info [timeout]        -> {"event": "connected", "peer", "transport", "addr", "seconds"} | error
     send       peer size [priority]  -> {"event": "sent", "sha256": hex, "bytes": n}
     peers                            -> {"event": "peers", "peers": [{"peer", "transport", "addr"}]}
+    stop_listening                   -> {"event": "stopped", "seconds": s}
+    close                            -> {"event": "closed", "seconds": s} (later commands answer ServiceClosed)
     quit                             -> the process ends (so does a closed stdin or --lifetime)
 
 Asynchronous events: {"event": "new_peer", "peer", "transport", "addr", "origin"},
@@ -56,10 +58,16 @@ def main() -> int:
     ap.add_argument("--no-tcp", action="store_true")
     ap.add_argument("--no-udp", action="store_true")
     ap.add_argument("--upnp", action="store_true")
+    ap.add_argument("--upnp-lease", type=float, default=3600.0, help="upnp_lease, seconds")
     ap.add_argument("--heartbeat", type=float, default=20.0, help="heartbeat_interval, seconds")
     ap.add_argument("--lifetime", type=float, default=120.0)
+    ap.add_argument("--tcp-port", type=int, default=0, help="tcp_port (0: random)")
+    ap.add_argument("--udp-port", type=int, default=0, help="udp_port (0: random)")
     ap.add_argument("--debug", action="store_true", help="crust's debug log on stderr")
+    ap.add_argument("--log-info", action="store_true", help="crust's INFO log on stderr, one line each")
     args = ap.parse_args()
+    if args.log_info and not args.debug:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     if args.debug:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(relativeCreated)d %(message)s")
         from crust.engine.engine import Engine
@@ -74,7 +82,8 @@ def main() -> int:
         Engine.receive_data = traced  # type: ignore[method-assign]
 
     config = crust.Config(
-        enable_tcp=not args.no_tcp, enable_udp=not args.no_udp, enable_upnp=args.upnp, bootstrap_cache_path=None,
+        enable_tcp=not args.no_tcp, enable_udp=not args.no_udp, enable_upnp=args.upnp, upnp_lease=args.upnp_lease,
+        tcp_port=args.tcp_port, udp_port=args.udp_port, bootstrap_cache_path=None,
         listen_host="0.0.0.0", hard_coded_contacts=args.contact, heartbeat_interval=args.heartbeat,
         inactivity_timeout=max(120.0, 6 * args.heartbeat), network_name="natlab", bootstrap_timeout=15.0,
     )
@@ -116,6 +125,10 @@ def main() -> int:
             elif cmd == "peers":
                 emit("peers", peers=[{"peer": str(p.id), "transport": p.transport, "addr": str(p.addr)}
                                      for p in svc.peers()])
+            elif cmd in ("stop_listening", "close"):
+                start = time.monotonic()
+                svc.stop_listening() if cmd == "stop_listening" else svc.close()
+                emit("stopped" if cmd == "stop_listening" else "closed", seconds=round(time.monotonic() - start, 3))
             elif cmd == "quit":
                 done.set()
             else:

@@ -107,6 +107,8 @@ def test_bad_json_names_the_file(places: dict[str, pathlib.Path]) -> None:
     ({"tcp_port": "80"}, "tcp_port must be an int"),
     ({"tcp_port": 70000}, "tcp_port must be in"),
     ({"enable_tcp": "yes"}, "enable_tcp must be a bool"),
+    ({"upnp_lease": 0}, r"upnp_lease must be 1\.\.604800 seconds"),
+    ({"upnp_lease": "3600"}, "upnp_lease must be"),
     ({"whitelisted_node_ips": ["not-an-ip"]}, "not an IP address"),
     ({"hard_coded_contacts": [{"addr": "nonsense"}]}, "hard_coded_contacts"),
     ({"hard_coded_contacts": "1.2.3.4:5"}, "hard_coded_contacts must be a list"),

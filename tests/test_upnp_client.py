@@ -8,20 +8,10 @@
   network namespace (tests/netlab.py, tests/upnp_probe.py): SSDP is multicast
   and must never leave through this machine's own interfaces.
 
-Still to write, once the NAT lab with miniupnpd exists (TESTLAB.md "UPnP through a
-real IGD"): a router namespace running miniupnpd (secure_mode, its nft chains,
-ext_perform_stun against a lab STUN server) with a LAN host behind it.  The host
-runs a PortMapper with MiniupnpcIgd and a short lease (e.g. 4 s) for a real TCP
-listener and UDP socket, and the test checks that: both mappings appear
-(``upnpc -l`` in the LAN host, or the router's nft miniupnpd chain) with
-description "crust <id> tcp|udp" and a lease, never 0 (permanent); a public host
-in the internet namespace reaches the listener through the external endpoint
-PortMapper reports; the mapping is still there after three lease periods
-(renewal at half-life works against miniupnpd); a second LAN host holding the
-same external port first makes ours move to another port (ConflictInMappingEntry);
-stop() removes both mappings (the public host then cannot connect) and calls
-back within the stop timeout; killing the mapping process (SIGKILL) leaves
-mappings that miniupnpd drops when their lease ends.
+Against a real IGD (miniupnpd on a NAT lab router), with a whole crust
+Service: tests/test_upnp_lab.py (mapping, reachability through it, renewal of
+a short lease, a conflict moving us to another port, deletion on
+stop_listening() and close(), no IGD).
 """
 
 from __future__ import annotations
@@ -175,6 +165,57 @@ def test_no_igd_is_one_info_line_and_no_more_work(reactor: Reactor, pool: Any,
     assert h.pm.status == ("upnp: no IGD found",) and h.pm.endpoints == ()
     assert crust_info(caplog) == ["upnp: no IGD found"]
     assert h.igd.count("discover") == 1 and h.changes == []
+    assert h.stop().wait(WAIT)
+
+
+def test_when_settled_calls_back_once_the_first_attempt_is_over(reactor: Reactor, pool: Any) -> None:
+    igd = FakeIgd(clock=reactor.time)
+    gate = igd.gate["add"] = threading.Event()
+    calls: list[tuple[str, tuple[Endpoint, ...]]] = []
+    try:
+        h = Harness(reactor, pool, igd)
+
+        def note() -> None:
+            calls.append((threading.current_thread().name, h.pm.endpoints))
+
+        h.on_reactor(lambda: h.pm.when_settled(note))
+        assert calls == [("crust-io", ())]  # nothing under way: at once
+        h.start(TCP, UDP)
+        h.on_reactor(lambda: h.pm.when_settled(note, 30.0))
+        assert igd.wait_for(lambda: igd.blocked == ["add"], WAIT) and len(calls) == 1  # waits out the mapping
+    finally:
+        gate.set()
+    assert h.wait(lambda: len(h.changes) == 2)
+    h.on_reactor(lambda: None)
+    assert calls[1] == ("crust-io", BOTH)  # called once both ports are mapped, with them published
+    assert h.stop().wait(WAIT) and len(calls) == 2
+
+
+@pytest.mark.parametrize("ending", ["timeout", "stop"])
+def test_when_settled_is_bounded_when_the_igd_hangs(reactor: Reactor, pool: Any, ending: str,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="crust")
+    igd = FakeIgd(clock=reactor.time)
+    gate = igd.gate["discover"] = threading.Event()
+    called = threading.Event()
+    count: list[float] = []
+    try:
+        h = Harness(reactor, pool, igd, stop_timeout=0.3)
+        h.start(TCP)
+        t0 = time.monotonic()
+        h.on_reactor(lambda: h.pm.when_settled(lambda: (count.append(time.monotonic() - t0), called.set()),
+                                                0.3 if ending == "timeout" else 30.0))
+        assert igd.wait_for(lambda: igd.blocked == ["discover"], WAIT)
+        if ending == "stop":
+            h.stop()
+        assert called.wait(WAIT)
+        assert count[0] < 2.0 and (ending == "stop" or count[0] >= 0.25)
+    finally:
+        gate.set()
+    h.settled(1)  # the late answer settles nothing twice
+    assert len(count) == 1
+    gave_up = [m for m in crust_info(caplog) if "going on without a mapping" in m]
+    assert len(gave_up) == (1 if ending == "timeout" else 0), crust_info(caplog)
     assert h.stop().wait(WAIT)
 
 

@@ -66,6 +66,49 @@ def test_listener_hosts_decide_what_is_mapped_and_from_where() -> None:
         ("10.1.0.7", 5000), (LAN_IP, 5003)]
 
 
+def test_public_address_listeners_need_no_router() -> None:
+    mapper, igd = UpnpMapper(PEER), FakeIgd()
+    mapper.start([Endpoint("203.0.114.5", 5000), Endpoint("127.0.0.1", 5000), Endpoint("203.0.114.5", 5001, "udp")])
+    assert mapper.state is MapperState.FAILED and not mapper.settling
+    assert mapper.failure == "not needed (we listen on a public address)"
+    assert drive(mapper, igd, 0.0) == [] and igd.count("discover") == 0  # not one SSDP packet
+    mapper.refresh()
+    assert mapper.failure == "not needed (we listen on a public address)" and drive(mapper, igd, 1.0) == []
+    mapper.start([Endpoint("203.0.114.5", 5000), Endpoint("192.168.1.9", 5000)])  # and a LAN: map that one
+    assert adds(drive(mapper, igd, 2.0)) == [("tcp", 5000)] and set(igd.live("192.168.1.9")) == {("tcp", 5000)}
+
+
+def test_settling_lasts_until_every_port_is_mapped_or_refused() -> None:
+    mapper, igd = UpnpMapper(PEER), FakeIgd()
+    assert not mapper.settling  # idle: nothing under way
+    mapper.start([TCP, UDP])
+    igd.take("udp", 40001)  # udp needs a second try
+    igd.fail_next("add", IgdRefused("Not authorized"))  # tcp is refused
+    seen = [mapper.settling]
+    for _ in range(10):
+        action = mapper.next_action(0.0)
+        if action is None:
+            break
+        try:
+            mapper.action_done(action.perform(igd), 0.0)
+        except IgdError as err:
+            mapper.action_failed(err, 0.0)
+        seen.append(mapper.settling)
+    assert seen == [True, True, True, True, True, False]  # discover, ip, tcp refused, udp conflict, udp mapped
+    assert mapper.endpoints == (Endpoint(EXTERNAL_IP, mapper.endpoints[0].port, "udp"),)
+    drive(mapper, igd, HALF)  # a renewal is no first attempt
+    assert not mapper.settling
+    mapper.stop()
+    mapper.start([TCP])  # while stopping: the restart waits for the cleanup, and is under way
+    assert mapper.state is MapperState.STOPPING and mapper.settling
+    drive(mapper, igd, HALF + 1)
+    assert mapper.state is MapperState.ACTIVE and not mapper.settling
+    igd_missing = UpnpMapper(PEER)
+    igd_missing.start([TCP])
+    drive(igd_missing, FakeIgd(found=False), 0.0)
+    assert not igd_missing.settling  # no IGD ends the attempt too
+
+
 def test_nothing_to_map_sends_nothing_at_all() -> None:
     # Loopback-only listeners (every test Service): not one SSDP packet.
     mapper = UpnpMapper(PEER)

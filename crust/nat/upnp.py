@@ -24,6 +24,8 @@ States (:class:`MapperState`) and who moves them:
 * ``IDLE`` → ``start()`` → ``DISCOVERING``: one :class:`Discover` (SSDP).  No
   IGD is a normal outcome: ``FAILED`` with "no IGD found", and nothing more
   happens (no timer, no second discovery) until ``start()`` or ``refresh()``.
+  Nothing to map (only loopback, IPv6 or public-address listeners: a public
+  address needs no router) is ``FAILED`` at once, without a packet.
 * ``DISCOVERING`` → ``READING_IP``: :class:`ReadExternalIp`; no usable
   address → ``FAILED`` with "no external IP".
 * ``READING_IP`` → ``ACTIVE``: one :class:`AddMapping` per listener port
@@ -53,8 +55,10 @@ router drops when the lease ends.
 
 Outputs: :attr:`UpnpMapper.endpoints` (our external endpoints, transport
 ``"tcp"``/``"udp"``), :attr:`UpnpMapper.status` (lines describing the present
-state, for the user) and :meth:`UpnpMapper.next_report` (one-off lines worth a
-log entry: a mapping made, failed, lost or removed; no IGD found).
+state, for the user), :attr:`UpnpMapper.settling` (a first attempt is still
+under way: what a bootstrapping Node waits out) and
+:meth:`UpnpMapper.next_report` (one-off lines worth a log entry: a mapping
+made, failed, lost or removed; no IGD found).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from ..config import MAX_UPNP_LEASE
 from ..errors import LocalProtocolError
 from ..ids import Endpoint, PeerId
 from .igd import (Action, AddMapping, DeleteMapping, Discover, Igd, IgdError, IgdNotFound, IgdRefused,
@@ -80,7 +85,7 @@ __all__ = [
 ]
 
 LEASE = 3600  # seconds asked for each mapping; renewed at half of it
-MAX_LEASE = 604800  # seconds; IGD v2 (WANIPConnection:2 §2.3.16) caps a lease at one week
+MAX_LEASE = MAX_UPNP_LEASE  # seconds; IGD v2 (WANIPConnection:2 §2.3.16) caps a lease at one week
 MAX_PORT_TRIES = 4  # external ports tried per mapping: our own, then three random ones
 RENEW_RETRY = 60.0  # seconds between renewal attempts once one failed
 # Alternative external ports come from the unprivileged range (miniupnpd's
@@ -212,6 +217,7 @@ class UpnpMapper:
         self._rng = rng if rng is not None else random.Random(bytes(peer_id))
         self._state = MapperState.IDLE
         self._wanted: list[tuple[str, str, int]] = []  # (transport, host or "", port) of the last start()
+        self._public = False  # the last start() skipped a listener on a public (global) address
         self._restart: list[tuple[str, str, int]] | None = None  # start() waiting for the cleanup
         self._mappings: list[_Mapping] = []
         # (transport, external port) -> (internal host, port) it forwards to, oldest first
@@ -228,25 +234,35 @@ class UpnpMapper:
     # -- commands --------------------------------------------------------------------
 
     def start(self, listeners: Iterable[Endpoint]) -> None:
-        """Map these listener endpoints' ports (IPv4 only; loopback and IPv6 listeners are skipped).
+        """Map these listener endpoints' ports (private IPv4 only: loopback, IPv6 and public ones are skipped).
 
         An unspecified host (``0.0.0.0``) is mapped from the LAN address the IGD
-        sees.  Mappings of an earlier start are deleted first.
+        sees.  A listener on a public (global) address needs no router's help:
+        with only those, the mapper fails at once with "not needed", sending
+        nothing.  Mappings of an earlier start are deleted first.
 
         Raises:
             TypeError: a listener is not an Endpoint.
         """
         wanted: list[tuple[str, str, int]] = []
+        public = False
         for ep in listeners:
             if not isinstance(ep, Endpoint):
                 raise TypeError(f"listeners must be Endpoints, not {type(ep).__name__}")
             host = _usable_ipv4(ep.host, allow_unspecified=True)
+            if host is not None and ipaddress.ip_address(host).is_global:
+                public = True  # the internet reaches it without a router's help
+                continue
             if host is None or ep.port == 0:
                 continue  # IPv6, loopback or a name: no IGD maps those for us
             entry = (ep.transport, "" if host == "0.0.0.0" else host, ep.port)
             if entry not in wanted:
                 wanted.append(entry)
+        self._start(wanted, public)
+
+    def _start(self, wanted: list[tuple[str, str, int]], public: bool) -> None:
         self._wanted = wanted
+        self._public = public
         self._state = _transition(self._state, _Input.START)
         if self._state is MapperState.STOPPING:
             self._restart = wanted
@@ -262,7 +278,7 @@ class UpnpMapper:
         """
         if self._state is MapperState.IDLE:
             raise LocalProtocolError("UpnpMapper.refresh() before start()")
-        self.start(Endpoint(host or "0.0.0.0", port, transport) for transport, host, port in self._wanted)
+        self._start(self._wanted, self._public)
 
     def stop(self) -> None:
         """Delete every mapping we made, then rest in ``STOPPED``.  Idempotent."""
@@ -369,8 +385,22 @@ class UpnpMapper:
 
     @property
     def failure(self) -> str | None:
-        """Why the mapper is ``FAILED`` ("no IGD found", "no external IP", "nothing to map"), else None."""
+        """Why the mapper is ``FAILED`` ("no IGD found", "no external IP", "nothing to map", "not needed"), else None."""
         return self._failure if self._state is MapperState.FAILED else None
+
+    @property
+    def settling(self) -> bool:
+        """True while a start's first attempt is under way: finding the IGD, or a port neither mapped nor refused yet.
+
+        What a bootstrapping Node waits for, so that it announces the mapping
+        the responder's reachability check needs (PROTOCOL.md §6.3).
+        """
+        state = self._state
+        if state is MapperState.STOPPING:
+            return self._restart is not None
+        if state is MapperState.ACTIVE:
+            return any(m.external_port is None and m.failure is None for m in self._mappings)
+        return state in (MapperState.DISCOVERING, MapperState.READING_IP)
 
     @property
     def busy(self) -> bool:
@@ -418,7 +448,8 @@ class UpnpMapper:
         self._mappings = [_Mapping(t, host, port) for t, host, port in wanted]
         self._lan_ip = self._external_ip = ""
         if not self._mappings:
-            self._fail("nothing to map (no IPv4 listener)", _Input.NOT_FOUND)
+            self._fail("not needed (we listen on a public address)" if self._public
+                       else "nothing to map (no IPv4 listener)", _Input.NOT_FOUND)
 
     def _fail(self, reason: str, event: _Input) -> None:
         self._state = _transition(self._state, event)

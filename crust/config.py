@@ -121,6 +121,10 @@ class Config:
             loopback listeners are never mapped).
         force_acceptor_port_in_ext_ep: advertise ``tcp_port`` on our external IP even when no peer
             has observed that port, as the original crust's option does (default False).
+        upnp_lease: seconds each UPnP port mapping is leased for, 1..604800, rounded to whole
+            seconds (default 3600.0); renewed at half-life, deleted on ``stop_listening()`` and
+            ``close()``.  A crash leaves the router's entry until the lease ends, so a short lease
+            cleans up sooner but costs more renewals.
         service_discovery_port: UDP port of the LAN beacon, 0..65535 (default 5484).
         service_discovery_targets: IP addresses LAN beacons are sent to; ``None`` (default) = the
             broadcast address of every IPv4 interface.  Tests use ``["127.255.255.255"]``.
@@ -188,9 +192,6 @@ class Config:
     enable_upnp: bool = True
     force_acceptor_port_in_ext_ep: bool = False
     upnp_lease: float = 3600.0
-    """Seconds each UPnP port mapping is leased for (1..604800, rounded to whole seconds); crust renews
-    it at half-life and deletes it on ``stop_listening()``/``close()``.  A crash leaves the router's
-    entry until the lease ends, so a short lease cleans up sooner but costs more renewals."""
     service_discovery_port: int = 5484
     service_discovery_targets: tuple[str, ...] | None = None
     bootstrap_cache_path: str | None = field(default_factory=_default_bootstrap_cache_path)

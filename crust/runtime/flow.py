@@ -70,6 +70,10 @@ class Flow:
         self._reactor = reactor
         self._driver = driver
         self._streams = streams
+        # Bound once: the reactor runs _send_on_reactor for every message.
+        self._engine_send = driver.engine.send
+        self._now = reactor.time
+        self._pump_soon = driver.pump_soon
         self._send_limit = send_queue_limit
         self._gates: dict[PeerId, SendGate] = {}
         self._backlog = ReceiveBacklog(receive_backlog_limit)
@@ -115,12 +119,11 @@ class Flow:
     # -- the reactor thread --------------------------------------------------------------
 
     def _send_on_reactor(self, peer_id: PeerId, priority: int, payload: bytes) -> None:
-        driver = self._driver
         try:
-            driver.engine.send(peer_id, priority, payload, driver.time())
+            self._engine_send(peer_id, priority, payload, self._now())
         except PeerNotFound:
             return  # lost meanwhile; on_lost tells the user
-        driver.pump_soon()
+        self._pump_soon()  # once per burst: the messages share frames
 
     def credit(self, peer_id: PeerId, released: tuple[tuple[int, int], ...]) -> None:
         """``SendCredit``: the engine moved these bytes into frames (or dropped them)."""

@@ -46,7 +46,7 @@ of user commands (``send()`` posts one call per message) share one pump.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, NoReturn, Protocol
 
 from ..discovery.beacon import Reply
 from ..discovery.lan import LanBeacon
@@ -210,7 +210,8 @@ class Driver:
 
     def _round(self) -> None:
         engine, transport = self.engine, self._transport
-        assert transport is not None, "Driver.attach() the outputs before the first input"
+        if transport is None:
+            _unattached()
         for effect in engine.take_effects():
             if isinstance(effect, Write):  # the hot path first
                 transport.write(effect.conn, effect.data)
@@ -264,5 +265,5 @@ class Driver:
         self._beacon = self._beacon_port = None
 
 
-def _unattached(*args: object) -> None:
+def _unattached(*args: object) -> NoReturn:
     raise RuntimeError("Driver.attach() the outputs before the first input")

@@ -189,6 +189,13 @@ class RudpConnection:
     this object only carries its datagrams, events and one timer.  ``on_sent``
     reports bytes the peer *acknowledged* (the rUDP send buffer is ours, not
     the kernel's, so that is when they stop costing memory).
+
+    It runs its machine in the pattern :mod:`crust.runtime.driver` runs the
+    engine in (input, then a pump that carries out every output in order,
+    then one :class:`~crust.transport.reactor.Deadline` re-armed for
+    ``get_timer()``), with one difference: the pump is queued with
+    ``call_soon`` and runs once per reactor turn, so the up to 64 datagrams a
+    read brings cost one ack and one ``on_data``.
     """
 
     __slots__ = (

@@ -66,7 +66,6 @@ class VirtualLoop:
     def __init__(self, net: SimNet) -> None:
         self._net = net
         self._timers: list[tuple[float, int, _Timer]] = []  # a heap
-        self._soon: list[Callable[[], object]] = []
         self._seq = 0
 
     def time(self) -> float:
@@ -78,9 +77,6 @@ class VirtualLoop:
         heapq.heappush(self._timers, (when, self._seq, timer))
         return timer
 
-    def call_soon(self, fn: Callable[[], object]) -> None:
-        self._soon.append(fn)
-
     def next_timer(self) -> float | None:
         """When the earliest live timer is due."""
         timers = self._timers
@@ -89,11 +85,8 @@ class VirtualLoop:
         return timers[0][0] if timers else None
 
     def run_due(self, now: float) -> bool:
-        """Run the ``call_soon`` calls, then the timers due by ``now``; True if any ran."""
-        ran = bool(self._soon)
-        soon, self._soon = self._soon, []
-        for fn in soon:
-            fn()
+        """Run the timers due by ``now``; True if any ran."""
+        ran = False
         timers = self._timers
         while (when := self.next_timer()) is not None and when <= now:
             timer = heapq.heappop(timers)[2]

@@ -40,8 +40,7 @@ effects are carried out by the running pump right after the current batch,
 in order.
 
 Threads.  A driver belongs to the thread that runs its loop (the reactor,
-``crust-io``); nothing here takes a lock.  :meth:`pump_soon` lets a burst
-of user commands (``send()`` posts one call per message) share one pump.
+``crust-io``); nothing here takes a lock.
 """
 
 from __future__ import annotations
@@ -69,9 +68,6 @@ class Loop(Protocol):
 
     def call_at(self, when: float, fn: Callable[[], object]) -> Cancellable:
         """Run ``fn()`` once ``time() >= when``."""
-
-    def call_soon(self, fn: Callable[[], object]) -> None:
-        """Run ``fn()`` after the current callback, before waiting for I/O."""
 
 
 class Transport(Protocol):
@@ -113,7 +109,6 @@ class Driver:
     def __init__(self, engine: Engine, loop: Loop) -> None:
         self.engine = engine
         self._time = loop.time
-        self._call_soon = loop.call_soon
         self._transport: Transport | None = None
         self._on_events: Callable[[list[Event]], None] = _unattached
         self._on_credit: Callable[[PeerId, tuple[tuple[int, int], ...]], None] = _unattached
@@ -122,7 +117,6 @@ class Driver:
         self._deadline = Deadline(loop.call_at, self._on_timer, lazy=True)
         self._pumping = False
         self._again = False  # an input arrived during the pump: go round once more
-        self._soon = False  # a pump_soon() is queued
         self._closed = False
 
     def attach(self, transport: Transport, *, on_events: Callable[[list[Event]], None],
@@ -197,16 +191,6 @@ class Driver:
         finally:
             self._pumping = False
         self._arm()
-
-    def pump_soon(self) -> None:
-        """Pump once the loop's current batch of calls has run (many inputs, one pump)."""
-        if not self._soon:
-            self._soon = True
-            self._call_soon(self._pump_soon)
-
-    def _pump_soon(self) -> None:
-        self._soon = False
-        self.pump()
 
     def _round(self) -> None:
         engine, transport = self.engine, self._transport

@@ -17,8 +17,8 @@ call queue (``call_soon_threadsafe(fn, *args)``: no closure, no second
 queue).  The reactor writes a wakeup byte only when its loop is asleep, so
 a burst of sends costs one wakeup, and on the reactor each message is one
 ``Engine.send``; the driver pumps once after the burst
-(:meth:`~crust.runtime.driver.Driver.pump_soon`), so the messages share
-frames.
+(in the reactor's "soon" phase, after the posted calls), so the messages
+share frames.
 
 *Receiving.*  :class:`~crust.engine.backpressure.ReceiveBacklog` (reactor)
 decides when to stop reading a peer whose messages wait for the
@@ -70,10 +70,12 @@ class Flow:
         self._reactor = reactor
         self._driver = driver
         self._streams = streams
-        # Bound once: the reactor runs _send_on_reactor for every message.
+        # Bound once: these run for every message, on the sender's thread and on the reactor.
+        self._post = reactor.call_soon_threadsafe
+        self._on_reactor = self._send_on_reactor
         self._engine_send = driver.engine.send
         self._now = reactor.time
-        self._pump_soon = driver.pump_soon
+        self._pump_queued = False  # reactor only: a pump after this burst of sends is queued
         self._send_limit = send_queue_limit
         self._gates: dict[PeerId, SendGate] = {}
         self._backlog = ReceiveBacklog(receive_backlog_limit)
@@ -92,7 +94,7 @@ class Flow:
         if gate is None:
             raise PeerNotFound(f"not connected to {peer_id!r}")
         gate.admit(priority, len(payload), timeout)
-        self._reactor.call_soon_threadsafe(self._send_on_reactor, peer_id, priority, payload)
+        self._post(self._on_reactor, peer_id, priority, payload)
 
     def is_connected(self, peer_id: PeerId) -> bool:
         """True while ``peer_id`` has a gate (from ``PeerConnected`` to ``PeerLost``)."""
@@ -123,7 +125,13 @@ class Flow:
             self._engine_send(peer_id, priority, payload, self._now())
         except PeerNotFound:
             return  # lost meanwhile; on_lost tells the user
-        self._pump_soon()  # once per burst: the messages share frames
+        if not self._pump_queued:  # one pump after the burst (the reactor's "soon" phase): shared frames
+            self._pump_queued = True
+            self._reactor.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_queued = False
+        self._driver.pump()
 
     def credit(self, peer_id: PeerId, released: tuple[tuple[int, int], ...]) -> None:
         """``SendCredit``: the engine moved these bytes into frames (or dropped them)."""

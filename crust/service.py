@@ -46,6 +46,8 @@ only thread that writes it) or a lock:
 * ``_flow``: the send gates (written on the reactor, read by any thread),
   the receive backlog (reactor) and the delivery tally (the delivering
   thread); its module docstring says which is whose;
+* ``_book``'s one shared field, the cache text a queued worker write will
+  take, is guarded by the book's own lock;
 * ``_config``: replaced whole on the reactor (config reload), its reference
   read by any thread;
 * ``_closed``: written under ``_close_lock``, read by any thread;

@@ -16,9 +16,10 @@ An admitted message crosses to the reactor as one call on the reactor's
 call queue (``call_soon_threadsafe(fn, *args)``: no closure, no second
 queue).  The reactor writes a wakeup byte only when its loop is asleep, so
 a burst of sends costs one wakeup, and on the reactor each message is one
-``Engine.send``; the driver pumps once after the burst
-(in the reactor's "soon" phase, after the posted calls), so the messages
-share frames.
+``Engine.send``.  The driver pumps once per burst, so the messages share
+frames: the burst's last call pumps at once (no more posted calls wait),
+so its writes leave in this reactor turn; while more wait, one pump is
+queued behind them with ``call_soon``.
 
 *Receiving.*  :class:`~crust.engine.backpressure.ReceiveBacklog` (reactor)
 decides when to stop reading a peer whose messages wait for the
@@ -75,6 +76,7 @@ class Flow:
         self._on_reactor = self._send_on_reactor
         self._engine_send = driver.engine.send
         self._now = reactor.time
+        self._has_posted = reactor.has_posted
         self._pump_queued = False  # reactor only: a pump after this burst of sends is queued
         self._send_limit = send_queue_limit
         self._gates: dict[PeerId, SendGate] = {}
@@ -125,13 +127,17 @@ class Flow:
             self._engine_send(peer_id, priority, payload, self._now())
         except PeerNotFound:
             return  # lost meanwhile; on_lost tells the user
-        if not self._pump_queued:  # one pump after the burst (the reactor's "soon" phase): shared frames
+        if not self._has_posted():  # the last of the burst: pump now, so the writes leave this turn
+            self._pump_queued = False
+            self._driver.pump()
+        elif not self._pump_queued:  # more wait: one pump after them all (they share frames)
             self._pump_queued = True
-            self._reactor.call_soon(self._pump)
+            self._reactor.call_soon(self._queued_pump)
 
-    def _pump(self) -> None:
-        self._pump_queued = False
-        self._driver.pump()
+    def _queued_pump(self) -> None:
+        if self._pump_queued:  # not done by the burst's last send meanwhile
+            self._pump_queued = False
+            self._driver.pump()
 
     def credit(self, peer_id: PeerId, released: tuple[tuple[int, int], ...]) -> None:
         """``SendCredit``: the engine moved these bytes into frames (or dropped them)."""

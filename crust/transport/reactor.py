@@ -314,6 +314,15 @@ class Reactor:
             self._awake = True
             self._send_wakeup()
 
+    def has_posted(self) -> bool:
+        """True while calls posted from other threads wait to run.
+
+        A posted call that starts work worth doing once per burst (a pump)
+        can leave it to the last call of the burst: if more are waiting, it
+        queues the work with :meth:`call_soon` instead of doing it now.
+        """
+        return bool(self._posted)
+
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """Run ``fn()`` on the reactor thread and wait for its result.  Any thread.
 

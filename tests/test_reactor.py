@@ -300,3 +300,21 @@ def test_a_lazy_deadline_keeps_an_earlier_timer_and_moves_only_earlier() -> None
     deadline.arm(4.0)
     deadline.cancel()
     assert deadline.when is None and timers.cancelled == 2
+
+
+def test_has_posted_tells_a_posted_call_whether_more_wait() -> None:
+    reactor = Reactor("crust-test-posted")
+    seen: list[tuple[str, bool]] = []
+    done = threading.Event()
+    # Posted before the loop runs, so all three are waiting when its first turn starts.
+    reactor.call_soon_threadsafe(lambda: seen.append(("first", reactor.has_posted())))
+    reactor.call_soon_threadsafe(lambda: seen.append(("second", reactor.has_posted())))
+    reactor.call_soon_threadsafe(done.set)
+    assert reactor.has_posted()
+    reactor.start()
+    try:
+        assert done.wait(WAIT)
+        assert seen == [("first", True), ("second", True)]  # done.set still waited behind them
+        assert run_on(reactor, reactor.has_posted) is False  # nothing waits behind this one
+    finally:
+        reactor.stop()

@@ -17,9 +17,9 @@ call queue (``call_soon_threadsafe(fn, *args)``: no closure, no second
 queue).  The reactor writes a wakeup byte only when its loop is asleep, so
 a burst of sends costs one wakeup, and on the reactor each message is one
 ``Engine.send``.  The driver pumps once per burst, so the messages share
-frames: the burst's last call pumps at once (no more posted calls wait),
-so its writes leave in this reactor turn; while more wait, one pump is
-queued behind them with ``call_soon``.
+frames: a message with more posted calls waiting behind it queues one pump
+after them (``call_soon``); a lone message pumps at once, so its bytes
+leave in the same reactor turn.
 
 *Receiving.*  :class:`~crust.engine.backpressure.ReceiveBacklog` (reactor)
 decides when to stop reading a peer whose messages wait for the
@@ -127,17 +127,17 @@ class Flow:
             self._engine_send(peer_id, priority, payload, self._now())
         except PeerNotFound:
             return  # lost meanwhile; on_lost tells the user
-        if not self._has_posted():  # the last of the burst: pump now, so the writes leave this turn
-            self._pump_queued = False
-            self._driver.pump()
-        elif not self._pump_queued:  # more wait: one pump after them all (they share frames)
+        if self._pump_queued:
+            return  # a pump waits behind this burst already
+        if self._has_posted():  # the first of a burst: one pump after it all, so its messages share frames
             self._pump_queued = True
             self._reactor.call_soon(self._queued_pump)
+        else:  # a lone message: pump now, so its bytes leave in this reactor turn
+            self._driver.pump()
 
     def _queued_pump(self) -> None:
-        if self._pump_queued:  # not done by the burst's last send meanwhile
-            self._pump_queued = False
-            self._driver.pump()
+        self._pump_queued = False
+        self._driver.pump()
 
     def credit(self, peer_id: PeerId, released: tuple[tuple[int, int], ...]) -> None:
         """``SendCredit``: the engine moved these bytes into frames (or dropped them)."""

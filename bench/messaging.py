@@ -904,7 +904,7 @@ _LAYERS = (  # (substring of a leaf frame's file, layer), first match wins
     ("crust/outbox.py", "outbox"),
     ("crust/wire/", "wire (framing, records)"),
     ("crust/service.py", "Service shell (send, pump, account, backlog)"),
-    ("crust/sendgate.py", "SendGate"),
+    ("crust/runtime/", "runtime (driver, streams, send flow)"),
     ("crust/dispatch.py", "Dispatcher"),
     ("crust/transport/tcp.py", "TcpStream (incl. recv/send syscalls)"),
     ("crust/transport/reactor.py", "Reactor loop"),

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, TypeVar
 
 from .errors import BufferReadError
-from .ids import Endpoint, PeerId, is_ip_literal
+from .ids import Endpoint, PeerId, ip_endpoints
 from .wire.buffer import Buffer
 
 __all__ = [
@@ -101,21 +101,8 @@ class Candidate:
 
 
 def _check_group(kind: str, name: str, endpoints: object, transport: str | None) -> tuple[Endpoint, ...]:
-    """Validate one group; return it as a tuple without duplicates, in order."""
-    if isinstance(endpoints, (str, bytes)) or not isinstance(endpoints, Iterable):
-        raise TypeError(f"{kind} {name}: endpoints must be a tuple of Endpoints, not {type(endpoints).__name__}")
-    out: dict[Endpoint, None] = {}
-    for ep in endpoints:
-        if not isinstance(ep, Endpoint):
-            raise TypeError(f"{kind} {name}: endpoints must be Endpoints, not {type(ep).__name__}")
-        if not is_ip_literal(ep.host):
-            raise ValueError(f"{kind} endpoint {ep} is a hostname; only IP addresses can be swapped")
-        if ep.port == 0:
-            raise ValueError(f"{kind} endpoint {ep} has port 0, which cannot be dialled")
-        if transport is not None and ep.transport != transport:
-            raise ValueError(f"{kind} {name} endpoint {ep} must be a {transport.upper()} endpoint")
-        out[ep] = None
-    return tuple(out)
+    """One group, validated (IP literals, dialable, of ``transport``), without duplicates, in order."""
+    return ip_endpoints(endpoints, f"{kind} {name}", transport=transport, dialable=True, unique=True)
 
 
 def _check_version(version: int) -> None:

@@ -10,12 +10,15 @@ cached contact that failed for a real reason, and writes the cache file.
 The book belongs to the reactor thread.  File reads happen once, at
 construction (before the reactor runs); writes go to ``submit`` (the
 Service's worker pool), coalesced: while one write is queued, later changes
-only replace the text it will write.
+only replace the text it will write.  That text is the one field two
+threads touch (the reactor puts it, the worker takes it): ``_pending_lock``
+guards it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from typing import Callable, Iterable
 
@@ -49,6 +52,7 @@ class ContactBook:
         self._cache = _load_cache(cache_path)
         self._learned: OrderedDict[tuple[str, int], Contact] = OrderedDict()
         self._pending_text: str | None = None  # the newest dump waiting for the worker to write it
+        self._pending_lock = threading.Lock()  # guards _pending_text: the reactor puts, the worker takes
 
     def __len__(self) -> int:
         """How many cached contacts there are."""
@@ -95,14 +99,17 @@ class ContactBook:
         path = self._path
         if path is None:
             return
-        pending = self._pending_text is not None
-        self._pending_text = self._cache.dumps()
+        text = self._cache.dumps()
+        with self._pending_lock:
+            # A write is queued and has not taken its text yet (taking it needs this lock): it takes ours.
+            pending = self._pending_text is not None
+            self._pending_text = text
         if pending:
             return  # the queued write will take the newest text
 
         def write() -> None:
-            # Worker thread: the swap is one atomic step under the GIL.
-            text, self._pending_text = self._pending_text, None
+            with self._pending_lock:  # worker thread
+                text, self._pending_text = self._pending_text, None
             if text is not None:
                 try:
                     write_private_file(path, text.encode("utf-8"), what="bootstrap cache", make_dirs=True)
@@ -112,7 +119,8 @@ class ContactBook:
         try:
             self._submit(write)
         except (CrustError, RuntimeError):  # closing: the worker pool is gone, and so is the need to write
-            self._pending_text = None
+            with self._pending_lock:
+                self._pending_text = None
 
 
 def _load_cache(path: str | None) -> BootstrapCache:

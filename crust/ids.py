@@ -22,6 +22,7 @@ __all__ = [
     "NAME_HASH_SIZE",
     "name_hash",
     "is_ip_literal",
+    "ip_endpoints",
 ]
 
 PEER_ID_SIZE = 32  # bytes: an X25519 public key
@@ -111,6 +112,46 @@ def is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def ip_endpoints(endpoints: object, what: str, *, limit: int | None = None, transport: str | None = None,
+                 dialable: bool = False, unique: bool = False) -> tuple[Endpoint, ...]:
+    """Check an endpoint list that goes on the wire, where only IP literals can be carried.
+
+    Every message names ``what`` (e.g. ``"PubConnectionInfo tcp_punch"``, ``"beacon listeners"``).
+
+    Args:
+        endpoints: the iterable to check (a string is refused, not taken apart).
+        what: the list's name in error messages.
+        limit: at most this many endpoints (after dropping duplicates).
+        transport: every endpoint must use it (``"tcp"`` or ``"udp"``).
+        dialable: refuse port 0.
+        unique: drop repeated endpoints, keeping the first.
+
+    Returns:
+        The endpoints as a tuple, in order.
+
+    Raises:
+        TypeError: not an iterable of :class:`Endpoint`.
+        ValueError: a hostname, port 0 (``dialable``), the wrong transport, or too many.
+    """
+    if isinstance(endpoints, (str, bytes)) or not isinstance(endpoints, Iterable):
+        raise TypeError(f"{what}: endpoints must be a tuple of Endpoints, not {type(endpoints).__name__}")
+    out: list[Endpoint] = []
+    for ep in endpoints:
+        if not isinstance(ep, Endpoint):
+            raise TypeError(f"{what}: endpoints must be Endpoints, not {type(ep).__name__}")
+        if not is_ip_literal(ep.host):
+            raise ValueError(f"{what} endpoint {ep} is a hostname; only IP addresses can be sent to peers")
+        if dialable and ep.port == 0:
+            raise ValueError(f"{what} endpoint {ep} has port 0, which cannot be dialled")
+        if transport is not None and ep.transport != transport:
+            raise ValueError(f"{what} endpoint {ep} must be a {transport.upper()} endpoint")
+        out.append(ep)
+    result = tuple(dict.fromkeys(out)) if unique else tuple(out)
+    if limit is not None and len(result) > limit:
+        raise ValueError(f"{what}: {len(result)} endpoints; at most {limit} are allowed")
+    return result
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,44 +1,59 @@
-"""Service: the public facade; wires Engine ⇄ Reactor ⇄ Dispatcher (ARCHITECTURE.md §6).
+"""Service: the public facade: validation, futures, lifecycle (ARCHITECTURE.md §6).
 
 Theory of operation.  The reactor thread (``crust-io``) owns the engine and
-every socket.  User threads reach it in exactly two ways: a closure posted
-with ``call_soon_threadsafe`` (waiting on a ``Future`` when they need an
-answer), or ``send()``'s own batch queue.  After each engine input the
-reactor *pumps*: it carries out the engine's effects on sockets, does the
-shell's bookkeeping on the events (send gates, receive backlog, bootstrap
-futures), posts the events to the dispatcher (``crust-dispatch``), and arms
-one timer for the engine's next deadline.
+every socket.  The engine's :class:`~crust.runtime.driver.Driver` feeds it
+every input and, after each, *pumps*: it carries out the effects on the
+:class:`~crust.runtime.streams.Streams`, hands ``SendCredit`` to the send
+gates, gives the events to :meth:`Service._on_events` (the shell's
+bookkeeping: gates, receive backlog, bootstrap and connect futures, the
+contact book) which posts them to the dispatcher (``crust-dispatch``), and
+arms one timer for the engine's and the LAN beacon's next deadline.  This
+class checks arguments, runs the rest on the reactor and waits for answers.
 
-``send()`` is the hot path: it validates, waits at the peer's
-:class:`~crust.sendgate.SendGate` only while that priority's queue is full,
-appends to a shared deque and wakes the reactor once per batch, not once
-per message.  Inbound, :class:`~crust.engine.backpressure.ReceiveBacklog`
-decides when to stop reading a peer whose messages wait for the dispatcher
-(over ``receive_backlog_limit``) and when to read again (half the limit),
-so a slow ``on_message`` bounds memory instead of growing it.  The
-dispatcher tallies delivered bytes and hands them back to the reactor in
-batches through the reactor's call queue (:class:`~crust.engine.backpressure.DeliveryTally`).
+``send()`` is the hot path: it validates, then :class:`~crust.runtime.flow.Flow`
+waits at the peer's send gate only while that priority's queue is full
+and posts the message on the reactor's call queue; a burst of sends costs
+one wakeup and one pump.  Inbound, a slow ``on_message`` pauses reading
+its peer instead of growing memory (``receive_backlog_limit``).
 
-Who owns what.  Every field shared between threads has one owner (the only
-thread that writes it) or a lock:
+Threads and handoffs.  Work crosses between threads through exactly two
+queues, one per direction:
 
-* reactor thread only (user threads reach them through ``_call``):
-  ``_engine``, ``_links``, ``_timer``, ``_lan``, ``_backlog``, ``_book``,
-  ``_bootstrap_waiters``, ``_connect_waiters``, ``_async_runs``,
-  ``_async_connects`` (``bootstrap()`` only reads whether ``_lan`` is set;
-  ``close()`` cancels the waiters and clears ``_gates`` only after the
-  reactor thread has stopped);
-* the delivering thread (``crust-dispatch``, or the caller of
-  ``run_callbacks`` in manual mode): ``_tally``; its reports cross to the
-  reactor as closures, so ``_backlog`` is never touched elsewhere;
-* ``_gates``: written on the reactor (peer connected / lost), read by any
-  thread (a dict lookup is atomic under the GIL);
-* ``_sends``: user threads append, the reactor pops (deque operations are
-  atomic); ``_drain_posted`` is guarded by ``_sends_lock``;
+* into the reactor: its call queue (``Reactor.call_soon_threadsafe``).
+  User threads post commands there (``_call`` waits on a ``Future`` for the
+  answer; ``send()`` posts one call per message), the delivering thread
+  posts its delivery reports, and worker threads (DNS, the contact cache,
+  UPnP, config file reads) post their results;
+* out of the reactor: the dispatcher's event queue (``Dispatcher.post_many``),
+  from which the delivering thread runs the user's callbacks.
+
+A ``Future`` set on the reactor is the answer to a call, not a third queue.
+Two pieces of state are shared under a lock instead of handed over: each
+peer's :class:`~crust.runtime.flow.SendGate` (senders wait on its
+Condition; the reactor releases credit) and the dispatcher's handler table
+(copy-on-write under its lock).
+
+Who owns what.  Every field more than one thread touches has one owner (the
+only thread that writes it) or a lock:
+
+* the reactor thread only (others reach them through ``_call``):
+  ``_engine``, ``_driver``, ``_streams``, ``_lan``, ``_upnp``, ``_book``,
+  ``_nat_waiters``, ``_bootstrap_waiters``, ``_connect_waiters``,
+  ``_async_runs``, ``_async_connects``.  Exceptions, each once the reactor
+  cannot race: ``bootstrap()`` reads whether ``_lan`` is set (a reference
+  read), and ``close()`` cancels the waiters after the reactor thread has
+  stopped;
+* ``_flow``: the send gates (written on the reactor, read by any thread),
+  the receive backlog (reactor) and the delivery tally (the delivering
+  thread); its module docstring says which is whose;
+* ``_book``'s one shared field, the cache text a queued worker write will
+  take, is guarded by the book's own lock;
 * ``_config``: replaced whole on the reactor (config reload), its reference
   read by any thread;
 * ``_closed``: written under ``_close_lock``, read by any thread;
-  ``_workers``: ``_workers_lock``.
+* ``_workers``: ``_workers_lock``;
+* set once in ``__init__`` and only read afterwards: ``_identity``,
+  ``_reactor``, ``_dispatcher``, ``_config_file``.
 """
 
 from __future__ import annotations
@@ -50,7 +65,6 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -58,10 +72,9 @@ from .config import Config
 from .config_file import find_config_file, read_config_file
 from .crypto.ranking import measure_preference
 from .dispatch import Dispatcher
-from .effects import Close, Dial, SendCredit, SendDatagram, Write
 from .engine import Engine
-from .engine.backpressure import DeliveryTally, ReceiveBacklog, message_cost
-from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, MessageTooLarge, PeerNotFound, ServiceClosed
+from .engine.backpressure import message_cost
+from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, MessageTooLarge, ServiceClosed
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
 from .crypto import random_token
 from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
@@ -71,12 +84,14 @@ from .nat.observe import NatInfo
 from .nat.upnp import UpnpMapper
 from .upnp_client import SETTLE_TIMEOUT, MiniupnpcIgd, PortMapper
 from .contact_book import ContactBook
-from .lan import LanDiscovery
-from .links import Links, local_addresses
+from .runtime.driver import Driver
+from .runtime.flow import Flow
+from .runtime.lan import LanDiscovery
+from .runtime.streams import Streams
 from .wire.messages import CONNECT_TOKEN_SIZE
 from .ids import Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal, name_hash
-from .sendgate import SendGate
-from .transport.reactor import Reactor, TimerHandle
+from .transport.interfaces import local_addresses
+from .transport.reactor import Reactor
 
 __all__ = ["Service"]
 
@@ -134,26 +149,21 @@ class Service:
         # Rank the transport ciphers by their cost on this machine: once per process, a few ms.
         measure_preference(time.perf_counter)
         self._engine = Engine(static=identity, config=config)
-        self._reactor = Reactor("crust-io")
+        self._reactor = reactor = Reactor("crust-io")
+        # The reactor side: the engine's driver, its streams, flow control (see the module docstring).
+        self._driver = driver = Driver(self._engine, reactor)
+        self._streams = Streams(reactor, driver, config)
+        self._flow = Flow(reactor, driver, self._streams, send_queue_limit=config.send_queue_limit,
+                          receive_backlog_limit=config.receive_backlog_limit)
+        driver.attach(self._streams, on_events=self._on_events, on_credit=self._flow.credit)
         self._dispatcher = Dispatcher(manual=dispatch == "manual", name="crust-dispatch",
-                                      on_delivered=self._on_delivered)
+                                      on_delivered=self._flow.delivered)
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._workers_lock = threading.Lock()
-        # Reactor-thread state.
-        self._links = Links(self._reactor, self._engine, config, self._pump)
-        self._timer: TimerHandle | None = None
-        self._timer_at = float("inf")
         self._bootstrap_waiters: dict[int, concurrent.futures.Future[PeerId]] = {}
         self._async_runs: set[int] = set()
         self._connect_waiters: dict[PeerId, list[concurrent.futures.Future[PeerId]]] = {}
         self._async_connects: set[PeerId] = set()
-        # Shared state, each with its lock or an atomic-under-GIL operation.
-        self._gates: dict[PeerId, SendGate] = {}  # written on the reactor only; read anywhere
-        self._sends: deque[tuple[PeerId, int, bytes]] = deque()  # user threads append, reactor pops
-        self._sends_lock = threading.Lock()  # guards _drain_posted (one wakeup per batch)
-        self._drain_posted = False
-        self._backlog = ReceiveBacklog(config.receive_backlog_limit)  # reactor only
-        self._tally = DeliveryTally(self._backlog.report_every)  # the delivering thread only
         self._book = ContactBook(config.bootstrap_cache_path, lambda fn: self._worker().submit(fn))
         self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
         self._upnp: PortMapper | None = None  # reactor-owned; maps our listeners while we listen (enable_upnp)
@@ -192,21 +202,18 @@ class Service:
             if self._closed:
                 return
             self._closed = True
-        # First, so that the final flush's credit cannot admit a blocked send() after close.
-        for gate in list(self._gates.values()):
-            gate.close(ServiceClosed)
+        self._flow.close()  # first, so that the final flush's credit cannot admit a blocked send()
         flushed = threading.Event()
         try:
-            self._reactor.call_soon_threadsafe(lambda: self._shutdown_on_reactor(flushed))
+            self._reactor.call_soon_threadsafe(self._shutdown_on_reactor, flushed)
         except ServiceClosed:
             flushed.set()
         flushed.wait(timeout)
         try:
-            self._reactor.call_soon_threadsafe(self._links.abort)
+            self._reactor.call_soon_threadsafe(self._streams.abort)
         except ServiceClosed:
             pass
         self._reactor.stop(timeout)
-        self._gates.clear()
         for waiter in list(self._bootstrap_waiters.values()):
             waiter.cancel()
         for waiters in list(self._connect_waiters.values()):
@@ -222,9 +229,8 @@ class Service:
         if self._lan is not None:
             self._lan.close()
         self._engine.close(self._reactor.time())
-        self._pump()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._driver.pump()
+        self._driver.close()
         # The engine's Close effects have just started every stream's flush: wait for those too,
         # and for the router to forget our port mappings.
         pending = [2 if self._upnp is not None else 1]
@@ -236,7 +242,7 @@ class Service:
 
         if self._upnp is not None:
             self._upnp.stop(one_done)
-        self._links.shutdown(one_done)
+        self._streams.shutdown(one_done)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -300,9 +306,9 @@ class Service:
         return self._call(self._start_listening)
 
     def _start_listening(self) -> list[Endpoint]:
-        if self._links.endpoints:
+        if self._streams.endpoints:
             return self._engine.listeners(self._reactor.time())  # already listening: local and external
-        endpoints = self._links.listen()
+        endpoints = self._streams.listen()
         self._engine.set_listeners(endpoints)
         self._observe_sockets()
         if self._config.enable_upnp:
@@ -314,10 +320,10 @@ class Service:
 
     def _observe_sockets(self) -> None:
         """Tell the engine our punch port and rUDP port (binding them if need be), so peers are asked about them."""
-        links = self._links
-        self._engine.set_sockets(tcp_port=links.punch_port(), udp_port=links.udp_port(),
+        streams = self._streams
+        self._engine.set_sockets(tcp_port=streams.punch_port(), udp_port=streams.udp_port(),
                                  local_ips=local_addresses(self._config.listen_host), now=self._reactor.time())
-        self._pump()
+        self._driver.pump()
 
     def _map_ports(self, listeners: list[Endpoint]) -> None:
         """Ask the router (UPnP IGD) to forward our listener ports, on the worker pool (PROTOCOL.md §8)."""
@@ -331,7 +337,7 @@ class Service:
 
     def _on_mapped(self, endpoints: tuple[Endpoint, ...]) -> None:
         self._engine.set_mapped(endpoints, self._reactor.time())
-        self._pump()
+        self._driver.pump()
 
     def nat_info(self) -> NatInfo:
         """What peers have told us about our NAT: external TCP and UDP endpoints, mapping behaviour, since when.
@@ -354,7 +360,7 @@ class Service:
     def stop_listening(self) -> None:
         """Stop accepting new connections; existing ones stay."""
         def stop() -> None:
-            self._links.stop_listening()
+            self._streams.stop_listening()
             self._engine.set_listeners(())
             if self._upnp is not None:
                 self._upnp.stop()  # delete every mapping we made: nothing listens there any more
@@ -424,7 +430,7 @@ class Service:
             run = self._engine.start_bootstrap(contacts, blacklist=blacklist, user=user, timeout=timeout,
                                                now=self._reactor.time())
             started(run)
-            self._pump()
+            self._driver.pump()
 
         def seek() -> None:
             if self._lan is None:
@@ -454,7 +460,7 @@ class Service:
         """Abandon running bootstrap attempts."""
         def stop() -> None:
             self._engine.stop_bootstrap(self._reactor.time())
-            self._pump()
+            self._driver.pump()
         self._call(stop)
 
     def _contacts(self) -> list[Contact]:
@@ -503,36 +509,16 @@ class Service:
         self._check_open()
         if self._reactor.in_reactor_thread():
             raise RuntimeError("send() must not be called on the I/O thread")
-        gate = self._gates.get(peer_id)
-        if gate is None:
-            raise PeerNotFound(f"not connected to {peer_id!r}")
-        gate.admit(priority, len(payload), timeout)
-        self._sends.append((peer_id, priority, payload))
-        if self._drain_posted:
-            return  # the drain has not started yet, so it will see our message (see _drain_sends)
-        with self._sends_lock:
-            if self._drain_posted:
-                return
-            self._drain_posted = True
-        self._reactor.call_soon_threadsafe(self._drain_sends)
-
-    def _drain_sends(self) -> None:
-        # The flag is cleared *before* the queue is read: a sender that still sees it
-        # set appended before this point, so its message is drained below.
-        with self._sends_lock:
-            self._drain_posted = False
-        sends, engine, now = self._sends, self._engine, self._reactor.time()
-        for _ in range(len(sends)):
-            peer_id, priority, payload = sends.popleft()
-            if engine.is_connected(peer_id):
-                engine.send(peer_id, priority, payload, now)
-            # else: lost meanwhile; on_lost tells the user.
-        self._pump()
+        self._flow.send(peer_id, priority, payload, timeout)
 
     def disconnect(self, peer_id: PeerId) -> bool:
         """Close the connection to ``peer_id`` (it sees ``on_lost`` at once); returns whether there was one."""
         _check_peer_id(peer_id)
-        return self._call(lambda: self._pumped(self._engine.disconnect(peer_id, self._reactor.time())))
+        def disconnect() -> bool:
+            found = self._engine.disconnect(peer_id, self._reactor.time())
+            self._driver.pump()
+            return found
+        return self._call(disconnect)
 
     def ban(self, *peers_or_ips: PeerId | str) -> None:
         """Disconnect these peers (PeerIds or IP strings) and refuse them for the rest of the session."""
@@ -543,14 +529,14 @@ class Service:
                 raise ValueError(f"ban() takes PeerIds or IP address strings, not {ip!r}")
         def ban() -> None:
             self._engine.ban(ids, ips, self._reactor.time())
-            self._pump()
+            self._driver.pump()
         self._call(ban)
 
     def is_connected(self, peer_id: PeerId) -> bool:
         """True while ``peer_id`` is a connected peer."""
         _check_peer_id(peer_id)
         self._check_open()
-        return peer_id in self._gates
+        return self._flow.is_connected(peer_id)
 
     def peers(self) -> list[PeerInfo]:
         """A snapshot of every connected peer."""
@@ -579,33 +565,12 @@ class Service:
 
     # -- the reactor side --------------------------------------------------------
 
-    def _pumped(self, result: T) -> T:
-        self._pump()
-        return result
-
-    def _pump(self) -> None:
-        """Carry out the engine's effects, account for its events, post them, re-arm the timer."""
-        engine = self._engine
-        for effect in engine.take_effects():
-            match effect:
-                case Write(conn, data):
-                    self._links.write(conn, data)
-                case SendCredit(peer_id, released):
-                    gate = self._gates.get(peer_id)
-                    if gate is not None:
-                        gate.release(released)
-                case Dial(conn, endpoint, local_port):
-                    self._links.dial(conn, endpoint, local_port)
-                case SendDatagram(data, endpoint):
-                    self._links.send_datagram(data, endpoint)
-                case Close(conn, flush):
-                    self._links.close(conn, flush)
-        events = engine.take_events()
+    def _on_events(self, events: list[Event]) -> None:
+        """After every pump round: account for the engine's events, post them, answer NAT waiters."""
         if events:
             self._account(events)
         if self._nat_waiters:
             self._wake_nat_waiters()
-        self._arm_timer()
 
     def _account(self, events: list[Event]) -> None:
         backlog: dict[PeerId, int] = {}
@@ -617,15 +582,11 @@ class Service:
                 continue
             match event:
                 case PeerConnected(info):
-                    self._gates[info.id] = SendGate(info.id, self._config.send_queue_limit)
-                    self._backlog.track(info.id)
+                    self._flow.opened(info.id)
                     if info.origin == "bootstrap_connect":  # we dialled it: a contact worth keeping
                         self._book.record_success(Contact(info.addr, info.id), time.time())
                 case PeerLost(peer_id, _):
-                    gate = self._gates.pop(peer_id, None)
-                    if gate is not None:
-                        gate.close()
-                    self._backlog.forget(peer_id)
+                    self._flow.lost(peer_id)
                 case BootstrapFinished():
                     self._finish_bootstrap(event)
                     continue
@@ -637,7 +598,7 @@ class Service:
                     continue
             post.append(event)
         if backlog:
-            self._add_backlog(backlog)
+            self._flow.received(backlog)
         self._dispatcher.post_many(post)
 
     # -- connect (rendezvous through swapped connection info) ---------------------------
@@ -684,12 +645,12 @@ class Service:
                 waiter.set_result(None)
 
     def _gather_connection_info(self) -> PrivConnectionInfo:
-        now, links = self._reactor.time(), self._links
+        now, streams = self._reactor.time(), self._streams
         info = self._engine.nat_info(now)
         listeners = self._engine.listeners(now)
         local_ips = _outside_first(local_addresses(self._config.listen_host))
         punch: dict[str, list[Endpoint]] = {"tcp": [], "udp": []}
-        for kind, port, nat in (("tcp", links.punch_port(), info.tcp), ("udp", links.udp_port(), info.udp)):
+        for kind, port, nat in (("tcp", streams.punch_port(), info.tcp), ("udp", streams.udp_port(), info.udp)):
             if port is None:
                 continue
             if nat.external is not None:  # what the other side's probes and SYNs must aim at
@@ -745,7 +706,7 @@ class Service:
             self._engine.start_connect(theirs.peer_id, theirs.listeners, tcp_punch=theirs.tcp_punch,
                                        udp_punch=theirs.udp_punch, their_token=theirs.token, our_token=ours.token,
                                        timeout=timeout, now=self._reactor.time())
-            self._pump()
+            self._driver.pump()
 
         self._call(start)
 
@@ -799,10 +760,10 @@ class Service:
     def _ensure_lan(self) -> LanDiscovery:
         if self._lan is None:
             cfg = self._config
-            self._lan = LanDiscovery(self._reactor, port=cfg.service_discovery_port,
+            self._lan = LanDiscovery(self._reactor, self._driver, port=cfg.service_discovery_port,
                                      targets=cfg.service_discovery_targets, name_hash=name_hash(cfg.network_name),
                                      peer_id=self.id)
-            self._lan.set_listeners(self._links.endpoints)
+            self._lan.set_listeners(self._streams.endpoints)
         return self._lan
 
     def _finish_bootstrap(self, done: BootstrapFinished) -> None:
@@ -820,32 +781,6 @@ class Service:
             if done.peer_id is None:
                 self._dispatcher.post(_AsyncBootstrapFailed(done.failures))
 
-    def _add_backlog(self, added: dict[PeerId, int]) -> None:
-        backlog = self._backlog
-        for peer_id, nbytes in added.items():
-            if backlog.posted(peer_id, nbytes):
-                conn = self._engine.conn_of(peer_id)
-                if conn is not None and self._links.pause_reading(conn):
-                    self._engine.reading_paused(conn, True, self._reactor.time())
-                    backlog.paused(peer_id, conn)
-
-    def _on_delivered(self, event: Event) -> None:
-        # The delivering thread: tally; a due report goes to the reactor, the backlog's owner.
-        if type(event) is not MessageReceived:
-            return
-        report = self._tally.delivered(event.peer_id, message_cost(event.data))
-        if report is not None:
-            try:
-                self._reactor.call_soon_threadsafe(lambda: self._on_delivery_report(report))
-            except ServiceClosed:
-                pass
-
-    def _on_delivery_report(self, report: dict[PeerId, int]) -> None:
-        for peer_id, nbytes in report.items():
-            conn = self._backlog.delivered(peer_id, nbytes)
-            if conn is not None and self._links.resume_reading(conn):
-                self._engine.reading_paused(conn, False, self._reactor.time())
-
     def _schedule_config_reload(self) -> None:
         self._reactor.call_later(self._config.config_reload_interval, self._reload_config)
 
@@ -862,7 +797,7 @@ class Service:
                 log.warning("config file %s not reloaded: %s", path, exc)
                 fresh = None
             try:
-                self._reactor.call_soon_threadsafe(lambda: self._apply_config(fresh))
+                self._reactor.call_soon_threadsafe(self._apply_config, fresh)
             except ServiceClosed:
                 pass
 
@@ -882,22 +817,9 @@ class Service:
                                                whitelisted_client_ips=fresh.whitelisted_client_ips)
             self._engine.update_whitelists(fresh.whitelisted_node_ips, fresh.whitelisted_client_ips,
                                            self._reactor.time())
-            self._pump()
+            self._driver.pump()
         self._schedule_config_reload()
 
-    def _arm_timer(self) -> None:
-        when = self._engine.get_timer()
-        if when is None or when >= self._timer_at:
-            return  # an earlier wakeup is armed; the engine re-checks then
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._reactor.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer, self._timer_at = None, float("inf")
-        self._engine.handle_timer(self._reactor.time())
-        self._pump()
 
 
 # -- helpers -----------------------------------------------------------------------

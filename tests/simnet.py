@@ -1,8 +1,12 @@
 """SimNet: several Engines on a virtual network with a virtual clock (no sockets, no threads).
 
 Theory of operation.  Each engine gets a fake IP; ``listen(name, port)``
-makes it reachable.  Effects are interpreted the way the real shell would,
-over TCP-like streams:
+makes it reachable.  Each is run by the real shell's
+:class:`~crust.runtime.driver.Driver` (the one interpreter of effects,
+pumps and the engine's timer) on a virtual :class:`~crust.runtime.driver.Loop`;
+SimNet is only its :class:`~crust.runtime.driver.Transport`, over TCP-like
+streams, and feeds completions back through the driver's methods, as
+``crust.runtime.streams`` does:
 
 * a ``Dial`` reaches the listening engine one latency later
   (``handle_accepted``); the dialer hears ``handle_connected`` one more
@@ -12,7 +16,8 @@ over TCP-like streams:
 * a ``Write`` is reported sent at once (the "kernel" took it) and delivered
   one latency later, in order within its connection (optionally ``chunk``
   bytes at a time, to test byte-at-a-time feeding);
-* a ``Close`` reaches the other side as ``handle_closed`` behind the data.
+* a ``Close`` reaches the other side as ``handle_closed`` behind the data;
+* a ``SendDatagram`` is lost (no UDP is modelled; losing one is allowed).
 
 Impairments, all deterministic under ``seed``:
 
@@ -38,6 +43,7 @@ read or answer, like a wedged server the kernel still accepts for.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import random
 from dataclasses import dataclass, field
@@ -45,12 +51,58 @@ from typing import Callable
 
 from crust.config import Config
 from crust.crypto.keys import KeyPair
-from crust.effects import Close, Dial, SendCredit, Write
+from crust.effects import SendCredit
 from crust.engine import Engine
 from crust.events import Event
-from crust.ids import ConnId, Endpoint
+from crust.ids import ConnId, Endpoint, PeerId
+from crust.runtime.driver import Driver
 
 DEAF = "<deaf>"  # the pseudo-node behind every deaf endpoint
+
+
+class VirtualLoop:
+    """One node's timers on SimNet's clock: the :class:`~crust.runtime.driver.Loop` its driver runs on."""
+
+    def __init__(self, net: SimNet) -> None:
+        self._net = net
+        self._timers: list[tuple[float, int, _Timer]] = []  # a heap
+        self._seq = 0
+
+    def time(self) -> float:
+        return self._net.now
+
+    def call_at(self, when: float, fn: Callable[[], object]) -> _Timer:
+        timer = _Timer(fn)
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, timer))
+        return timer
+
+    def next_timer(self) -> float | None:
+        """When the earliest live timer is due."""
+        timers = self._timers
+        while timers and timers[0][2].fn is None:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def run_due(self, now: float) -> bool:
+        """Run the timers due by ``now``; True if any ran."""
+        ran = False
+        timers = self._timers
+        while (when := self.next_timer()) is not None and when <= now:
+            timer = heapq.heappop(timers)[2]
+            fn, timer.fn = timer.fn, None
+            assert fn is not None
+            fn()
+            ran = True
+        return ran
+
+
+class _Timer:
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn: Callable[[], object] | None = fn
+
+    def cancel(self) -> None:
+        self.fn = None
 
 
 @dataclass
@@ -62,6 +114,8 @@ class Node:
     events: list[Event] = field(default_factory=list)
     timeline: list[tuple[float, Event]] = field(default_factory=list)  # each event with the time it came
     credits: list[SendCredit] = field(default_factory=list)
+    driver: Driver = field(init=False)  # feeds the engine and interprets its effects (SimNet is its transport)
+    loop: VirtualLoop = field(init=False)
 
 
 @dataclass
@@ -132,6 +186,10 @@ class SimNet:
         engine = Engine(static=key, config=config or Config(bootstrap_cache_path=None),
                         rng=random.Random(self.rng.random()))
         node = self.nodes[name] = Node(name, engine, ip, nat)
+        node.loop = VirtualLoop(self)
+        node.driver = Driver(engine, node.loop)
+        node.driver.attach(_NodeTransport(self, node), on_events=functools.partial(self._record, node),
+                           on_credit=functools.partial(self._credit, node))
         return node
 
     def add_nat(self, name: str, kind: str = "cone") -> Nat:
@@ -182,31 +240,26 @@ class SimNet:
         ``choose`` picks the next delivery among the due heads of each stream
         (default: the earliest sent; with ``reorder``, a random one).
         """
+        self._pump_all()  # later inputs go through the drivers, which pump after each
         for _ in range(max_steps):
-            moved = False
-            for node in list(self.nodes.values()):
-                moved |= self._collect(node)
             heads = self._due_heads()
-            if heads:
-                moved = True
-                if choose is not None:
-                    pick = choose(heads)
-                elif self.reorder:
-                    pick = heads[self.rng.randrange(len(heads))]
-                else:
-                    pick = heads[0]
-                self._flight.remove(pick)
-                heapq.heapify(self._flight)
-                self._deliver(pick)
-            if not moved:
+            if not heads:
                 return
+            if choose is not None:
+                pick = choose(heads)
+            elif self.reorder:
+                pick = heads[self.rng.randrange(len(heads))]
+            else:
+                pick = heads[0]
+            self._flight.remove(pick)
+            heapq.heapify(self._flight)
+            self._deliver(pick)
         raise AssertionError("SimNet did not settle")
 
     def run_shuffled(self, rng: random.Random, steps: int) -> None:
         """Up to ``steps`` deliveries, each from a randomly chosen stream (in order within a stream)."""
+        self._pump_all()
         for _ in range(steps):
-            for node in list(self.nodes.values()):
-                self._collect(node)
             heads = self._due_heads()
             if not heads:
                 return
@@ -220,16 +273,14 @@ class SimNet:
         end = self.now + seconds
         self.run()
         for _ in range(100_000):
-            due = [t for n in self.nodes.values() if (t := n.engine.get_timer()) is not None and t <= end]
+            due = [t for n in self.nodes.values() if (t := n.loop.next_timer()) is not None and t <= end]
             if self._flight and self._flight[0].at <= end:
                 due.append(self._flight[0].at)
             if not due:
                 break
             self.now = max(self.now, min(due))
-            for node in self.nodes.values():
-                timer = node.engine.get_timer()
-                if timer is not None and timer <= self.now:
-                    node.engine.handle_timer(self.now)
+            for node in list(self.nodes.values()):  # each node's driver fires its engine's timer
+                node.loop.run_due(self.now)
             self.run()
         self.now = end
 
@@ -252,47 +303,46 @@ class SimNet:
 
     # -- the shell's side ---------------------------------------------------------
 
-    def _collect(self, node: Node) -> bool:
-        effects = node.engine.take_effects()
-        self._record(node)
-        for effect in effects:
-            if isinstance(effect, Dial):
-                self._dial(node, effect)
-            elif isinstance(effect, Write):
-                peer = self._links.get((node.name, effect.conn))
-                if peer is not None:  # a cut cable never reports bytes sent: the "kernel buffer" stays full
-                    node.engine.handle_sent(effect.conn, len(effect.data), self.now)
-                    if peer[0] != DEAF:
-                        self._send(node.name, peer, "data", data=effect.data)
-            elif isinstance(effect, Close):
-                peer = self._links.pop((node.name, effect.conn), None)
-                if peer is not None:
-                    self._links.pop(peer, None)
-                    if peer[0] != DEAF:
-                        self._send(node.name, peer, "closed")
-            elif isinstance(effect, SendCredit):
-                node.credits.append(effect)
-        self._record(node)
-        return bool(effects)
+    def _pump_all(self) -> None:
+        """Pump every driver: a test may have called an engine directly (a user command)."""
+        for node in list(self.nodes.values()):
+            node.loop.run_due(self.now)
+            node.driver.pump()
 
-    def _record(self, node: Node) -> None:
-        events = node.engine.take_events()
+    def _record(self, node: Node, events: list[Event]) -> None:
         node.events.extend(events)
         node.timeline.extend((self.now, event) for event in events)
 
-    def _dial(self, node: Node, dial: Dial) -> None:
-        key = (dial.endpoint.host, dial.endpoint.port)
+    def _credit(self, node: Node, peer_id: PeerId, released: tuple[tuple[int, int], ...]) -> None:
+        node.credits.append(SendCredit(peer_id, released))
+
+    def _write(self, node: Node, conn: ConnId, data: bytes) -> None:
+        peer = self._links.get((node.name, conn))
+        if peer is not None:  # a cut cable never reports bytes sent: the "kernel buffer" stays full
+            if peer[0] != DEAF:
+                self._send(node.name, peer, "data", data=data)
+            node.driver.handle_sent(conn, len(data))
+
+    def _close(self, node: Node, conn: ConnId) -> None:
+        peer = self._links.pop((node.name, conn), None)
+        if peer is not None:
+            self._links.pop(peer, None)
+            if peer[0] != DEAF:
+                self._send(node.name, peer, "closed")
+
+    def _dial(self, node: Node, conn: ConnId, endpoint: Endpoint) -> None:
+        key = (endpoint.host, endpoint.port)
         if key in self._deaf:
-            self._links[(node.name, dial.conn)] = (DEAF, ConnId(0))
-            self._send(DEAF, (node.name, dial.conn), "connected", hops=2)
+            self._links[(node.name, conn)] = (DEAF, ConnId(0))
+            self._send(DEAF, (node.name, conn), "connected", hops=2)
             return
         target = self._route(node, key)
         if target is None:
             if self._routable(node, key[0]):
-                self._send(DEAF, (node.name, dial.conn), "closed", error="refused", hops=2)
+                self._send(DEAF, (node.name, conn), "closed", error="refused", hops=2)
             return  # nothing routes there: the dial hangs until the engine gives up
-        seen_as = self._source(node, target, dial.endpoint)
-        self._send(node.name, (target, ConnId(0)), "accept", dialer=(node.name, dial.conn, seen_as))
+        seen_as = self._source(node, target, endpoint)
+        self._send(node.name, (target, ConnId(0)), "accept", dialer=(node.name, conn, seen_as))
 
     def _route(self, node: Node, key: tuple[str, int]) -> str | None:
         """The node a dial from ``node`` to ``key`` reaches, if any."""
@@ -357,23 +407,45 @@ class SimNet:
             assert item.dialer is not None
             self._accept(item.to, *item.dialer)
             return
-        engine = self.nodes[item.to].engine
+        driver = self.nodes[item.to].driver
         if item.kind == "connected":
-            engine.handle_connected(item.conn, self.now)
+            driver.handle_connected(item.conn)
         elif item.kind == "closed":
             self._links.pop((item.to, item.conn), None)
-            engine.handle_closed(item.conn, item.error, self.now)
+            driver.handle_closed(item.conn, item.error)
         else:
             assert item.data is not None
             step = self._chunk or len(item.data) or 1
             for i in range(0, len(item.data), step):
-                engine.receive_data(item.conn, item.data[i:i + step], self.now)
+                driver.receive_data(item.conn, item.data[i:i + step])
 
     def _accept(self, target: str, dialer: str, conn: ConnId, seen_as: Endpoint) -> None:
-        accepted = self.nodes[target].engine.handle_accepted(seen_as, self.now)
+        driver = self.nodes[target].driver
+        accepted = driver.handle_accepted(seen_as)
         if accepted is None:
             self._send(target, (dialer, conn), "closed", error="refused")
             return
         self._links[(dialer, conn)] = (target, accepted)
         self._links[(target, accepted)] = (dialer, conn)
         self._send(target, (dialer, conn), "connected")
+        driver.pump()
+
+
+class _NodeTransport:
+    """One node's side of the network: the :class:`~crust.runtime.driver.Transport` its driver hands effects to."""
+
+    def __init__(self, net: SimNet, node: Node) -> None:
+        self._net = net
+        self._node = node
+
+    def dial(self, conn: ConnId, endpoint: Endpoint, local_port: int | None) -> None:
+        self._net._dial(self._node, conn, endpoint)
+
+    def write(self, conn: ConnId, data: bytes) -> None:
+        self._net._write(self._node, conn, data)
+
+    def close(self, conn: ConnId, flush: bool) -> None:
+        self._net._close(self._node, conn)
+
+    def send_datagram(self, data: bytes, endpoint: Endpoint) -> None:
+        pass  # no UDP in this network: the datagram is lost, which the engine must survive anyway

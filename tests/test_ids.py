@@ -1,6 +1,6 @@
 import pytest
 
-from crust.ids import Contact, Endpoint, PeerId, name_hash
+from crust.ids import Contact, Endpoint, PeerId, ip_endpoints, name_hash
 
 
 def test_peer_id_round_trips_and_orders() -> None:
@@ -60,3 +60,33 @@ def test_name_hash_distinguishes_none_and_empty() -> None:
     assert name_hash(None) == bytes(32)
     assert name_hash("") != name_hash(None)
     assert name_hash("a") != name_hash("b")
+
+
+V4, V6, UDP = Endpoint("192.0.2.7", 5483), Endpoint("2001:db8::1", 1), Endpoint("10.0.0.1", 9, "udp")
+
+
+def test_ip_endpoints_keeps_order_and_drops_repeats_only_when_asked() -> None:
+    assert ip_endpoints([V4, V6, V4], "x") == (V4, V6, V4)
+    assert ip_endpoints([V4, V6, V4], "x", unique=True) == (V4, V6)
+    assert ip_endpoints((), "x", limit=0) == ()
+    assert ip_endpoints([V4] * 3, "x", limit=1, unique=True) == (V4,)  # the limit counts what is kept
+
+
+@pytest.mark.parametrize("endpoints, kwargs, error, match", [
+    ("192.0.2.7:5483", {}, TypeError, "^info listeners: endpoints must be a tuple of Endpoints, not str$"),
+    (42, {}, TypeError, "must be a tuple of Endpoints, not int"),
+    (["192.0.2.7:5483"], {}, TypeError, "^info listeners: endpoints must be Endpoints, not str$"),
+    ([Endpoint("example.com", 80)], {}, ValueError,
+     "^info listeners endpoint example.com:80 is a hostname; only IP addresses can be sent to peers$"),
+    ([Endpoint("192.0.2.7", 0)], {"dialable": True}, ValueError, "port 0, which cannot be dialled"),
+    ([V4, UDP], {"transport": "udp"}, ValueError, r"^info listeners endpoint 192.0.2.7:5483 must be a UDP endpoint$"),
+    ([V4, V6], {"limit": 1}, ValueError, "^info listeners: 2 endpoints; at most 1 are allowed$"),
+])
+def test_ip_endpoints_refuses_what_cannot_go_on_the_wire(endpoints: object, kwargs: dict[str, object],
+                                                          error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        ip_endpoints(endpoints, "info listeners", **kwargs)  # type: ignore[arg-type]
+
+
+def test_ip_endpoints_allows_port_0_unless_dialable() -> None:
+    assert ip_endpoints([Endpoint("192.0.2.7", 0)], "x") == (Endpoint("192.0.2.7", 0),)

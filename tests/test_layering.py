@@ -49,21 +49,20 @@ ALLOWED: dict[str, set[str]] = {
     # the shell: knows no crust protocol
     "transport": {"errors", "config", "ids", "rudp"},
     "dispatch": {"errors", "ids", "events"},
+    # the shell's wiring: drives the engine (and the LAN beacon) over the transport; knows no facade
+    "runtime": DECL | {"engine", "discovery", "transport", "crypto", "outbox"},
 }
-# Above every row, unchecked: they wire the core to the shell.  sendgate is
-# service's admission control for user threads (it blocks on a Condition), used
-# only by service.py, so it sits with service rather than in the shell; links
-# turns the engine's stream effects into socket calls for service.py, and
-# contact_book keeps the bootstrap cache file (file I/O on the worker pool);
+# Above every row, unchecked: they wire the core to the shell.  service is the
+# facade over runtime; contact_book keeps the bootstrap cache file (file I/O on the worker pool);
 # upnp_client runs nat.upnp's decisions through miniupnpc on the worker pool.
 # The files crust keeps are top-level too: config_file (the JSON config file and
 # the environment it is found through; crust.config stays a pure dataclass),
 # identity (a crypto.keys.KeyPair saved and loaded) and files (atomic
 # private-file writes for both identity and cache).  cli is the command line
 # (``python -m crust``): a user of the public API, like the examples.
-TOP = {"service", "sendgate", "lan", "links", "contact_book", "upnp_client", "config_file", "identity", "files",
-       "__init__", "__main__", "_version", "cli"}
-SHELL = {"transport", "dispatch"}
+TOP = {"service", "contact_book", "upnp_client", "config_file", "identity", "files", "__init__", "__main__",
+       "_version", "cli"}
+SHELL = {"transport", "dispatch", "runtime"}
 SANS_IO = set(ALLOWED) - SHELL
 
 IO_MODULES = {"socket", "select", "selectors", "threading", "queue", "time", "asyncio", "concurrent", "subprocess",

@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 import pytest
 
 from crust.errors import ServiceClosed
-from crust.transport.reactor import Reactor
+from crust.transport.reactor import Deadline, Reactor
 
 from tests.helpers import WAIT
 
@@ -253,3 +253,68 @@ def test_posts_are_batched_into_few_wakeups(reactor: Reactor) -> None:
 def test_in_reactor_thread(reactor: Reactor) -> None:
     assert not reactor.in_reactor_thread()
     assert run_on(reactor, reactor.in_reactor_thread)
+
+
+class _Timers:
+    """A call_at that only records: which timers are armed, and which were cancelled."""
+
+    def __init__(self) -> None:
+        self.armed: list[tuple[float, Callable[[], object]]] = []
+        self.cancelled = 0
+
+    def call_at(self, when: float, fn: Callable[[], object]) -> _Timers:
+        self.armed.append((when, fn))
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
+def test_a_deadline_rearms_only_when_it_moves() -> None:
+    timers, fired = _Timers(), []
+    deadline = Deadline(timers.call_at, lambda: fired.append(1))
+    deadline.arm(5.0)
+    deadline.arm(5.0)  # the same time: nothing to do
+    deadline.arm(7.0)
+    assert [when for when, _ in timers.armed] == [5.0, 7.0] and timers.cancelled == 1 and deadline.when == 7.0
+    deadline.arm(None)
+    assert timers.cancelled == 2 and deadline.when is None
+    deadline.arm(3.0)
+    timers.armed[-1][1]()  # it comes due
+    assert fired == [1] and deadline.when is None
+    deadline.arm(3.0)  # due again at the same time: a new timer, the old one ran
+    assert len(timers.armed) == 4
+
+
+def test_a_lazy_deadline_keeps_an_earlier_timer_and_moves_only_earlier() -> None:
+    timers, fired = _Timers(), []
+    deadline = Deadline(timers.call_at, lambda: fired.append(deadline.when), lazy=True)
+    deadline.arm(5.0)
+    deadline.arm(9.0)  # later: the timer at 5 stays; the machine re-checks then
+    deadline.arm(None)
+    assert [when for when, _ in timers.armed] == [5.0] and timers.cancelled == 0 and deadline.when == 5.0
+    deadline.arm(2.0)  # earlier: re-armed
+    assert [when for when, _ in timers.armed] == [5.0, 2.0] and timers.cancelled == 1
+    timers.armed[-1][1]()
+    assert fired == [None]  # disarmed before it fires, so fire() may arm again
+    deadline.arm(4.0)
+    deadline.cancel()
+    assert deadline.when is None and timers.cancelled == 2
+
+
+def test_has_posted_tells_a_posted_call_whether_more_wait() -> None:
+    reactor = Reactor("crust-test-posted")
+    seen: list[tuple[str, bool]] = []
+    done = threading.Event()
+    # Posted before the loop runs, so all three are waiting when its first turn starts.
+    reactor.call_soon_threadsafe(lambda: seen.append(("first", reactor.has_posted())))
+    reactor.call_soon_threadsafe(lambda: seen.append(("second", reactor.has_posted())))
+    reactor.call_soon_threadsafe(done.set)
+    assert reactor.has_posted()
+    reactor.start()
+    try:
+        assert done.wait(WAIT)
+        assert seen == [("first", True), ("second", True)]  # done.set still waited behind them
+        assert run_on(reactor, reactor.has_posted) is False  # nothing waits behind this one
+    finally:
+        reactor.stop()

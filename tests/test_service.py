@@ -129,6 +129,21 @@ def test_thousand_messages_each_way_arrive_in_order_exactly_once(net: Net) -> No
     assert p.rb.data_from(p.a.id) == [b"a%d" % i for i in range(n)] + [b"end"]
 
 
+def test_a_burst_of_sends_wakes_the_io_thread_per_batch_not_per_message(net: Net) -> None:
+    # send() hands each message to the I/O thread on its call queue, which writes a wakeup
+    # byte only when the loop sleeps: a burst must not cost a syscall (and a loop turn) each.
+    p = net.pair()
+    n = 20_000
+    reactor = p.b._reactor  # private on purpose: the wakeup count is the property under test
+    before = reactor.wakeups
+    for i in range(n):
+        p.b.send(p.a.id, b"%d" % i)
+    p.ra.wait(lambda: p.ra.count() >= n, what="the burst")
+    wakeups = reactor.wakeups - before
+    assert p.ra.data_from(p.b.id) == [b"%d" % i for i in range(n)]
+    assert wakeups < n // 20, f"{wakeups} wakeups for {n} sends"
+
+
 def test_max_size_and_empty_messages_arrive_whole(net: Net) -> None:
     p = net.pair()
     big = os.urandom(2 * MIB)  # Config.max_message_size's default

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ..ids import NAME_HASH_SIZE, Endpoint, PeerId, is_ip_literal
+from ..ids import NAME_HASH_SIZE, Endpoint, PeerId, ip_endpoints, is_ip_literal
 from ..wire.buffer import Buffer
 
 __all__ = [
@@ -106,19 +106,7 @@ class Reply:
         object.__setattr__(self, "name_hash", _check_size("name_hash", self.name_hash, NAME_HASH_SIZE))
         if not isinstance(self.peer_id, PeerId):
             raise TypeError(f"peer_id must be a PeerId, not {type(self.peer_id).__name__}")
-        object.__setattr__(self, "listeners", _check_listeners(self.listeners))
-
-
-def _check_listeners(listeners: Sequence[Endpoint]) -> tuple[Endpoint, ...]:
-    out = tuple(listeners)
-    if len(out) > MAX_LISTENERS:
-        raise ValueError(f"at most {MAX_LISTENERS} listeners fit a beacon, got {len(out)}")
-    for endpoint in out:
-        if not isinstance(endpoint, Endpoint):
-            raise TypeError(f"listeners must be Endpoints, not {type(endpoint).__name__}")
-        if not is_ip_literal(endpoint.host):
-            raise ValueError(f"listener {endpoint} is a hostname; beacons carry IP addresses only")
-    return out
+        object.__setattr__(self, "listeners", ip_endpoints(self.listeners, "LAN beacon", limit=MAX_LISTENERS))
 
 
 # -- codec ----------------------------------------------------------------------------------
@@ -336,7 +324,7 @@ class BeaconResponder:
         if not isinstance(peer_id, PeerId):
             raise TypeError(f"peer_id must be a PeerId, not {type(peer_id).__name__}")
         self._peer_id = peer_id
-        self._listeners = _check_listeners(listeners)
+        self._listeners = ip_endpoints(listeners, "LAN beacon", limit=MAX_LISTENERS)
         self.malformed = 0
         self.ignored = 0
         self.answered = 0
@@ -348,7 +336,7 @@ class BeaconResponder:
 
     @listeners.setter
     def listeners(self, listeners: Sequence[Endpoint]) -> None:
-        self._listeners = _check_listeners(listeners)
+        self._listeners = ip_endpoints(listeners, "LAN beacon", limit=MAX_LISTENERS)
 
     def receive_datagram(self, data: bytes, addr: Address) -> bytes | None:
         """The Reply datagram to send back to ``addr``, or None if ``data`` deserves no answer."""

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A node's beacon does two things, each decided here and carried out by the
-shell (``crust/lan.py``), which only moves datagrams and fires timers:
+shell (``crust/runtime/``: the driver pumps it, ``lan.py`` moves its datagrams):
 
 * **Seeking.**  :meth:`LanBeacon.seek` starts a :class:`~crust.discovery.beacon.BeaconSeeker`
   (its own nonce, rounds of Seeks over the first half of the window).  A

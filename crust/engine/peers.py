@@ -276,10 +276,12 @@ class Peers:
                 core.schedule(conn, conn.deadline)
             return
         cfg = core.config
-        if not conn.paused and now - conn.last_rx >= cfg.inactivity_timeout:
+        # Compare with the very sums the timer is scheduled at: `now - last >= interval` can be
+        # False at `now == last + interval` (float rounding), and the timer would fire forever.
+        if not conn.paused and now >= conn.last_rx + cfg.inactivity_timeout:
             self.lose(peer.id, "timed out", GoodbyeReason.CLOSED)
             return
-        if now - conn.last_tx >= cfg.heartbeat_interval:
+        if now >= conn.last_tx + cfg.heartbeat_interval:
             self._probe(peer, conn, now)
         expired = peer.outbox.expire(now)
         for priority, count in expired:

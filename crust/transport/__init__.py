@@ -1,8 +1,8 @@
 """crust's I/O shell: a selector reactor, TCP pumps and a UDP socket.
 
 Nothing in this package knows crust's protocol; it moves bytes, runs timers
-and carries closures between threads.  Only ``crust.service`` puts it
-together with the engine (ARCHITECTURE.md §4).
+and carries calls between threads.  Only ``crust.runtime`` puts it together
+with the engine (ARCHITECTURE.md §4).
 """
 
 from __future__ import annotations

@@ -50,11 +50,16 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 from ..errors import CrustTimeoutError, ServiceClosed
 
-__all__ = ["Reactor", "TimerHandle"]
+if TYPE_CHECKING:  # typing has them from 3.11; crust runs on 3.10 too
+    from typing import TypeVarTuple, Unpack
+
+    Ts = TypeVarTuple("Ts")
+
+__all__ = ["Cancellable", "Deadline", "Reactor", "TimerHandle"]
 
 logger = logging.getLogger("crust.transport")
 
@@ -63,6 +68,8 @@ _COMPACT_MIN_CANCELLED = 256  # cancelled timers tolerated before the heap is re
 _EVENT_READ = selectors.EVENT_READ
 
 T = TypeVar("T")
+_Call = tuple[Callable[..., object], tuple[Any, ...]]  # a queued call: the function and its arguments
+
 
 class TimerHandle:
     """A timer made by :meth:`Reactor.call_at` / :meth:`Reactor.call_later`.
@@ -98,6 +105,63 @@ class TimerHandle:
         return f"<TimerHandle when={self.when:.3f} {state}>"
 
 
+class Cancellable(Protocol):
+    """A timer that can be stopped (:class:`TimerHandle`, or a simulator's)."""
+
+    def cancel(self) -> None:
+        """Stop the timer; safe after it ran."""
+
+
+class Deadline:
+    """A sans-IO machine's one timer: ``arm(machine.get_timer())`` after every pump.
+
+    Every machine the shell runs (the engine, each rUDP stream) reports its
+    next deadline with ``get_timer()``; this keeps exactly one timer at that
+    time and calls ``fire()`` when it is due.  Re-arming for the deadline
+    already set costs nothing.
+
+    ``lazy=True`` keeps an armed timer when the deadline moves *later*: it
+    fires early, the machine finds nothing due, and the pump re-arms.  That
+    suits a machine whose deadline moves on every input (the engine's
+    heartbeats) better than a cancel and a new heap entry per input.
+
+    Args:
+        call_at: ``Reactor.call_at``, or a simulator's.
+        fire: called once the armed time is reached.
+        lazy: see above.
+    """
+
+    __slots__ = ("when", "_call_at", "_fire", "_lazy", "_handle")
+
+    def __init__(self, call_at: Callable[[float, Callable[[], object]], Cancellable], fire: Callable[[], object],
+                 *, lazy: bool = False) -> None:
+        self.when: float | None = None  # the armed time, None when no timer is armed
+        self._call_at = call_at
+        self._fire = fire
+        self._lazy = lazy
+        self._handle: Cancellable | None = None
+
+    def arm(self, when: float | None) -> None:
+        """Fire at ``when`` (None: never), replacing the armed time (if ``lazy``: only by an earlier one)."""
+        current = self.when
+        if when == current or (self._lazy and current is not None and (when is None or when > current)):
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self.when = when
+        self._handle = None if when is None else self._call_at(when, self._run)
+
+    def cancel(self) -> None:
+        """Disarm, lazy or not."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self.when = None
+
+    def _run(self) -> None:
+        self._handle = self.when = None
+        self._fire()
+
+
 class Reactor:
     """The only ``selector.select()`` in crust: one thread runs socket callbacks, timers and posted calls.
 
@@ -127,9 +191,9 @@ class Reactor:
 
         # Cross-thread handoff: any thread appends, only the loop pops.
         # deque.append/popleft are atomic under the GIL, so no lock is needed.
-        self._posted: deque[Callable[[], object]] = deque()
+        self._posted: deque[_Call] = deque()
         # Reactor-thread-only queues: no synchronisation needed.
-        self._soon: deque[Callable[[], object]] = deque()
+        self._soon: deque[_Call] = deque()
         self._timers: list[tuple[float, int, TimerHandle]] = []
         self._timer_seq = 0  # breaks ties so equal deadlines run in call order
         self._cancelled_timers = 0
@@ -224,28 +288,39 @@ class Reactor:
         """True if the caller runs on the reactor thread."""
         return self._thread_ident == threading.get_ident()
 
-    @staticmethod
-    def time() -> float:
-        """The reactor's clock: ``time.monotonic()``, in seconds."""
-        return time.monotonic()
+    # The reactor's clock, in seconds: ``time.monotonic`` itself rather than a method calling it,
+    # since the hot paths read it once per message.
+    time = staticmethod(time.monotonic)
 
     # -- posting work --------------------------------------------------------------
 
-    def call_soon_threadsafe(self, fn: Callable[[], object]) -> None:
-        """Run ``fn()`` on the reactor thread soon.  Any thread; calls run in the order posted.
+    def call_soon_threadsafe(self, fn: Callable[[Unpack[Ts]], object], *args: Unpack[Ts]) -> None:
+        """Run ``fn(*args)`` on the reactor thread soon.  Any thread; calls run in the order posted.
 
-        A call that races with :meth:`stop` (posted while ``stop()`` is being
-        called) may be dropped; it is logged at debug level.
+        This is the one way into the reactor thread (ARCHITECTURE.md §6).  A
+        burst of posts costs one wakeup (see the module docstring), and the
+        arguments ride along without a closure, so a caller may post one call
+        per message.  A call that races with :meth:`stop` (posted while
+        ``stop()`` is being called) may be dropped; it is logged at debug level.
 
         Raises:
             ServiceClosed: :meth:`stop` has begun.
         """
         if self._closing:
             raise ServiceClosed("reactor is stopped")
-        self._posted.append(fn)
+        self._posted.append((fn, args))
         if not self._awake:
             self._awake = True
             self._send_wakeup()
+
+    def has_posted(self) -> bool:
+        """True while calls posted from other threads wait to run.
+
+        A posted call that starts work worth doing once per burst (a pump)
+        can leave it to the last call of the burst: if more are waiting, it
+        queues the work with :meth:`call_soon` instead of doing it now.
+        """
+        return bool(self._posted)
 
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """Run ``fn()`` on the reactor thread and wait for its result.  Any thread.
@@ -282,9 +357,9 @@ class Reactor:
             # The wakeup socket is closed only after stop() began.
             raise ServiceClosed("reactor is stopped") from err
 
-    def call_soon(self, fn: Callable[[], object]) -> None:
-        """Run ``fn()`` in this turn's "soon" phase, before the next ``select()``.  Reactor thread only."""
-        self._soon.append(fn)
+    def call_soon(self, fn: Callable[[Unpack[Ts]], object], *args: Unpack[Ts]) -> None:
+        """Run ``fn(*args)`` in this turn's "soon" phase, before the next ``select()``.  Reactor thread only."""
+        self._soon.append((fn, args))
 
     def call_at(self, when: float, fn: Callable[[], object]) -> TimerHandle:
         """Run ``fn()`` once ``Reactor.time() >= when``.  Reactor thread only.
@@ -421,12 +496,12 @@ class Reactor:
                 logger.exception("reactor: timer callback %r raised", callback)
 
     @staticmethod
-    def _run_queue(queue: deque[Callable[[], object]]) -> None:
+    def _run_queue(queue: deque[_Call]) -> None:
         # Only the calls present now: ones added meanwhile run next turn.
         popleft = queue.popleft
         for _ in range(len(queue)):
-            fn = popleft()
+            fn, args = popleft()
             try:
-                fn()
+                fn(*args)
             except Exception:
                 logger.exception("reactor: call %r raised", fn)

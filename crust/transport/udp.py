@@ -37,7 +37,7 @@ from typing import Callable
 
 from ..errors import ListenerError
 from ..rudp import RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, peek_ids
-from .reactor import Reactor, TimerHandle
+from .reactor import Deadline, Reactor, TimerHandle
 from .sockets import bind_socket, host_port
 
 __all__ = ["UdpSocket", "RudpSocket", "RudpConnection"]
@@ -189,11 +189,18 @@ class RudpConnection:
     this object only carries its datagrams, events and one timer.  ``on_sent``
     reports bytes the peer *acknowledged* (the rUDP send buffer is ours, not
     the kernel's, so that is when they stop costing memory).
+
+    It runs its machine in the pattern :mod:`crust.runtime.driver` runs the
+    engine in (input, then a pump that carries out every output in order,
+    then one :class:`~crust.transport.reactor.Deadline` re-armed for
+    ``get_timer()``), with one difference: the pump is queued with
+    ``call_soon`` and runs once per reactor turn, so the up to 64 datagrams a
+    read brings cost one ack and one ``on_data``.
     """
 
     __slots__ = (
         "_socket", "_stream", "_remote", "_on_connected", "_on_data", "_on_sent", "_on_closed",
-        "_on_done", "_timer", "_timer_when", "_service_scheduled", "_service_cb", "_closing", "_closed",
+        "_on_done", "_deadline", "_service_scheduled", "_service_cb", "_closing", "_closed",
         "_linger",
     )
 
@@ -211,8 +218,7 @@ class RudpConnection:
         self._on_sent: Callable[[int], None] | None = None
         self._on_closed: Callable[[OSError | None], None] | None = None
         self._on_done: Callable[[], None] | None = None
-        self._timer: TimerHandle | None = None
-        self._timer_when: float | None = None
+        self._deadline = Deadline(socket_.reactor.call_at, self._on_timer)
         self._service_scheduled = False
         self._service_cb = self._service  # bound once: it is queued on every write turn
         self._closing = False
@@ -329,8 +335,6 @@ class RudpConnection:
             self._socket.reactor.call_soon(self._service_cb)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_when = None
         if not self._closed:
             self._stream.handle_timer(self._socket.reactor.time())
             self._service()
@@ -375,21 +379,11 @@ class RudpConnection:
         if stream.closed:
             self._finish()
             return
-        self._arm_timer(stream.get_timer())
+        self._deadline.arm(stream.get_timer())
 
     def _deliver(self, chunks: list[bytes]) -> None:
         if not self._closing and self._on_data is not None:
             self._on_data(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-
-    def _arm_timer(self, when: float | None) -> None:
-        if when == self._timer_when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_when = when
-        if when is not None:
-            self._timer = self._socket.reactor.call_at(when, self._on_timer)
 
     def _give_up_closing(self) -> None:
         self._linger = None
@@ -406,7 +400,7 @@ class RudpConnection:
             return
         self._closed = True
         self._closing = False
-        self._arm_timer(None)
+        self._deadline.cancel()
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None

@@ -1,13 +1,14 @@
-"""Links: every byte stream of one Service, and the sockets that make them.
+"""Streams: every byte stream of one Service, and the sockets that make them.
 
 The engine names streams by ``ConnId`` and speaks in effects (``Dial``,
-``Write``, ``Close``) and completions (``handle_accepted``,
-``handle_connected``, ``receive_data``, ``handle_sent``, ``handle_closed``).
-``Links`` turns the one into socket calls and the other back into engine
-inputs, over TCP (:mod:`crust.transport.tcp`) and reliable UDP
-(:mod:`crust.transport.udp`) alike, so the Service never touches a socket.
-After every completion it calls ``on_input`` so the Service can pump the
-engine's new effects and events.
+``Write``, ``Close``, ``SendDatagram``) and completions (``handle_accepted``,
+``handle_connected``, ``receive_data``, ``handle_sent``, ``handle_closed``,
+``receive_datagram``).  ``Streams`` is the real shell's
+:class:`~crust.runtime.driver.Transport`: the :class:`~crust.runtime.driver.Driver`
+hands it the effects, and it turns them into socket calls over TCP
+(:mod:`crust.transport.tcp`) and reliable UDP (:mod:`crust.transport.udp`)
+alike; every completion goes back to the driver, which feeds the engine
+and pumps.  The Service never touches a socket.
 
 Theory of operation
 -------------------
@@ -29,45 +30,41 @@ Everything here runs on the reactor thread; nothing takes a lock.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import socket
 from typing import Any, Callable
 
-import netifaces  # type: ignore[import-untyped]
+from ..config import Config
+from ..errors import ListenerError
+from ..ids import ConnId, Endpoint
+from ..transport.interfaces import local_addresses
+from ..transport.reactor import Reactor
+from ..transport.sockets import bind_socket
+from ..transport.tcp import TcpListener, TcpStream
+from ..transport.udp import RudpConnection, RudpSocket
+from .driver import Driver
 
-from .config import Config
-from .engine import Engine
-from .errors import ListenerError
-from .ids import ConnId, Endpoint
-from .transport.reactor import Reactor
-from .transport.sockets import bind_socket
-from .transport.tcp import TcpListener, TcpStream
-from .transport.udp import RudpConnection, RudpSocket
-
-__all__ = ["Links", "local_addresses"]
+__all__ = ["Streams"]
 
 log = logging.getLogger("crust")
 
 Stream = TcpStream | RudpConnection
 
 
-class Links:
-    """The Service's streams, listener and rUDP socket, driven by the engine (reactor thread only)."""
+class Streams:
+    """The Service's streams, listener and rUDP socket, driven by the engine's driver (reactor thread only)."""
 
-    def __init__(self, reactor: Reactor, engine: Engine, config: Config, on_input: Callable[[], None]) -> None:
-        """Own no socket yet.
+    def __init__(self, reactor: Reactor, driver: Driver, config: Config) -> None:
+        """Own no socket yet (``driver.attach`` this as its transport).
 
         Args:
             reactor: runs every socket callback.
-            engine: gets every completion.
+            driver: gets every completion.
             config: transports, ports, host and timeouts.
-            on_input: called after each completion was fed to the engine.
         """
         self._reactor = reactor
-        self._engine = engine
+        self._driver = driver
         self._config = config
-        self._on_input = on_input
         self._streams: dict[ConnId, Stream] = {}
         self._flushing: set[Stream] = set()  # closed with flush=True, still sending their last bytes
         self._listener: TcpListener | None = None
@@ -155,14 +152,12 @@ class Links:
         """
         def on_connected(stream: Stream) -> None:
             local = stream.local_address
-            self._engine.handle_connected(conn, self._reactor.time(),
-                                          None if local is None else Endpoint(*local, endpoint.transport))
-            self._on_input()
+            self._driver.handle_connected(conn, None if local is None else Endpoint(*local, endpoint.transport))
 
         cfg, callbacks = self._config, self._callbacks(conn)
 
         def fail(why: str) -> None:  # later, as a failed connect would: the caller is mid-pump
-            self._reactor.call_soon(functools.partial(callbacks["on_closed"], OSError(why)))
+            self._reactor.call_soon(callbacks["on_closed"], OSError(why))
 
         if endpoint.transport == "udp":
             if not cfg.enable_udp:
@@ -257,43 +252,34 @@ class Links:
     # -- completions --------------------------------------------------------------------
 
     def _callbacks(self, conn: ConnId) -> dict[str, Any]:
-        engine, now, on_input = self._engine, self._reactor.time, self._on_input
-
-        def on_data(data: bytes) -> None:
-            engine.receive_data(conn, data, now())
-            on_input()
-
-        def on_sent(nbytes: int) -> None:
-            engine.handle_sent(conn, nbytes, now())
-            on_input()
+        driver = self._driver
 
         def on_closed(err: OSError | None) -> None:
             self._streams.pop(conn, None)
-            engine.handle_closed(conn, None if err is None else (err.strerror or str(err)), now())
-            on_input()
+            driver.handle_closed(conn, None if err is None else (err.strerror or str(err)))
 
-        return {"on_data": on_data, "on_sent": on_sent, "on_closed": on_closed}
+        return {"on_data": functools.partial(driver.receive_data, conn),
+                "on_sent": functools.partial(driver.handle_sent, conn), "on_closed": on_closed}
 
     def _on_accept(self, sock: socket.socket, addr: tuple[str, int]) -> None:
-        conn = self._engine.handle_accepted(Endpoint(addr[0], addr[1]), self._reactor.time())
+        conn = self._driver.handle_accepted(Endpoint(addr[0], addr[1]))
         if conn is None:
             sock.close()
             return
         self._streams[conn] = TcpStream(self._reactor, sock, **self._callbacks(conn))
-        self._on_input()
+        self._driver.pump()
 
     def _on_rudp_accept(self, stream: RudpConnection) -> None:
         host, port = stream.remote_address or ("", 0)
-        conn = self._engine.handle_accepted(Endpoint(host, port, "udp"), self._reactor.time())
+        conn = self._driver.handle_accepted(Endpoint(host, port, "udp"))
         if conn is None:
             return  # left unattached: the socket drops the SYN
         stream.attach(**self._callbacks(conn))
         self._streams[conn] = stream
-        self._on_input()
+        self._driver.pump()
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._engine.receive_datagram(data, Endpoint(addr[0], addr[1], "udp"), self._reactor.time())
-        self._on_input()
+        self._driver.receive_datagram(data, Endpoint(addr[0], addr[1], "udp"))
 
     def _rudp_socket(self) -> RudpSocket:
         if self._rudp is None:
@@ -303,17 +289,3 @@ class Links:
                                     stream_options={"connect_timeout": cfg.handshake_timeout})
         return self._rudp
 
-
-def local_addresses(bound: str) -> list[str]:
-    """The addresses a socket bound to ``bound`` can be reached at: every interface's for a wildcard."""
-    if bound not in ("0.0.0.0", "::"):
-        return [bound]
-    family = netifaces.AF_INET if bound == "0.0.0.0" else netifaces.AF_INET6
-    found: list[str] = []
-    for name in netifaces.interfaces():
-        for entry in netifaces.ifaddresses(name).get(family, []):
-            addr = str(entry.get("addr", "")).split("%")[0]
-            if addr and addr not in found:
-                found.append(addr)
-    loopback = [a for a in found if ipaddress.ip_address(a).is_loopback]
-    return [a for a in found if a not in loopback] + loopback or [bound]

@@ -1,4 +1,4 @@
-"""LanDiscovery: the LAN beacon's sockets and timer around the sans-IO :class:`~crust.discovery.lan.LanBeacon`.
+"""LanDiscovery: the LAN beacon's two sockets; the :class:`~crust.runtime.driver.Driver` pumps the beacon.
 
 Runs on the reactor thread.  Two UDP sockets:
 
@@ -11,8 +11,10 @@ Runs on the reactor thread.  Two UDP sockets:
 
 What to send, when, and what to answer are decided by the sans-IO
 :class:`~crust.discovery.lan.LanBeacon` (seek windows, ending at the first
-answer, the reply rate limit); this class only moves its datagrams and
-fires its one timer.
+answer, the reply rate limit).  The node's driver pumps it beside the
+engine, under the node's one timer; this class is its
+:class:`~crust.runtime.driver.BeaconPort` (Seeks out, ended seeks to their
+callers) and feeds it what the sockets receive.
 """
 
 from __future__ import annotations
@@ -20,49 +22,39 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence
 
-import netifaces  # type: ignore[import-untyped]
+from ..crypto import random_token
+from ..discovery.beacon import NONCE_SIZE, Reply
+from ..discovery.lan import LanBeacon
+from ..ids import Endpoint, PeerId
+from ..transport.interfaces import broadcast_targets
+from ..transport.reactor import Reactor
+from ..transport.udp import UdpSocket
+from .driver import Address, Driver
 
-from .crypto import random_token
-from .discovery.beacon import NONCE_SIZE, Reply
-from .discovery.lan import LanBeacon
-from .ids import Endpoint, PeerId
-from .transport.reactor import Reactor, TimerHandle
-from .transport.udp import UdpSocket
-
-__all__ = ["LanDiscovery", "broadcast_targets"]
+__all__ = ["LanDiscovery"]
 
 log = logging.getLogger("crust")
 
 
-def broadcast_targets() -> list[str]:
-    """The broadcast address of every IPv4 interface that has one (netifaces)."""
-    found: list[str] = []
-    for name in netifaces.interfaces():
-        for entry in netifaces.ifaddresses(name).get(netifaces.AF_INET, []):
-            broadcast = entry.get("broadcast")
-            if broadcast and broadcast not in found:
-                found.append(str(broadcast))
-    return found
-
-
 class LanDiscovery:
-    """The beacon for one Service.  Reactor thread only."""
+    """The beacon's sockets for one Service.  Reactor thread only."""
 
-    def __init__(self, reactor: Reactor, *, port: int, targets: Sequence[str] | None, name_hash: bytes,
-                 peer_id: PeerId) -> None:
-        """Open the seeker socket; nothing is answered until :meth:`set_listen`.
+    def __init__(self, reactor: Reactor, driver: Driver, *, port: int, targets: Sequence[str] | None,
+                 name_hash: bytes, peer_id: PeerId) -> None:
+        """Open the seeker socket and hand the beacon to ``driver``; nothing is answered until :meth:`set_listen`.
 
         Raises:
             ListenerError: the seeker socket could not be opened.
         """
         self._reactor = reactor
+        self._driver = driver
         self._port = port
         self._targets = list(targets) if targets is not None else None
         self._beacon = LanBeacon(name_hash, peer_id)
         self._listen_socket: UdpSocket | None = None
         self._on_done: dict[int, Callable[[list[Reply]], None]] = {}  # seek id -> its caller's callback
-        self._timer: TimerHandle | None = None
         self._seek_socket = UdpSocket(reactor, "0.0.0.0", 0, self._on_reply, broadcast=True)
+        driver.attach_beacon(self._beacon, self)
 
     def set_listeners(self, listeners: Sequence[Endpoint]) -> None:
         """What our Replies announce (the TCP listeners, at most the beacon's limit)."""
@@ -99,12 +91,22 @@ class LanDiscovery:
     def close(self) -> None:
         """Close both sockets; seeks in progress end at once with what they found."""
         self._beacon.close()
-        self._pump()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._driver.pump()  # reports the ended seeks
+        self._driver.attach_beacon(None)
         self.set_listen(False)
         self._seek_socket.close()
+
+    # -- the driver's BeaconPort ------------------------------------------------------------
+
+    def send_seek(self, datagram: bytes, addr: Address) -> None:
+        """Send one Seek from the seeker socket."""
+        self._seek_socket.sendto(datagram, addr)
+
+    def seek_done(self, seek_id: int, replies: list[Reply]) -> None:
+        """Hand an ended seek's Replies to whoever started it."""
+        self._on_done.pop(seek_id)(replies)
+
+    # -- inputs -----------------------------------------------------------------------------
 
     def _seek_targets(self) -> list[tuple[str, int]]:
         targets = self._targets if self._targets is not None else broadcast_targets()
@@ -114,31 +116,11 @@ class LanDiscovery:
 
     def _started(self, seek_id: int, on_done: Callable[[list[Reply]], None]) -> None:
         self._on_done[seek_id] = on_done
-        self._pump()
-
-    def _pump(self) -> None:
-        """Send what the beacon wants sent, report ended seeks, re-arm the timer."""
-        beacon = self._beacon
-        for datagram, addr in beacon.datagrams_to_send(self._reactor.time()):
-            self._seek_socket.sendto(datagram, addr)
-        while (finished := beacon.next_finished()) is not None:
-            seek_id, replies = finished
-            self._on_done.pop(seek_id)(replies)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        when = beacon.get_timer()
-        if when is not None:
-            self._timer = self._reactor.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._beacon.handle_timer(self._reactor.time())
-        self._pump()
+        self._driver.pump()
 
     def _on_reply(self, data: bytes, addr: tuple[str, int]) -> None:
         self._beacon.receive_reply(data, addr, self._reactor.time())
-        self._pump()
+        self._driver.pump()
 
     def _on_seek(self, data: bytes, addr: tuple[str, int]) -> None:
         reply = self._beacon.receive_seek(data, addr, self._reactor.time())

@@ -23,6 +23,7 @@ __all__ = [
     "Misbehaved",
     "ContactsLearned",
     "ConnectFinished",
+    "ListenersChanged",
 ]
 
 
@@ -135,3 +136,10 @@ class Misbehaved(Event):
 
     peer_id: PeerId
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListenersChanged(Event):
+    """What we announce as our listeners changed (an external endpoint was learnt or mapped)."""
+
+    endpoints: tuple[Endpoint, ...]

@@ -77,7 +77,7 @@ from .engine.backpressure import message_cost
 from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, MessageTooLarge, ServiceClosed
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
 from .crypto import random_token
-from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
+from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, ListenersChanged, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
 from .discovery.beacon import Reply
 from .identity import Identity
 from .nat.observe import NatInfo
@@ -596,6 +596,10 @@ class Service:
                 case ConnectFinished():
                     self._finish_connect(event)
                     continue
+                case ListenersChanged(endpoints):
+                    if self._lan is not None:  # the LAN beacon tells seekers what we announce
+                        self._lan.set_listeners(endpoints)
+                    continue
             post.append(event)
         if backlog:
             self._flow.received(backlog)
@@ -763,7 +767,7 @@ class Service:
             self._lan = LanDiscovery(self._reactor, self._driver, port=cfg.service_discovery_port,
                                      targets=cfg.service_discovery_targets, name_hash=name_hash(cfg.network_name),
                                      peer_id=self.id)
-            self._lan.set_listeners(self._streams.endpoints)
+            self._lan.set_listeners(self._engine.listeners(self._reactor.time()))
         return self._lan
 
     def _finish_bootstrap(self, done: BootstrapFinished) -> None:

@@ -16,6 +16,7 @@ import pytest
 import crust
 from crust.crypto.keys import KeyPair
 from crust.engine import Engine
+from crust.events import ListenersChanged
 from crust.nat import probe
 from crust.nat.observe import MappingBehaviour, NatInfo
 
@@ -122,3 +123,14 @@ def test_a_new_network_forgets_every_observation() -> None:
     assert engine.nat_info(2.0).udp.external == crust.Endpoint("203.0.113.5", 6000, "udp")
     engine.set_sockets(tcp_port=4000, udp_port=6000, local_ips=["192.168.7.20"], now=3.0)  # moved
     assert engine.nat_info(3.0).udp.external is None
+
+
+def test_a_mapped_endpoint_changes_what_we_announce_once() -> None:
+    engine = Engine(static=KeyPair.generate(), config=crust.Config(bootstrap_cache_path=None))
+    local = crust.Endpoint("10.0.0.2", 5000)
+    engine.set_listeners([local])
+    mapped = crust.Endpoint("203.0.113.5", 41000)
+    engine.set_mapped([mapped], 1.0)
+    engine.set_mapped([mapped], 2.0)  # the same again: nothing new to announce
+    changes = [e.endpoints for e in engine.take_events() if isinstance(e, ListenersChanged)]
+    assert changes == [(local,), (local, mapped)]

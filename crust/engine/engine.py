@@ -149,6 +149,7 @@ class Engine:
         """External endpoints a router maps to our listeners (UPnP)."""
         self._core.now = now
         self._external.mapped = tuple(endpoints)
+        self._external.check_announced(now)
 
     def connection_count(self) -> int:
         """Live connections of every kind (handshaking, candidates, peers, retiring duplicates)."""
@@ -163,6 +164,7 @@ class Engine:
     def set_listeners(self, endpoints: Sequence[Endpoint]) -> None:
         """The endpoints we accept on, announced in our BootstrapRequests."""
         self._core.listeners = tuple(endpoints)
+        self._external.check_announced(self._core.now)
 
     def set_sockets(self, *, tcp_port: int | None, udp_port: int | None, local_ips: Sequence[str],
                     now: float) -> None:

@@ -27,6 +27,7 @@ import logging
 
 from ..crypto import random_token
 from ..effects import SendDatagram
+from ..events import ListenersChanged
 from ..handshake.states import Decision, Role
 from ..ids import Endpoint, PeerId, tcp_first
 from ..nat import probe
@@ -55,6 +56,7 @@ class ExternalAddresses:
         self.local_ips: tuple[str, ...] = ()  # our interface addresses (to tell "no NAT" on UDP)
         self._echoes: dict[bytes, tuple[PeerId, Endpoint]] = {}  # nonce -> (observer, where we asked)
         self.mapped: tuple[Endpoint, ...] = ()  # external endpoints a router maps to our listeners (UPnP)
+        self._announced: tuple[Endpoint, ...] = ()  # what the last ListenersChanged said
         peers.established.append(lambda conn, peer_id: self.refresh(core.now))
 
     def nat_info(self, now: float) -> NatInfo:
@@ -65,6 +67,13 @@ class ExternalAddresses:
         """Our observed external endpoints, TCP first, that differ from the local ones."""
         info = self.nat_info(now)
         return [t.external for t in (info.tcp, info.udp) if t.external is not None and t.external != t.local]
+
+    def check_announced(self, now: float) -> None:
+        """Report ``ListenersChanged`` if what we announce is not what we last announced."""
+        announced = tuple(self.announced(self._core.listeners, now))
+        if announced != self._announced:
+            self._announced = announced
+            self._core.events.append(ListenersChanged(announced))
 
     def announced(self, listeners: tuple[Endpoint, ...], now: float) -> list[Endpoint]:
         """Where we accept: ``listeners`` (local), then their external forms, TCP first.
@@ -147,6 +156,7 @@ class ExternalAddresses:
         local = conn.local or Endpoint(self._primary_ip(response.addr.host), self.tcp_port or 0)
         self.observer.observe("tcp", conn.peer_id, conn.remote.host, local,
                               Endpoint(response.addr.host, response.addr.port), now)
+        self.check_announced(now)
 
     def receive_datagram(self, message: probe.EchoRequest | probe.EchoResponse, remote: Endpoint, now: float) -> None:
         """Answer a peer-STUN request, or take the answer to ours."""
@@ -160,6 +170,7 @@ class ExternalAddresses:
             del self._echoes[message.nonce]
             local = Endpoint(self._primary_ip(message.observed.host), self.udp_port or 0, "udp")
             self.observer.observe("udp", asked[0], remote.host, local, message.observed, now)
+            self.check_announced(now)
 
     def _primary_ip(self, observed_host: str) -> str:
         """Our local IP for a socket bound to every interface: the observed one if it is ours."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-import netifaces  # type: ignore[import-untyped]
+import netifaces  # type: ignore[import-untyped, unused-ignore]  # typed in netifaces-plus, not in netifaces
 
 __all__ = ["broadcast_targets", "local_addresses"]
 

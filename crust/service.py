@@ -37,8 +37,8 @@ Who owns what.  Every field more than one thread touches has one owner (the
 only thread that writes it) or a lock:
 
 * the reactor thread only (others reach them through ``_call``):
-  ``_engine``, ``_driver``, ``_streams``, ``_lan``, ``_upnp``, ``_book``,
-  ``_nat_waiters``, ``_bootstrap_waiters``, ``_connect_waiters``,
+  ``_engine``, ``_driver``, ``_streams``, ``_lan``, ``_nat`` (its port mapper and
+  waiters), ``_book``, ``_bootstrap_waiters``, ``_connect_waiters``,
   ``_async_runs``, ``_async_connects``.  Exceptions, each once the reactor
   cannot race: ``bootstrap()`` reads whether ``_lan`` is set (a reference
   read), and ``close()`` cancels the waiters after the reactor thread has
@@ -76,21 +76,17 @@ from .engine import Engine
 from .engine.backpressure import message_cost
 from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, MessageTooLarge, ServiceClosed
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
-from .crypto import random_token
 from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, ListenersChanged, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
 from .discovery.beacon import Reply
 from .identity import Identity
 from .nat.observe import NatInfo
-from .nat.upnp import UpnpMapper
-from .upnp_client import SETTLE_TIMEOUT, MiniupnpcIgd, PortMapper
 from .contact_book import ContactBook
 from .runtime.driver import Driver
 from .runtime.flow import Flow
 from .runtime.lan import LanDiscovery
+from .runtime.nat import SETTLE_TIMEOUT, NatGlue
 from .runtime.streams import Streams
-from .wire.messages import CONNECT_TOKEN_SIZE
 from .ids import Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal, name_hash
-from .transport.interfaces import local_addresses
 from .transport.reactor import Reactor
 
 __all__ = ["Service"]
@@ -153,6 +149,8 @@ class Service:
         # The reactor side: the engine's driver, its streams, flow control (see the module docstring).
         self._driver = driver = Driver(self._engine, reactor)
         self._streams = Streams(reactor, driver, config)
+        self._nat = NatGlue(driver, self._streams, reactor, config, identity.peer_id,
+                            submit=lambda fn: self._worker().submit(fn))
         self._flow = Flow(reactor, driver, self._streams, send_queue_limit=config.send_queue_limit,
                           receive_backlog_limit=config.receive_backlog_limit)
         driver.attach(self._streams, on_events=self._on_events, on_credit=self._flow.credit)
@@ -166,8 +164,6 @@ class Service:
         self._async_connects: set[PeerId] = set()
         self._book = ContactBook(config.bootstrap_cache_path, lambda fn: self._worker().submit(fn))
         self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
-        self._upnp: PortMapper | None = None  # reactor-owned; maps our listeners while we listen (enable_upnp)
-        self._nat_waiters: list[concurrent.futures.Future[None]] = []  # prepare_connection_info() callers
         self._closed = False
         self._close_lock = threading.Lock()
         self._config_file = config_file
@@ -233,15 +229,14 @@ class Service:
         self._driver.close()
         # The engine's Close effects have just started every stream's flush: wait for those too,
         # and for the router to forget our port mappings.
-        pending = [2 if self._upnp is not None else 1]
+        pending = [2]
 
         def one_done() -> None:
             pending[0] -= 1
             if pending[0] == 0:
                 flushed.set()
 
-        if self._upnp is not None:
-            self._upnp.stop(one_done)
+        self._nat.unmap(one_done)
         self._streams.shutdown(one_done)
 
     def _check_open(self) -> None:
@@ -310,34 +305,13 @@ class Service:
             return self._engine.listeners(self._reactor.time())  # already listening: local and external
         endpoints = self._streams.listen()
         self._engine.set_listeners(endpoints)
-        self._observe_sockets()
+        self._nat.observe()
         if self._config.enable_upnp:
-            self._map_ports(endpoints)
+            self._nat.map_ports(endpoints)
         if self._lan is not None:
             self._lan.set_listeners(endpoints)
         log.info("listening on %s", ", ".join(map(str, endpoints)))
         return endpoints
-
-    def _observe_sockets(self) -> None:
-        """Tell the engine our punch port and rUDP port (binding them if need be), so peers are asked about them."""
-        streams = self._streams
-        self._engine.set_sockets(tcp_port=streams.punch_port(), udp_port=streams.udp_port(),
-                                 local_ips=local_addresses(self._config.listen_host), now=self._reactor.time())
-        self._driver.pump()
-
-    def _map_ports(self, listeners: list[Endpoint]) -> None:
-        """Ask the router (UPnP IGD) to forward our listener ports, on the worker pool (PROTOCOL.md §8)."""
-        if self._upnp is None:
-            reactor = self._reactor
-            mapper = UpnpMapper(self.id, lease=round(self._config.upnp_lease))
-            self._upnp = PortMapper(mapper, MiniupnpcIgd(), submit=lambda fn: self._worker().submit(fn),
-                                    call_soon_threadsafe=reactor.call_soon_threadsafe, call_at=reactor.call_at,
-                                    clock=reactor.time, on_change=self._on_mapped)
-        self._upnp.start(listeners)
-
-    def _on_mapped(self, endpoints: tuple[Endpoint, ...]) -> None:
-        self._engine.set_mapped(endpoints, self._reactor.time())
-        self._driver.pump()
 
     def nat_info(self) -> NatInfo:
         """What peers have told us about our NAT: external TCP and UDP endpoints, mapping behaviour, since when.
@@ -349,21 +323,14 @@ class Service:
         also re-reads our interface addresses: when they changed (a new
         network), every earlier answer is forgotten and peers are asked anew.
         """
-        def info() -> NatInfo:
-            # Binds our sockets if need be, and re-reads our interface addresses: a new network
-            # (a changed address set) forgets every vote and asks again.
-            self._observe_sockets()
-            known = self._engine.nat_info(self._reactor.time())
-            return known if self._upnp is None else dataclasses.replace(known, notes=self._upnp.status)
-        return self._call(info)
+        return self._call(self._nat.info)
 
     def stop_listening(self) -> None:
         """Stop accepting new connections; existing ones stay."""
         def stop() -> None:
             self._streams.stop_listening()
             self._engine.set_listeners(())
-            if self._upnp is not None:
-                self._upnp.stop()  # delete every mapping we made: nothing listens there any more
+            self._nat.unmap()  # nothing listens there any more
         self._call(stop)
 
     def set_accept_bootstrap(self, accept: bool) -> None:
@@ -440,10 +407,10 @@ class Service:
                                              lambda replies: begin(_lan_contacts(replies)),
                                              others_known=bool(hard_coded) or self._book.knows_anyone())
 
-        if user is CrustUser.NODE and self._upnp is not None:
+        if user is CrustUser.NODE:
             # A Node's listeners face a reachability check (PROTOCOL.md §6.3): announce the
             # router's mapping, so first wait out a mapping attempt under way (bounded).
-            self._upnp.when_settled(seek, SETTLE_TIMEOUT)
+            self._nat.when_mapped(seek)
         else:
             seek()
 
@@ -569,8 +536,7 @@ class Service:
         """After every pump round: account for the engine's events, post them, answer NAT waiters."""
         if events:
             self._account(events)
-        if self._nat_waiters:
-            self._wake_nat_waiters()
+        self._nat.wake()
 
     def _account(self, events: list[Event]) -> None:
         backlog: dict[PeerId, int] = {}
@@ -621,48 +587,14 @@ class Service:
         deadline = time.monotonic() + limit
         answered: concurrent.futures.Future[None] = concurrent.futures.Future()
 
-        def ask() -> None:
-            self._observe_sockets()
-            self._nat_waiters.append(answered)
-            self._wake_nat_waiters()
-
-        self._call(ask, limit)
+        self._call(lambda: self._nat.wait(answered), limit)
         try:
             answered.result(max(0.0, min(NAT_WAIT, deadline - time.monotonic())))
         except concurrent.futures.TimeoutError:
             pass  # what we know by now will do; the peer's own candidates may still reach us
         finally:
             answered.cancel()
-        return self._call(self._gather_connection_info, max(0.0, deadline - time.monotonic()))
-
-    def _wake_nat_waiters(self) -> None:
-        """Answer prepare_connection_info() callers once every socket's external mapping is known (or nobody can say)."""
-        if self._engine.peer_ids():
-            info = self._engine.nat_info(self._reactor.time())
-            kinds = [t for t, enabled in ((info.tcp, self._config.enable_tcp), (info.udp, self._config.enable_udp))
-                     if enabled]
-            if any(t.external is None for t in kinds):
-                return
-        waiters, self._nat_waiters = self._nat_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _gather_connection_info(self) -> PrivConnectionInfo:
-        now, streams = self._reactor.time(), self._streams
-        info = self._engine.nat_info(now)
-        listeners = self._engine.listeners(now)
-        local_ips = _outside_first(local_addresses(self._config.listen_host))
-        punch: dict[str, list[Endpoint]] = {"tcp": [], "udp": []}
-        for kind, port, nat in (("tcp", streams.punch_port(), info.tcp), ("udp", streams.udp_port(), info.udp)):
-            if port is None:
-                continue
-            if nat.external is not None:  # what the other side's probes and SYNs must aim at
-                punch[kind].append(Endpoint(nat.external.host, nat.external.port, kind))
-            punch[kind] += [Endpoint(ip, port, kind) for ip in local_ips]  # behind the same NAT, or none
-        outside = [ep for ep in listeners if not ipaddress.ip_address(ep.host).is_loopback]
-        return PrivConnectionInfo.gather(self.id, random_token(CONNECT_TOKEN_SIZE), listeners=outside or listeners,
-                                         tcp_punch=punch["tcp"], udp_punch=punch["udp"])
+        return self._call(self._nat.gather, max(0.0, deadline - time.monotonic()))
 
     def connect(self, ours: PrivConnectionInfo, theirs: PubConnectionInfo, timeout: float | None = None) -> PeerId:
         """Connect to the peer whose info we got out of band; it calls ``connect`` with ours.
@@ -847,12 +779,6 @@ def _blacklist_entries(blacklist: Iterable[EndpointLike], user: object) -> list[
 def _lan_contacts(replies: list[Reply]) -> list[Contact]:
     """Dial targets from beacon replies; each carries the PeerId the handshake must prove."""
     return [Contact(ep, reply.peer_id) for reply in replies for ep in reply.listeners]
-
-
-def _outside_first(addresses: list[str]) -> list[str]:
-    """Non-loopback addresses only, unless loopback is all there is (a loopback test)."""
-    outside = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
-    return outside or addresses
 
 
 def _check_peer_id(peer_id: object) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from crust.transport.reactor import Reactor
-from crust.upnp_client import MiniupnpcIgd
+from crust.runtime.upnp import MiniupnpcIgd
 from tests.livenet import Net
 
 DEFAULT_TEST_TIMEOUT = 60  # seconds; a test that needs more says so with its own mark

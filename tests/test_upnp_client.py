@@ -4,7 +4,7 @@
   :class:`~crust.transport.reactor.Reactor` and a real thread pool, in real
   (short) time: which thread does what, renewal, bounded stop, failures that
   must not escape.
-* :class:`~crust.upnp_client.MiniupnpcIgd` runs for real only inside a lab
+* :class:`~crust.runtime.upnp.MiniupnpcIgd` runs for real only inside a lab
   network namespace (tests/netlab.py, tests/upnp_probe.py): SSDP is multicast
   and must never leave through this machine's own interfaces.
 
@@ -32,7 +32,7 @@ from crust.ids import Endpoint, PeerId
 from crust.nat.igd import IgdNotFound, IgdRefused, MappingConflict
 from crust.nat.upnp import MapperState, UpnpMapper
 from crust.transport.reactor import Reactor
-from crust.upnp_client import MiniupnpcIgd, PortMapper, igd_error
+from crust.runtime.upnp import MiniupnpcIgd, PortMapper, igd_error
 from tests.fake_igd import EXTERNAL_IP, LAN_IP, FakeIgd, wait_on
 from tests.netlab import Lab, LineReader, expect_event, lab_or_skip
 

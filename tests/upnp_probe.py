@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from crust.ids import Endpoint, PeerId  # noqa: E402
 from crust.nat.upnp import UpnpMapper  # noqa: E402
 from crust.transport.reactor import Reactor  # noqa: E402
-from crust.upnp_client import MiniupnpcIgd, PortMapper  # noqa: E402
+from crust.runtime.upnp import MiniupnpcIgd, PortMapper  # noqa: E402
 
 SSDP_GROUP, SSDP_PORT = "239.255.255.250", 1900
 

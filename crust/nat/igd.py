@@ -1,6 +1,6 @@
 """The interface between :class:`~crust.nat.upnp.UpnpMapper` and a blocking IGD client.
 
-The mapper decides; an :class:`Igd` (e.g. :class:`crust.upnp_client.MiniupnpcIgd`,
+The mapper decides; an :class:`Igd` (e.g. :class:`crust.runtime.upnp.MiniupnpcIgd`,
 or a fake in tests) carries out one :data:`Action` at a time with
 ``action.perform(igd)`` and reports what came of it.  Every failure an IGD
 client reports is an :class:`IgdError` subclass; the mapper turns them into
@@ -39,7 +39,7 @@ class MappingConflict(IgdRefused):
 
 
 class Igd(Protocol):
-    """A blocking IGD client (e.g. :class:`crust.upnp_client.MiniupnpcIgd`).  One call at a time.
+    """A blocking IGD client (e.g. :class:`crust.runtime.upnp.MiniupnpcIgd`).  One call at a time.
 
     Every method raises only :class:`IgdError` subclasses.
     """

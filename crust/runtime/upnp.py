@@ -34,9 +34,9 @@ from typing import Callable, Iterable, Protocol
 
 import miniupnpc  # type: ignore[import-not-found]  # a C extension without stubs
 
-from .ids import Endpoint
-from .nat.igd import Action, Igd, IgdError, IgdNotFound, IgdRefused, MappingConflict
-from .nat.upnp import MapperState, UpnpMapper
+from ..ids import Endpoint
+from ..nat.igd import Action, Igd, IgdError, IgdNotFound, IgdRefused, MappingConflict
+from ..nat.upnp import MapperState, UpnpMapper
 
 __all__ = ["MiniupnpcIgd", "PortMapper", "igd_error", "DISCOVER_DELAY_MS", "STOP_TIMEOUT", "SETTLE_TIMEOUT"]
 

@@ -11,6 +11,7 @@ prints one JSON event per line on stdout, flushed at once.  Every event has
     connect    info [timeout]        -> {"event": "connected", "peer", "transport", "addr", "seconds"} | error
     send       peer size [priority]  -> {"event": "sent", "sha256": hex, "bytes": n}
     peers                            -> {"event": "peers", "peers": [{"peer", "transport", "addr"}]}
+    disconnect peer                  -> {"event": "disconnected", "peer", "was": bool (there was a connection)}
     quit                             -> the process ends (so does a closed stdin or --lifetime)
 
 Asynchronous events: {"event": "new_peer", "peer", "transport", "addr", "origin"},
@@ -116,6 +117,9 @@ def main() -> int:
             elif cmd == "peers":
                 emit("peers", peers=[{"peer": str(p.id), "transport": p.transport, "addr": str(p.addr)}
                                      for p in svc.peers()])
+            elif cmd == "disconnect":
+                was = svc.disconnect(crust.PeerId.from_str(command["peer"]))
+                emit("disconnected", peer=command["peer"], was=was)
             elif cmd == "quit":
                 done.set()
             else:

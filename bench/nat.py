@@ -332,7 +332,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="connect() timeout, seconds (default 10)")
     ap.add_argument("--skew", type=float, default=0.0,
                     help="seconds between the two sides' connect() calls (default 0; times run from the later)")
-    ap.add_argument("--lanes", type=int, default=3, help="tries run in parallel on separate routers (default 3)")
+    ap.add_argument("--lanes", type=int, default=4, help="tries run in parallel on separate routers (default 4)")
     ap.add_argument("--reuse", action="store_true", help="one pair of peers per cell, disconnecting between tries")
     ap.add_argument("--quick", action="store_true", help="3 tries per cell unless --tries says otherwise")
     ap.add_argument("--budget", type=float, default=1800.0, help="seconds after which no try starts (default 1800)")

@@ -107,11 +107,6 @@ class Punching:
         for target in session.tcp:
             failures.setdefault(f"tcp-punch {target.endpoint}", f"{target.last_error} (after {waited:.1f} s)")
 
-    def is_tcp_pending(self, peer_id: PeerId) -> bool:
-        """Whether a TCP punch towards ``peer_id`` may still connect."""
-        session = self._sessions.get(peer_id)
-        return session is not None and any(t.conn is not None or t.times for t in session.tcp)
-
     # -- time and datagrams ---------------------------------------------------------------
 
     def next_timer(self) -> float:

@@ -156,9 +156,12 @@ class Bench:
     def connect(self, t: Try, a: Peer, b: Peer, ra: str, rb: str) -> None:
         """Up to --attempts attempts (one for a cell that cannot punch), stopping at the first success."""
         attempts = self.args.attempts if expected(t.pair, t.mode) is not None else 1
+        if t.index % 2:  # with --skew, every other try the second router's peer calls connect() first
+            a, b, ra, rb = b, a, rb, ra
         for _ in range(attempts):
             result = attempt(a, b, self.args.timeout, self.args.skew)
             t.attempts.append(judge(self.world, a, b, ra, rb, result, self.args.timeout))
+            t.attempts[-1]["first"] = ra
             if t.attempts[-1]["ok"]:
                 return
 
@@ -331,7 +334,8 @@ def main() -> int:
     ap.add_argument("--attempts", type=int, default=3, help="connect() attempts per try (default 3)")
     ap.add_argument("--timeout", type=float, default=10.0, help="connect() timeout, seconds (default 10)")
     ap.add_argument("--skew", type=float, default=0.0,
-                    help="seconds between the two sides' connect() calls (default 0; times run from the later)")
+                    help="seconds between the two sides' connect() calls, each side first in every other try "
+                         "(default 0; times run from the later call)")
     ap.add_argument("--lanes", type=int, default=4, help="tries run in parallel on separate routers (default 4)")
     ap.add_argument("--reuse", action="store_true", help="one pair of peers per cell, disconnecting between tries")
     ap.add_argument("--quick", action="store_true", help="3 tries per cell unless --tries says otherwise")

@@ -22,7 +22,7 @@ import pytest
 
 from crust.engine.rendezvous import TCP_GRACE
 from tests.natlab import natlab_or_skip
-from tests.natworld import IDLE, STEP, Peer, World, connect, exchange, wait_nat
+from tests.natworld import IDLE, STEP, Peer, World, attempt, connect, exchange, wait_nat
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -96,6 +96,17 @@ def test_with_both_transports_whichever_punches_wins_tcp_first(net: World, ta: s
     assert ca["transport"] == cb["transport"] == transport
     if transport == "udp":  # SYNs a symmetric NAT drops are not worth the TCP grace (bench/nat.py: ~0.05 s)
         assert min(ca["seconds"], cb["seconds"]) < TCP_GRACE, (ca, cb)
+    exchange(a, b)
+
+
+def test_probes_that_come_before_our_connect_are_answered_when_it_starts(net: World) -> None:
+    # The symmetric side calls connect() first: its probes reach the full-cone side before that
+    # side punches, from a mapping its NAT made for this peer alone.  Kept and answered when the
+    # punch starts, they make the connect wait for nothing, not for the next round (~0.9 s away).
+    a, b = net.client("sy1", "--no-tcp"), net.client("fc2", "--no-tcp")
+    result = attempt(a, b, timeout=10, skew=2.2)
+    assert result.connected and result.b is not None, result
+    assert result.b["seconds"] < 0.5, result
     exchange(a, b)
 
 

@@ -110,6 +110,14 @@ def test_probes_that_come_before_our_connect_are_answered_when_it_starts(net: Wo
     exchange(a, b)
 
 
+def test_a_peer_whose_connect_comes_much_later_still_meets_the_udp_punch(net: World) -> None:
+    # The UDP punch of the first side lasts as long as its connect(), not a fixed 8 s.
+    a, b = net.client("pr1", "--no-tcp"), net.client("pr2", "--no-tcp")
+    result = attempt(a, b, timeout=12, skew=8.5)
+    assert result.connected, result
+    exchange(a, b)
+
+
 def test_symmetric_to_symmetric_fails_naming_every_candidate(net: World) -> None:
     a, b = net.client("sy1"), net.client("sy2")
     info_a, info_b = a.call("info", "info")["info"], b.call("info", "info")["info"]

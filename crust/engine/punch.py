@@ -14,8 +14,9 @@ observers saw them, and their local forms.  For one ``connect()``:
   yet) is re-dialled on :func:`~crust.nat.punch.retry_schedule`'s backoff
   until the connect's deadline.
 * **UDP** (``udp_punch``): one :class:`~crust.nat.punch.UdpPunch` machine per
-  connect sends authenticated probes from our rUDP socket and reports the
-  address pair both sides agree on.  The side with the greater PeerId then
+  connect sends authenticated probes from our rUDP socket until the connect's
+  deadline (the peer's ``connect()`` may come many seconds after ours) and
+  reports the address pair both sides agree on.  The side with the greater PeerId then
   opens an rUDP connection through it (the hole is open both ways, so a plain
   dial gets in and the other side accepts it like any other).  Probes that
   arrive before our own ``connect()`` starts (the peer was quicker) are kept,
@@ -45,8 +46,8 @@ from .records import NEVER, Conn, Connect
 __all__ = ["Punching", "MAX_TCP_PUNCH_TARGETS"]
 
 MAX_TCP_PUNCH_TARGETS = 4  # TCP punch endpoints of one connection info dialled at once
-UDP_PUNCH_TIMEOUT = 8.0  # seconds one UDP punch probes before it gives up
 EARLY_PROBES = 16  # probes kept that came before our connect() started (the newest)
+EARLY_PROBE_AGE = 10.0  # seconds such a probe stays worth answering (NATs keep a UDP mapping 30 s+)
 
 
 class _TcpTarget:
@@ -97,8 +98,10 @@ class Punching:
                 session.tcp.append(target)
         if self.udp_ready and udp_punch:
             key = punch_key(record.our_token, record.their_token)
+            # Probing lasts as long as the connect: the peer's connect() may come seconds after ours
+            # (the schedule backs off to one round a second; max_datagrams bounds the whole punch).
             punch = session.udp = UdpPunch(key, self._core.id, record.peer_id, udp_punch,
-                                           timeout=min(UDP_PUNCH_TIMEOUT, max(record.deadline - now, 0.1)))
+                                           timeout=max(record.deadline - now, 0.1))
             punch.start(now)
             # The peer started first: its probes that came meanwhile are answered now, rather than
             # after its next round (up to a second later).  They are authenticated by the machine.
@@ -106,7 +109,7 @@ class Punching:
             for item in early:
                 self._early.remove(item)
                 probe, source, at = item
-                if now - at <= UDP_PUNCH_TIMEOUT:
+                if now - at <= EARLY_PROBE_AGE:
                     self._feed(punch, probe, source, now)
         self.handle_timer(now)
 

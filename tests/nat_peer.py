@@ -13,6 +13,7 @@ prints one JSON event per line on stdout, flushed at once.  Every event has
     peers                            -> {"event": "peers", "peers": [{"peer", "transport", "addr"}]}
     stop_listening                   -> {"event": "stopped", "seconds": s}
     close                            -> {"event": "closed", "seconds": s} (later commands answer ServiceClosed)
+    disconnect peer                  -> {"event": "disconnected", "peer", "was": bool (there was a connection)}
     quit                             -> the process ends (so does a closed stdin or --lifetime)
 
 Asynchronous events: {"event": "new_peer", "peer", "transport", "addr", "origin"},
@@ -129,6 +130,9 @@ def main() -> int:
                 start = time.monotonic()
                 svc.stop_listening() if cmd == "stop_listening" else svc.close()
                 emit("stopped" if cmd == "stop_listening" else "closed", seconds=round(time.monotonic() - start, 3))
+            elif cmd == "disconnect":
+                was = svc.disconnect(crust.PeerId.from_str(command["peer"]))
+                emit("disconnected", peer=command["peer"], was=was)
             elif cmd == "quit":
                 done.set()
             else:

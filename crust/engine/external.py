@@ -4,8 +4,8 @@ Theory of operation.  Behind a NAT we cannot see our own external endpoint;
 the peers we are connected to can.  :class:`~crust.nat.observe.NatObserver`
 decides whom to ask and votes on the answers; this module does the asking:
 
-* **TCP**: an *observer connection* from our punch port (the port our TCP
-  listener shares, ``Dial.local_port``) to the peer's TCP listener.  After the
+* **TCP**: an *observer connection* from our punch port (``Dial.local_port``;
+  a port of its own, not the listener's) to the peer's TCP listener.  After the
   secure handshake it sends ``EchoAddrReq`` (``EXPECT_ECHO``), takes the
   ``EchoAddrResp`` and closes.  Asking *from the punch port* matters: it is
   that port's mapping a hole punch meets, not an ephemeral one's.
@@ -51,7 +51,7 @@ class ExternalAddresses:
         self._core = core
         self._peers = peers
         self.observer = NatObserver()
-        self.tcp_port: int | None = None  # our punch port (the TCP listener's), once bound
+        self.tcp_port: int | None = None  # our TCP punch port, once bound
         self.udp_port: int | None = None  # our rUDP socket's port, once bound
         self.local_ips: tuple[str, ...] = ()  # our interface addresses (to tell "no NAT" on UDP)
         self._echoes: dict[bytes, tuple[PeerId, Endpoint]] = {}  # nonce -> (observer, where we asked)

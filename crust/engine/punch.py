@@ -14,10 +14,15 @@ observers saw them, and their local forms.  For one ``connect()``:
   yet) is re-dialled on :func:`~crust.nat.punch.retry_schedule`'s backoff
   until the connect's deadline.
 * **UDP** (``udp_punch``): one :class:`~crust.nat.punch.UdpPunch` machine per
-  connect sends authenticated probes from our rUDP socket and reports the
-  address pair both sides agree on.  The side with the greater PeerId then
+  connect sends authenticated probes from our rUDP socket until the connect's
+  deadline (the peer's ``connect()`` may come many seconds after ours) and
+  reports the address pair both sides agree on.  The side with the greater PeerId then
   opens an rUDP connection through it (the hole is open both ways, so a plain
-  dial gets in and the other side accepts it like any other).
+  dial gets in and the other side accepts it like any other).  Probes that
+  arrive before our own ``connect()`` starts (the peer was quicker) are kept,
+  the newest ``EARLY_PROBES``, and fed to the punch when it starts: from a
+  symmetric NAT such a probe is the only sign of the mapping to answer, and
+  the peer's next round may be a second away.
 
 What comes out is a candidate connection like a direct dial's: the secure
 handshake expecting the peer's PeerId, then the ``ConnectRequest`` token
@@ -25,6 +30,8 @@ exchange and ``ChooseConnection`` of :mod:`~crust.engine.rendezvous`.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 from ..crypto.mac import punch_key
 from ..effects import SendDatagram
@@ -39,7 +46,8 @@ from .records import NEVER, Conn, Connect
 __all__ = ["Punching", "MAX_TCP_PUNCH_TARGETS"]
 
 MAX_TCP_PUNCH_TARGETS = 4  # TCP punch endpoints of one connection info dialled at once
-UDP_PUNCH_TIMEOUT = 8.0  # seconds one UDP punch probes before it gives up
+EARLY_PROBES = 16  # probes kept that came before our connect() started (the newest)
+EARLY_PROBE_AGE = 10.0  # seconds such a probe stays worth answering (NATs keep a UDP mapping 30 s+)
 
 
 class _TcpTarget:
@@ -74,6 +82,10 @@ class Punching:
         self._sessions: dict[PeerId, _Session] = {}
         self.tcp_port: int | None = None  # our punch port (set by the engine with the sockets)
         self.udp_ready = False  # we have an rUDP socket to punch from
+        # Probes no punch of ours took yet, with their source and arrival: the peer's connect()
+        # may start before ours, and a probe from a mapping its NAT made just for us (a symmetric
+        # NAT) is the only way we learn that mapping (see start()).
+        self._early: deque[tuple[PunchProbe, Endpoint, float]] = deque(maxlen=EARLY_PROBES)
         core.conn_failed.append(self._on_conn_failed)
 
     def start(self, record: Connect, *, tcp_punch: tuple[Endpoint, ...], udp_punch: tuple[Endpoint, ...],
@@ -86,9 +98,19 @@ class Punching:
                 session.tcp.append(target)
         if self.udp_ready and udp_punch:
             key = punch_key(record.our_token, record.their_token)
-            session.udp = UdpPunch(key, self._core.id, record.peer_id, udp_punch,
-                                   timeout=min(UDP_PUNCH_TIMEOUT, max(record.deadline - now, 0.1)))
-            session.udp.start(now)
+            # Probing lasts as long as the connect: the peer's connect() may come seconds after ours
+            # (the schedule backs off to one round a second; max_datagrams bounds the whole punch).
+            punch = session.udp = UdpPunch(key, self._core.id, record.peer_id, udp_punch,
+                                           timeout=max(record.deadline - now, 0.1))
+            punch.start(now)
+            # The peer started first: its probes that came meanwhile are answered now, rather than
+            # after its next round (up to a second later).  They are authenticated by the machine.
+            early = [e for e in self._early if e[0].sender == punch.route[0] and e[0].receiver == punch.route[1]]
+            for item in early:
+                self._early.remove(item)
+                probe, source, at = item
+                if now - at <= EARLY_PROBE_AGE:
+                    self._feed(punch, probe, source, now)
         self.handle_timer(now)
 
     def stop(self, peer_id: PeerId, now: float, *, failed: bool = False) -> None:
@@ -106,11 +128,6 @@ class Punching:
         waited = now - session.started
         for target in session.tcp:
             failures.setdefault(f"tcp-punch {target.endpoint}", f"{target.last_error} (after {waited:.1f} s)")
-
-    def is_tcp_pending(self, peer_id: PeerId) -> bool:
-        """Whether a TCP punch towards ``peer_id`` may still connect."""
-        session = self._sessions.get(peer_id)
-        return session is not None and any(t.conn is not None or t.times for t in session.tcp)
 
     # -- time and datagrams ---------------------------------------------------------------
 
@@ -142,12 +159,17 @@ class Punching:
         for session in self._sessions.values():
             punch = session.udp
             if punch is not None and punch.route == (probe.sender, probe.receiver):
-                try:
-                    punch.receive_probe(probe, source, now)
-                except RemoteProtocolError:
-                    return  # malformed: counted by the machine
+                self._feed(punch, probe, source, now)
                 self._drain(session, now)
                 return
+        self._early.append((probe, source, now))  # perhaps for a connect() of ours about to start
+
+    @staticmethod
+    def _feed(punch: UdpPunch, probe: PunchProbe, source: Endpoint, now: float) -> None:
+        try:
+            punch.receive_probe(probe, source, now)
+        except RemoteProtocolError:
+            pass  # malformed: counted by the machine
 
     def _drain(self, session: _Session, now: float) -> None:
         punch = session.udp

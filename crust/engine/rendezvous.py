@@ -15,9 +15,10 @@ Exactly one candidate survives: the side with the greater PeerId picks the
 first candidate whose exchange completes (``ChooseConnection``) and closes
 the rest; the smaller side waits for that choice (``EXPECT_CHOOSE``).  TCP is
 preferred: a UDP candidate that completes first is *held* for ``TCP_GRACE``
-while a TCP one may still connect, and loses to it if it does.  Only
-the chooser may close candidates the peer may have accepted, because the
-smaller side's candidates might carry a ``ChooseConnection`` in flight.  A
+while a TCP one that is up (past its SYNs) finishes its exchange, and loses
+to it if it does.  Only the chooser may close candidates the peer may have
+accepted, because the smaller side's candidates might carry a
+``ChooseConnection`` in flight.  A
 ``connect()`` ends with one ``ConnectFinished`` event: success, or every
 candidate's failure at the deadline.
 """
@@ -169,10 +170,20 @@ class Rendezvous:
         self._peers.establish(conn, Origin.CONNECT, now)
 
     def _tcp_may_win(self, record: Connect) -> bool:
-        """Whether a TCP candidate of ``record`` is still on its way (so a ready UDP one should wait)."""
+        """Whether a TCP candidate of ``record`` is up and on its way (so a ready UDP one should wait).
+
+        Only a TCP connection that is already up counts.  A TCP candidate that
+        can work (a dial to a listener, a simultaneous open) is up one round
+        trip after both sides started, well before a UDP candidate (punch,
+        rUDP handshake, secure handshake, exchange) is ready.  SYNs still
+        unanswered then were lost, which costs a retransmission of a second
+        or more, longer than the grace, or were dropped by a NAT that cannot
+        be punched (a symmetric one): waiting for them would only delay every
+        connect to such a peer by the whole grace (bench/nat.py measured it).
+        """
         peer_id = record.peer_id
-        return self._punching.is_tcp_pending(peer_id) or any(
-            c.remote.transport == "tcp" and c.state is not ExchangeState.ESTABLISHED
+        return any(
+            c.remote.transport == "tcp" and c.connected and c.state is not ExchangeState.ESTABLISHED
             and (c.connect_for == peer_id or (c.peer_id == peer_id and c.state in _CANDIDATE_STATES))
             for c in self._core.conns.values())
 

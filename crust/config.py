@@ -248,6 +248,8 @@ class Config:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a bool, not {getattr(self, name)!r}")
         try:
+            if not isinstance(self.listen_host, str):  # ip_address() would take an int
+                raise TypeError
             ipaddress.ip_address(self.listen_host)
         except (TypeError, ValueError):
             raise ConfigError(f"listen_host must be an IP address, not {self.listen_host!r}") from None
@@ -295,10 +297,11 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         unknown = []
-        for key, value in data.items():
-            if key == "dev" and isinstance(value, dict):  # the original's nested dev section
-                kwargs.update(value)
-                continue
+        dev = data.get("dev")
+        items = list(data.items())
+        if isinstance(dev, dict):  # the original's nested dev section: its fields count as top-level ones
+            items = [item for item in items if item[0] != "dev"] + list(dev.items())
+        for key, value in items:
             name = _ORIGINAL_NAMES.get(key, key)
             if name not in known:
                 unknown.append(key)
@@ -309,7 +312,7 @@ class Config:
                 value = 5484
             kwargs[name] = value
         if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown config field(s): {', '.join(sorted(map(str, unknown)))}")
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -320,8 +323,10 @@ class Config:
             if f.name == "hard_coded_contacts":
                 value = [str(c.addr) if c.peer_id is None else {"addr": str(c.addr), "peer_id": str(c.peer_id)}
                          for c in value]
-            elif isinstance(value, (tuple, frozenset)):
+            elif isinstance(value, frozenset):
                 value = sorted(value)
+            elif isinstance(value, tuple):
+                value = list(value)  # in order: service_discovery_targets loads back equal
             elif isinstance(value, os.PathLike):
                 value = os.fspath(value)
             out[f.name] = value

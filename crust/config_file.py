@@ -46,7 +46,7 @@ def load_config(path: str | os.PathLike[str], cls: type[Config] = Config) -> Con
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc}") from exc
     if isinstance(data, dict):
         contacts = data.get("hard_coded_contacts")

@@ -113,6 +113,9 @@ def test_bad_json_names_the_file(places: dict[str, pathlib.Path]) -> None:
     ({"hard_coded_contacts": [{"addr": "nonsense"}]}, "hard_coded_contacts"),
     ({"hard_coded_contacts": "1.2.3.4:5"}, "hard_coded_contacts must be a list"),
     ([1, 2], "JSON object"),
+    # Found by tests/test_decoder_fuzz.py: each used to escape as another exception, or load.
+    ({"dev": {"colour": "red"}}, "unknown config field.*colour"),  # was TypeError
+    ({"listen_host": 2130706433}, "listen_host must be an IP address"),  # was accepted as an int
 ])
 def test_bad_values_are_named(places: dict[str, pathlib.Path], data: object, match: str) -> None:
     write(places["user"], data)
@@ -147,8 +150,22 @@ def test_original_field_names_are_accepted(places: dict[str, pathlib.Path]) -> N
     assert str(cfg.hard_coded_contacts[1].peer_id) == pid
 
 
+def test_json_nested_too_deep_is_a_config_error(places: dict[str, pathlib.Path]) -> None:
+    places["user"].parent.mkdir(parents=True)
+    places["user"].write_text("[" * 5000, encoding="utf-8")  # found by the fuzz: was RecursionError
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        read_config_file()
+
+
+def test_original_names_inside_dev_are_accepted(places: dict[str, pathlib.Path]) -> None:
+    write(places["user"], {"dev": {"tcp_acceptor_port": 5483, "udp_port": None}})
+    cfg = read_config_file()
+    assert (cfg.tcp_port, cfg.udp_port) == (5483, 0)
+
+
 def test_saved_config_reads_back(places: dict[str, pathlib.Path]) -> None:
-    cfg = Config(tcp_port=4000, whitelisted_client_ips=frozenset({"10.0.0.1"}), hard_coded_contacts=(crust.Contact("1.2.3.4:5"),))
+    cfg = Config(tcp_port=4000, whitelisted_client_ips=frozenset({"10.0.0.1"}), hard_coded_contacts=(crust.Contact("1.2.3.4:5"),),
+                 service_discovery_targets=("10.0.0.255", "10.0.0.1"))  # in that order: it used to come back sorted
     places["user"].parent.mkdir(parents=True)
     cfg.save(places["user"])
     assert read_config_file() == cfg

@@ -6,7 +6,7 @@ exceptions, nothing else; what decodes re-encodes as the row's ``canonical`` say
 
 The default run tries ``QUICK_EXAMPLES`` inputs per decoder (``$CRUST_FUZZ_EXAMPLES`` to
 change it).  The deep run, ``pytest -m slow tests/test_decoder_fuzz.py``, tries
-``DEEP_EXAMPLES`` per decoder; the default suite, without ``-m``, skips it.
+``DEEP_EXAMPLES`` per decoder; the default suite, without ``-m``, deselects it (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ QUICK_EXAMPLES = int(os.environ.get("CRUST_FUZZ_EXAMPLES") or 60)
 DEEP_EXAMPLES = max(10_000, QUICK_EXAMPLES)
 _FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 # pytest evaluates this with its `config`: is the deep run asked for?
-_DEEP_ASKED = "'slow' in (config.getoption('markexpr') or '')"
 
 
 def check(entry: Decoder, kind: str, payload: Any) -> None:
@@ -58,7 +57,6 @@ def test_decoder_fuzz(entry: Decoder, data: st.DataObject) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.skipif(f"not ({_DEEP_ASKED})", reason="the deep fuzz runs under -m slow")
 @pytest.mark.parametrize("entry", DECODERS, ids=repr)
 @settings(max_examples=DEEP_EXAMPLES, **_FUZZ)  # type: ignore[arg-type]
 @given(data=st.data())

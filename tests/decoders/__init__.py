@@ -57,6 +57,8 @@ EXEMPT = {
     "crust.config.FileSide.load": "a Protocol stub; config_file's load_config (row config.file) is the body",
     "crust.config_file.read_config_file": "finds the file, then Config.load: the parsing is row config.file",
     "crust.cli.common.load_identity": "Identity.load (row identity.file) plus the CLI's error printing",
+    "crust.runtime.driver.Driver.receive_data": "forwards a stream's bytes to Engine.receive_data (row engine)",
+    "crust.runtime.driver.Driver.receive_datagram": "forwards a datagram to Engine.receive_datagram (row engine)",
 }
 
 

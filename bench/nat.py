@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """NAT traversal matrix: crust ``connect()`` between peers behind the lab's real Linux NATs.
 
-    sudo python bench/nat.py                      # all 10 pairs x {both, udp}, 20 tries each (~5-10 min)
+    sudo python bench/nat.py                      # all 10 pairs x {both, udp}, 20 tries each (~5-6 min)
     sudo python bench/nat.py --quick              # 3 tries per cell (~1-2 min)
     sudo python bench/nat.py --pairs fc-sy,pr-pr --modes udp --tries 50 --json nat.json
     sudo python bench/nat.py --reuse              # tries reuse two peers, disconnecting in between
+    sudo python bench/nat.py --skew 1             # one side calls connect() a second after the other
 
-Needs root (network namespaces; exits 2 otherwise) and ``nft``.  The lab is
+Needs root (network namespaces; exits 2 otherwise, even for ``--help``) and ``nft``.  The lab is
 tests/natlab.py's, driven through tests/natworld.py exactly as the NAT lab
 tests drive it: an internet with a seed and a second observer, and home
 routers of the four types (full-cone ``fc``, restricted ``rc``,
@@ -27,7 +28,9 @@ answers read; median and p95 (nearest rank) over the successful attempts.
 
 With ``--reuse`` the two peers of a cell are started once and every try after
 the first is a reconnect: one side ``disconnect()``s, both see ``on_lost``,
-then the next try swaps fresh info.
+then the next try swaps fresh info.  With ``--skew S`` one side calls
+``connect()`` S seconds after the other (each side first in every other try)
+and the time runs from the second call.
 
 Modes: ``both`` (TCP and UDP enabled: TCP simultaneous open and UDP punching
 race, TCP preferred) and ``udp`` (``enable_tcp=False``: UDP punching, rUDP).
@@ -52,6 +55,10 @@ from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+NEED_ROOT = "bench/nat.py needs root: it builds network namespaces (run it with sudo)"
+if __name__ == "__main__" and os.geteuid() != 0:  # before the lab's imports, which may not even load
+    print(NEED_ROOT, file=sys.stderr)
+    sys.exit(2)
 
 import pytest  # noqa: E402  (tests/natworld.py reports a broken peer with pytest.fail)
 
@@ -170,7 +177,7 @@ class Bench:
         ra, rb = lane[ta][0], lane[tb][1]
         for _ in range(1 + HARNESS_RETRIES):
             try:
-                a, b = self.peers(ra, rb, t.mode, self.args.attempts * (self.args.timeout + 10) + 60)
+                a, b = self.peers(ra, rb, t.mode, self.args.attempts * (self.args.timeout + self.args.skew + 10) + 60)
             except pytest.fail.Exception as exc:
                 t.harness.append(str(exc)[:300])
                 continue
@@ -184,7 +191,7 @@ class Bench:
         """--reuse: one pair of peers for every try of a cell, disconnecting between tries."""
         ta, tb = tries[0].pair.split("-")
         ra, rb = lane[ta][0], lane[tb][1]
-        life = len(tries) * self.args.attempts * (self.args.timeout + 15) + 60
+        life = len(tries) * self.args.attempts * (self.args.timeout + self.args.skew + 15) + 60
         try:
             a, b = self.peers(ra, rb, tries[0].mode, life)
         except pytest.fail.Exception as exc:
@@ -262,7 +269,7 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def summarise(tries: list[Try], timeout: float) -> list[dict[str, Any]]:
+def summarise(tries: list[Try]) -> list[dict[str, Any]]:
     """One row per cell."""
     rows = []
     for cell in dict.fromkeys((t.pair, t.mode) for t in tries):
@@ -355,7 +362,7 @@ def main() -> int:
         ap.error("need 1 <= tries <= 1000, 1 <= attempts <= 10, 1 <= lanes <= 8, 1 <= timeout <= 120, "
                  "0 <= skew < timeout")
     if os.geteuid() != 0:
-        print("bench/nat.py needs root: it builds network namespaces (run it with sudo)", file=sys.stderr)
+        print(NEED_ROOT, file=sys.stderr)
         return 2
     why = natlab_unavailable_reason()
     if why:
@@ -368,7 +375,7 @@ def main() -> int:
     load0, busy0 = os.getloadavg(), cpu_busy()
     t0 = time.monotonic()
     with NatLab("crustnatbench") as lab:
-        world = World(lab, lifetime=args.budget + args.attempts * (args.timeout + 20) * (
+        world = World(lab, lifetime=args.budget + args.attempts * (args.timeout + args.skew + 20) * (
             args.tries if args.reuse else 1) + 300)
         bench = Bench(world, args.lanes, args)
         built = time.monotonic() - t0
@@ -377,7 +384,7 @@ def main() -> int:
     elapsed = time.monotonic() - t0
     busy1, load1 = cpu_busy(), os.getloadavg()
     busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * (os.cpu_count() or 1)
-    rows = summarise(tries, args.timeout)
+    rows = summarise(tries)
     print(f"crust NAT matrix: {args.tries} tries per cell, up to {args.attempts} attempts each, "
           f"{'reusing peers' if args.reuse else 'fresh peers per try'}, skew {args.skew:g} s, {args.lanes} lanes; "
           f"lab built in {built:.1f} s, run {elapsed:.0f} s; CPU busy {busy:.2f} of {os.cpu_count()} cores "

@@ -286,11 +286,10 @@ class Engine:
 
     def handle_connected(self, conn_id: ConnId, now: float, local: Endpoint | None = None) -> None:
         """A dial we asked for (``Dial``) connected (from ``local``, our end, when the shell knows it)."""
-        core = self._core
-        core.now = now
-        conn = core.conns.get(conn_id)
+        conn = self._input(conn_id, now)
         if conn is None:
             return
+        core = self._core
         conn.connected = True
         conn.local = local
         conn.last_rx = now
@@ -298,11 +297,10 @@ class Engine:
 
     def receive_data(self, conn_id: ConnId, data: bytes, now: float) -> None:
         """Bytes arrived on ``conn_id``."""
-        core = self._core
-        core.now = now
-        conn = core.conns.get(conn_id)
+        conn = self._input(conn_id, now)
         if conn is None:
             return
+        core = self._core
         conn.last_rx = now
         conn.bytes_in += len(data)
         try:
@@ -333,9 +331,7 @@ class Engine:
 
     def handle_sent(self, conn_id: ConnId, nbytes: int, now: float) -> None:
         """``nbytes`` written on ``conn_id`` reached the kernel."""
-        core = self._core
-        core.now = now
-        conn = core.conns.get(conn_id)
+        conn = self._input(conn_id, now)
         if conn is None:
             return
         conn.unsent -= nbytes
@@ -344,11 +340,10 @@ class Engine:
 
     def handle_closed(self, conn_id: ConnId, error: str | None, now: float) -> None:
         """The stream ended: closed by the peer, reset, or a dial failed (``error`` says how)."""
-        core = self._core
-        core.now = now
-        conn = core.conns.get(conn_id)
+        conn = self._input(conn_id, now)
         if conn is None:
             return
+        core = self._core
         reason = f"connection lost: {error}" if error else "connection closed by peer"
         if not conn.connected:  # a dial of ours (accepted streams start connected)
             reason = f"connect failed: {error or 'closed'}"
@@ -368,9 +363,7 @@ class Engine:
 
     def reading_paused(self, conn_id: ConnId, paused: bool, now: float) -> None:
         """The shell stopped (or resumed) reading ``conn_id``: silence then is ours, not the peer's."""
-        core = self._core
-        core.now = now
-        conn = core.conns.get(conn_id)
+        conn = self._input(conn_id, now)
         if conn is not None:
             conn.paused = paused
             conn.last_rx = now
@@ -388,6 +381,11 @@ class Engine:
         self._external.refresh(now)
         self._punching.handle_timer(now)
         self._mesh.handle_timer(now)
+
+    def _input(self, conn_id: ConnId, now: float) -> Conn | None:
+        """An I/O completion's bookkeeping: the clock moves on; the connection, unless already forgotten."""
+        self._core.now = now
+        return self._core.conns.get(conn_id)
 
     # -- routing --------------------------------------------------------------
 

@@ -9,6 +9,11 @@ bookkeeping: gates, receive backlog, bootstrap and connect futures, the
 contact book) which posts them to the dispatcher (``crust-dispatch``), and
 arms one timer for the engine's and the LAN beacon's next deadline.  This
 class checks arguments, runs the rest on the reactor and waits for answers.
+It is assembled from one mixin per concern, each over
+:class:`~crust.service_base.ServiceBase` (the shared fields and helpers):
+:mod:`~crust.handlers` (callbacks), :mod:`~crust.bootstrapping`,
+:mod:`~crust.connecting` and :mod:`~crust.config_watch`; this module keeps
+the lifecycle, listening, peers and messages, and the reactor side.
 
 ``send()`` is the hot path: it validates, then :class:`~crust.runtime.flow.Flow`
 waits at the peer's send gate only while that priority's queue is full
@@ -59,60 +64,43 @@ only thread that writes it) or a lock:
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import ipaddress
 import logging
-import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
 
+from .bootstrapping import Bootstrapping
 from .config import Config
 from .config_file import find_config_file, read_config_file
+from .config_watch import ConfigWatch
+from .connecting import NAT_WAIT, Connecting
 from .crypto.ranking import measure_preference
 from .dispatch import Dispatcher
 from .engine import Engine
 from .engine.backpressure import message_cost
-from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, MessageTooLarge, ServiceClosed
-from .connection_info import PrivConnectionInfo, PubConnectionInfo
-from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, ListenersChanged, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
-from .discovery.beacon import Reply
+from .errors import CrustTimeoutError, MessageTooLarge, ServiceClosed
+from .events import (
+    BootstrapFinished, ConnectFinished, ContactsLearned, Event, ListenersChanged, MessageReceived, PeerConnected,
+    PeerInfo, PeerLost,
+)
+from .handlers import Callbacks
 from .identity import Identity
 from .nat.observe import NatInfo
 from .contact_book import ContactBook
 from .runtime.driver import Driver
 from .runtime.flow import Flow
 from .runtime.lan import LanDiscovery
-from .runtime.nat import SETTLE_TIMEOUT, NatGlue
+from .runtime.nat import NatGlue
 from .runtime.streams import Streams
-from .ids import Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal, name_hash
+from .ids import Contact, CrustUser, Endpoint, PeerId, is_ip_literal, name_hash
+from .service_base import CALL_MARGIN as _CALL_MARGIN, check_peer_id as _check_peer_id, check_timeout as _check_timeout
 from .transport.reactor import Reactor
 
-__all__ = ["Service"]
+__all__ = ["Service", "NAT_WAIT"]
 
 log = logging.getLogger("crust")
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-_CALL_MARGIN = 5.0  # seconds a blocking call waits beyond the engine's own deadline
-NAT_WAIT = 2.0  # seconds prepare_connection_info() waits for peers to say where they see us
 
 
-@dataclass(frozen=True, slots=True)
-class _AsyncBootstrapFailed(Event):
-    """A ``start_bootstrap()`` run ended with no peer (shell-only event)."""
-
-    failures: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _ConnectFailed(Event):
-    """A ``start_connect()`` to ``peer_id`` failed (shell-only event; connect arrives with NAT traversal)."""
-
-    peer_id: PeerId
-
-
-class Service:
+class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch):
     """A crust node: listens, bootstraps, connects and carries messages to peers.
 
     Args:
@@ -174,11 +162,6 @@ class Service:
 
     # -- lifecycle --------------------------------------------------------------
 
-    @property
-    def id(self) -> PeerId:
-        """Our PeerId (the public key of our identity)."""
-        return self._identity.peer_id
-
     def __enter__(self) -> Service:
         return self
 
@@ -239,57 +222,6 @@ class Service:
         self._nat.unmap(one_done)
         self._streams.shutdown(one_done)
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ServiceClosed("the service is closed")
-
-    def _call(self, fn: Callable[[], T], timeout: float | None = _CALL_MARGIN) -> T:
-        """Run ``fn`` on the reactor thread and return its result (or raise its exception)."""
-        self._check_open()
-        return self._reactor.call(fn, timeout)
-
-    # -- callbacks ---------------------------------------------------------------
-
-    def _register(self, event_type: type[Event], handler: F, args: Callable[[Any], tuple[object, ...]]) -> F:
-        if not callable(handler):
-            raise TypeError(f"callback must be callable, not {type(handler).__name__}")
-        self._check_open()
-        self._dispatcher.add_handler(event_type, handler, args)
-        return handler
-
-    def on_new_peer(self, handler: F) -> F:
-        """Call ``handler(info: PeerInfo)`` when a peer connects.  Usable as a decorator."""
-        return self._register(PeerConnected, handler, lambda e: (e.info,))
-
-    def on_message(self, handler: F) -> F:
-        """Call ``handler(peer_id, data)`` for every message, per peer in the order sent."""
-        return self._register(MessageReceived, handler, lambda e: (e.peer_id, e.data))
-
-    def on_lost(self, handler: F) -> F:
-        """Call ``handler(peer_id)`` when a connected peer is gone (also after our own disconnect())."""
-        return self._register(PeerLost, handler, lambda e: (e.peer_id,))
-
-    def on_bootstrap_failed(self, handler: F) -> F:
-        """Call ``handler()`` when a :meth:`start_bootstrap` run ends with no peer."""
-        return self._register(_AsyncBootstrapFailed, handler, lambda e: ())
-
-    def on_connect_failure(self, handler: F) -> F:
-        """Call ``handler(peer_id)`` when a ``start_connect()`` fails."""
-        return self._register(_ConnectFailed, handler, lambda e: (e.peer_id,))
-
-    def on_misbehaviour(self, handler: F) -> F:
-        """Call ``handler(peer_id, reason)`` when a peer broke the protocol (it is then dropped)."""
-        return self._register(Misbehaved, handler, lambda e: (e.peer_id, e.reason))
-
-    def on_send_dropped(self, handler: F) -> F:
-        """Call ``handler(peer_id, priority, count)`` when droppable queued messages were discarded."""
-        return self._register(SendDropped, handler, lambda e: (e.peer_id, e.priority, e.count))
-
-    def run_callbacks(self, timeout: float = 0.0) -> int:
-        """Manual dispatch: run queued callbacks on this thread; returns how many events were delivered."""
-        self._check_open()
-        return self._dispatcher.run_callbacks(timeout)
-
     # -- listening -------------------------------------------------------------
 
     def start_listening(self) -> list[Endpoint]:
@@ -338,105 +270,6 @@ class Service:
         if not isinstance(accept, bool):
             raise TypeError("accept must be a bool")
         self._call(lambda: setattr(self._engine, "accept_bootstrap", accept))
-
-    # -- bootstrap --------------------------------------------------------------
-
-    def bootstrap(self, blacklist: Iterable[EndpointLike] = (), user: CrustUser = CrustUser.NODE,
-                  timeout: float | None = None) -> PeerId:
-        """Join the network through ``hard_coded_contacts``; returns the first granting peer's id.
-
-        Contacts are tried concurrently (staggered); the first granted wins.  A Node
-        whose UPnP mapping attempt is still under way (right after :meth:`start_listening`)
-        waits for it first, at most 8 s, so that its request announces the router's
-        mapping, which the responder's reachability check dials.
-
-        Raises:
-            BootstrapFailed: no contact granted us; ``reasons`` names each contact's failure
-                (``"network_mismatch"`` for a peer of another network).
-        """
-        self._check_open()
-        timeout = self._config.bootstrap_timeout if timeout is None else _check_timeout(timeout)
-        blacklist_list = _blacklist_entries(blacklist, user)
-        contacts = self._contacts()
-        future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
-
-        self._call(lambda: self._begin_bootstrap(contacts, blacklist_list, user, timeout,
-                                                 lambda run: self._bootstrap_waiters.__setitem__(run, future)))
-        window = self._config.service_discovery_window if self._lan is not None else 0.0
-        window += SETTLE_TIMEOUT if user is CrustUser.NODE and self._config.enable_upnp else 0.0
-        try:
-            return future.result(window + timeout + _CALL_MARGIN)
-        except concurrent.futures.CancelledError:
-            raise ServiceClosed("the service closed during bootstrap") from None
-        except concurrent.futures.TimeoutError:
-            raise BootstrapFailed(f"bootstrap did not finish within {timeout} s") from None
-
-    def start_bootstrap(self, blacklist: Iterable[EndpointLike] = (), user: CrustUser = CrustUser.NODE) -> None:
-        """Like :meth:`bootstrap` without blocking: ``on_new_peer`` or ``on_bootstrap_failed`` follow."""
-        self._check_open()
-        entries = _blacklist_entries(blacklist, user)
-        if all(is_ip_literal(c.addr.host) for c in self._config.contacts):
-            self._start_async_bootstrap(self._contacts(), entries, user)
-        else:  # DNS blocks: resolve on a worker thread, never the caller's or the reactor's
-            self._worker().submit(lambda: self._start_async_bootstrap(self._contacts(), entries, user))
-
-    def _start_async_bootstrap(self, contacts: list[Contact], blacklist: list[Endpoint | str],
-                               user: CrustUser) -> None:
-        try:
-            self._call(lambda: self._begin_bootstrap(contacts, blacklist, user, None, self._async_runs.add))
-        except ServiceClosed:
-            pass
-
-    def _begin_bootstrap(self, hard_coded: list[Contact], blacklist: list[Endpoint | str], user: CrustUser,
-                         timeout: float | None, started: Callable[[int], object]) -> None:
-        """Start a run on the reactor; with discovery on, after one LAN seek window (its finds join the run)."""
-        def begin(lan: list[Contact]) -> None:
-            if self._closed:
-                return
-            contacts = self._book.ordered(hard_coded, lan)
-            run = self._engine.start_bootstrap(contacts, blacklist=blacklist, user=user, timeout=timeout,
-                                               now=self._reactor.time())
-            started(run)
-            self._driver.pump()
-
-        def seek() -> None:
-            if self._lan is None:
-                begin([])
-            else:
-                self._lan.seek_for_bootstrap(self._config.service_discovery_window,
-                                             lambda replies: begin(_lan_contacts(replies)),
-                                             others_known=bool(hard_coded) or self._book.knows_anyone())
-
-        if user is CrustUser.NODE:
-            # A Node's listeners face a reachability check (PROTOCOL.md §6.3): announce the
-            # router's mapping, so first wait out a mapping attempt under way (bounded).
-            self._nat.when_mapped(seek)
-        else:
-            seek()
-
-    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The pool for blocking calls (DNS, UPnP, cache writes), started on first use."""
-        with self._workers_lock:
-            if self._workers is None:
-                # A running pool stays usable while close() runs: it deletes our UPnP mappings there.
-                self._check_open()
-                self._workers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="crust-worker")
-            return self._workers
-
-    def stop_bootstrap(self) -> None:
-        """Abandon running bootstrap attempts."""
-        def stop() -> None:
-            self._engine.stop_bootstrap(self._reactor.time())
-            self._driver.pump()
-        self._call(stop)
-
-    def _contacts(self) -> list[Contact]:
-        """The hard-coded contacts with host names resolved (blocking DNS; unresolvable ones dropped).
-
-        Cached contacts go in front of these on the reactor thread, which owns the cache.
-        """
-        contacts = [_resolved(c) for c in self._config.contacts]
-        return [c for c in contacts if c is not None]
 
     # -- peers and messages ----------------------------------------------------
 
@@ -571,93 +404,6 @@ class Service:
             self._flow.received(backlog)
         self._dispatcher.post_many(post)
 
-    # -- connect (rendezvous through swapped connection info) ---------------------------
-
-    def prepare_connection_info(self, timeout: float | None = None) -> PrivConnectionInfo:
-        """Our PeerId, every way to reach us and a fresh connect token, to swap out of band.
-
-        The info names our listeners (local addresses, loopback ones only when
-        nothing else exists; external ones we were told of or UPnP mapped), our
-        TCP punch port and our rUDP socket, each as observers see it and
-        locally.  Binding those sockets and asking connected peers where they
-        see them may take a moment: we wait up to ``NAT_WAIT`` seconds (never
-        beyond ``timeout``) for the answers when we have peers to ask.
-        """
-        limit = _CALL_MARGIN if timeout is None else _check_timeout(timeout)
-        deadline = time.monotonic() + limit
-        answered: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        self._call(lambda: self._nat.wait(answered), limit)
-        try:
-            answered.result(max(0.0, min(NAT_WAIT, deadline - time.monotonic())))
-        except concurrent.futures.TimeoutError:
-            pass  # what we know by now will do; the peer's own candidates may still reach us
-        finally:
-            answered.cancel()
-        return self._call(self._nat.gather, max(0.0, deadline - time.monotonic()))
-
-    def connect(self, ours: PrivConnectionInfo, theirs: PubConnectionInfo, timeout: float | None = None) -> PeerId:
-        """Connect to the peer whose info we got out of band; it calls ``connect`` with ours.
-
-        Every candidate is dialled at once and the peer's dials count too; exactly
-        one connection survives and both sides see ``on_new_peer(origin="connect")``
-        once.  Already connected: returns at once.
-
-        Raises:
-            ConnectToSelf: ``theirs`` is our own info.
-            ConnectError: no candidate connected within ``timeout`` (default ``connect_timeout``);
-                ``reasons`` names each candidate's failure.
-        """
-        timeout = self._config.connect_timeout if timeout is None else _check_timeout(timeout)
-        future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
-        self._start_connect(ours, theirs, timeout, future)
-        try:
-            return future.result(timeout + _CALL_MARGIN)
-        except concurrent.futures.CancelledError:
-            raise ServiceClosed("the service closed during connect") from None
-        except concurrent.futures.TimeoutError:
-            raise ConnectError(f"connect to {theirs.peer_id!r} did not finish within {timeout} s") from None
-
-    def start_connect(self, ours: PrivConnectionInfo, theirs: PubConnectionInfo) -> None:
-        """Like :meth:`connect` without blocking: ``on_new_peer`` or ``on_connect_failure`` follow."""
-        self._start_connect(ours, theirs, self._config.connect_timeout, None)
-
-    def _start_connect(self, ours: PrivConnectionInfo, theirs: PubConnectionInfo, timeout: float,
-                       future: concurrent.futures.Future[PeerId] | None) -> None:
-        if not isinstance(ours, PrivConnectionInfo):
-            raise TypeError(f"ours must be a crust.PrivConnectionInfo, not {type(ours).__name__}")
-        if not isinstance(theirs, PubConnectionInfo):
-            raise TypeError(f"theirs must be a crust.PubConnectionInfo, not {type(theirs).__name__}")
-        if ours.peer_id != self.id:
-            raise ValueError("ours was prepared by another Service (its peer_id is not ours)")
-        if theirs.peer_id == self.id:
-            raise ConnectToSelf("the connection info is our own: cannot connect to ourselves")
-        self._check_open()
-
-        def start() -> None:
-            if future is not None:
-                self._connect_waiters.setdefault(theirs.peer_id, []).append(future)
-            else:
-                self._async_connects.add(theirs.peer_id)
-            self._engine.start_connect(theirs.peer_id, theirs.listeners, tcp_punch=theirs.tcp_punch,
-                                       udp_punch=theirs.udp_punch, their_token=theirs.token, our_token=ours.token,
-                                       timeout=timeout, now=self._reactor.time())
-            self._driver.pump()
-
-        self._call(start)
-
-    def _finish_connect(self, done: ConnectFinished) -> None:
-        reasons = dict(done.failures)
-        for waiter in self._connect_waiters.pop(done.peer_id, []):
-            if done.connected:
-                waiter.set_result(done.peer_id)
-            else:
-                waiter.set_exception(ConnectError(f"could not connect to {done.peer_id!r}", reasons))
-        if done.peer_id in self._async_connects:
-            self._async_connects.discard(done.peer_id)
-            if not done.connected:
-                self._dispatcher.post(_ConnectFailed(done.peer_id))
-
     # -- LAN discovery -----------------------------------------------------------------
 
     def start_service_discovery(self) -> None:
@@ -702,106 +448,3 @@ class Service:
             self._lan.set_listeners(self._engine.listeners(self._reactor.time()))
         return self._lan
 
-    def _finish_bootstrap(self, done: BootstrapFinished) -> None:
-        self._book.record_failures(done.failures)
-        waiter = self._bootstrap_waiters.pop(done.run, None)
-        if waiter is not None:
-            if done.peer_id is not None:
-                waiter.set_result(done.peer_id)
-            else:
-                reasons = dict(done.failures)
-                msg = "bootstrap failed" if reasons else "bootstrap failed: no contacts to try"
-                waiter.set_exception(BootstrapFailed(msg, reasons))
-        elif done.run in self._async_runs:
-            self._async_runs.discard(done.run)
-            if done.peer_id is None:
-                self._dispatcher.post(_AsyncBootstrapFailed(done.failures))
-
-    def _schedule_config_reload(self) -> None:
-        self._reactor.call_later(self._config.config_reload_interval, self._reload_config)
-
-    def _reload_config(self) -> None:
-        """Re-read the config file on a worker; apply changed whitelists on the reactor."""
-        path = self._config_file
-        if path is None or self._closed:
-            return
-
-        def load() -> None:
-            try:
-                fresh = Config.load(path)
-            except ConfigError as exc:
-                log.warning("config file %s not reloaded: %s", path, exc)
-                fresh = None
-            try:
-                self._reactor.call_soon_threadsafe(self._apply_config, fresh)
-            except ServiceClosed:
-                pass
-
-        try:
-            self._worker().submit(load)
-        except (ServiceClosed, RuntimeError):
-            pass
-
-    def _apply_config(self, fresh: Config | None) -> None:
-        if self._closed:
-            return
-        cfg = self._config
-        if fresh is not None and (fresh.whitelisted_node_ips, fresh.whitelisted_client_ips) != (
-                cfg.whitelisted_node_ips, cfg.whitelisted_client_ips):
-            log.info("config file %s: applying new whitelists", self._config_file)
-            self._config = dataclasses.replace(cfg, whitelisted_node_ips=fresh.whitelisted_node_ips,
-                                               whitelisted_client_ips=fresh.whitelisted_client_ips)
-            self._engine.update_whitelists(fresh.whitelisted_node_ips, fresh.whitelisted_client_ips,
-                                           self._reactor.time())
-            self._driver.pump()
-        self._schedule_config_reload()
-
-
-
-# -- helpers -----------------------------------------------------------------------
-
-
-def _blacklist_entries(blacklist: Iterable[EndpointLike], user: object) -> list[Endpoint | str]:
-    """Validate bootstrap arguments; bare IPs stay strings (they ban every port of that IP)."""
-    if not isinstance(user, CrustUser):
-        raise TypeError(f"user must be a crust.CrustUser, not {type(user).__name__}")
-    if isinstance(blacklist, (str, bytes, Endpoint)):
-        raise TypeError("blacklist must be an iterable of endpoints or IPs, not a single one")
-    entries: list[Endpoint | str] = []
-    for entry in blacklist:
-        if isinstance(entry, str) and is_ip_literal(entry):
-            entries.append(str(ipaddress.ip_address(entry)))
-        else:
-            entries.append(Endpoint.coerce(entry))
-    return entries
-
-
-def _lan_contacts(replies: list[Reply]) -> list[Contact]:
-    """Dial targets from beacon replies; each carries the PeerId the handshake must prove."""
-    return [Contact(ep, reply.peer_id) for reply in replies for ep in reply.listeners]
-
-
-def _check_peer_id(peer_id: object) -> None:
-    if not isinstance(peer_id, PeerId):
-        raise TypeError(f"peer_id must be a crust.PeerId, not {type(peer_id).__name__}")
-
-
-def _check_timeout(timeout: object) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if not timeout >= 0:
-        raise ValueError(f"timeout must be >= 0, not {timeout}")
-    return float(timeout)
-
-
-def _resolved(contact: Contact) -> Contact | None:
-    """``contact`` with its host resolved to an IP (DNS blocks: callers run off the reactor)."""
-    if is_ip_literal(contact.addr.host):
-        return contact
-    try:
-        infos = socket.getaddrinfo(contact.addr.host, contact.addr.port, type=socket.SOCK_STREAM)
-    except OSError as err:
-        log.warning("cannot resolve bootstrap contact %s: %s", contact.addr, err)
-        return None
-    host = str(infos[0][4][0])
-    return Contact(Endpoint(host, contact.addr.port, contact.addr.transport), contact.peer_id)

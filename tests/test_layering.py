@@ -60,8 +60,9 @@ ALLOWED: dict[str, set[str]] = {
 # identity (a crypto.keys.KeyPair saved and loaded) and files (atomic
 # private-file writes for both identity and cache).  cli is the command line
 # (``python -m crust``): a user of the public API, like the examples.
-TOP = {"service", "contact_book", "config_file", "identity", "files", "__init__", "__main__",
-       "_version", "cli"}
+# The facade's parts (service_base, handlers, bootstrapping, connecting, config_watch) are service's mixins.
+TOP = {"service", "service_base", "handlers", "bootstrapping", "connecting", "config_watch", "contact_book",
+       "config_file", "identity", "files", "__init__", "__main__", "_version", "cli"}
 SHELL = {"transport", "dispatch", "runtime"}
 SANS_IO = set(ALLOWED) - SHELL
 

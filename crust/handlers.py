@@ -1,0 +1,78 @@
+"""The Service's callbacks: registering the user's handlers with the dispatcher.
+
+Each ``on_*`` method registers a handler for one event type, with the
+function that turns the event into the handler's arguments; the dispatcher
+(:mod:`crust.dispatch`) calls them on its thread, or in :meth:`run_callbacks`
+with ``dispatch="manual"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from .events import Event, MessageReceived, Misbehaved, PeerConnected, PeerLost, SendDropped
+from .ids import PeerId
+from .service_base import ServiceBase
+
+__all__ = ["Callbacks", "AsyncBootstrapFailed", "ConnectFailed"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncBootstrapFailed(Event):
+    """A ``start_bootstrap()`` run ended with no peer (shell-only event)."""
+
+    failures: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailed(Event):
+    """A ``start_connect()`` to ``peer_id`` failed (shell-only event)."""
+
+    peer_id: PeerId
+
+
+class Callbacks(ServiceBase):
+    """The ``on_*`` registration methods and :meth:`run_callbacks` of :class:`crust.Service`."""
+
+    def _register(self, event_type: type[Event], handler: F, args: Callable[[Any], tuple[object, ...]]) -> F:
+        if not callable(handler):
+            raise TypeError(f"callback must be callable, not {type(handler).__name__}")
+        self._check_open()
+        self._dispatcher.add_handler(event_type, handler, args)
+        return handler
+
+    def on_new_peer(self, handler: F) -> F:
+        """Call ``handler(info: PeerInfo)`` when a peer connects.  Usable as a decorator."""
+        return self._register(PeerConnected, handler, lambda e: (e.info,))
+
+    def on_message(self, handler: F) -> F:
+        """Call ``handler(peer_id, data)`` for every message, per peer in the order sent."""
+        return self._register(MessageReceived, handler, lambda e: (e.peer_id, e.data))
+
+    def on_lost(self, handler: F) -> F:
+        """Call ``handler(peer_id)`` when a connected peer is gone (also after our own disconnect())."""
+        return self._register(PeerLost, handler, lambda e: (e.peer_id,))
+
+    def on_bootstrap_failed(self, handler: F) -> F:
+        """Call ``handler()`` when a :meth:`start_bootstrap` run ends with no peer."""
+        return self._register(AsyncBootstrapFailed, handler, lambda e: ())
+
+    def on_connect_failure(self, handler: F) -> F:
+        """Call ``handler(peer_id)`` when a ``start_connect()`` fails."""
+        return self._register(ConnectFailed, handler, lambda e: (e.peer_id,))
+
+    def on_misbehaviour(self, handler: F) -> F:
+        """Call ``handler(peer_id, reason)`` when a peer broke the protocol (it is then dropped)."""
+        return self._register(Misbehaved, handler, lambda e: (e.peer_id, e.reason))
+
+    def on_send_dropped(self, handler: F) -> F:
+        """Call ``handler(peer_id, priority, count)`` when droppable queued messages were discarded."""
+        return self._register(SendDropped, handler, lambda e: (e.peer_id, e.priority, e.count))
+
+    def run_callbacks(self, timeout: float = 0.0) -> int:
+        """Manual dispatch: run queued callbacks on this thread; returns how many events were delivered."""
+        self._check_open()
+        return self._dispatcher.run_callbacks(timeout)

@@ -10,8 +10,8 @@ from .config_file import read_config_file  # also lends Config its file access (
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
 from .errors import (
     BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustError, CrustTimeoutError, DecryptError,
-    HandshakeError, ListenerError, LocalProtocolError, MessageTooLarge, PeerLostError, PeerNotFound, ProtocolError,
-    RemoteProtocolError, SendTimeout, ServiceClosed,
+    HandshakeError, ListenerError, LocalProtocolError, MessageTooLarge, PeerLostError, PeerNotFound, PeerWaitTimeout,
+    ProtocolError, RemoteProtocolError, SendTimeout, ServiceClosed,
 )
 from .events import (
     BootstrapFinished, Event, MessageReceived, Misbehaved, Origin, PeerConnected, PeerInfo, PeerLost, SendDropped,
@@ -21,6 +21,7 @@ from .ids import Contact, CrustUser, Endpoint, PeerId
 from .nat.observe import MappingBehaviour, NatInfo, TransportNat
 from .outbox import DROP_PRIORITY as MSG_DROP_PRIORITY
 from .service import Service
+from .stats import Stats
 
 __all__ = [
     "__version__",
@@ -28,12 +29,13 @@ __all__ = [
     "Service", "Config", "read_config_file", "Identity", "MSG_DROP_PRIORITY",
     # value types
     "PeerId", "Endpoint", "Contact", "CrustUser", "PeerInfo", "PrivConnectionInfo", "PubConnectionInfo",
-    "Origin", "NatInfo", "TransportNat", "MappingBehaviour",
+    "Origin", "NatInfo", "TransportNat", "MappingBehaviour", "Stats",
     # events (what the callbacks report)
     "Event", "PeerConnected", "MessageReceived", "PeerLost", "BootstrapFinished", "SendDropped", "Misbehaved",
     # errors and warnings
     "CrustError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "DecryptError", "HandshakeError",
     "ServiceClosed", "PeerNotFound", "PeerLostError", "MessageTooLarge", "CrustTimeoutError", "SendTimeout",
+    "PeerWaitTimeout",
     "ConfigError", "ListenerError", "BootstrapFailed", "ConnectError", "ConnectToSelf", "InsecureKeyFileWarning",
 ]
 

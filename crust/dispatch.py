@@ -33,13 +33,22 @@ __all__ = ["Dispatcher"]
 
 logger = logging.getLogger("crust.dispatch")
 
-_Handler = tuple[Callable[..., object], Callable[[Event], tuple[object, ...]]]
+
+class _Handler:
+    """One registration: the user's function, its arguments from the event, and whether it still counts."""
+
+    __slots__ = ("fn", "args", "active")
+
+    def __init__(self, fn: Callable[..., object], args: Callable[[Event], tuple[object, ...]]) -> None:
+        self.fn = fn
+        self.args = args
+        self.active = True  # cleared by remove_handler: delivery checks it before each call
 
 
 class Dispatcher:
     """Runs user callbacks for events, one at a time, in the order posted, on its own thread (or in run_callbacks for manual dispatch).
 
-    Methods for any thread: :meth:`add_handler`, :meth:`post`, :meth:`post_many`,
+    Methods for any thread: :meth:`add_handler`, :meth:`remove_handler`, :meth:`post`, :meth:`post_many`,
     :meth:`close`, :meth:`in_dispatch_thread`, :attr:`pending`.
     Manual mode only: :meth:`run_callbacks`.
     """
@@ -90,8 +99,34 @@ class Dispatcher:
         """
         with self._handlers_lock:
             handlers = dict(self._handlers)
-            handlers[event_type] = handlers.get(event_type, ()) + ((handler, args),)
+            handlers[event_type] = handlers.get(event_type, ()) + (_Handler(handler, args),)
             self._handlers = handlers
+
+    def remove_handler(self, handler: Callable[..., object]) -> bool:
+        """Remove every registration of ``handler`` (compared with ``==``), for every event type.
+
+        No call of it begins once this returns, not even within an event whose
+        delivery has started (delivery checks each registration before its call).
+        Thread-safe.
+
+        Returns:
+            Whether ``handler`` was registered.
+        """
+        with self._handlers_lock:
+            found = False
+            handlers: dict[type[Event], tuple[_Handler, ...]] = {}
+            for event_type, entries in self._handlers.items():
+                kept = []
+                for entry in entries:
+                    if entry.fn == handler:
+                        entry.active = False
+                        found = True
+                    else:
+                        kept.append(entry)
+                if kept:
+                    handlers[event_type] = tuple(kept)
+            self._handlers = handlers
+            return found
 
     def start(self) -> None:
         """Start the delivery thread (thread mode); does nothing in manual mode.
@@ -156,7 +191,7 @@ class Dispatcher:
         """Queue one event for delivery.  Any thread; cheap; dropped after :meth:`close`."""
         with self._lock:
             if self._closed:
-                logger.debug("dispatcher %s closed: dropping %r", self._name, event)
+                logger.debug("dispatcher %s closed: dropping a %s event", self._name, type(event).__name__)
                 return
             self._queue.append(event)
             if self._waiting:
@@ -236,13 +271,22 @@ class Dispatcher:
         return count
 
     def _deliver(self, event: Event) -> None:
-        for handler, args in self._handlers.get(type(event), ()):
+        for entry in self._handlers.get(type(event), ()):
+            if not entry.active:
+                continue
             try:
-                handler(*args(event))
+                entry.fn(*entry.args(event))
             except Exception:
-                logger.exception("dispatcher: handler %r for %s raised", handler, type(event).__name__)
+                logger.exception("dispatcher: handler %s for %s raised", _name(entry.fn), type(event).__name__)
         if self._on_delivered is not None:
             try:
                 self._on_delivered(event)
             except Exception:
                 logger.exception("dispatcher: on_delivered hook raised for %s", type(event).__name__)
+
+
+def _name(fn: Callable[..., object]) -> str:
+    """How a log line names a handler: ``module.qualname``, not its repr."""
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}" if module else str(qualname)

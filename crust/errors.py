@@ -28,6 +28,7 @@ __all__ = [
     "MessageTooLarge",
     "CrustTimeoutError",
     "SendTimeout",
+    "PeerWaitTimeout",
     "ConfigError",
     "ListenerError",
     "CandidatesFailed",
@@ -99,6 +100,10 @@ class CrustTimeoutError(CrustError, TimeoutError):
 
 class SendTimeout(CrustTimeoutError):
     """``send()`` waited ``timeout`` seconds for room in the peer's outbound queue."""
+
+
+class PeerWaitTimeout(CrustTimeoutError):
+    """``wait_for_peer(timeout=)`` saw no (such) peer connect within ``timeout`` seconds."""
 
 
 class ConfigError(CrustError, ValueError):

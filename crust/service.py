@@ -64,9 +64,11 @@ only thread that writes it) or a lock:
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
+from typing import Callable
 
 from .bootstrapping import Bootstrapping
 from .config import Config
@@ -93,14 +95,16 @@ from .runtime.nat import NatGlue
 from .runtime.streams import Streams
 from .ids import Contact, CrustUser, Endpoint, PeerId, is_ip_literal, name_hash
 from .service_base import CALL_MARGIN as _CALL_MARGIN, check_peer_id as _check_peer_id, check_timeout as _check_timeout
+from .stats import Tally
 from .transport.reactor import Reactor
+from .watching import Watching
 
 __all__ = ["Service", "NAT_WAIT"]
 
 log = logging.getLogger("crust")
 
 
-class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch):
+class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch, Watching):
     """A crust node: listens, bootstraps, connects and carries messages to peers.
 
     Args:
@@ -150,6 +154,8 @@ class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch):
         self._async_runs: set[int] = set()
         self._connect_waiters: dict[PeerId, list[concurrent.futures.Future[PeerId]]] = {}
         self._async_connects: set[PeerId] = set()
+        self._peer_waiters = []
+        self._tally = Tally()
         self._book = ContactBook(config.bootstrap_cache_path, lambda fn: self._worker().submit(fn))
         self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
         self._closed = False
@@ -198,6 +204,8 @@ class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch):
         for waiters in list(self._connect_waiters.values()):
             for connect_waiter in waiters:
                 connect_waiter.cancel()
+        for _, peer_waiter in list(self._peer_waiters):
+            peer_waiter.cancel()
         self._dispatcher.close(timeout)
         with self._workers_lock:
             workers = self._workers
@@ -372,37 +380,55 @@ class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch):
         self._nat.wake()
 
     def _account(self, events: list[Event]) -> None:
+        """Book-keep one round of events, queue them for the callbacks, then answer blocking calls.
+
+        The answers (``bootstrap()``, ``connect()``, ``wait_for_peer()``) wait until the
+        round's events are queued: when such a call returns, ``on_new_peer`` for its peer
+        is already queued, ahead of anything that peer sends.
+        """
         backlog: dict[PeerId, int] = {}
         post: list[Event] = []
+        answers: list[Callable[[], None]] = []
+        tally = self._tally
+        received = received_bytes = 0
         for event in events:
             if type(event) is MessageReceived:  # the hot path: a type check is ~6x cheaper than `match`
                 backlog[event.peer_id] = backlog.get(event.peer_id, 0) + message_cost(event.data)
+                received += 1
+                received_bytes += len(event.data)
                 post.append(event)
                 continue
+            tally.count(event)
             match event:
                 case PeerConnected(info):
                     self._flow.opened(info.id)
                     if info.origin == "bootstrap_connect":  # we dialled it: a contact worth keeping
                         self._book.record_success(Contact(info.addr, info.id), time.time())
+                    if self._peer_waiters:
+                        answers.append(functools.partial(self._peer_up, info.id))
                 case PeerLost(peer_id, _):
                     self._flow.lost(peer_id)
                 case BootstrapFinished():
-                    self._finish_bootstrap(event)
+                    answers.append(functools.partial(self._finish_bootstrap, event))
                     continue
                 case ContactsLearned(_, contacts):
                     self._book.learn(contacts)
                     continue
                 case ConnectFinished():
-                    self._finish_connect(event)
+                    answers.append(functools.partial(self._finish_connect, event))
                     continue
                 case ListenersChanged(endpoints):
                     if self._lan is not None:  # the LAN beacon tells seekers what we announce
                         self._lan.set_listeners(endpoints)
                     continue
             post.append(event)
+        if received:
+            tally.count_messages(received, received_bytes)
         if backlog:
             self._flow.received(backlog)
         self._dispatcher.post_many(post)
+        for answer in answers:
+            answer()
 
     # -- LAN discovery -----------------------------------------------------------------
 

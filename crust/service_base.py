@@ -27,7 +27,7 @@ from .runtime.nat import NatGlue
 from .runtime.streams import Streams
 from .transport.reactor import Reactor
 
-__all__ = ["ServiceBase", "CALL_MARGIN", "check_peer_id", "check_timeout"]
+__all__ = ["ServiceBase", "CALL_MARGIN", "check_peer_id", "check_timeout", "check_positive_timeout"]
 
 T = TypeVar("T")
 CALL_MARGIN = 5.0  # seconds a blocking call waits beyond the engine's own deadline
@@ -93,4 +93,17 @@ def check_timeout(timeout: object) -> float:
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
     if not timeout >= 0:
         raise ValueError(f"timeout must be >= 0, not {timeout}")
+    return float(timeout)
+
+
+def check_positive_timeout(timeout: object) -> float:
+    """``timeout`` as a float of seconds; TypeError / ValueError unless it is a number ``> 0``.
+
+    For calls that wait for something to happen, where no wait at all could
+    only fail: a zero, negative or NaN ``timeout`` is a mistake, said so.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
     return float(timeout)

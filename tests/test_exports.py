@@ -20,12 +20,13 @@ EXPORTS = [
     "Service", "Config", "read_config_file", "Identity", "MSG_DROP_PRIORITY",
     # value types
     "PeerId", "Endpoint", "Contact", "CrustUser", "PeerInfo", "PrivConnectionInfo", "PubConnectionInfo",
-    "Origin", "NatInfo", "TransportNat", "MappingBehaviour",
+    "Origin", "NatInfo", "TransportNat", "MappingBehaviour", "Stats",
     # events (what the callbacks report)
     "Event", "PeerConnected", "MessageReceived", "PeerLost", "BootstrapFinished", "SendDropped", "Misbehaved",
     # errors and warnings
     "CrustError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError", "DecryptError", "HandshakeError",
     "ServiceClosed", "PeerNotFound", "PeerLostError", "MessageTooLarge", "CrustTimeoutError", "SendTimeout",
+    "PeerWaitTimeout",
     "ConfigError", "ListenerError", "BootstrapFailed", "ConnectError", "ConnectToSelf", "InsecureKeyFileWarning",
 ]
 

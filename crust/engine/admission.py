@@ -57,6 +57,7 @@ class Admission:
         if deny is None and not self._peers.wins_duplicate(conn):  # again: a check may have taken seconds
             deny = DenyReason.ALREADY_CONNECTED
         if deny is not None:
+            core.refused += 1
             core.move(conn, Decision.DENY)
             core.send_control(conn, BootstrapDenied(deny))
             core.close(conn, flush=True)

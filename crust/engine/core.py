@@ -56,6 +56,7 @@ class Core:
         self.timers: list[tuple[float, ConnId]] = []
         self.banned_ids: set[PeerId] = set()
         self.banned_ips: set[str] = set()
+        self.refused = 0  # connections refused before they became peers (Service.stats())
         self.conn_failed: list[ConnFailedHook] = []
         self.listeners: tuple[Endpoint, ...] = ()  # where we accept, as we announce it to peers
         self.now = 0.0  # the latest ``now`` any input brought: for paths that have none of their own

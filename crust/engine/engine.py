@@ -155,6 +155,10 @@ class Engine:
         """Live connections of every kind (handshaking, candidates, peers, retiring duplicates)."""
         return len(self._core.conns)
 
+    def refused(self) -> int:
+        """Connections refused before they became peers (denied bootstraps, refused candidates, failed handshakes)."""
+        return self._core.refused
+
     def pending_handshakes(self) -> int:
         """Accepted connections not granted yet (the ones the caps of PROTOCOL.md §11 count)."""
         return len(self._core.pending_accepts)
@@ -480,6 +484,8 @@ class Engine:
             core.events.append(Misbehaved(peer.id, str(exc)))
             self._peers.lose(peer.id, f"misbehaved: {exc}", GoodbyeReason.PROTOCOL)
             return
+        if conn.role is Role.RESPONDER:
+            core.refused += 1
         if conn.handshake is not None:
             core.write_handshake(conn)  # a REJECT telling the peer why
         if isinstance(exc, HandshakeError) and exc.reason in ("network_mismatch", "version_mismatch"):

@@ -193,6 +193,7 @@ class Rendezvous:
         if reason is None:
             self._core.close(conn, flush=False)
         else:
+            self._core.refused += 1
             self._core.fail_conn(conn, reason)
 
     def _close_candidates(self, peer_id: PeerId, keep: Conn | None, chooser: bool = True) -> None:

@@ -1,0 +1,101 @@
+"""Watching a Service: ``wait_for_peer()`` and ``stats()``.
+
+Both are answered on the reactor thread from what the Service already
+knows: the engine's peers and the :class:`~crust.stats.Tally` that
+``Service._account`` keeps.  A ``wait_for_peer()`` waiter is answered by
+``_account`` *after* it has queued the events of the same round for the
+callbacks, so ``on_new_peer`` for that peer is queued before the call
+returns.  Neither depends on the dispatcher, so both work with
+``dispatch="manual"`` too.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from .errors import PeerWaitTimeout, ServiceClosed
+from .ids import PeerId
+from .service_base import ServiceBase, check_peer_id, check_positive_timeout
+from .stats import Stats, Tally
+
+__all__ = ["Watching"]
+
+
+class Watching(ServiceBase):
+    """``wait_for_peer`` and ``stats`` of :class:`crust.Service`."""
+
+    _tally: Tally
+    _peer_waiters: list[tuple[PeerId | None, concurrent.futures.Future[PeerId]]]
+
+    def wait_for_peer(self, peer_id: PeerId | None = None, timeout: float | None = None) -> PeerId:
+        """Block until a peer is connected (any, or ``peer_id``); return its PeerId.
+
+        Returns at once when one is connected already (with ``peer_id=None``,
+        one of those).  Otherwise returns when the next connection comes up;
+        its ``on_new_peer`` callback has been queued by then, and runs before
+        any ``on_message`` from that peer.  Works with ``dispatch="manual"``
+        (it does not wait for callbacks to run) and from inside a callback.
+
+        Args:
+            peer_id: the peer to wait for; ``None`` for any peer.
+            timeout: seconds (> 0) to wait at most; ``None`` waits until a peer
+                comes or the Service closes.
+
+        Raises:
+            PeerWaitTimeout: no such peer connected within ``timeout`` seconds.
+            ServiceClosed: the Service is (or was, during the wait) closed.
+            TypeError / ValueError: bad ``peer_id`` or ``timeout``.
+        """
+        if peer_id is not None:
+            check_peer_id(peer_id)
+        limit = None if timeout is None else check_positive_timeout(timeout)
+        if self._reactor.in_reactor_thread():
+            raise RuntimeError("wait_for_peer() must not be called on the I/O thread")
+        future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
+        waiter = (peer_id, future)
+
+        def register() -> None:
+            connected = self._engine.peer_ids() if peer_id is None else \
+                [peer_id] if self._engine.is_connected(peer_id) else []
+            if connected:
+                future.set_result(connected[0])
+            else:
+                self._peer_waiters.append(waiter)
+
+        self._call(register)
+        try:
+            return future.result(limit)
+        except concurrent.futures.CancelledError:
+            raise ServiceClosed("the service closed while waiting for a peer") from None
+        except concurrent.futures.TimeoutError:
+            try:
+                self._reactor.call_soon_threadsafe(self._forget_waiter, waiter)
+            except ServiceClosed:
+                pass
+            which = "any peer" if peer_id is None else repr(peer_id)
+            raise PeerWaitTimeout(f"no connection to {which} within {limit} s") from None
+
+    def _forget_waiter(self, waiter: tuple[PeerId | None, concurrent.futures.Future[PeerId]]) -> None:
+        if waiter in self._peer_waiters:
+            self._peer_waiters.remove(waiter)
+
+    def _peer_up(self, peer_id: PeerId) -> None:
+        """Answer the waiters for ``peer_id`` or any peer (reactor; after the round's events were queued)."""
+        waiting: list[tuple[PeerId | None, concurrent.futures.Future[PeerId]]] = []
+        for wanted, future in self._peer_waiters:
+            if wanted is None or wanted == peer_id:
+                if not future.done():
+                    future.set_result(peer_id)
+            else:
+                waiting.append((wanted, future))
+        self._peer_waiters = waiting
+
+    def stats(self) -> Stats:
+        """A snapshot of the Service's counters (peers, bytes, drops, refusals, misbehaviour...).
+
+        See :class:`crust.Stats` for every field.
+        """
+        def snapshot() -> Stats:
+            engine = self._engine
+            return self._tally.snapshot([engine.peer_info(p) for p in engine.peer_ids()], engine.refused())
+        return self._call(snapshot)

@@ -21,7 +21,7 @@ from .events import BootstrapFinished
 from .handlers import AsyncBootstrapFailed
 from .ids import Contact, CrustUser, Endpoint, EndpointLike, PeerId, is_ip_literal
 from .runtime.nat import SETTLE_TIMEOUT
-from .service_base import CALL_MARGIN, ServiceBase, check_timeout
+from .service_base import CALL_MARGIN, ServiceBase, check_positive_timeout
 
 __all__ = ["Bootstrapping"]
 
@@ -45,7 +45,7 @@ class Bootstrapping(ServiceBase):
                 (``"network_mismatch"`` for a peer of another network).
         """
         self._check_open()
-        timeout = self._config.bootstrap_timeout if timeout is None else check_timeout(timeout)
+        timeout = self._config.bootstrap_timeout if timeout is None else check_positive_timeout(timeout)
         blacklist_list = _blacklist_entries(blacklist, user)
         contacts = self._contacts()
         future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
@@ -128,11 +128,27 @@ class Bootstrapping(ServiceBase):
             else:
                 reasons = dict(done.failures)
                 msg = "bootstrap failed" if reasons else "bootstrap failed: no contacts to try"
-                waiter.set_exception(BootstrapFailed(msg, reasons))
+                waiter.set_exception(BootstrapFailed(msg + _advice(reasons.values()), reasons))
         elif done.run in self._async_runs:
             self._async_runs.discard(done.run)
             if done.peer_id is None:
+                advice = _advice(why for _, why in done.failures)
+                if advice:
+                    log.warning("bootstrap failed%s", advice)
                 self._dispatcher.post(AsyncBootstrapFailed(done.failures))
+
+
+UNREACHABLE = "denied: failed_external_reachability"
+"""A contact's reason when it could not dial us back (PROTOCOL.md §6.3)."""
+
+
+def _advice(reasons: Iterable[str]) -> str:
+    """What to do about the failures ``reasons`` name, as a clause to append ("" when there is nothing to say)."""
+    if UNREACHABLE in reasons:
+        return (": the contacts could not connect back to this node, and a CrustUser.NODE must be reachable."
+                " Call start_listening() first (on a port the contacts can reach: forwarded, UPnP-mapped or public),"
+                " or bootstrap(user=CrustUser.CLIENT) if this node need not accept connections")
+    return ""
 
 
 def _blacklist_entries(blacklist: Iterable[EndpointLike], user: object) -> list[Endpoint | str]:

@@ -241,6 +241,10 @@ class Config:
             set_(self, "hard_coded_contacts", tuple(Contact.coerce(c) for c in contacts))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"hard_coded_contacts: {exc}") from None
+        for contact in self.contacts:
+            if contact.addr.port == 0:
+                raise ConfigError(f"hard_coded_contacts: {contact.addr} has port 0, where no node listens; "
+                                  "give the port the contact's start_listening() returned")
         for name in ("tcp_port", "udp_port", "service_discovery_port"):
             _check_int(name, getattr(self, name), 0, 65535)
         for name in ("enable_tcp", "enable_udp", "enable_upnp", "force_acceptor_port_in_ext_ep",
@@ -280,7 +284,8 @@ class Config:
                      "max_pending_handshakes_per_ip", "max_peers", "bootstrap_max_in_flight"):
             _check_int(name, getattr(self, name), 1, 1 << 40)
         for name in ("send_queue_limit", "receive_backlog_limit"):
-            _check_int(name, getattr(self, name), self.max_message_size, 1 << 40)
+            _check_int(name, getattr(self, name), 1, 1 << 40)
+        _check_queues_hold_a_message(self)
         _check_int("target_peers", self.target_peers, 0, self.max_peers)
 
     # -- JSON file form -------------------------------------------------------
@@ -351,6 +356,22 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise ConfigError(f"{name} must be an int, not {value!r}")
     if not low <= value <= high:
         raise ConfigError(f"{name} must be in {low}..{high}, not {value}")
+
+
+def _check_queues_hold_a_message(cfg: Config) -> None:
+    """Each queue limit must hold one whole message: say so once, naming every limit that is short."""
+    size = cfg.max_message_size
+    short = [(name, getattr(cfg, name)) for name in ("send_queue_limit", "receive_backlog_limit")
+             if getattr(cfg, name) < size]
+    if not short:
+        return
+    fields = " and ".join(f"{name} ({value})" for name, value in short)
+    suggested = 4 * size  # the defaults' ratio: 8 MiB queues for 2 MiB messages
+    settings = ", ".join(f"{name}={suggested}" for name, _ in short)
+    raise ConfigError(
+        f"max_message_size ({size}) exceeds {fields}: each limit must hold at least one whole message. "
+        f"Raise {'it' if len(short) == 1 else 'them'} with it: Config(max_message_size={size}, {settings}) "
+        f"(4x, as the defaults), or at least {size}")
 
 
 def _check_positive_float(name: str, value: object) -> None:

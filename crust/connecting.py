@@ -16,7 +16,7 @@ from .errors import ConnectError, ConnectToSelf, ServiceClosed
 from .events import ConnectFinished
 from .handlers import ConnectFailed
 from .ids import PeerId
-from .service_base import CALL_MARGIN, ServiceBase, check_timeout
+from .service_base import CALL_MARGIN, ServiceBase, check_positive_timeout
 
 __all__ = ["Connecting", "NAT_WAIT"]
 
@@ -36,7 +36,7 @@ class Connecting(ServiceBase):
         see them may take a moment: we wait up to ``NAT_WAIT`` seconds (never
         beyond ``timeout``) for the answers when we have peers to ask.
         """
-        limit = CALL_MARGIN if timeout is None else check_timeout(timeout)
+        limit = CALL_MARGIN if timeout is None else check_positive_timeout(timeout)
         deadline = time.monotonic() + limit
         answered: concurrent.futures.Future[None] = concurrent.futures.Future()
 
@@ -61,7 +61,7 @@ class Connecting(ServiceBase):
             ConnectError: no candidate connected within ``timeout`` (default ``connect_timeout``);
                 ``reasons`` names each candidate's failure.
         """
-        timeout = self._config.connect_timeout if timeout is None else check_timeout(timeout)
+        timeout = self._config.connect_timeout if timeout is None else check_positive_timeout(timeout)
         future: concurrent.futures.Future[PeerId] = concurrent.futures.Future()
         self._start_connect(ours, theirs, timeout, future)
         try:

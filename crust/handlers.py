@@ -22,7 +22,7 @@ from typing import Any, Callable, TypeVar
 
 from .events import Event, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
 from .ids import PeerId
-from .service_base import ServiceBase
+from .service_base import ServiceBase, check_timeout
 
 __all__ = [
     "Callbacks", "AsyncBootstrapFailed", "ConnectFailed", "NewPeerHandler", "MessageHandler", "LostHandler",
@@ -117,6 +117,10 @@ class Callbacks(ServiceBase):
         return self._dispatcher.remove_handler(handler)
 
     def run_callbacks(self, timeout: float = 0.0) -> int:
-        """Manual dispatch: run queued callbacks on this thread; returns how many events were delivered."""
+        """Manual dispatch: run queued callbacks on this thread; returns how many events were delivered.
+
+        Waits up to ``timeout`` seconds (>= 0; 0 does not wait) for a first event.
+        """
+        check_timeout(timeout)
         self._check_open()
         return self._dispatcher.run_callbacks(timeout)

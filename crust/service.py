@@ -94,7 +94,8 @@ from .runtime.lan import LanDiscovery
 from .runtime.nat import NatGlue
 from .runtime.streams import Streams
 from .ids import Contact, CrustUser, Endpoint, PeerId, is_ip_literal, name_hash
-from .service_base import CALL_MARGIN as _CALL_MARGIN, check_peer_id as _check_peer_id, check_timeout as _check_timeout
+from .service_base import CALL_MARGIN as _CALL_MARGIN, check_peer_id as _check_peer_id, check_positive_timeout
+from .service_base import check_timeout as _check_timeout
 from .stats import Tally
 from .transport.reactor import Reactor
 from .watching import Watching
@@ -178,27 +179,51 @@ class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch, Watching):
         return f"<crust.Service {self.id!r}{' closed' if self._closed else ''}>"
 
     def close(self, timeout: float = 5.0) -> None:
-        """Say Goodbye to every peer, close every socket and join every thread.  Idempotent.
+        """Say Goodbye to every peer, close every socket and join every thread, within ``timeout`` in all.
 
         Remote peers see ``on_lost`` at once.  Callbacks queued before the close
         still run (thread mode); afterwards every method raises ServiceClosed.
+        Idempotent.
+
+        One deadline bounds every stage: flushing what peers have not taken yet
+        (a peer that does not read is then cut off), stopping the I/O thread,
+        the callbacks still queued and the worker pool.  The flush may use all
+        but a reserve (a quarter of ``timeout``, at most 0.5 s) that the other
+        stages share, so the I/O thread always has time to close every socket.
+        A callback still running when the time is up (one that blocks, say)
+        keeps the dispatcher thread until it returns; ``close`` does not wait
+        for it and logs a warning.
+
+        Args:
+            timeout: seconds (> 0) the whole close may take.
+
+        Raises:
+            TypeError / ValueError: ``timeout`` is not a positive number.
         """
+        limit = check_positive_timeout(timeout)
+        deadline = time.monotonic() + limit
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
+
+        def left(reserve: float = 0.0) -> float:
+            return max(0.0, deadline - reserve - time.monotonic())
+
         self._flow.close()  # first, so that the final flush's credit cannot admit a blocked send()
         flushed = threading.Event()
         try:
             self._reactor.call_soon_threadsafe(self._shutdown_on_reactor, flushed)
         except ServiceClosed:
             flushed.set()
-        flushed.wait(timeout)
+        if not flushed.wait(left(reserve=min(0.5, limit / 4))):
+            log.info("closing: some peers had not taken everything queued for them within %.1f s; "
+                     "their connections are closed without it", limit)
         try:
             self._reactor.call_soon_threadsafe(self._streams.abort)
         except ServiceClosed:
             pass
-        self._reactor.stop(timeout)
+        self._reactor.stop(left())
         for waiter in list(self._bootstrap_waiters.values()):
             waiter.cancel()
         for waiters in list(self._connect_waiters.values()):
@@ -206,11 +231,13 @@ class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch, Watching):
                 connect_waiter.cancel()
         for _, peer_waiter in list(self._peer_waiters):
             peer_waiter.cancel()
-        self._dispatcher.close(timeout)
+        self._dispatcher.close(left())
         with self._workers_lock:
             workers = self._workers
         if workers is not None:
-            workers.shutdown(wait=True)  # lets a queued cache write finish
+            workers.shutdown(wait=False)  # a queued cache write still runs; we wait for it below, bounded
+            for thread in list(getattr(workers, "_threads", ())):
+                thread.join(left())
 
     def _shutdown_on_reactor(self, flushed: threading.Event) -> None:
         if self._lan is not None:
@@ -455,8 +482,8 @@ class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch, Watching):
         self._call(lambda: self._ensure_lan().set_listen(listen))
 
     def has_peers_on_lan(self, timeout: float = 1.0) -> bool:
-        """Seek for ``timeout`` seconds: did any peer of our network answer?  Starts the beacon if needed."""
-        timeout = _check_timeout(timeout)
+        """Seek for ``timeout`` seconds (> 0): did any peer of our network answer?  Starts the beacon if needed."""
+        timeout = check_positive_timeout(timeout)
         future: concurrent.futures.Future[bool] = concurrent.futures.Future()
         self._call(lambda: self._ensure_lan().seek(timeout, lambda replies: future.set_result(bool(replies)),
                                                    until_first=True))

@@ -482,6 +482,7 @@ def test_a_node_must_be_reachable_unless_the_check_is_disabled(net: Net) -> None
     with pytest.raises(crust.BootstrapFailed) as info:
         b.bootstrap(timeout=WAIT)  # B does not listen: A cannot connect back
     assert info.value.reasons == {str(a_ep): "denied: failed_external_reachability"}
+    assert "start_listening()" in str(info.value) and "CrustUser.CLIENT" in str(info.value)  # what to do
     assert b.bootstrap(user=crust.CrustUser.CLIENT, timeout=WAIT) == a.id  # a Client is not checked
     ra.wait(lambda: len(ra.new_peers) == 1, what="A's on_new_peer for the Client")
     assert ra.new_peers[0].user is crust.CrustUser.CLIENT

@@ -220,3 +220,39 @@ def test_on_new_peer_is_queued_before_connect_returns(net: Net) -> None:
     assert result == [a.id]
     assert b.run_callbacks(0.0) >= 1
     assert [i.id for i in seen[a.id]] == [b.id] and [i.id for i in seen[b.id]] == [a.id]
+
+
+# -- close(timeout) is a total limit --------------------------------------------------
+
+
+def test_close_returns_within_its_timeout_whatever_peers_and_callbacks_do(net: Net) -> None:
+    svc, rec, ep = net.listener(max_message_size=64 * 1024, send_queue_limit=256 * 1024,
+                                receive_backlog_limit=256 * 1024)
+    gate, stuck = net.event(), threading.Event()
+
+    @svc.on_message
+    def blocked(pid: crust.PeerId, data: bytes) -> None:
+        stuck.set()
+        gate.wait(WAIT)  # a callback that does not return until the test lets it
+
+    deaf = RawPeer(net.raw_connect(ep, rcvbuf=4096))  # a peer that never reads
+    deaf.bootstrap()
+    rec.wait(lambda: deaf.peer_id in [info.id for info in rec.new_peers])
+    with pytest.raises(crust.SendTimeout):
+        for _ in range(200):  # bounded: the queue fills long before
+            svc.send(deaf.peer_id, b"x" * 64 * 1024, timeout=0.5)
+    talker, _ = net.client(str(ep))
+    talker.bootstrap(timeout=WAIT)
+    talker.send(svc.id, b"hello")
+    assert stuck.wait(WAIT)
+
+    started = time.monotonic()
+    svc.close(1.0)
+    took = time.monotonic() - started
+    assert took < 1.5, f"close(1.0) took {took:.2f} s"
+
+    gate.set()  # let the callback return: the dispatcher thread then ends
+    dispatcher = svc._dispatcher._thread
+    assert dispatcher is not None
+    dispatcher.join(WAIT)
+    assert not dispatcher.is_alive()

@@ -58,12 +58,23 @@ def seconds(text: str) -> float:
     return value
 
 
+def timeout(text: str) -> float:
+    """An argparse type: a timeout, more than zero seconds."""
+    value = seconds(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
 def endpoint(text: str) -> crust.Endpoint:
-    """An argparse type: ``host:port``, ``tcp://host:port`` or ``udp://host:port``."""
+    """An argparse type: ``host:port``, ``tcp://host:port`` or ``udp://host:port`` (a real port, not 0)."""
     try:
-        return crust.Endpoint.parse(text)
+        parsed = crust.Endpoint.parse(text)
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"not an endpoint ({exc}): {text!r}") from None
+    if parsed.port == 0:
+        raise argparse.ArgumentTypeError(f"port 0 is no node's port: {text!r} (give the port the node listens on)")
+    return parsed
 
 
 def add_node_options(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import crust
 
-from .common import CommandFailed, Progress, count, left, plural, seconds, short, table
+from .common import CommandFailed, Progress, count, left, plural, short, table, timeout
 
 __all__ = ["add_parser"]
 
@@ -36,7 +36,7 @@ def add_parser(commands: Any) -> None:
     demo.add_argument("--peers", type=count(1), default=4, metavar="N", help="peers besides the seed (default 4)")
     demo.add_argument("--messages", type=count(0), default=100, metavar="M",
                       help="messages each peer sends (default 100)")
-    demo.add_argument("--timeout", type=seconds, default=30.0, metavar="SECONDS",
+    demo.add_argument("--timeout", type=timeout, default=30.0, metavar="SECONDS",
                       help="give up after this long (default 30)")
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                       help="show a progress line on stderr (default: when stderr is a terminal)")
@@ -116,7 +116,7 @@ def _demo(n_peers: int, n_messages: int, timeout: float, progress: Progress) -> 
         for peer in peers:
             progress.update(f"bootstrapping: {peer.number - 1}/{n_peers} peers connected")
             peer.service.start_listening()  # a Node is reachable: it listens too
-            seed_id = peer.service.bootstrap(timeout=left(deadline))
+            seed_id = peer.service.bootstrap(timeout=max(left(deadline), 0.01))
             if seed_id != seed.id:
                 raise CommandFailed(f"peer {peer.number} bootstrapped off {seed_id!r}, not the seed")
         if not joined.wait(left(deadline)):

@@ -17,7 +17,7 @@ from typing import Any
 
 import crust
 
-from .common import CommandFailed, add_node_options, count, endpoint, identity_from, left, node_config, seconds, short
+from .common import CommandFailed, add_node_options, count, endpoint, identity_from, left, node_config, seconds, short, timeout
 
 __all__ = ["add_parser"]
 
@@ -38,7 +38,7 @@ def add_parser(commands: Any) -> None:
                         help="round trips to time (default 4)")
     parser.add_argument("-i", "--interval", type=seconds, default=1.0, metavar="SECONDS",
                         help=f"seconds between heartbeats (default 1, at least {MIN_INTERVAL})")
-    parser.add_argument("--timeout", type=seconds, default=15.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=timeout, default=15.0, metavar="SECONDS",
                         help="give up after this long in all (default 15)")
     add_node_options(parser)
     parser.set_defaults(run=run)

@@ -132,7 +132,7 @@ class Config:
             bootstrapping.  Default ``$XDG_CACHE_HOME/crust/bootstrap_cache.json`` (``~/.cache``
             when unset); ``None`` keeps no cache.
         whitelisted_node_ips: when set, only these IPs may connect to us as Nodes (default None:
-            anyone).  Re-read live from the config file a Service was built from.
+            anyone).  Applied live from a watched config file (``Service(watch=path)``).
         whitelisted_client_ips: when set, only these IPs may bootstrap off us as Clients
             (default None: anyone).  Re-read live like ``whitelisted_node_ips``.
         network_name: peers whose network name differs never connect to each other (default None,
@@ -179,8 +179,9 @@ class Config:
         target_peers: connections the Service keeps up by itself, bootstrapping off peers its peers
             tell it of (peer exchange), in the role of its last ``bootstrap()``; 0 (the default)
             = only what you connect yourself; 0 .. ``max_peers``.
-        config_reload_interval: seconds between re-reads of the config file a ``Service()``
-            without a config was built from; > 0 (default 30.0).
+        config_reload_interval: seconds between checks of the watched config file for a change
+            (``Service(watch=path)``, or the default file a ``Service()`` without a config read);
+            each check is one ``stat()``, a changed file is re-read; > 0 (default 1.0).
     """
 
     hard_coded_contacts: Sequence[Contact | EndpointLike] = ()
@@ -220,7 +221,7 @@ class Config:
     connect_timeout: float = 30.0
     peer_exchange: bool = True
     target_peers: int = 0
-    config_reload_interval: float = 30.0
+    config_reload_interval: float = 1.0
 
     @property
     def unfinished_limit(self) -> int:

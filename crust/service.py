@@ -66,6 +66,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
+import os
 import threading
 import time
 from typing import Callable
@@ -73,7 +74,7 @@ from typing import Callable
 from .bootstrapping import Bootstrapping
 from .config import Config
 from .config_file import find_config_file, read_config_file
-from .config_watch import ConfigWatch
+from .config_watch import ConfigWatch, file_version
 from .connecting import NAT_WAIT, Connecting
 from .crypto.ranking import measure_preference
 from .dispatch import Dispatcher
@@ -109,22 +110,37 @@ class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch, Watching):
     """A crust node: listens, bootstraps, connects and carries messages to peers.
 
     Args:
-        config: settings; ``Config()`` when omitted.
+        config: settings; when omitted, read from ``watch`` if given, else from
+            the default config file (:func:`crust.read_config_file`; ``Config()``
+            when there is none), which is then watched.
         identity: our long-term key pair; a fresh one when omitted.
         dispatch: ``"thread"`` (callbacks run on the ``crust-dispatch`` thread)
             or ``"manual"`` (the application calls :meth:`run_callbacks`).
+        watch: a JSON config file to follow (usually the one ``config`` was
+            loaded from): every ``config_reload_interval`` seconds the Service
+            checks whether it changed (one ``stat()``), and when it did re-reads
+            it and applies its whitelists to every live peer (peers they now
+            exclude are dropped and see ``on_lost``).  Other changed fields are
+            logged and wait for the next start.
 
     Raises:
         TypeError / ValueError: bad arguments.
+        ConfigError: ``config`` omitted and the file (``watch`` or the default one) is invalid.
     """
 
     def __init__(self, config: Config | None = None, identity: Identity | None = None, *,
-                 dispatch: str = "thread") -> None:
-        config_file: str | None = None
-        if config is None:
-            # The default file (API.md's search order); without one, defaults (and a log line).
-            config_file = find_config_file()
-            config = read_config_file()
+                 dispatch: str = "thread", watch: str | os.PathLike[str] | None = None) -> None:
+        if watch is not None and not isinstance(watch, (str, os.PathLike)):
+            raise TypeError(f"watch must be a config file path or None, not {type(watch).__name__}")
+        config_file = None if watch is None else os.fspath(watch)
+        if config is None and config_file is None:
+            config_file = find_config_file()  # the default file (API.md's search order), watched
+        # The version before the read: a change racing with it is seen at the first check.
+        config_version = None if config_file is None else file_version(config_file)
+        if config is None and watch is not None:
+            config = Config.load(watch)
+        elif config is None:
+            config = read_config_file()  # without a default file: defaults (and a log line)
         if not isinstance(config, Config):
             raise TypeError(f"config must be a crust.Config, not {type(config).__name__}")
         if identity is None:
@@ -162,6 +178,7 @@ class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch, Watching):
         self._closed = False
         self._close_lock = threading.Lock()
         self._config_file = config_file
+        self._config_version = config_version
         self._reactor.start()
         if config_file is not None:
             self._reactor.call_soon_threadsafe(self._schedule_config_reload)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from .config import MESSAGE_OVERHEAD, unfinished_limit
 from .crypto.aead import Cipher, Opener, Sealer
-from .errors import RemoteProtocolError
+from .errors import OversizeMessage, RemoteProtocolError
 from .wire.framing import FrameDecoder, encode_frame
 from .wire.messages import DATA_HEADER, DATA_LAST, RECORD_HEADER, Data, Message, MessageType, decode_record, encode_record
 
@@ -156,7 +156,7 @@ class SecureChannel:
         partial = self._partial.get(priority)
         if partial is None:
             if len(chunk) > self._max_message:
-                raise RemoteProtocolError(f"message exceeds {self._max_message} bytes")
+                raise OversizeMessage(f"message exceeds {self._max_message} bytes")
             if flags:
                 out.append(Data(priority, chunk))
             else:
@@ -164,7 +164,7 @@ class SecureChannel:
                 self._partial[priority] = bytearray(chunk)
             return
         if len(partial) + len(chunk) > self._max_message:
-            raise RemoteProtocolError(f"message exceeds {self._max_message} bytes")
+            raise OversizeMessage(f"message exceeds {self._max_message} bytes")
         if flags:
             del self._partial[priority]
             self._unfinished -= len(partial) + MESSAGE_OVERHEAD

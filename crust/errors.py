@@ -21,6 +21,7 @@ __all__ = [
     "RemoteProtocolError",
     "BufferReadError",
     "DecryptError",
+    "OversizeMessage",
     "HandshakeError",
     "ServiceClosed",
     "PeerNotFound",
@@ -65,6 +66,10 @@ class BufferReadError(RemoteProtocolError):
 
 class DecryptError(RemoteProtocolError):
     """An AEAD frame failed authentication (tampered, replayed, reordered or foreign)."""
+
+
+class OversizeMessage(RemoteProtocolError):
+    """The peer sent a message larger than our ``max_message_size`` (it is told so in its Goodbye)."""
 
 
 class HandshakeError(RemoteProtocolError):

@@ -69,6 +69,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable
 
 from .bootstrapping import Bootstrapping
@@ -172,6 +173,7 @@ class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch, Watching):
         self._connect_waiters: dict[PeerId, list[concurrent.futures.Future[PeerId]]] = {}
         self._async_connects: set[PeerId] = set()
         self._peer_waiters = []
+        self._lost_reasons = OrderedDict()
         self._tally = Tally()
         self._book = ContactBook(config.bootstrap_cache_path, lambda fn: self._worker().submit(fn))
         self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
@@ -450,8 +452,9 @@ class Service(Callbacks, Bootstrapping, Connecting, ConfigWatch, Watching):
                         self._book.record_success(Contact(info.addr, info.id), time.time())
                     if self._peer_waiters:
                         answers.append(functools.partial(self._peer_up, info.id))
-                case PeerLost(peer_id, _):
+                case PeerLost(peer_id, reason):
                     self._flow.lost(peer_id)
+                    self._peer_lost(peer_id, reason)
                 case BootstrapFinished():
                     answers.append(functools.partial(self._finish_bootstrap, event))
                     continue

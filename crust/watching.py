@@ -1,4 +1,4 @@
-"""Watching a Service: ``wait_for_peer()`` and ``stats()``.
+"""Watching a Service: ``wait_for_peer()``, ``lost_reason()`` and ``stats()``.
 
 Both are answered on the reactor thread from what the Service already
 knows: the engine's peers and the :class:`~crust.stats.Tally` that
@@ -12,13 +12,19 @@ returns.  Neither depends on the dispatcher, so both work with
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+from collections import OrderedDict
 
 from .errors import PeerWaitTimeout, ServiceClosed
 from .ids import PeerId
 from .service_base import ServiceBase, check_peer_id, check_positive_timeout
 from .stats import Stats, Tally
 
-__all__ = ["Watching"]
+__all__ = ["Watching", "LOST_REASONS_KEPT"]
+
+log = logging.getLogger("crust")
+LOST_REASONS_KEPT = 1024  # peers whose last loss lost_reason() remembers (the oldest are forgotten)
+TOO_LARGE = "closed by peer (message_too_large)"  # PeerLost.reason after a Goodbye(MESSAGE_TOO_LARGE)
 
 
 class Watching(ServiceBase):
@@ -26,6 +32,7 @@ class Watching(ServiceBase):
 
     _tally: Tally
     _peer_waiters: list[tuple[PeerId | None, concurrent.futures.Future[PeerId]]]
+    _lost_reasons: OrderedDict[PeerId, str]
 
     def wait_for_peer(self, peer_id: PeerId | None = None, timeout: float | None = None) -> PeerId:
         """Block until a peer is connected (any, or ``peer_id``); return its PeerId.
@@ -89,6 +96,31 @@ class Watching(ServiceBase):
             else:
                 waiting.append((wanted, future))
         self._peer_waiters = waiting
+
+    def lost_reason(self, peer_id: PeerId) -> str | None:
+        """Why the latest connection to ``peer_id`` ended, in a few words; ``None`` if none has.
+
+        Set before ``on_lost`` is queued, so an ``on_lost`` handler can ask.  For
+        example ``"disconnected"``, ``"timed out"``, ``"closed by peer (closed)"``,
+        ``"misbehaved: ..."``, or ``"closed by peer (message_too_large)"``: the
+        peer refused a message we sent because it exceeded *its*
+        ``max_message_size`` (smaller than ours); send it smaller messages.  The
+        last :data:`LOST_REASONS_KEPT` peers lost are remembered.
+        """
+        check_peer_id(peer_id)
+        return self._call(lambda: self._lost_reasons.get(peer_id))
+
+    def _peer_lost(self, peer_id: PeerId, reason: str) -> None:
+        """Remember why ``peer_id`` was lost (reactor); say what to do about an oversize message."""
+        reasons = self._lost_reasons
+        reasons.pop(peer_id, None)
+        reasons[peer_id] = reason
+        if len(reasons) > LOST_REASONS_KEPT:
+            reasons.popitem(last=False)
+        if reason == TOO_LARGE:
+            log.warning("peer %r closed the connection: a message we sent exceeded its max_message_size, "
+                        "which is smaller than ours (%d bytes); send it smaller messages, or give every node "
+                        "the same max_message_size", peer_id, self._config.max_message_size)
 
     def stats(self) -> Stats:
         """A snapshot of the Service's counters (peers, bytes, drops, refusals, misbehaviour...).

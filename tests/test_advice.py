@@ -6,6 +6,7 @@ test_service.py's reachability test.)
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 import crust
 
-from .livenet import Net
+from .livenet import WAIT, Net
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,3 +75,30 @@ def test_the_cli_refuses_bad_timeouts_and_port_0_on_one_line(argv: list[str]) ->
                             env=env, cwd=ROOT)
     assert result.returncode == 2, result.stderr
     assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_message_over_the_receivers_limit_is_reported_to_the_sender_with_what_to_do(
+        net: Net, caplog: pytest.LogCaptureFixture) -> None:
+    small = 1024 * 1024
+    a, ra, a_ep = net.listener(max_message_size=small, send_queue_limit=4 * small, receive_backlog_limit=4 * small)
+    b, rb = net.client(str(a_ep))  # the default max_message_size: 2 MiB
+    assert b.bootstrap(timeout=WAIT) == a.id
+    reasons: list[str | None] = []
+    asked = net.event()
+
+    @b.on_lost
+    def why(pid: crust.PeerId) -> None:
+        reasons.append(b.lost_reason(pid))  # asked from inside on_lost
+        asked.set()
+
+    caplog.set_level(logging.WARNING, logger="crust")
+    b.send(a.id, b"x" * (small + small // 2))
+    ra.wait(lambda: len(ra.misbehaviour) == 1, what="A refusing the message")
+    assert "exceeds 1048576 bytes" in ra.misbehaviour[0][1]
+    rb.wait(lambda: rb.lost == [a.id], what="B losing A")
+    assert asked.wait(WAIT)
+    assert reasons == ["closed by peer (message_too_large)"]
+    assert b.lost_reason(a.id) == "closed by peer (message_too_large)"
+    advice = [r.getMessage() for r in caplog.records if "exceeded its max_message_size" in r.getMessage()]
+    assert advice and "smaller messages" in advice[0] and "PeerId(" in advice[0]
+    assert a.lost_reason(b.id) is not None and b.lost_reason(b.id) is None

@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 from ..config import Config
 from ..crypto.keys import KeyPair
 from ..effects import Effect
-from ..errors import HandshakeError, LocalProtocolError, RemoteProtocolError
+from ..errors import HandshakeError, LocalProtocolError, OversizeMessage, RemoteProtocolError
 from ..events import Event, MessageReceived, Misbehaved, Origin, PeerInfo
 from ..nat import probe
 from ..nat.observe import NatInfo
@@ -482,7 +482,8 @@ class Engine:
         if peer is not None:
             log.warning("peer %r misbehaved: %s", peer.id, exc)
             core.events.append(Misbehaved(peer.id, str(exc)))
-            self._peers.lose(peer.id, f"misbehaved: {exc}", GoodbyeReason.PROTOCOL)
+            goodbye = GoodbyeReason.MESSAGE_TOO_LARGE if isinstance(exc, OversizeMessage) else GoodbyeReason.PROTOCOL
+            self._peers.lose(peer.id, f"misbehaved: {exc}", goodbye)
             return
         if conn.role is Role.RESPONDER:
             core.refused += 1

@@ -98,6 +98,7 @@ class GoodbyeReason(enum.IntEnum):
     PROTOCOL = 3
     BANNED = 4
     NOT_WHITELISTED = 5
+    MESSAGE_TOO_LARGE = 6  # the peer sent a message over our max_message_size
 
 
 @dataclass(frozen=True, slots=True)

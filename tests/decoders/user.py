@@ -32,6 +32,7 @@ conn_info_json = json_objects({
 })
 hostnames = st.from_regex(r"\A[a-z]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z]{1,5}){0,2}\Z")
 any_endpoints = st.builds(Endpoint, ip_hosts | hostnames, st.integers(0, 65535), st.sampled_from(("tcp", "udp")))
+contact_endpoints = st.builds(Endpoint, ip_hosts | hostnames, st.integers(1, 65535), st.sampled_from(("tcp", "udp")))
 
 
 _T = TypeVar("_T")
@@ -68,7 +69,8 @@ def configs(draw: st.DrawFn) -> Config:
     max_message = draw(st.integers(1, 1 << 30))
     ips = st.lists(ip_hosts, max_size=3)
     return Config(
-        hard_coded_contacts=draw(st.lists(st.builds(Contact, any_endpoints, st.none() | peer_ids), max_size=3)),
+        # A valid config's contacts have real ports: Config refuses port 0 there.
+        hard_coded_contacts=draw(st.lists(st.builds(Contact, contact_endpoints, st.none() | peer_ids), max_size=3)),
         tcp_port=draw(st.integers(0, 65535)), udp_port=draw(st.integers(0, 65535)), listen_host=draw(ip_hosts),
         enable_tcp=draw(st.booleans()), enable_udp=draw(st.booleans()), enable_upnp=draw(st.booleans()),
         force_acceptor_port_in_ext_ep=draw(st.booleans()), service_discovery_port=draw(st.integers(0, 65535)),

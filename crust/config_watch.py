@@ -44,7 +44,7 @@ def file_version(path: str | os.PathLike[str]) -> FileVersion:
 class ConfigWatch(ServiceBase):
     """The watched config file's change check (reactor timer) and re-read (worker)."""
 
-    _config_version: FileVersion
+    _config_version: FileVersion  # the reactor thread only (set in Service.__init__ before it starts)
 
     def _schedule_config_reload(self) -> None:
         self._reactor.call_later(self._config.config_reload_interval, self._check_config_file)

@@ -30,6 +30,7 @@ TOO_LARGE = "closed by peer (message_too_large)"  # PeerLost.reason after a Good
 class Watching(ServiceBase):
     """``wait_for_peer`` and ``stats`` of :class:`crust.Service`."""
 
+    # All three: the reactor thread only (set up in Service.__init__ before it starts).
     _tally: Tally
     _peer_waiters: list[tuple[PeerId | None, concurrent.futures.Future[PeerId]]]
     _lost_reasons: OrderedDict[PeerId, str]

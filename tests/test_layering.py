@@ -60,10 +60,10 @@ ALLOWED: dict[str, set[str]] = {
 # identity (a crypto.keys.KeyPair saved and loaded) and files (atomic
 # private-file writes for both identity and cache).  cli is the command line
 # (``python -m crust``): a user of the public API, like the examples.
-# The facade's parts (service_base, handlers, bootstrapping, connecting, config_watch, watching) are
-# service's mixins; stats holds what Service.stats() returns.
-TOP = {"service", "service_base", "handlers", "bootstrapping", "connecting", "config_watch", "watching", "stats",
-       "contact_book", "config_file", "identity", "files", "__init__", "__main__", "_version", "cli"}
+# The facade's parts (service_base, handlers, listening, bootstrapping, connecting, config_watch,
+# watching) are service's mixins; stats holds what Service.stats() returns.
+TOP = {"service", "service_base", "handlers", "listening", "bootstrapping", "connecting", "config_watch", "watching",
+       "stats", "contact_book", "config_file", "identity", "files", "__init__", "__main__", "_version", "cli"}
 SHELL = {"transport", "dispatch", "runtime"}
 SANS_IO = set(ALLOWED) - SHELL
 

@@ -67,7 +67,7 @@ def test_demo_runs_and_prints_one_row_per_peer() -> None:
 
 @pytest.mark.timeout(RUN_TIMEOUT + 10)
 def test_demo_timeout_fails_with_a_message() -> None:
-    proc = run("-m", "crust", "demo", "--peers", "2", "--messages", "5", "--timeout", "0")
+    proc = run("-m", "crust", "demo", "--peers", "2", "--messages", "5", "--timeout", "0.001")  # 0 is refused
     assert proc.returncode == 1, explain(proc)
     assert proc.stderr.startswith("python -m crust demo: "), explain(proc)
     assert len(proc.stderr.splitlines()) == 1, explain(proc)

@@ -101,7 +101,10 @@ def _demo(n_peers: int, n_messages: int, timeout: float, progress: Progress) -> 
 
         @seed.on_message
         def echo(peer_id: crust.PeerId, data: bytes) -> None:
-            seed.send(peer_id, data)
+            try:
+                seed.send(peer_id, data)
+            except (crust.PeerNotFound, crust.PeerLostError, crust.ServiceClosed):
+                pass  # the run is over (timed out or failed): the peers, or the seed, are going away
 
         seed_endpoints = seed.start_listening()
         print(f"seed {short(seed.id)} listening on {', '.join(map(str, seed_endpoints))}", flush=True)

@@ -76,7 +76,7 @@ from .engine import Engine
 from .engine.backpressure import message_cost
 from .errors import BootstrapFailed, ConfigError, ConnectError, ConnectToSelf, CrustTimeoutError, MessageTooLarge, ServiceClosed
 from .connection_info import PrivConnectionInfo, PubConnectionInfo
-from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, ListenersChanged, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, SendDropped
+from .events import BootstrapFinished, ConnectFinished, ContactsLearned, Event, ListenersChanged, MessageReceived, Misbehaved, PeerConnected, PeerInfo, PeerLost, RelayStats, SendDropped
 from .discovery.beacon import Reply
 from .identity import Identity
 from .nat.observe import NatInfo
@@ -324,6 +324,10 @@ class Service:
         network), every earlier answer is forgotten and peers are asked anew.
         """
         return self._call(self._nat.info)
+
+    def relay_stats(self) -> RelayStats:
+        """What this node relayed for peers that cannot reach each other (``Config.relay``): counts and sizes."""
+        return self._call(self._engine.relay_stats)
 
     def stop_listening(self) -> None:
         """Stop accepting new connections; existing ones stay."""
@@ -641,7 +645,8 @@ class Service:
                 self._async_connects.add(theirs.peer_id)
             self._engine.start_connect(theirs.peer_id, theirs.listeners, tcp_punch=theirs.tcp_punch,
                                        udp_punch=theirs.udp_punch, their_token=theirs.token, our_token=ours.token,
-                                       timeout=timeout, now=self._reactor.time())
+                                       timeout=timeout, their_relays=theirs.relays, our_relays=ours.relays,
+                                       now=self._reactor.time())
             self._driver.pump()
 
         self._call(start)

@@ -10,6 +10,12 @@ or until their handshake deadline).
 
 Candidates are the other side's listeners (dialled directly) and its punch
 endpoints (:mod:`~crust.engine.punch`: TCP simultaneous open, UDP punching).
+If none is through after ``RELAY_GRACE`` (at once when there are none), we
+open circuits through the relays the two infos name
+(:mod:`~crust.engine.circuits`): each relay in the other's info that we are
+connected to, except that a relay named in both infos is opened by the greater
+PeerId only, so one circuit per relay is the rule.  A relayed candidate runs the
+same exchange as any other.
 
 Exactly one candidate survives: the side with the greater PeerId picks the
 first candidate whose exchange completes (``ChooseConnection``) and closes
@@ -33,13 +39,15 @@ from ..ids import Endpoint, PeerId
 from ..wire.messages import ChooseConnection, ConnectRequest
 from .core import Core
 from .peers import Peers
+from .circuits import Circuits
 from .punch import Punching
 from .records import NEVER, Conn, Connect
 
-__all__ = ["Rendezvous", "MAX_CONNECT_CANDIDATES", "TCP_GRACE"]
+__all__ = ["Rendezvous", "MAX_CONNECT_CANDIDATES", "TCP_GRACE", "RELAY_GRACE"]
 
 MAX_CONNECT_CANDIDATES = 32  # endpoints of one connection info dialled at once
 TCP_GRACE = 0.5  # seconds a ready UDP candidate waits for a TCP one (TCP is preferred where both work)
+RELAY_GRACE = 2.0  # seconds direct and punched candidates have before relays are tried (at most half the timeout)
 _CANDIDATE_STATES = frozenset({ExchangeState.AWAIT_LOCAL_CONNECT, ExchangeState.EXPECT_CHOOSE,
                                ExchangeState.EXPECT_CONNECT_REPLY, ExchangeState.HELD})
 
@@ -47,18 +55,19 @@ _CANDIDATE_STATES = frozenset({ExchangeState.AWAIT_LOCAL_CONNECT, ExchangeState.
 class Rendezvous:
     """Every ``connect()`` in progress, by peer."""
 
-    def __init__(self, core: Core, peers: Peers, punching: Punching) -> None:
+    def __init__(self, core: Core, peers: Peers, punching: Punching, circuits: Circuits) -> None:
         self._core = core
         self._peers = peers
         self._punching = punching
+        self._circuits = circuits
         self._connects: dict[PeerId, Connect] = {}
         core.conn_failed.append(self._on_conn_failed)
         peers.established.append(self._on_established)
 
     def start(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, tcp_punch: Sequence[Endpoint] = (),
               udp_punch: Sequence[Endpoint] = (), their_token: bytes, our_token: bytes, timeout: float,
-              now: float) -> None:
-        """Dial every listener at once and punch towards the punch endpoints.
+              their_relays: Sequence[PeerId] = (), our_relays: Sequence[PeerId] = (), now: float) -> None:
+        """Dial every listener at once, punch towards the punch endpoints, and relay after a grace.
 
         Ends with one ``ConnectFinished`` (at once if already connected).
         """
@@ -83,6 +92,11 @@ class Rendezvous:
             record.dials.add(conn.id)
         self._punching.start(record, tcp_punch=tuple(allowed["tcp_punch"]), udp_punch=tuple(allowed["udp_punch"]),
                              now=now)
+        record.relays = tuple(relay for relay in their_relays if relay not in (core.id, peer_id)
+                              and (core.id > peer_id or relay not in our_relays))
+        if record.relays:
+            direct = any(allowed.values())
+            record.relay_at = now + min(RELAY_GRACE, timeout / 2) if direct else now
         for conn in list(core.conns.values()):  # the peer may have dialled us first
             if conn.state is ExchangeState.AWAIT_LOCAL_CONNECT and conn.peer_id == peer_id:
                 core.move(conn, Decision.LOCAL_CONNECT)
@@ -90,7 +104,8 @@ class Rendezvous:
 
     def next_timer(self) -> float:
         """The earliest connect deadline or end of a hold (``NEVER`` if none)."""
-        return min((min(record.deadline, record.hold_until) for record in self._connects.values()), default=NEVER)
+        return min((min(record.deadline, record.hold_until, record.relay_at) for record in self._connects.values()),
+                   default=NEVER)
 
     def handle_timer(self, now: float) -> None:
         """Choose held UDP candidates whose grace ran out; end the connects whose deadline passed."""
@@ -99,6 +114,8 @@ class Rendezvous:
             assert held is not None
             if held.id in self._core.conns:
                 self._choose(held, now)
+        for record in [r for r in self._connects.values() if r.relay_at <= now]:
+            self._open_circuits(record, now)
         for record in [r for r in self._connects.values() if r.deadline <= now]:
             self._end(record)
 
@@ -154,7 +171,8 @@ class Rendezvous:
                 core.move(conn, Decision.REFUSE)
                 core.close(conn, flush=True)  # a later candidate: the chosen one already carries the peer
                 return
-            if record is not None and conn.remote.transport == "udp" and self._tcp_may_win(record):
+            if (record is not None and conn.circuit is None and conn.remote.transport == "udp"
+                    and self._tcp_may_win(record)):
                 core.move(conn, Decision.HOLD)
                 if record.held is None:
                     record.held, record.hold_until = conn, now + TCP_GRACE
@@ -183,7 +201,8 @@ class Rendezvous:
         """
         peer_id = record.peer_id
         return any(
-            c.remote.transport == "tcp" and c.connected and c.state is not ExchangeState.ESTABLISHED
+            c.remote.transport == "tcp" and c.circuit is None and c.connected
+            and c.state is not ExchangeState.ESTABLISHED
             and (c.connect_for == peer_id or (c.peer_id == peer_id and c.state in _CANDIDATE_STATES))
             for c in self._core.conns.values())
 
@@ -221,6 +240,19 @@ class Rendezvous:
         if conn.connect_for is not None and conn.via != "tcp-punch":  # punching words its own failures
             direct = conn.via == conn.remote.transport
             record.failures[str(conn.remote) if direct else f"{conn.via} {conn.remote}"] = reason
+
+    def _open_circuits(self, record: Connect, now: float) -> None:
+        """The grace is over: open a circuit through each relay of ``record`` we can use."""
+        record.relay_at = NEVER
+        if record.peer_id in self._peers.table:
+            return
+        for relay in record.relays:
+            conn = self._circuits.open(relay, record.peer_id, now)
+            if conn is None:
+                record.failures[f"relay {relay}"] = "not connected to this relay, or it does not relay for us"
+                continue
+            conn.connect_for = record.peer_id
+            record.dials.add(conn.id)
 
     def _end(self, record: Connect) -> None:
         if self._connects.pop(record.peer_id, None) is None:

@@ -123,7 +123,7 @@ class NatGlue:
                 waiter.set_result(None)
 
     def gather(self) -> PrivConnectionInfo:
-        """Our connection info: listeners, then each punch socket as observed and locally (v2 groups)."""
+        """Our connection info: listeners, each punch socket as observed and locally, and our relays."""
         engine, streams, now = self._driver.engine, self._streams, self._driver.time()
         info = engine.nat_info(now)
         listeners = engine.listeners(now)
@@ -137,7 +137,7 @@ class NatGlue:
             punch[kind] += [Endpoint(ip, port, kind) for ip in local_ips]  # behind the same NAT, or none
         outside = [ep for ep in listeners if not ipaddress.ip_address(ep.host).is_loopback]
         return PrivConnectionInfo.gather(self._peer_id, random_token(TOKEN_SIZE), listeners=outside or listeners,
-                                         tcp_punch=punch["tcp"], udp_punch=punch["udp"])
+                                         tcp_punch=punch["tcp"], udp_punch=punch["udp"], relays=engine.relays())
 
 
 def _outside_first(addresses: list[str]) -> list[str]:

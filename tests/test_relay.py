@@ -17,6 +17,8 @@ import pytest
 
 import crust
 
+from crust.engine.upgrade import UPGRADE_FIRST
+
 from .livenet import WAIT, Net, Recorder
 
 pytestmark = pytest.mark.e2e
@@ -124,3 +126,34 @@ def test_the_relay_closing_loses_the_relayed_peer_on_both_ends(net: Net) -> None
     for rec, other in ((w.ra, w.b), (w.rb, w.a)):
         rec.wait(lambda: other.id in rec.lost, what="on_lost for the relayed peer")
     assert not w.a.is_connected(w.b.id) and not w.b.is_connected(w.a.id)
+
+
+def test_a_relayed_pair_moves_to_a_direct_connection_losing_nothing(net: Net) -> None:
+    # The infos A and B swapped named only the relay.  Then A starts listening (as when a NAT gets a
+    # port mapping): the upgrade offer sent over the relayed connection names that listener, B dials
+    # it, and the pair moves over while both stream numbered messages, which must arrive each once,
+    # in order.
+    w = World(net)
+    w.connect()
+    assert w.a.peer_info(w.b.id).transport == "relay"
+    w.a.start_listening()
+    sent = {w.a: 0, w.b: 0}
+    deadline = time.monotonic() + UPGRADE_FIRST + WAIT
+    while time.monotonic() < deadline:  # bounded: until both see the direct connection (or the deadline)
+        for svc, other in ((w.a, w.b), (w.b, w.a)):
+            svc.send(other.id, sent[svc].to_bytes(4, "big") + os.urandom(int.from_bytes(os.urandom(2), "big") % 3000))
+            sent[svc] += 1
+        if all(s.peer_info(o.id).transport == "tcp" for s, o in ((w.a, w.b), (w.b, w.a))):
+            break
+        time.sleep(0.002)  # pace the stream so the move happens mid-stream, not after a burst
+    assert w.a.peer_info(w.b.id).transport == w.b.peer_info(w.a.id).transport == "tcp"
+    for _ in range(50):  # and a little more over the direct connection
+        for svc, other in ((w.a, w.b), (w.b, w.a)):
+            svc.send(other.id, sent[svc].to_bytes(4, "big"))
+            sent[svc] += 1
+    for rec, sender in ((w.rb, w.a), (w.ra, w.b)):
+        rec.wait(lambda: len(rec.data_from(sender.id)) >= sent[sender], what="every numbered message")
+        numbers = [int.from_bytes(m[:4], "big") for m in rec.data_from(sender.id)]
+        assert numbers == list(range(sent[sender])), "lost, duplicated or reordered across the move"
+    assert not w.ra.lost and not w.rb.lost  # the move is not a loss
+    assert w.r.relay_stats().circuits == 0  # and the relay let go of the circuit

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from ..channel import MAX_FRAME_PLAINTEXT
 from ..errors import RemoteProtocolError
 from ..handshake.states import Role
 from ..ids import ConnId, PeerId
@@ -48,7 +49,6 @@ log = logging.getLogger("crust")
 
 RELAY_WINDOW = 512 * 1024  # bytes an end may have sent on a circuit and not had acknowledged
 RELAY_CHUNK = 32 * 1024  # bytes per RelayData: two fit one frame of the link to the relay
-_FRAME_BUDGET = 2 * (RELAY_CHUNK + 9)  # RelayData records sealed into one frame (each has a 9-byte header)
 
 CLOSE_REASONS = {
     RelayCloseReason.CLOSED: "the relayed peer closed the circuit",
@@ -168,17 +168,22 @@ class Circuits:
         self._pump(conn)
         if key in self._ends:
             self._sent(conn.id, ack.nbytes, now)
-        elif not circuit.queue:
+        elif not circuit.queue and not circuit.in_flight:
             self._finish_close(key, conn)
+        self._settle(conn)
 
     def on_close(self, carrier: Conn, close: RelayClose) -> None:
         """The relay ended (or refused) one of our circuits."""
         key = (carrier.id, close.circuit)
         self._closing.pop(key, None)
+        closing = self._closing.pop(key, None)
         conn = self._ends.pop(key, None)
         if conn is not None:
             self._to_ack.pop(conn.id, None)
             self._core.fail_conn(conn, f"relay closed the circuit: {CLOSE_REASONS[close.reason]}", close=False)
+        for ended in (conn, closing[0] if closing else None):
+            if ended is not None:
+                self._settle(ended)
 
     def flush_acks(self) -> None:
         """Acknowledge what each circuit's connection took this turn (not while its reading is paused)."""
@@ -225,7 +230,11 @@ class Circuits:
         self._to_ack.pop(conn.id, None)
         if self._ends.pop(key, None) is None:
             return
-        if circuit.queue:
+        carrier = circuit.carrier
+        if circuit.to_ack and carrier.id in self._core.conns:  # what we took, before we go
+            self._core.send_control(carrier, RelayAck(circuit.number, circuit.to_ack))
+            circuit.to_ack = 0
+        if circuit.queue or circuit.in_flight:
             self._closing[key] = (conn, self._core.now + self._core.config.handshake_timeout)
         else:
             self._finish_close(key, conn)
@@ -235,6 +244,15 @@ class Circuits:
         for key, (conn, until) in list(self._closing.items()):
             if until <= now:
                 self._finish_close(key, conn)
+                self._settle(conn)
+
+    def unacked(self, conn: Conn) -> int:
+        """Bytes ``conn`` wrote that the far end has not acknowledged yet (0 once its circuit ended)."""
+        circuit = conn.circuit
+        if circuit is None:
+            return 0
+        key = (circuit.carrier.id, circuit.number)
+        return circuit.queued + circuit.in_flight if key in self._ends or key in self._closing else 0
 
     # -- inside ---------------------------------------------------------------------------------
 
@@ -250,13 +268,21 @@ class Circuits:
         while queue and circuit.in_flight < RELAY_WINDOW:
             records: list[bytes | memoryview] = []
             size = 0
-            while queue and circuit.in_flight < RELAY_WINDOW and size < _FRAME_BUDGET:
+            while queue and circuit.in_flight < RELAY_WINDOW and (not records or size + len(queue[0]) + 9 <= MAX_FRAME_PLAINTEXT):
                 chunk = queue.popleft()
                 circuit.queued -= len(chunk)
                 circuit.in_flight += len(chunk)
                 size += len(chunk) + 9
                 records.append(encode_relay_data(circuit.number, chunk))
             core.write(carrier, carrier.channel.seal(records))
+
+    def _settle(self, conn: Conn) -> None:
+        """If ``conn``'s peer moved off it and waits for its tail, and the tail is acknowledged: go on."""
+        circuit = conn.circuit
+        assert circuit is not None
+        peer = self._peers.table.get(circuit.peer)
+        if peer is not None and peer.draining is conn:
+            self._peers.drained(peer)
 
     def _finish_close(self, key: tuple[ConnId, int], conn: Conn) -> None:
         self._closing.pop(key, None)
@@ -267,13 +293,14 @@ class Circuits:
             self._core.send_control(carrier, RelayClose(circuit.number, RelayCloseReason.CLOSED))
 
     def _on_forgotten(self, conn: Conn) -> None:
-        if conn.circuit is not None:  # one of ours ended (closed here, or the relay closed it)
-            self._ends.pop((conn.circuit.carrier.id, conn.circuit.number), None)
-            self._to_ack.pop(conn.id, None)
-            return
+        if conn.circuit is not None:
+            return  # one of ours: Core.close hands it to close(), the relay's RelayClose to on_close()
         for key in [key for key in (*self._ends, *self._closing) if key[0] == conn.id]:
-            self._closing.pop(key, None)
+            closing = self._closing.pop(key, None)
             end = self._ends.pop(key, None)
             if end is not None:
                 self._to_ack.pop(end.id, None)
                 self._core.fail_conn(end, "the connection to the relay was lost", close=False)
+            for ended in (end, closing[0] if closing else None):
+                if ended is not None:
+                    self._settle(ended)

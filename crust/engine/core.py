@@ -52,6 +52,9 @@ class CircuitIO(Protocol):
     def close(self, conn: Conn) -> None:
         """Close ``conn``'s circuit (after the bytes already written)."""
 
+    def unacked(self, conn: Conn) -> int:
+        """Bytes ``conn`` wrote that the far end has not acknowledged yet (0 once its circuit ended)."""
+
 
 class Core:
     """State every engine concern shares.  Owned by the engine, on one thread."""

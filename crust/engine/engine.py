@@ -40,6 +40,7 @@ from collections.abc import Collection
 from typing import Iterable, Sequence
 
 from ..config import Config
+from ..connection_info import PrivConnectionInfo
 from ..crypto.keys import KeyPair
 from ..effects import Effect
 from ..errors import HandshakeError, LocalProtocolError, RemoteProtocolError
@@ -51,7 +52,7 @@ from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
 from ..wire.messages import (
     MAX_LISTENERS, BootstrapDenied, BootstrapGranted, BootstrapRequest, ChooseConnection, ConnectRequest, Data, EchoAddrReq, EchoAddrResp, Goodbye, GoodbyeReason,
     Heartbeat, Message, PeerExchangeRequest, PeerExchangeResponse, RelayAck, RelayClose, RelayConnect, RelayData,
-    RelayIncoming, RelayOffer,
+    RelayIncoming, RelayOffer, UpgradeOffer,
 )
 from .admission import Admission
 from .circuits import Circuits
@@ -64,11 +65,12 @@ from .punch import Punching
 from .records import NEVER, Conn
 from .relay import Relaying
 from .rendezvous import Rendezvous
+from .upgrade import Upgrades
 from .runs import Runs
 
 __all__ = ["Engine"]
 
-_RELAY_MESSAGES = frozenset({RelayData, RelayAck, RelayClose, RelayConnect, RelayIncoming, RelayOffer})
+_RELAY_MESSAGES = frozenset({RelayData, RelayAck, RelayClose, RelayConnect, RelayIncoming, RelayOffer, UpgradeOffer})
 _OVER_A_CIRCUIT = (ConnectRequest, ChooseConnection, Goodbye)  # what a relayed connection may carry before it is a peer
 
 log = logging.getLogger("crust")
@@ -88,6 +90,7 @@ class Engine:
         self._circuits = Circuits(core, self._peers, feed=self.receive_data, sent=self.handle_sent)
         self._relaying = Relaying(core, self._peers)
         self._rendezvous = Rendezvous(core, self._peers, self._punching, self._circuits)
+        self._upgrades = Upgrades(core, self._peers, self._rendezvous, info=self.connection_info)
         self._external = ExternalAddresses(core, self._peers)
         self._mesh = Mesh(core, self._peers, self._runs)
         self.closed = False
@@ -113,7 +116,8 @@ class Engine:
         core = self._core
         soonest = min(core.next_timer(), self._runs.next_timer(), self._rendezvous.next_timer(),
                       self._peers.next_timer(), self._external.next_timer(core.now), self._punching.next_timer(),
-                      self._mesh.next_timer(), self._circuits.next_timer(), self._relaying.next_timer())
+                      self._mesh.next_timer(), self._circuits.next_timer(), self._relaying.next_timer(),
+                      self._upgrades.next_timer())
         return None if soonest == NEVER else soonest
 
     # -- queries --------------------------------------------------------------
@@ -151,6 +155,10 @@ class Engine:
     def relays(self) -> list[PeerId]:
         """Connected peers that offered to relay for us: what our connection info names."""
         return self._circuits.relays()
+
+    def connection_info(self, token: bytes, now: float) -> PrivConnectionInfo:
+        """Our connection info with ``token``: every candidate we know of and our relays."""
+        return self._external.connection_info(token, self._circuits.relays(), now)
 
     def relay_stats(self) -> RelayStats:
         """What we relayed for others (counts and sizes)."""
@@ -409,6 +417,7 @@ class Engine:
         self._mesh.handle_timer(now)
         self._circuits.handle_timer(now)
         self._relaying.handle_timer(now)
+        self._upgrades.handle_timer(now)
 
     def _input(self, conn_id: ConnId, now: float) -> Conn | None:
         """An I/O completion's bookkeeping: the clock moves on; the connection, unless already forgotten."""
@@ -491,7 +500,7 @@ class Engine:
         # an EchoAddrResp on a peer link nobody asked for: ignored
 
     def _on_relay_message(self, conn: Conn, message: Message, now: float) -> None:
-        """A relay record on a peer link: for a circuit we are an end of, or one we relay."""
+        """A relay record on a peer link: for a circuit we are an end of, one we relay, or an upgrade offer."""
         circuits, relaying = self._circuits, self._relaying
         if isinstance(message, RelayData):
             if circuits.owns(conn, message.circuit):
@@ -516,6 +525,8 @@ class Engine:
             peer = self._peers.of(conn)
             if peer is not None:
                 peer.relays_for_us = conn.circuit is None
+        elif isinstance(message, UpgradeOffer):
+            self._upgrades.on_offer(conn, message, now)
 
     def _on_echo_request(self, conn: Conn, now: float) -> None:
         """Tell the peer where we see it: through a peer's outbox, or at once (once) before a grant.

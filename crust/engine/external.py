@@ -23,8 +23,10 @@ amplification), and ``EchoAddrReq`` is answered on any connection.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
+from ..connection_info import PrivConnectionInfo
 from ..crypto import random_token
 from ..effects import SendDatagram
 from ..events import ListenersChanged
@@ -97,6 +99,29 @@ class ExternalAddresses:
             if endpoint not in found:
                 found.append(endpoint)
         return tcp_first(found)
+
+    def connection_info(self, token: bytes, relays: list[PeerId], now: float) -> PrivConnectionInfo:
+        """Our connection info: listeners, each punch socket as observed and locally, and ``relays``.
+
+        A punch socket's observed external endpoint comes first: it is what the
+        other side's probes and SYNs must aim at; the local addresses serve a
+        peer behind the same NAT (or none).  Loopback addresses are left out
+        unless they are all we have (a loopback test).
+        """
+        core = self._core
+        nat = self.nat_info(now)
+        local_ips = _outside_first(list(self.local_ips))
+        punch: dict[str, list[Endpoint]] = {"tcp": [], "udp": []}
+        for kind, port, seen in (("tcp", self.tcp_port, nat.tcp), ("udp", self.udp_port, nat.udp)):
+            if port is None:
+                continue
+            if seen.external is not None:
+                punch[kind].append(Endpoint(seen.external.host, seen.external.port, kind))
+            punch[kind] += [Endpoint(ip, port, kind) for ip in local_ips]
+        listeners = self.announced(core.listeners, now)
+        outside = [ep for ep in listeners if not ipaddress.ip_address(ep.host).is_loopback]
+        return PrivConnectionInfo.gather(core.id, token, listeners=outside or listeners, tcp_punch=punch["tcp"],
+                                         udp_punch=punch["udp"], relays=relays)
 
     # -- asking ------------------------------------------------------------------------
 
@@ -177,3 +202,9 @@ class ExternalAddresses:
         if observed_host in self.local_ips or not self.local_ips:
             return observed_host
         return self.local_ips[0]
+
+
+def _outside_first(addresses: list[str]) -> list[str]:
+    """Non-loopback addresses only, unless loopback is all there is (a loopback test)."""
+    outside = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+    return outside or addresses

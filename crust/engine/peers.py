@@ -137,7 +137,7 @@ class Peers:
         if conn.id not in core.conns or conn.channel is None:
             return
         peer = self.of(conn)
-        if peer is None:
+        if peer is None or (peer.draining is not None and not self.drained(peer)):
             return
         outbox = peer.outbox
         credit: dict[int, int] = {}
@@ -151,6 +151,17 @@ class Peers:
             conn.last_tx = core.now
         if credit:
             core.effects.append(SendCredit(peer.id, tuple(credit.items())))
+
+    def drained(self, peer: Peer) -> bool:
+        """Whether the relayed connection ``peer`` moved off has had all it sent acknowledged (then forget it)."""
+        old = peer.draining
+        circuits = self._core.circuits
+        if old is not None and circuits is not None and circuits.unacked(old):
+            return False
+        peer.draining = None
+        if peer.conn is not None:
+            self.dirty[peer.conn.id] = peer.conn
+        return True
 
     def sent(self, conn: Conn) -> None:
         """Bytes of ``conn`` reached the kernel: its window may admit more frames."""
@@ -208,6 +219,8 @@ class Peers:
             self.parked.pop(peer_id, None)
             peer.outbox.restart_partial()
             if old is not None:
+                if old.circuit is not None:
+                    peer.draining = old  # moved off a relay: its tail must arrive before anything new
                 self._retire(old, now)
         self._probe(peer, conn, now)
         self.check(conn, now)

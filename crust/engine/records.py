@@ -91,7 +91,7 @@ class Peer:
     """An authenticated, granted remote node and what we queue for it."""
 
     __slots__ = ("id", "conn", "outbox", "user", "origin", "rtt", "probe_seq", "probe_sent_at", "shareable",
-                 "exchange_asked", "exchange_answered_at", "requests", "relays_for_us")
+                 "exchange_asked", "exchange_answered_at", "requests", "relays_for_us", "draining")
 
     def __init__(self, peer_id: PeerId, conn: Conn, outbox: Outbox, origin: Origin, now: float) -> None:
         self.id = peer_id
@@ -107,13 +107,14 @@ class Peer:
         self.exchange_answered_at = float("-inf")  # when we last answered its request
         self.requests = RequestRate(now)  # the control requests it makes of us
         self.relays_for_us = False  # it sent RelayOffer: it will open circuits for us
+        self.draining: Conn | None = None  # a relayed connection we moved off: nothing new goes out until it is acked
 
 
 class Connect:
     """One ``connect()`` in progress: the peer, both tokens, our dials and their failures."""
 
     __slots__ = ("peer_id", "our_token", "their_token", "dials", "failures", "deadline", "held", "hold_until",
-                 "relays", "relay_at")
+                 "relays", "relay_at", "upgrade")
 
     def __init__(self, peer_id: PeerId, our_token: bytes, their_token: bytes, deadline: float) -> None:
         self.peer_id = peer_id
@@ -126,6 +127,7 @@ class Connect:
         self.hold_until = NEVER
         self.relays: tuple[PeerId, ...] = ()  # relays to open circuits through, once ``relay_at`` comes
         self.relay_at = NEVER
+        self.upgrade = False  # moving a relayed peer to a direct connection (engine.upgrade): no event at the end
 
 
 class Run:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 
+from ..channel import MAX_FRAME_PLAINTEXT
 from ..errors import RemoteProtocolError
 from ..events import RelayStats
 from ..ids import ConnId, PeerId
@@ -49,7 +50,6 @@ log = logging.getLogger("crust")
 
 BURST_SECONDS = 0.1  # a circuit's token bucket holds this many seconds of its rate
 _WINDOW_LIMIT = RELAY_WINDOW + RELAY_CHUNK  # what an end may have unacknowledged here (the window, plus a chunk)
-_FRAME_BUDGET = 2 * (RELAY_CHUNK + 9)
 
 
 class _Leg:
@@ -245,7 +245,7 @@ class Relaying:
         while queue and relayed.tokens > 0 and conn.unsent < WRITE_WINDOW:
             records: list[bytes | memoryview] = []
             size = 0
-            while queue and relayed.tokens > 0 and size < _FRAME_BUDGET:
+            while queue and relayed.tokens > 0 and (not records or size + len(queue[0]) + 9 <= MAX_FRAME_PLAINTEXT):
                 chunk = queue.popleft()
                 leg.queued -= len(chunk)
                 leg.written += len(chunk)

@@ -31,6 +31,7 @@ candidate's failure at the deadline.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from ..events import ConnectFinished, Origin
@@ -44,6 +45,8 @@ from .punch import Punching
 from .records import NEVER, Conn, Connect
 
 __all__ = ["Rendezvous", "MAX_CONNECT_CANDIDATES", "TCP_GRACE", "RELAY_GRACE"]
+
+log = logging.getLogger("crust")
 
 MAX_CONNECT_CANDIDATES = 32  # endpoints of one connection info dialled at once
 TCP_GRACE = 0.5  # seconds a ready UDP candidate waits for a TCP one (TCP is preferred where both work)
@@ -66,18 +69,23 @@ class Rendezvous:
 
     def start(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, tcp_punch: Sequence[Endpoint] = (),
               udp_punch: Sequence[Endpoint] = (), their_token: bytes, our_token: bytes, timeout: float,
-              their_relays: Sequence[PeerId] = (), our_relays: Sequence[PeerId] = (), now: float) -> None:
+              their_relays: Sequence[PeerId] = (), our_relays: Sequence[PeerId] = (), upgrade: bool = False,
+              now: float) -> None:
         """Dial every listener at once, punch towards the punch endpoints, and relay after a grace.
 
-        Ends with one ``ConnectFinished`` (at once if already connected).
+        Ends with one ``ConnectFinished`` (at once if already connected), except
+        for an ``upgrade`` of a relayed peer (:mod:`~crust.engine.upgrade`),
+        which ends silently.
         """
         core = self._core
-        if peer_id in self._peers.table:
-            core.events.append(ConnectFinished(peer_id, True))
+        if (peer_id in self._peers.table) != upgrade:
+            if not upgrade:
+                core.events.append(ConnectFinished(peer_id, True))
             return
         if self._connects.pop(peer_id, None) is not None:
             self._close_candidates(peer_id, keep=None)
         record = self._connects[peer_id] = Connect(peer_id, our_token, their_token, now + timeout)
+        record.upgrade = upgrade
         allowed: dict[str, list[Endpoint]] = {"listeners": [], "tcp_punch": [], "udp_punch": []}
         for group, given in (("listeners", endpoints), ("tcp_punch", tcp_punch), ("udp_punch", udp_punch)):
             for endpoint in given:
@@ -167,7 +175,7 @@ class Rendezvous:
             self._refuse(conn)
             return
         if core.id > conn.peer_id:  # PROTOCOL.md §7: the greater PeerId chooses, the first candidate
-            if conn.peer_id in peers.table:
+            if conn.peer_id in peers.table and not self._upgrades(conn, record):
                 core.move(conn, Decision.REFUSE)
                 core.close(conn, flush=True)  # a later candidate: the chosen one already carries the peer
                 return
@@ -186,6 +194,12 @@ class Rendezvous:
         core.move(conn, Decision.CHOOSE)
         core.send_control(conn, ChooseConnection())
         self._peers.establish(conn, Origin.CONNECT, now)
+
+    def _upgrades(self, conn: Conn, record: Connect | None) -> bool:
+        """Whether ``conn`` is a direct candidate of an upgrade whose peer is still relayed."""
+        peer = self._peers.table.get(conn.peer_id) if conn.peer_id is not None else None
+        return (record is not None and record.upgrade and conn.circuit is None and peer is not None
+                and peer.conn is not None and peer.conn.circuit is not None)
 
     def _tcp_may_win(self, record: Connect) -> bool:
         """Whether a TCP candidate of ``record`` is up and on its way (so a ready UDP one should wait).
@@ -225,11 +239,14 @@ class Rendezvous:
                 core.close(conn, flush=False)
 
     def _on_established(self, conn: Conn, peer_id: PeerId) -> None:
-        if self._connects.pop(peer_id, None) is not None:
+        record = self._connects.get(peer_id)
+        if record is not None and not (record.upgrade and conn.circuit is not None):
+            del self._connects[peer_id]
             self._punching.stop(peer_id, self._core.now)
             # Only the chooser may drop candidates the peer may have accepted (see the module doc).
             self._close_candidates(peer_id, keep=conn, chooser=self._core.id > peer_id)
-            self._core.events.append(ConnectFinished(peer_id, True))
+            if not record.upgrade:
+                self._core.events.append(ConnectFinished(peer_id, True))
 
     def _on_conn_failed(self, conn: Conn, reason: str, established: bool) -> None:
         record = self._connects.get(conn.connect_for or conn.peer_id)  # type: ignore[arg-type]
@@ -261,4 +278,7 @@ class Rendezvous:
         self._close_candidates(record.peer_id, keep=None)
         failures = dict(record.failures)
         failures.setdefault("timeout", "no candidate connected in time")
+        if record.upgrade:
+            log.debug("no direct connection to relayed peer %s yet: %s", record.peer_id, failures)
+            return
         self._core.events.append(ConnectFinished(record.peer_id, False, tuple(failures.items())))

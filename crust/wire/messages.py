@@ -55,6 +55,7 @@ __all__ = [
     "RelayAck",
     "RelayClose",
     "RelayCloseReason",
+    "UpgradeOffer",
     "RELAY_DATA_HEADER",
     "encode_relay_data",
 ]
@@ -91,6 +92,7 @@ class MessageType(enum.IntEnum):
     RELAY_DATA = 16
     RELAY_ACK = 17
     RELAY_CLOSE = 18
+    UPGRADE_OFFER = 19
 
 
 class DenyReason(enum.IntEnum):
@@ -260,6 +262,13 @@ class RelayClose:
     reason: RelayCloseReason
 
 
+@dataclass(frozen=True, slots=True)
+class UpgradeOffer:
+    """On a relayed peer link: our fresh connection info (``PubConnectionInfo`` bytes), to try a direct connection."""
+
+    info: bytes
+
+
 @dataclass(slots=True)  # not frozen: one is built per received message, and frozen init costs ~2x
 class Data:
     """One chunk of an application message."""
@@ -271,7 +280,7 @@ class Data:
 
 Message = Union[Heartbeat, Goodbye, BootstrapRequest, BootstrapGranted, BootstrapDenied, EchoAddrReq,
                 EchoAddrResp, ConnectRequest, ChooseConnection, Data, PeerExchangeRequest, PeerExchangeResponse,
-                RelayOffer, RelayConnect, RelayIncoming, RelayData, RelayAck, RelayClose]
+                RelayOffer, RelayConnect, RelayIncoming, RelayData, RelayAck, RelayClose, UpgradeOffer]
 
 
 # -- pull/push pairs -----------------------------------------------------------
@@ -458,6 +467,20 @@ def _push_relay_close(buf: Buffer, msg: RelayClose) -> None:
     buf.push_uint8(msg.reason)
 
 
+MAX_UPGRADE_INFO = 2048  # bytes: a PubConnectionInfo is at most ~800
+
+
+def _pull_upgrade(buf: Buffer) -> UpgradeOffer:
+    info = buf.pull_rest()
+    if not 0 < len(info) <= MAX_UPGRADE_INFO:
+        raise BufferReadError(f"UpgradeOffer info of {len(info)} bytes (1..{MAX_UPGRADE_INFO} allowed)")
+    return UpgradeOffer(info)
+
+
+def _push_upgrade(buf: Buffer, msg: UpgradeOffer) -> None:
+    buf.push_bytes(msg.info)
+
+
 def encode_relay_data(circuit: int, chunk: bytes | memoryview) -> bytes:
     """One ``RelayData`` record, without building the message (the relay's hot path)."""
     return RELAY_DATA_HEADER.pack(MessageType.RELAY_DATA, 4 + len(chunk), circuit) + chunk
@@ -490,6 +513,7 @@ _TABLE: dict[MessageType, tuple[type, _Pull, _Push]] = {
     MessageType.RELAY_DATA: (RelayData, _pull_relay_data, _push_relay_data),  # type: ignore[dict-item]
     MessageType.RELAY_ACK: (RelayAck, _pull_relay_ack, _push_relay_ack),  # type: ignore[dict-item]
     MessageType.RELAY_CLOSE: (RelayClose, _pull_relay_close, _push_relay_close),  # type: ignore[dict-item]
+    MessageType.UPGRADE_OFFER: (UpgradeOffer, _pull_upgrade, _push_upgrade),  # type: ignore[dict-item]
 }
 _TYPE_OF: dict[type, MessageType] = {cls: kind for kind, (cls, _, _) in _TABLE.items()}
 

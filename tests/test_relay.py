@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -40,11 +41,11 @@ def _info_naming(svc: crust.Service, relay: crust.PeerId) -> crust.PrivConnectio
 
 
 class World:
-    def __init__(self, net: Net, **relay_config: Any) -> None:
+    def __init__(self, net: Net, ends: dict[str, Any] | None = None, **relay_config: Any) -> None:
         self.r, self.rr, r_ep = net.listener(relay=True, **relay_config)
         self.r_ep = r_ep
-        self.a, self.ra = net.client(str(r_ep))
-        self.b, self.rb = net.client(str(r_ep))
+        self.a, self.ra = net.client(str(r_ep), **(ends or {}))
+        self.b, self.rb = net.client(str(r_ep), **(ends or {}))
         for svc in (self.a, self.b):
             assert svc.bootstrap(user=crust.CrustUser.CLIENT, timeout=WAIT) == self.r.id
         self.a_info = _info_naming(self.a, self.r.id)
@@ -157,3 +158,34 @@ def test_a_relayed_pair_moves_to_a_direct_connection_losing_nothing(net: Net) ->
         assert numbers == list(range(sent[sender])), "lost, duplicated or reordered across the move"
     assert not w.ra.lost and not w.rb.lost  # the move is not a loss
     assert w.r.relay_stats().circuits == 0  # and the relay let go of the circuit
+
+
+def test_a_slow_reader_at_one_end_blocks_the_sender_not_the_relay(net: Net) -> None:
+    # B's callback stalls: its backlog fills, its engine stops acknowledging the circuit, A's window
+    # closes and A's send() times out.  What waits is bounded at every hop, and all of it arrives once
+    # B reads again, in order.
+    chunk = 64 * 1024
+    ends = dict(max_message_size=chunk, receive_backlog_limit=chunk, send_queue_limit=4 * chunk)
+    w = World(net, ends=ends, relay_max_bytes_per_s=64 * 1024 * 1024)
+    w.connect()
+    hold = net.event()
+    blocked = threading.Event()
+
+    @w.b.on_message
+    def slow(pid: crust.PeerId, data: bytes) -> None:
+        blocked.set()
+        assert hold.wait(30.0), "test never released the slow callback"
+
+    sent = 0
+    limit = 512  # 32 MiB: far more than the window, the backlog and the queue together
+    with pytest.raises(crust.SendTimeout):
+        while sent < limit:
+            w.a.send(w.b.id, sent.to_bytes(4, "big") + bytes(chunk - 4), priority=1, timeout=0.5)
+            sent += 1
+    assert blocked.is_set()
+    # Send queue (4) + circuit window (8) + relay-side and socket buffers + backlog: a few dozen, not 512.
+    assert 4 <= sent < 64, sent
+    assert w.r.relay_stats().bytes_relayed < 64 * chunk * 2
+    hold.set()
+    w.rb.wait(lambda: len(w.rb.data_from(w.a.id)) == sent, timeout=20.0, what="every queued message")
+    assert [int.from_bytes(d[:4], "big") for d in w.rb.data_from(w.a.id)] == list(range(sent))

@@ -148,6 +148,11 @@ class Engine:
         peer = self._peers.table.get(peer_id)
         return peer.conn.id if peer is not None and peer.conn is not None else None
 
+    def is_relayed(self, conn_id: ConnId) -> bool:
+        """Whether ``conn_id`` runs over a relay circuit (no socket: the engine pauses its reading itself)."""
+        conn = self._core.conns.get(conn_id)
+        return conn is not None and conn.circuit is not None
+
     def queued_bytes(self, peer_id: PeerId, priority: int) -> int:
         """What the unsent messages for ``peer_id`` at ``priority`` count for (bytes plus ``MESSAGE_OVERHEAD`` each)."""
         return self._peers.get(peer_id).outbox.queued_bytes(priority)

@@ -140,8 +140,9 @@ class ExternalAddresses:
         return NEVER if due is None else due
 
     def _observers(self, kind: str) -> list[tuple[PeerId, str]]:
+        # A relayed peer sees us through the relay, at the relay's address: it cannot observe us.
         return [(peer.id, peer.conn.remote.host) for peer in self._peers.table.values()
-                if peer.conn is not None and self._listener_of(peer.id, kind) is not None]
+                if peer.conn is not None and peer.conn.circuit is None and self._listener_of(peer.id, kind) is not None]
 
     def _listener_of(self, peer_id: PeerId, kind: str) -> Endpoint | None:
         """The peer's ``kind`` listener at the IP we reach it at, if it announced one."""

@@ -134,16 +134,22 @@ def test_a_relayed_pair_moves_to_a_direct_connection_losing_nothing(net: Net) ->
     # port mapping): the upgrade offer sent over the relayed connection names that listener, B dials
     # it, and the pair moves over while both stream numbered messages, which must arrive each once,
     # in order.
-    w = World(net)
+    w = World(net, relay_max_bytes_per_s=256 * 1024)  # a slow relay: a long tail is in flight at the move
     w.connect()
     assert w.a.peer_info(w.b.id).transport == "relay"
-    w.a.start_listening()
     sent = {w.a: 0, w.b: 0}
-    deadline = time.monotonic() + UPGRADE_FIRST + WAIT
-    while time.monotonic() < deadline:  # bounded: until both see the direct connection (or the deadline)
+
+    def send_both() -> None:
         for svc, other in ((w.a, w.b), (w.b, w.a)):
             svc.send(other.id, sent[svc].to_bytes(4, "big") + os.urandom(int.from_bytes(os.urandom(2), "big") % 3000))
             sent[svc] += 1
+
+    for _ in range(400):  # a burst still on its way through the relay when the move comes
+        send_both()
+    w.a.start_listening()  # A offers the upgrade at once (where it accepts changed)
+    deadline = time.monotonic() + UPGRADE_FIRST + WAIT
+    while time.monotonic() < deadline:  # bounded: until both see the direct connection (or the deadline)
+        send_both()
         if all(s.peer_info(o.id).transport == "tcp" for s, o in ((w.a, w.b), (w.b, w.a))):
             break
         time.sleep(0.002)  # pace the stream so the move happens mid-stream, not after a burst

@@ -92,6 +92,7 @@ class Engine:
         self._rendezvous = Rendezvous(core, self._peers, self._punching, self._circuits)
         self._upgrades = Upgrades(core, self._peers, self._rendezvous, info=self.connection_info)
         self._external = ExternalAddresses(core, self._peers)
+        self._external.changed.append(self._upgrades.network_changed)
         self._mesh = Mesh(core, self._peers, self._runs)
         self.closed = False
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import Callable
 
 from ..connection_info import PrivConnectionInfo
 from ..crypto import random_token
@@ -59,6 +60,7 @@ class ExternalAddresses:
         self._echoes: dict[bytes, tuple[PeerId, Endpoint]] = {}  # nonce -> (observer, where we asked)
         self.mapped: tuple[Endpoint, ...] = ()  # external endpoints a router maps to our listeners (UPnP)
         self._announced: tuple[Endpoint, ...] = ()  # what the last ListenersChanged said
+        self.changed: list[Callable[[float], None]] = []  # told when where we accept changed (now)
         peers.established.append(lambda conn, peer_id: self.refresh(core.now))
 
     def nat_info(self, now: float) -> NatInfo:
@@ -76,6 +78,8 @@ class ExternalAddresses:
         if announced != self._announced:
             self._announced = announced
             self._core.events.append(ListenersChanged(announced))
+            for hook in self.changed:
+                hook(now)
 
     def announced(self, listeners: tuple[Endpoint, ...], now: float) -> list[Endpoint]:
         """Where we accept: ``listeners`` (local), then their external forms, TCP first.

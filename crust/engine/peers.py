@@ -286,11 +286,12 @@ class Peers:
         """Run an established ``conn``'s deadlines (liveness, heartbeat, expiry) and schedule the next."""
         core = self._core
         peer = self.of(conn)
-        if peer is None:  # retiring after a duplicate race
-            if now >= conn.deadline:
+        if peer is None:  # retiring after a duplicate race: while the peer's tail still arrives, it may finish
+            until = max(conn.deadline, conn.last_rx + core.config.handshake_timeout)
+            if now >= until:
                 core.close(conn, flush=False)
             else:
-                core.schedule(conn, conn.deadline)
+                core.schedule(conn, until)
             return
         cfg = core.config
         # Compare with the very sums the timer is scheduled at: `now - last >= interval` can be

@@ -55,7 +55,8 @@ _WINDOW_LIMIT = RELAY_WINDOW + RELAY_CHUNK  # what an end may have unacknowledge
 class _Leg:
     """One side of a relayed circuit: a peer's connection, the circuit's number on it, what waits for it."""
 
-    __slots__ = ("conn", "number", "peer", "other", "relayed", "queue", "queued", "unacked", "written", "closing")
+    __slots__ = ("conn", "number", "peer", "other", "relayed", "queue", "queued", "unacked", "written", "closing",
+                 "wake")
 
     def __init__(self, conn: Conn, number: int, peer: PeerId, relayed: _Relayed) -> None:
         self.conn = conn
@@ -68,18 +69,19 @@ class _Leg:
         self.unacked = 0  # bytes this end sent us that the other end has not acknowledged
         self.written = 0  # bytes written to this end that it has not acknowledged
         self.closing: RelayCloseReason | None = None  # close this leg once its queue is written
+        self.wake = NEVER  # when the circuit's bucket has room again for what waits here
 
 
 class _Relayed:
     """One circuit: its two legs and its token bucket."""
 
-    __slots__ = ("source", "tokens", "stamp", "wake")
+    __slots__ = ("source", "tokens", "stamp", "last")
 
     def __init__(self, source: PeerId, tokens: float, now: float) -> None:
         self.source = source
         self.tokens = tokens
         self.stamp = now
-        self.wake = NEVER  # when the bucket has room again for a leg that waits
+        self.last: _Leg | None = None  # the leg that wrote the last frame: the other one goes first next
 
 
 class _Counters:
@@ -224,44 +226,70 @@ class Relaying:
 
     def next_timer(self) -> float:
         """When the earliest waiting circuit's bucket has room again (``NEVER`` if none)."""
-        return min((leg.relayed.wake for leg in self._waiting), default=NEVER)
+        return min((leg.wake for leg in self._waiting), default=NEVER)
 
     def handle_timer(self, now: float) -> None:
         """Write what waited for tokens."""
-        for leg in [leg for leg in self._waiting if leg.relayed.wake <= now]:
+        for leg in [leg for leg in self._waiting if leg.wake <= now]:
             self._drain(leg, now)
 
     def _drain(self, leg: _Leg, now: float) -> None:
-        """Write ``leg``'s queue to its end while the circuit's rate and the connection's room allow."""
+        """Write what waits on ``leg``'s circuit while its rate and the connections' room allow.
+
+        Both directions share the circuit's bucket, so they take turns a frame
+        at a time: a direction whose bytes keep arriving must not starve the
+        other one, which waits on its timer.
+        """
         core = self._core
-        conn = leg.conn
-        if conn.id not in core.conns or conn.channel is None:
-            return
         relayed = leg.relayed
         rate = core.config.relay_max_bytes_per_s
         relayed.tokens = min(rate * BURST_SECONDS, relayed.tokens + max(0.0, now - relayed.stamp) * rate)
         relayed.stamp = max(relayed.stamp, now)
-        queue = leg.queue
-        while queue and relayed.tokens > 0 and conn.unsent < WRITE_WINDOW:
-            records: list[bytes | memoryview] = []
-            size = 0
-            while queue and relayed.tokens > 0 and (not records or size + len(queue[0]) + 9 <= MAX_FRAME_PLAINTEXT):
-                chunk = queue.popleft()
-                leg.queued -= len(chunk)
-                leg.written += len(chunk)
-                relayed.tokens -= len(chunk)
-                size += len(chunk) + 9
-                records.append(encode_relay_data(leg.number, chunk))
-            core.write(conn, conn.channel.seal(records))
-        if queue:
+        first, second = (leg.other, leg) if relayed.last is leg else (leg, leg.other)
+        sides = [side for side in (first, second) if self._writable(side)]
+        moved = True
+        while moved and relayed.tokens > 0:
+            moved = False
+            for side in sides:
+                if side.queue and relayed.tokens > 0 and side.conn.unsent < WRITE_WINDOW:
+                    self._write_frame(side)
+                    moved = True
+        for side in sides:
+            self._settle(side, now)
+
+    def _writable(self, leg: _Leg) -> bool:
+        """Whether ``leg`` is still relayed (its tail included) and its connection is open."""
+        conn = leg.conn
+        return (conn.id, leg.number) in self._legs and conn.id in self._core.conns and conn.channel is not None
+
+    def _write_frame(self, leg: _Leg) -> None:
+        """One frame of ``leg``'s queue (two chunks at most), paid from the circuit's bucket."""
+        conn, queue, relayed = leg.conn, leg.queue, leg.relayed
+        assert conn.channel is not None
+        records: list[bytes | memoryview] = []
+        size = 0
+        while queue and relayed.tokens > 0 and (not records or size + len(queue[0]) + 9 <= MAX_FRAME_PLAINTEXT):
+            chunk = queue.popleft()
+            leg.queued -= len(chunk)
+            leg.written += len(chunk)
+            relayed.tokens -= len(chunk)
+            size += len(chunk) + 9
+            records.append(encode_relay_data(leg.number, chunk))
+        relayed.last = leg
+        self._core.write(conn, conn.channel.seal(records))
+
+    def _settle(self, leg: _Leg, now: float) -> None:
+        """After a drain: wait for tokens or room if bytes remain; else close a finished tail."""
+        if leg.queue:
             self._waiting.add(leg)
             # Out of tokens: wake when the bucket is positive again; out of room: ``sent`` wakes us.
-            relayed.wake = now + (-relayed.tokens) / rate + 1e-6 if relayed.tokens <= 0 else NEVER
+            tokens, rate = leg.relayed.tokens, self._core.config.relay_max_bytes_per_s
+            leg.wake = now + (-tokens) / rate + 1e-6 if tokens <= 0 else NEVER
             return
         self._waiting.discard(leg)
         if leg.closing is not None:
-            core.send_control(conn, RelayClose(leg.number, leg.closing))
-            self._legs.pop((conn.id, leg.number), None)
+            self._core.send_control(leg.conn, RelayClose(leg.number, leg.closing))
+            self._legs.pop((leg.conn.id, leg.number), None)
 
     # -- ending ---------------------------------------------------------------------------
 

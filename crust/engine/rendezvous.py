@@ -82,10 +82,46 @@ class Rendezvous:
             if not upgrade:
                 core.events.append(ConnectFinished(peer_id, True))
             return
+        record = self._new_record(peer_id, our_token, their_token, now + timeout, upgrade)
+        direct = self._candidates(record, endpoints, tcp_punch, udp_punch, now)
+        record.relays = tuple(relay for relay in their_relays if relay not in (core.id, peer_id)
+                              and (core.id > peer_id or relay not in our_relays))
+        if record.relays:
+            record.relay_at = now + min(RELAY_GRACE, timeout / 2) if direct else now
+        self._judge_parked(peer_id, now)
+
+    def expect_upgrade(self, peer_id: PeerId, our_token: bytes, timeout: float, now: float) -> None:
+        """We offered relayed ``peer_id`` an upgrade: take its candidates presenting ``our_token`` already.
+
+        Its answer (our half of the info, :meth:`extend_upgrade`) may come well after its
+        dials, behind the relay's queue: they must not wait for it.
+        """
+        peer = self._peers.table.get(peer_id)
+        if peer is not None and peer.conn is not None and peer.conn.circuit is not None:
+            self._new_record(peer_id, our_token, b"", now + timeout, True)
+
+    def extend_upgrade(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, tcp_punch: Sequence[Endpoint],
+                       udp_punch: Sequence[Endpoint], their_token: bytes, now: float) -> bool:
+        """The answer to our upgrade offer: dial and punch it too.  False if that upgrade is over."""
+        record = self._connects.get(peer_id)
+        if record is None or not record.upgrade or record.their_token:
+            return False
+        record.their_token = their_token
+        self._candidates(record, endpoints, tcp_punch, udp_punch, now)
+        return True
+
+    def _new_record(self, peer_id: PeerId, our_token: bytes, their_token: bytes, deadline: float,
+                    upgrade: bool) -> Connect:
         if self._connects.pop(peer_id, None) is not None:
             self._close_candidates(peer_id, keep=None)
-        record = self._connects[peer_id] = Connect(peer_id, our_token, their_token, now + timeout)
+        record = self._connects[peer_id] = Connect(peer_id, our_token, their_token, deadline)
         record.upgrade = upgrade
+        return record
+
+    def _candidates(self, record: Connect, endpoints: Sequence[Endpoint], tcp_punch: Sequence[Endpoint],
+                    udp_punch: Sequence[Endpoint], now: float) -> bool:
+        """Dial ``record``'s listeners and punch towards its punch endpoints; False if none may be tried."""
+        core, peer_id = self._core, record.peer_id
         allowed: dict[str, list[Endpoint]] = {"listeners": [], "tcp_punch": [], "udp_punch": []}
         for group, given in (("listeners", endpoints), ("tcp_punch", tcp_punch), ("udp_punch", udp_punch)):
             for endpoint in given:
@@ -100,11 +136,10 @@ class Rendezvous:
             record.dials.add(conn.id)
         self._punching.start(record, tcp_punch=tuple(allowed["tcp_punch"]), udp_punch=tuple(allowed["udp_punch"]),
                              now=now)
-        record.relays = tuple(relay for relay in their_relays if relay not in (core.id, peer_id)
-                              and (core.id > peer_id or relay not in our_relays))
-        if record.relays:
-            direct = any(allowed.values())
-            record.relay_at = now + min(RELAY_GRACE, timeout / 2) if direct else now
+        return any(allowed.values())
+
+    def _judge_parked(self, peer_id: PeerId, now: float) -> None:
+        core = self._core
         for conn in list(core.conns.values()):  # the peer may have dialled us first
             if conn.state is ExchangeState.AWAIT_LOCAL_CONNECT and conn.peer_id == peer_id:
                 core.move(conn, Decision.LOCAL_CONNECT)

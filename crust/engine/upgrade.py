@@ -5,13 +5,18 @@ two peers may change (a router restarts, a peer moves, UPnP comes up), and a
 direct path is faster and spares the relay.  So while a peer is relayed, the
 end with the greater PeerId offers an upgrade now and then: first
 ``UPGRADE_FIRST`` seconds after the relayed connection came up, then at
-doubling intervals up to ``UPGRADE_MAX``.
+doubling intervals up to ``UPGRADE_MAX``; and either end offers at once
+when where it accepts changes (a new external address, a UPnP mapping, a
+listener: :meth:`Upgrades.network_changed`), at most every ``UPGRADE_FIRST``.
 
-An offer is an ``UpgradeOffer`` carrying our fresh connection info (without
-relays) over the relayed connection itself, so no out-of-band swap is needed;
-the other end answers with its own, and both run an ordinary rendezvous
-(:mod:`~crust.engine.rendezvous`) with ``upgrade`` set: every direct and
-punched candidate, no relays, no ``ConnectFinished`` for the application.
+An offer is an ``UpgradeOffer`` carrying our fresh connection info over the
+relayed connection itself, so no out-of-band swap is needed; the offerer opens
+its rendezvous (:mod:`~crust.engine.rendezvous`) at once, taking the peer's
+candidates that present its token, because the answer may come well after the
+peer's dials (it travels behind the relay's queue).  The other end answers
+with its own info and rendezvous; the answer adds its candidates to the
+offerer's.  Both run every direct and punched candidate, no relays, and no
+``ConnectFinished`` reaches the application.
 
 When a candidate comes through, the duplicate rule (:meth:`Peers.rank`:
 direct beats relayed) makes it the peer's connection and retires the relayed
@@ -60,6 +65,7 @@ class Upgrades:
         self._info = info
         self._due: dict[PeerId, tuple[float, float]] = {}  # peer -> (next attempt, interval)
         self._offered: dict[PeerId, PrivConnectionInfo] = {}  # our offer, waiting for the answer
+        self._last_offer: dict[PeerId, float] = {}  # when we last offered, per relayed peer
         peers.established.append(self._on_established)
 
     def next_timer(self) -> float:
@@ -76,8 +82,21 @@ class Upgrades:
                 del self._due[peer_id]  # gone, or no longer relayed
                 continue
             self._due[peer_id] = (now + min(2 * interval, UPGRADE_MAX), min(2 * interval, UPGRADE_MAX))
-            ours = self._offered[peer_id] = self._our_info(now)
-            self._core.send_control(peer.conn, UpgradeOffer(ours.to_pub().to_bytes()))
+            self._offer(peer.id, peer.conn, now)
+
+    def network_changed(self, now: float) -> None:
+        """Where we accept changed: offer every relayed peer an upgrade now (unless we just did)."""
+        self._last_offer = {peer_id: at for peer_id, at in self._last_offer.items() if peer_id in self._peers.table}
+        for peer in self._peers.table.values():
+            conn = peer.conn
+            if conn is not None and conn.circuit is not None and now >= self._last_offer.get(peer.id, -NEVER) + UPGRADE_FIRST:
+                self._offer(peer.id, conn, now)
+
+    def _offer(self, peer_id: PeerId, conn: Conn, now: float) -> None:
+        ours = self._offered[peer_id] = self._our_info(now)
+        self._last_offer[peer_id] = now
+        self._rendezvous.expect_upgrade(peer_id, ours.token, UPGRADE_TIMEOUT, now)
+        self._core.send_control(conn, UpgradeOffer(ours.to_pub().to_bytes()))
 
     def on_offer(self, conn: Conn, offer: UpgradeOffer, now: float) -> None:
         """The relayed peer's connection info: answer with ours (unless this answers ours) and rendezvous.
@@ -99,6 +118,10 @@ class Upgrades:
             self._offered.pop(peer.id, None)
             return  # already direct (a late answer): nothing to upgrade
         ours = self._offered.pop(peer.id, None)
+        if ours is not None and self._rendezvous.extend_upgrade(
+                peer.id, theirs.listeners, tcp_punch=theirs.tcp_punch, udp_punch=theirs.udp_punch,
+                their_token=theirs.token, now=now):
+            return  # the answer to our offer: the rendezvous we opened with it now dials the peer too
         if ours is None:  # the peer offered first: answer
             ours = self._our_info(now)
             self._core.send_control(conn, UpgradeOffer(ours.to_pub().to_bytes()))
@@ -115,5 +138,6 @@ class Upgrades:
         if conn.circuit is None:
             self._due.pop(peer_id, None)
             self._offered.pop(peer_id, None)
+            self._last_offer.pop(peer_id, None)
         elif self._core.id > peer_id:  # one end offers, so the two never cross
             self._due[peer_id] = (self._core.now + UPGRADE_FIRST, UPGRADE_FIRST)

@@ -101,7 +101,7 @@ class Circuits:
 
     # -- opening --------------------------------------------------------------------------
 
-    def open(self, relay: PeerId, target: PeerId, now: float) -> Conn | None:
+    def dial(self, relay: PeerId, target: PeerId, now: float) -> Conn | None:
         """Open a circuit to ``target`` through ``relay`` and start our secure handshake over it."""
         core = self._core
         if not self.usable(relay):

@@ -299,7 +299,7 @@ class Rendezvous:
         if record.peer_id in self._peers.table:
             return
         for relay in record.relays:
-            conn = self._circuits.open(relay, record.peer_id, now)
+            conn = self._circuits.dial(relay, record.peer_id, now)
             if conn is None:
                 record.failures[f"relay {relay}"] = "not connected to this relay, or it does not relay for us"
                 continue

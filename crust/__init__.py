@@ -14,7 +14,8 @@ from .errors import (
     ProtocolError, RemoteProtocolError, SendTimeout, ServiceClosed,
 )
 from .events import (
-    BootstrapFinished, Event, MessageReceived, Misbehaved, Origin, PeerConnected, PeerInfo, PeerLost, SendDropped,
+    BootstrapFinished, Event, MessageReceived, Misbehaved, Origin, PeerConnected, PeerInfo, PeerLost, RelayStats,
+    SendDropped,
 )
 from .identity import Identity, InsecureKeyFileWarning
 from .ids import Contact, CrustUser, Endpoint, PeerId
@@ -29,7 +30,7 @@ __all__ = [
     "Service", "Config", "read_config_file", "Identity", "MSG_DROP_PRIORITY",
     # value types
     "PeerId", "Endpoint", "Contact", "CrustUser", "PeerInfo", "PrivConnectionInfo", "PubConnectionInfo",
-    "Origin", "NatInfo", "TransportNat", "MappingBehaviour", "Stats",
+    "Origin", "NatInfo", "TransportNat", "MappingBehaviour", "Stats", "RelayStats",
     # events (what the callbacks report)
     "Event", "PeerConnected", "MessageReceived", "PeerLost", "BootstrapFinished", "SendDropped", "Misbehaved",
     # errors and warnings

@@ -145,10 +145,13 @@ class Config:
             ``heartbeat_interval`` (default 120.0).
         max_message_size: largest message ``send()`` accepts, in bytes, 1..2**30 (default 2 MiB);
             larger raises :class:`crust.MessageTooLarge`.
-        relay: reserved for relaying between peers that cannot reach each other (not built yet;
-            validated, unused; default False).
-        relay_max_circuits: reserved for the relay: circuits at once, >= 1 (default 16).
-        relay_max_bytes_per_s: reserved for the relay: bytes per second, >= 1 (default 1 MiB).
+        relay: relay for peers that cannot reach each other directly (default False).  Only a
+            node that listens offers it; the relay forwards end-to-end encrypted bytes it cannot
+            read.  See docs/nat.md.
+        relay_max_circuits: circuits relayed at once, >= 1 (default 16); one peer may open a
+            quarter of them (at least one).  Each circuit holds at most ~1.1 MiB here.
+        relay_max_bytes_per_s: bytes per second per relayed circuit, both directions together,
+            >= 1 (default 1 MiB); the total is at most ``relay_max_circuits`` times this.
         handshake_timeout: seconds a new connection may take to finish its secure and bootstrap
             handshakes; > 0 (default 10.0).
         max_pending_handshakes: unfinished inbound handshakes kept at once, >= 1 (default 256);

@@ -94,7 +94,8 @@ class Connecting(ServiceBase):
                 self._async_connects.add(theirs.peer_id)
             self._engine.start_connect(theirs.peer_id, theirs.listeners, tcp_punch=theirs.tcp_punch,
                                        udp_punch=theirs.udp_punch, their_token=theirs.token, our_token=ours.token,
-                                       timeout=timeout, now=self._reactor.time())
+                                       timeout=timeout, their_relays=theirs.relays, our_relays=ours.relays,
+                                       now=self._reactor.time())
             self._driver.pump()
 
         self._call(start)

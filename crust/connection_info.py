@@ -12,6 +12,11 @@ fresh 16-byte connect token and our *candidates* in three groups:
 * ``udp_punch``: our rUDP socket (its observed external mapping, then its
   local address), probed with :class:`crust.nat.punch.UdpPunch` before rUDP.
 
+and, beside the candidates, ``relays``: the PeerIds of up to ``MAX_RELAYS``
+connected peers that offered to relay for us.  The other side uses those it is
+connected to as well, when no direct or punched candidate came through in time
+(PROTOCOL.md §15.5).
+
 :attr:`~PubConnectionInfo.candidates` lists them with their
 :class:`CandidateKind` in the order TCP listener, TCP punch, UDP listener,
 UDP punch: TCP is preferred where both work (PROTOCOL.md §7), and a direct
@@ -24,6 +29,7 @@ test lab's "internet" is a documentation range, as private as any LAN).
 The public half travels as bytes (:meth:`PubConnectionInfo.to_bytes`, compact
 and versioned; each group holds at most ``MAX_ENDPOINTS`` together)::
 
+    v3: v2 ‖ u8 n ‖ relay peer_id[32] × n
     v2: b"\\xc3CI" ‖ u8 version (2) ‖ peer_id[32] ‖ token[16]
         ‖ u8 n ‖ listener × n ‖ u8 n ‖ TCP punch endpoint × n ‖ u8 n ‖ UDP punch endpoint × n
     v1: b"\\xc3CI" ‖ u8 version (1) ‖ peer_id[32] ‖ token[16] ‖ u8 n ‖ endpoint × n   (listeners only)
@@ -32,11 +38,13 @@ and versioned; each group holds at most ``MAX_ENDPOINTS`` together)::
 ``u8 transport ‖ u8 ip version ‖ address[4|16] ‖ u16 port``), or as JSON
 (:meth:`PubConnectionInfo.to_json`)::
 
-    v2: {"version": 2, "peer_id": "<64 hex>", "token": "<32 hex>", "listeners": ["1.2.3.4:5483", ...],
-         "tcp_punch": ["1.2.3.4:40000", ...], "udp_punch": ["udp://1.2.3.4:40001", ...]}
+    v3: {"version": 3, "peer_id": "<64 hex>", "token": "<32 hex>", "listeners": ["1.2.3.4:5483", ...],
+         "tcp_punch": ["1.2.3.4:40000", ...], "udp_punch": ["udp://1.2.3.4:40001", ...],
+         "relays": ["<64 hex>", ...]}
+    v2: the same without "relays"
     v1: {"version": 1, "peer_id": "<64 hex>", "token": "<32 hex>", "endpoints": ["1.2.3.4:5483", ...]}
 
-We write version 2 and read both.  Neither form is signed: whoever can alter
+We write version 3 and read all three.  Neither form is signed: whoever can alter
 the info in transit can only make the connect fail, because the secure
 handshake proves ``peer_id``.
 """
@@ -59,11 +67,14 @@ __all__ = [
     "CandidateKind",
     "CONNECTION_INFO_VERSION",
     "MAX_ENDPOINTS",
+    "MAX_RELAYS",
     "TOKEN_SIZE",
 ]
 
-CONNECTION_INFO_VERSION = 2
+CONNECTION_INFO_VERSION = 3
 MAX_ENDPOINTS = 32
+MAX_RELAYS = 4
+_FIRST_WITH_RELAYS = 3
 TOKEN_SIZE = 16  # bytes
 MAGIC = b"\xc3CI"
 _PEER_ID_SIZE = 32
@@ -77,6 +88,7 @@ _GROUPS: dict[int, tuple[_Group, ...]] = {
         ("tcp_punch", "tcp_punch", "TCP punch endpoint", "tcp"),
         ("udp_punch", "udp_punch", "UDP punch endpoint", "udp")),
 }
+_GROUPS[3] = _GROUPS[2]
 
 
 class CandidateKind(enum.Enum):
@@ -133,6 +145,7 @@ class _ConnectionInfo:
     token: bytes
     tcp_punch: tuple[Endpoint, ...] = field(default=(), kw_only=True)
     udp_punch: tuple[Endpoint, ...] = field(default=(), kw_only=True)
+    relays: tuple[PeerId, ...] = field(default=(), kw_only=True)
 
     def __post_init__(self) -> None:
         kind = type(self).__name__
@@ -151,6 +164,17 @@ class _ConnectionInfo:
             total += len(group)
         if total > MAX_ENDPOINTS:
             raise ValueError(f"{kind} has {total} endpoints; at most {MAX_ENDPOINTS} are allowed")
+        if isinstance(self.relays, (str, bytes)) or not isinstance(self.relays, (tuple, list)):
+            raise TypeError(f"{kind} relays must be a tuple of PeerIds, not {type(self.relays).__name__}")
+        for relay in self.relays:
+            if not isinstance(relay, PeerId):
+                raise TypeError(f"{kind} relays must hold PeerIds, not {type(relay).__name__}")
+        relays = tuple(dict.fromkeys(self.relays))
+        if len(relays) > MAX_RELAYS:
+            raise ValueError(f"{kind} names {len(relays)} relays; at most {MAX_RELAYS} are allowed")
+        if self.peer_id in relays:
+            raise ValueError(f"{kind} names its own peer as a relay")
+        object.__setattr__(self, "relays", relays)
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
@@ -170,13 +194,15 @@ class _ConnectionInfo:
 
     @classmethod
     def gather(cls: type[_Info], peer_id: PeerId, token: bytes, *, listeners: Iterable[Endpoint] = (),
-               tcp_punch: Iterable[Endpoint] = (), udp_punch: Iterable[Endpoint] = ()) -> _Info:
+               tcp_punch: Iterable[Endpoint] = (), udp_punch: Iterable[Endpoint] = (),
+               relays: Iterable[PeerId] = ()) -> _Info:
         """Build an info from everything we found, dropping duplicates and capping at ``MAX_ENDPOINTS``.
 
         Each group is given best first (external mappings before local
         addresses).  When there are too many, the four kinds of
         :attr:`candidates` take turns keeping their best endpoint, so no
         kind is crowded out by a host with many interface addresses.
+        ``relays`` are kept up to ``MAX_RELAYS``, best first.
 
         Raises:
             TypeError, ValueError: as the constructor does for bad values.
@@ -196,7 +222,8 @@ class _ConnectionInfo:
                 if rank < len(group) and room > 0:
                     keep.append(group[rank])
                     room -= 1
-        return cls(peer_id, (*kept[0], *kept[2]), token, tcp_punch=tuple(kept[1]), udp_punch=tuple(kept[3]))
+        return cls(peer_id, (*kept[0], *kept[2]), token, tcp_punch=tuple(kept[1]), udp_punch=tuple(kept[3]),
+                   relays=tuple(dict.fromkeys(relays))[:MAX_RELAYS])
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +249,7 @@ class PubConnectionInfo(_ConnectionInfo):
     # -- bytes --------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """The compact, versioned binary form (version 2; see the module docstring)."""
+        """The compact, versioned binary form (version 3; see the module docstring)."""
         buf = Buffer()
         buf.push_bytes(MAGIC)
         buf.push_uint8(CONNECTION_INFO_VERSION)
@@ -233,11 +260,14 @@ class PubConnectionInfo(_ConnectionInfo):
             buf.push_uint8(len(group))
             for ep in group:
                 buf.push_endpoint(ep)
+        buf.push_uint8(len(self.relays))
+        for relay in self.relays:
+            buf.push_bytes(relay.raw)
         return buf.data()
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> PubConnectionInfo:
-        """Parse :meth:`to_bytes` output, of this version or version 1.
+        """Parse :meth:`to_bytes` output, of this version or an older one.
 
         Raises:
             TypeError: ``data`` is not bytes-like.
@@ -265,15 +295,17 @@ class PubConnectionInfo(_ConnectionInfo):
         for name, _, label, _ in _GROUPS[version]:
             groups[name] = _pull_group(buf, data, label, total)
             total += len(groups[name])
+        relays = _pull_relays(buf) if version >= _FIRST_WITH_RELAYS else []
         if not buf.eof():
-            raise ValueError(f"connection info has {buf.remaining} trailing bytes after its {total} endpoints")
+            raise ValueError(f"connection info has {buf.remaining} trailing bytes after its {total} endpoints"
+                             f"{' and relays' if version >= _FIRST_WITH_RELAYS else ''}")
         return cls(peer_id, tuple(groups["listeners"]), token, tcp_punch=tuple(groups.get("tcp_punch", ())),
-                   udp_punch=tuple(groups.get("udp_punch", ())))
+                   udp_punch=tuple(groups.get("udp_punch", ())), relays=tuple(relays))
 
     # -- JSON ---------------------------------------------------------------
 
     def to_json(self) -> str:
-        """A JSON object: ``version``, ``peer_id`` (``str(peer_id)``), ``token`` (hex) and the three groups."""
+        """A JSON object: ``version``, ``peer_id`` (``str(peer_id)``), ``token`` (hex), the three groups and ``relays``."""
         obj: dict[str, Any] = {
             "version": CONNECTION_INFO_VERSION,
             "peer_id": str(self.peer_id),
@@ -281,11 +313,12 @@ class PubConnectionInfo(_ConnectionInfo):
         }
         for name, key, _, _ in _GROUPS[CONNECTION_INFO_VERSION]:
             obj[key] = [str(ep) for ep in getattr(self, name)]
+        obj["relays"] = [str(relay) for relay in self.relays]
         return json.dumps(obj)
 
     @classmethod
     def from_json(cls, text: str | bytes | bytearray) -> PubConnectionInfo:
-        """Parse :meth:`to_json` output, of this version or version 1.
+        """Parse :meth:`to_json` output, of this version or an older one.
 
         Raises:
             TypeError: ``text`` is not str or bytes.
@@ -305,7 +338,8 @@ class PubConnectionInfo(_ConnectionInfo):
         if isinstance(version, bool) or not isinstance(version, int):
             raise ValueError(f"connection info 'version' must be an integer, got {_brief(version)}")
         _check_version(version)
-        fields = ("version", "peer_id", "token", *(key for _, key, _, _ in _GROUPS[version]))
+        fields = ("version", "peer_id", "token", *(key for _, key, _, _ in _GROUPS[version]),
+                  *(("relays",) if version >= _FIRST_WITH_RELAYS else ()))
         missing = [name for name in fields if name not in obj]
         if missing:
             raise ValueError(f"connection info JSON lacks field(s) {', '.join(map(repr, missing))}")
@@ -332,9 +366,10 @@ class PubConnectionInfo(_ConnectionInfo):
         for name, key, label, _ in _GROUPS[version]:
             groups[name] = _group_from_json(obj[key], key, label, total)
             total += len(groups[name])
+        relays = _relays_from_json(obj["relays"]) if version >= _FIRST_WITH_RELAYS else ()
         # The constructor's checks raise ValueError (hostname, port 0, a punch endpoint's transport).
         return cls(peer_id, groups["listeners"], token, tcp_punch=groups.get("tcp_punch", ()),
-                   udp_punch=groups.get("udp_punch", ()))
+                   udp_punch=groups.get("udp_punch", ()), relays=relays)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +393,7 @@ class PrivConnectionInfo(_ConnectionInfo):
     def to_pub(self) -> PubConnectionInfo:
         """The half to hand to the other side."""
         return PubConnectionInfo(self.peer_id, self.listeners, self.token,
-                                 tcp_punch=self.tcp_punch, udp_punch=self.udp_punch)
+                                 tcp_punch=self.tcp_punch, udp_punch=self.udp_punch, relays=self.relays)
 
 
 def _pull_group(buf: Buffer, data: bytes, label: str, total: int) -> list[Endpoint]:
@@ -401,3 +436,33 @@ def _group_from_json(texts: object, key: str, label: str, total: int) -> tuple[E
         except ValueError as exc:
             raise ValueError(f"connection info {label} {i + 1} is bad: {exc}") from None
     return tuple(endpoints)
+
+
+def _pull_relays(buf: Buffer) -> list[PeerId]:
+    """``u8 count ‖ peer_id × count``."""
+    if buf.eof():
+        raise ValueError("truncated connection info: the relay count is cut off")
+    count = buf.pull_uint8()
+    if count > MAX_RELAYS:
+        raise ValueError(f"connection info names {count} relays; at most {MAX_RELAYS} are allowed")
+    if buf.remaining < count * _PEER_ID_SIZE:
+        raise ValueError(f"truncated connection info: {count} relays need {count * _PEER_ID_SIZE} bytes, "
+                         f"{buf.remaining} are left")
+    return [PeerId(buf.pull_bytes(_PEER_ID_SIZE)) for _ in range(count)]
+
+
+def _relays_from_json(texts: object) -> tuple[PeerId, ...]:
+    """The JSON list of relay PeerIds (hex strings)."""
+    if not isinstance(texts, list):
+        raise ValueError(f"connection info 'relays' must be a list, got {_brief(texts)}")
+    if len(texts) > MAX_RELAYS:
+        raise ValueError(f"connection info names {len(texts)} relays; at most {MAX_RELAYS} are allowed")
+    relays = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"connection info relay {i + 1} must be a hex string, got {_brief(text)}")
+        try:
+            relays.append(PeerId.from_str(text))
+        except ValueError as exc:
+            raise ValueError(f"connection info relay {i + 1} is bad: {exc}") from None
+    return tuple(relays)

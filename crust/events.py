@@ -66,6 +66,25 @@ class PeerInfo:
     bytes_received: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    """What this node relayed for others (``Service.relay_stats()``): counts and sizes, never content.
+
+    Attributes:
+        circuits: circuits open now.
+        opened: circuits opened since the start.
+        refused: circuits refused, by reason (``"too_many_circuits"``, ``"no_such_peer"``, ...).
+        bytes_relayed: bytes forwarded (the ends' ciphertext).
+        chunks_relayed: ``RelayData`` records forwarded.
+    """
+
+    circuits: int = 0
+    opened: int = 0
+    refused: tuple[tuple[str, int], ...] = ()
+    bytes_relayed: int = 0
+    chunks_relayed: int = 0
+
+
 class Event:
     """Base class of everything the engine reports upward."""
 

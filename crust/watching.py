@@ -16,6 +16,7 @@ import logging
 from collections import OrderedDict
 
 from .errors import PeerWaitTimeout, ServiceClosed
+from .events import RelayStats
 from .ids import PeerId
 from .service_base import ServiceBase, check_peer_id, check_positive_timeout
 from .stats import Stats, Tally
@@ -122,6 +123,10 @@ class Watching(ServiceBase):
             log.warning("peer %r closed the connection: a message we sent exceeded its max_message_size, "
                         "which is smaller than ours (%d bytes); send it smaller messages, or give every node "
                         "the same max_message_size", peer_id, self._config.max_message_size)
+
+    def relay_stats(self) -> RelayStats:
+        """What this node relayed for peers that cannot reach each other (``Config.relay``): counts and sizes."""
+        return self._call(self._engine.relay_stats)
 
     def stats(self) -> Stats:
         """A snapshot of the Service's counters (peers, bytes, drops, refusals, misbehaviour...).

@@ -9,7 +9,9 @@ prints one JSON event per line on stdout, flushed at once.  Every event has
     nat                              -> {"event": "nat", "tcp": {...}, "udp": {...}, "notes": [...]}
     info                             -> {"event": "info", "info": <PubConnectionInfo JSON>}
     connect    info [timeout]        -> {"event": "connected", "peer", "transport", "addr", "seconds"} | error
-    send       peer size [priority]  -> {"event": "sent", "sha256": hex, "bytes": n}
+    send       peer size [priority, fill]  -> {"event": "sent", "sha256": hex, "bytes": n}  (fill: hex bytes repeated)
+    relay_stats                      -> {"event": "relay_stats", "circuits", "opened", "refused", "bytes_relayed",
+                                          "chunks_relayed", "tap_hits"} (with --relay; --tap counts chunks holding it)
     peers                            -> {"event": "peers", "peers": [{"peer", "transport", "addr"}]}
     stop_listening                   -> {"event": "stopped", "seconds": s}
     close                            -> {"event": "closed", "seconds": s} (later commands answer ServiceClosed)
@@ -66,7 +68,12 @@ def main() -> int:
     ap.add_argument("--udp-port", type=int, default=0, help="udp_port (0: random)")
     ap.add_argument("--debug", action="store_true", help="crust's debug log on stderr")
     ap.add_argument("--log-info", action="store_true", help="crust's INFO log on stderr, one line each")
+    ap.add_argument("--relay", action="store_true", help="Config.relay: relay for peers that cannot meet")
+    ap.add_argument("--relay-max-circuits", type=int, default=16)
+    ap.add_argument("--relay-rate", type=int, default=64 * 1024 * 1024, help="relay_max_bytes_per_s")
+    ap.add_argument("--tap", default="", help="hex bytes: count relayed chunks that hold them (a plaintext leak)")
     args = ap.parse_args()
+    tap_hits = _tap_relay(bytes.fromhex(args.tap)) if args.tap else [0]
     if args.log_info and not args.debug:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     if args.debug:
@@ -87,6 +94,7 @@ def main() -> int:
         tcp_port=args.tcp_port, udp_port=args.udp_port, bootstrap_cache_path=None,
         listen_host="0.0.0.0", hard_coded_contacts=args.contact, heartbeat_interval=args.heartbeat,
         inactivity_timeout=max(120.0, 6 * args.heartbeat), network_name="natlab", bootstrap_timeout=15.0,
+        relay=args.relay, relay_max_circuits=args.relay_max_circuits, relay_max_bytes_per_s=args.relay_rate,
     )
     svc = crust.Service(config)
     ours: list[crust.PrivConnectionInfo] = []
@@ -120,7 +128,9 @@ def main() -> int:
                 emit("connected", peer=str(peer), transport=info.transport, addr=str(info.addr),
                      seconds=round(time.monotonic() - start, 3))
             elif cmd == "send":
-                data = os.urandom(int(command["size"]))
+                size = int(command["size"])
+                fill = bytes.fromhex(command.get("fill", ""))
+                data = (fill * (size // len(fill) + 1))[:size] if fill else os.urandom(size)
                 svc.send(crust.PeerId.from_str(command["peer"]), data, int(command.get("priority", 0)))
                 emit("sent", bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
             elif cmd == "peers":
@@ -130,6 +140,10 @@ def main() -> int:
                 start = time.monotonic()
                 svc.stop_listening() if cmd == "stop_listening" else svc.close()
                 emit("stopped" if cmd == "stop_listening" else "closed", seconds=round(time.monotonic() - start, 3))
+            elif cmd == "relay_stats":
+                stats = svc.relay_stats()
+                emit("relay_stats", circuits=stats.circuits, opened=stats.opened, refused=dict(stats.refused),
+                     bytes_relayed=stats.bytes_relayed, chunks_relayed=stats.chunks_relayed, tap_hits=tap_hits[0])
             elif cmd == "disconnect":
                 was = svc.disconnect(crust.PeerId.from_str(command["peer"]))
                 emit("disconnected", peer=command["peer"], was=was)
@@ -155,6 +169,25 @@ def main() -> int:
     finally:
         svc.close()
     return 0
+
+
+def _tap_relay(marker: bytes) -> list[int]:
+    """Count the relayed chunks holding ``marker``: the ends' plaintext, if the relay could ever see it.
+
+    It watches what the relay forwards, changing nothing: the count must stay 0.
+    """
+    from crust.engine.relay import Relaying
+
+    hits = [0]
+    forward = Relaying.on_data
+
+    def watched(self: Relaying, conn: Any, data: Any, now: float) -> None:
+        if marker in data.chunk:
+            hits[0] += 1
+        forward(self, conn, data, now)
+
+    Relaying.on_data = watched  # type: ignore[method-assign]
+    return hits
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ UDP = Endpoint("10.0.0.1", 9000, "udp")
 INFO = PubConnectionInfo(PID, (V4, V6, UDP), TOKEN)
 TCP_PUNCH = (Endpoint("198.51.100.1", 40000), Endpoint("10.1.0.2", 40000))
 UDP_PUNCH = (Endpoint("198.51.100.1", 40001, "udp"), Endpoint("10.1.0.2", 40001, "udp"))
-FULL = PubConnectionInfo(PID, (V4, V6, UDP), TOKEN, tcp_punch=TCP_PUNCH, udp_punch=UDP_PUNCH)
+RELAY = PeerId(bytes(range(1, 33)))
+FULL = PubConnectionInfo(PID, (V4, V6, UDP), TOKEN, tcp_punch=TCP_PUNCH, udp_punch=UDP_PUNCH, relays=(RELAY,))
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -141,15 +142,38 @@ LOCAL_INFO = PubConnectionInfo(PID, (Endpoint("127.0.0.1", 5483), Endpoint("::1"
 def test_exact_byte_layout() -> None:
     info = PubConnectionInfo(PID, LOCAL_INFO.listeners, TOKEN, udp_punch=(Endpoint("::1", 258, "udp"),))
     expected = (
-        b"\xc3CI" + b"\x02"
+        b"\xc3CI" + b"\x03"
         + bytes(range(32))
         + bytes(range(100, 116))
         + b"\x02" + LOCAL_TCP + LOCAL_UDP6  # listeners
         + b"\x00"  # TCP punch
         + b"\x01" + LOCAL_UDP6  # UDP punch
+        + b"\x01" + RELAY.raw  # relays
     )
-    assert info.to_bytes() == expected
-    assert len(PubConnectionInfo(PID, (), TOKEN).to_bytes()) == 3 + 1 + 32 + 16 + 3
+    assert dataclasses.replace(info, relays=(RELAY,)).to_bytes() == expected
+    assert len(PubConnectionInfo(PID, (), TOKEN).to_bytes()) == 3 + 1 + 32 + 16 + 4
+
+
+def test_version_2_bytes_still_decode_without_relays() -> None:
+    v2 = FULL.to_bytes()[:-33].replace(b"\xc3CI\x03", b"\xc3CI\x02", 1)
+    assert PubConnectionInfo.from_bytes(v2) == dataclasses.replace(FULL, relays=())
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"relays": (RELAY,) * 2 + tuple(PeerId(bytes([i]) * 32) for i in range(40, 44))}, ValueError,
+     "names 5 relays; at most 4"),
+    ({"relays": (PID,)}, ValueError, "names its own peer as a relay"),
+    ({"relays": ("ab" * 32,)}, TypeError, "relays must hold PeerIds, not str"),
+    ({"relays": RELAY}, TypeError, "relays must be a tuple of PeerIds"),
+])
+def test_bad_relays_are_refused(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        PubConnectionInfo(PID, (), TOKEN, **kwargs)
+
+
+def test_relays_are_kept_once_in_order() -> None:
+    other = PeerId(bytes([9]) * 32)
+    assert PubConnectionInfo(PID, (), TOKEN, relays=(other, RELAY, other)).relays == (other, RELAY)
 
 
 def test_version_1_bytes_still_decode_as_listeners() -> None:
@@ -163,7 +187,7 @@ def _header(version: int = 1, count: int = 0) -> bytes:
 
 
 GOOD = INFO.to_bytes()
-GOOD_V1 = _header(count=3) + GOOD[len(_header()):-2]  # INFO in version 1: the same listeners, no punch counts
+GOOD_V1 = _header(count=3) + GOOD[len(_header()):-3]  # INFO in version 1: the same listeners, no punch or relay counts
 GOOD_FULL = FULL.to_bytes()
 
 
@@ -179,8 +203,8 @@ GOOD_FULL = FULL.to_bytes()
     (_header(count=1), "truncated connection info: endpoint 1 of 1 is cut off"),
     (_header(count=1) + b"\x00\x04\x7f\x00", "truncated connection info: endpoint 1 of 1 is cut off"),
     (GOOD_V1[:-1], "truncated connection info: endpoint 3 of 3 is cut off"),
-    (_header(version=3), r"connection info version 3 is newer than this crust \(2\)"),
-    (_header(version=3)[:5], r"connection info version 3 is newer than this crust \(2\)"),
+    (_header(version=4), r"connection info version 4 is newer than this crust \(3\)"),
+    (_header(version=4)[:5], r"connection info version 4 is newer than this crust \(3\)"),
     (_header(version=255) + b"whatever", "version 255 is newer"),
     (_header(version=0), "version 0 is not a valid version"),
     (_header(count=MAX_ENDPOINTS + 1), "33 endpoints; at most 32"),
@@ -200,7 +224,10 @@ GOOD_FULL = FULL.to_bytes()
     (_header(version=2) + b"\x00\x01" + LOCAL_TCP, "udp_punch endpoint .* must be a UDP endpoint"),
     (_header(version=2) + b"\x00\x07", "UDP punch endpoint 1 of 7 is cut off"),
     (_header(version=2, count=1) + b"\x00\x05" + bytes(6) + b"\x00\x00", "listener 1 of 1 is malformed: unknown IP"),
-    (GOOD_FULL + b"\x00", "1 trailing bytes after its 7 endpoints"),
+    (GOOD_FULL + b"\x00", "1 trailing bytes after its 7 endpoints and relays"),
+    (GOOD_FULL[:-33] + b"\x05", "names 5 relays; at most 4"),
+    (GOOD_FULL[:-1], "1 relays need 32 bytes, 31 are left"),
+    (GOOD_FULL[:-33], "the relay count is cut off"),
 ])
 def test_bad_bytes_raise_value_error_naming_the_problem(data: bytes, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -255,12 +282,13 @@ def test_json_round_trip_ipv4_ipv6_udp() -> None:
 def test_json_fields() -> None:
     obj = json.loads(FULL.to_json())
     assert obj == {
-        "version": 2,
+        "version": 3,
         "peer_id": str(PID),
         "token": TOKEN.hex(),
         "listeners": ["192.0.2.7:5483", "[2001:db8::1]:443", "udp://10.0.0.1:9000"],
         "tcp_punch": ["198.51.100.1:40000", "10.1.0.2:40000"],
         "udp_punch": ["udp://198.51.100.1:40001", "udp://10.1.0.2:40001"],
+        "relays": [str(RELAY)],
     }
     assert obj["peer_id"] == PID.raw.hex()
 
@@ -294,8 +322,8 @@ _DROP = object()
     ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
     ("[1, 2]", "must be an object, not list"),
     ("null", "must be an object, not NoneType"),
-    (_json(version=3), r"connection info version 3 is newer than this crust \(2\)"),
-    (_json(version=3, peer_id=_DROP, extra=1), r"version 3 is newer than this crust \(2\)"),
+    (_json(version=4), r"connection info version 4 is newer than this crust \(3\)"),
+    (_json(version=4, peer_id=_DROP, extra=1), r"version 4 is newer than this crust \(3\)"),
     (_json(version=0), "version 0 is not a valid version"),
     (_json(version="1"), "'version' must be an integer, got str"),
     (_json(version=True), "'version' must be an integer, got bool"),
@@ -322,6 +350,12 @@ _DROP = object()
     (b"\xff\xfe\x00garbage", "not valid JSON"),
     # version 2
     (_json(version=2), "lacks field.*'listeners', 'tcp_punch', 'udp_punch'"),
+    (_json(version=3), "lacks field.*'listeners', 'tcp_punch', 'udp_punch', 'relays'"),
+    (_json(FULL.to_json(), version=2), "unknown field.*'relays'"),
+    (_json(FULL.to_json(), relays="ab"), "'relays' must be a list, got str"),
+    (_json(FULL.to_json(), relays=[1]), "relay 1 must be a hex string, got int"),
+    (_json(FULL.to_json(), relays=["zz"]), "relay 1 is bad"),
+    (_json(FULL.to_json(), relays=[str(PeerId(bytes([i]) * 32)) for i in range(5)]), "names 5 relays; at most 4"),
     (_json(FULL.to_json(), version=1), "lacks field.*'endpoints'"),
     (_json(FULL.to_json(), endpoints=[]), "unknown field.*'endpoints'"),
     (_json(FULL.to_json(), udp_punch="udp://1.2.3.4:5"), "'udp_punch' must be a list, got str"),

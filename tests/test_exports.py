@@ -20,7 +20,7 @@ EXPORTS = [
     "Service", "Config", "read_config_file", "Identity", "MSG_DROP_PRIORITY",
     # value types
     "PeerId", "Endpoint", "Contact", "CrustUser", "PeerInfo", "PrivConnectionInfo", "PubConnectionInfo",
-    "Origin", "NatInfo", "TransportNat", "MappingBehaviour", "Stats",
+    "Origin", "NatInfo", "TransportNat", "MappingBehaviour", "Stats", "RelayStats",
     # events (what the callbacks report)
     "Event", "PeerConnected", "MessageReceived", "PeerLost", "BootstrapFinished", "SendDropped", "Misbehaved",
     # errors and warnings

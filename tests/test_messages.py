@@ -33,9 +33,18 @@ from crust.wire.messages import (
     MessageType,
     PeerExchangeRequest,
     PeerExchangeResponse,
+    RelayAck,
+    RelayClose,
+    RelayCloseReason,
+    RelayConnect,
+    RelayData,
+    RelayIncoming,
+    RelayOffer,
     SharedPeer,
+    UpgradeOffer,
     decode_record,
     encode_record,
+    encode_relay_data,
 )
 
 V4 = Endpoint("10.1.2.3", 5483)
@@ -69,7 +78,32 @@ SAMPLES: list[tuple[Message, MessageType, bytes]] = [
         MessageType.PEER_EXCHANGE_RESPONSE,
         b"\x01" + bytes(range(32)) + b"\x01" + V4_PACKED,
     ),
+    (RelayOffer(), MessageType.RELAY_OFFER, b""),
+    (RelayConnect(5, PeerId(bytes(range(32)))), MessageType.RELAY_CONNECT, b"\x00\x00\x00\x05" + bytes(range(32))),
+    (RelayIncoming(6, PeerId(bytes(range(32)))), MessageType.RELAY_INCOMING, b"\x00\x00\x00\x06" + bytes(range(32))),
+    (RelayData(0xFFFFFFFF, b"opaque"), MessageType.RELAY_DATA, b"\xff\xff\xff\xffopaque"),
+    (RelayAck(7, 65536), MessageType.RELAY_ACK, b"\x00\x00\x00\x07\x00\x01\x00\x00"),
+    (RelayClose(8, RelayCloseReason.TOO_MANY_CIRCUITS), MessageType.RELAY_CLOSE, b"\x00\x00\x00\x08\x04"),
+    (UpgradeOffer(b"\xc3CI..."), MessageType.UPGRADE_OFFER, b"\xc3CI..."),
 ]
+
+
+def test_relay_data_fast_encoder_matches_the_table() -> None:
+    assert encode_relay_data(9, b"abc") == encode_record(RelayData(9, b"abc"))
+    assert encode_relay_data(9, memoryview(b"")) == encode_record(RelayData(9, b""))
+
+
+@pytest.mark.parametrize("kind, body, match", [
+    (MessageType.RELAY_CLOSE, b"\x00\x00\x00\x01\x63", "unknown RelayCloseReason 99"),
+    (MessageType.RELAY_CONNECT, b"\x00\x00\x00\x01" + bytes(31), "need 32 bytes"),
+    (MessageType.RELAY_ACK, b"\x00\x00\x00\x01\x00", "need 4 bytes"),
+    (MessageType.RELAY_OFFER, b"\x00", "stray bytes"),
+    (MessageType.UPGRADE_OFFER, b"", "UpgradeOffer info of 0 bytes"),
+    (MessageType.UPGRADE_OFFER, bytes(2049), "UpgradeOffer info of 2049 bytes"),
+])
+def test_bad_relay_records_are_remote_errors(kind: MessageType, body: bytes, match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match):
+        decode_record(kind, body)
 
 
 def split_record(record: bytes) -> tuple[int, bytes]:
@@ -89,6 +123,8 @@ def test_message_type_values_are_the_wire_bytes() -> None:
         "HEARTBEAT": 1, "GOODBYE": 2, "BOOTSTRAP_REQUEST": 3, "BOOTSTRAP_GRANTED": 4,
         "BOOTSTRAP_DENIED": 5, "ECHO_ADDR_REQ": 6, "ECHO_ADDR_RESP": 7, "CONNECT_REQUEST": 8,
         "CHOOSE_CONNECTION": 9, "DATA": 10, "PEER_EXCHANGE_REQUEST": 11, "PEER_EXCHANGE_RESPONSE": 12,
+        "RELAY_OFFER": 13, "RELAY_CONNECT": 14, "RELAY_INCOMING": 15, "RELAY_DATA": 16, "RELAY_ACK": 17,
+        "RELAY_CLOSE": 18, "UPGRADE_OFFER": 19,
     }
 
 
@@ -108,11 +144,16 @@ def test_sample(msg: Message, kind: MessageType, body: bytes) -> None:
         # A Data chunk is "the rest of the body": an extra byte is just a longer chunk.
         assert isinstance(msg, Data)
         assert decode_record(kind, body + b"!") == Data(msg.priority, msg.chunk + b"!", msg.last)
+    elif kind is MessageType.RELAY_DATA:
+        assert isinstance(msg, RelayData)  # the same: opaque bytes to the end of the body
+        assert decode_record(kind, body + b"!") == RelayData(msg.circuit, msg.chunk + b"!")
+    elif kind is MessageType.UPGRADE_OFFER:
+        assert decode_record(kind, body + b"!") == UpgradeOffer(body + b"!")  # the info's own parser judges it
     else:
         with pytest.raises(RemoteProtocolError, match="stray"):
             decode_record(kind, body + b"\x00")
-    # every truncation (Data bodies are valid from 2 bytes, priority and flags, on)
-    shortest_valid = 2 if kind is MessageType.DATA else len(body)
+    # every truncation (Data bodies are valid from 2 bytes, priority and flags, on; RelayData from 4)
+    shortest_valid = {MessageType.DATA: 2, MessageType.RELAY_DATA: 4, MessageType.UPGRADE_OFFER: 1}.get(kind, len(body))
     for cut in range(shortest_valid):
         if cut == 0 and isinstance(msg, BootstrapGranted):
             continue  # an empty body is a valid BootstrapGranted: one with no listeners
@@ -121,7 +162,7 @@ def test_sample(msg: Message, kind: MessageType, body: bytes) -> None:
 
 
 def test_unknown_message_type() -> None:
-    for kind in (0, 13, 99, 255):
+    for kind in (0, 20, 99, 255):
         with pytest.raises(RemoteProtocolError, match="unknown message type"):
             decode_record(kind, b"")
 

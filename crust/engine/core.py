@@ -14,7 +14,9 @@ two queues, so they share one :class:`Core`:
 A connection's exchange state moves only through :meth:`Core.move`, one
 lookup in ``handshake.states.EXCHANGE``.  When a connection fails, every
 concern that may hold it hears so through ``conn_failed`` hooks, in the
-order they were registered; none of them needs to know the others.
+order they were registered; none of them needs to know the others.  Every
+connection dropped by any path (a failure, a Goodbye, a close) is announced
+to the ``conn_forgotten`` hooks: what rides on it (relay circuits) ends too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Protocol
 
 from ..config import Config
 from ..crypto.keys import KeyPair
@@ -34,11 +36,24 @@ from ..ids import ConnId, Endpoint, PeerId, name_hash
 from ..wire.messages import Message
 from .records import NEVER, Conn
 
-__all__ = ["Core", "ConnFailedHook"]
+__all__ = ["Core", "ConnFailedHook", "CircuitIO"]
 
 log = logging.getLogger("crust")
 
 ConnFailedHook = Callable[[Conn, str, bool], None]  # (conn, reason, was it established)
+
+
+class CircuitIO(Protocol):
+    """Where the bytes of a relayed connection go instead of a socket (:mod:`crust.engine.circuits`)."""
+
+    def write(self, conn: Conn, data: bytes) -> None:
+        """Carry ``data`` of ``conn`` over its circuit."""
+
+    def close(self, conn: Conn) -> None:
+        """Close ``conn``'s circuit (after the bytes already written)."""
+
+    def unacked(self, conn: Conn) -> int:
+        """Bytes ``conn`` wrote that the far end has not acknowledged yet (0 once its circuit ended)."""
 
 
 class Core:
@@ -58,7 +73,10 @@ class Core:
         self.banned_ips: set[str] = set()
         self.refused = 0  # connections refused before they became peers (Service.stats())
         self.conn_failed: list[ConnFailedHook] = []
+        self.conn_forgotten: list[Callable[[Conn], None]] = []  # every connection dropped, by any path
         self.listeners: tuple[Endpoint, ...] = ()  # where we accept, as we announce it to peers
+        self.circuits: CircuitIO | None = None  # carries relayed connections (set by the circuits concern)
+        self._next_circuit = 0
         self.now = 0.0  # the latest ``now`` any input brought: for paths that have none of their own
         self._next_conn = 0
 
@@ -104,12 +122,26 @@ class Core:
     def write(self, conn: Conn, data: bytes) -> None:
         """Hand ``data`` to the shell for ``conn``; it counts as unsent until ``handle_sent``."""
         conn.unsent += len(data)
-        self.effects.append(Write(conn.id, data))
+        if conn.circuit is None:
+            self.effects.append(Write(conn.id, data))
+        else:
+            assert self.circuits is not None
+            self.circuits.write(conn, data)
 
     def send_control(self, conn: Conn, *messages: Message) -> None:
         """Seal ``messages`` into one frame on ``conn`` at once (outside any peer's outbox)."""
         assert conn.channel is not None
         self.write(conn, conn.channel.encode(*messages))
+
+    def new_circuit_number(self, peer_id: PeerId) -> int:
+        """A circuit number for a link to ``peer_id`` that the peer never picks.
+
+        Both ends of a link number the circuits they open; the end with the
+        greater PeerId takes odd numbers, the other even ones, so the two never
+        collide (QUIC's stream-id parity).
+        """
+        self._next_circuit += 1
+        return (self._next_circuit * 2 + (self.id > peer_id)) & 0xFFFFFFFF
 
     def move(self, conn: Conn, what: ExchangeInput) -> ExchangeState:
         """Take ``conn`` through the exchange table.  Raises LocalProtocolError for a pair it lacks."""
@@ -139,8 +171,13 @@ class Core:
 
     def close(self, conn: Conn, *, flush: bool) -> None:
         """Forget ``conn`` and tell the shell to close it (after its queued writes when ``flush``)."""
-        if self.forget(conn):
+        if not self.forget(conn):
+            return
+        if conn.circuit is None:
             self.effects.append(Close(conn.id, flush))
+        else:
+            assert self.circuits is not None
+            self.circuits.close(conn)
 
     def forget(self, conn: Conn) -> bool:
         """Drop every reference to ``conn``; False if it was already gone."""
@@ -149,6 +186,8 @@ class Core:
         self.pending_accepts.pop(conn.id, None)
         if conn.state is not ExchangeState.CLOSED:
             self.move(conn, Decision.FAIL)
+        for hook in self.conn_forgotten:
+            hook(conn)
         return True
 
     def fail_conn(self, conn: Conn, reason: str, *, close: bool = True) -> None:

@@ -21,7 +21,9 @@ module per concern, all sharing one :class:`~crust.engine.core.Core`
 * ``peers``: the duplicate rule, parking, liveness, flushing outboxes;
 * ``admission``: bootstrap requests made to us, reachability dial-back;
 * ``runs``: our bootstrap runs;
-* ``rendezvous``: ``connect()`` through swapped connection info.
+* ``rendezvous``: ``connect()`` through swapped connection info;
+* ``circuits`` and ``relay``: connections relayed through a mutual peer, as
+  an end and as the relay.
 
 A connection runs the secure handshake, then the exchange
 (``handshake.states.EXCHANGE``, through which every state change goes):
@@ -38,19 +40,22 @@ from collections.abc import Collection
 from typing import Iterable, Sequence
 
 from ..config import Config
+from ..connection_info import PrivConnectionInfo
 from ..crypto.keys import KeyPair
 from ..effects import Effect
 from ..errors import HandshakeError, LocalProtocolError, OversizeMessage, RemoteProtocolError
-from ..events import Event, MessageReceived, Misbehaved, Origin, PeerInfo
+from ..events import Event, MessageReceived, Misbehaved, Origin, PeerInfo, RelayStats
 from ..nat import probe
 from ..nat.observe import NatInfo
 from ..handshake.states import Decision, ExchangeState, Role
 from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
 from ..wire.messages import (
     MAX_LISTENERS, BootstrapDenied, BootstrapGranted, BootstrapRequest, ChooseConnection, ConnectRequest, Data, EchoAddrReq, EchoAddrResp, Goodbye, GoodbyeReason,
-    Heartbeat, Message, PeerExchangeRequest, PeerExchangeResponse,
+    Heartbeat, Message, PeerExchangeRequest, PeerExchangeResponse, RelayAck, RelayClose, RelayConnect, RelayData,
+    RelayIncoming, RelayOffer, UpgradeOffer,
 )
 from .admission import Admission
+from .circuits import Circuits
 from .core import Core
 from .external import ExternalAddresses
 from .mesh import Mesh
@@ -58,10 +63,15 @@ from .limits import PRE_GRANT_ECHOES, limit_pre_grant
 from .peers import Peers
 from .punch import Punching
 from .records import NEVER, Conn
+from .relay import Relaying
 from .rendezvous import Rendezvous
+from .upgrade import Upgrades
 from .runs import Runs
 
 __all__ = ["Engine"]
+
+_RELAY_MESSAGES = frozenset({RelayData, RelayAck, RelayClose, RelayConnect, RelayIncoming, RelayOffer, UpgradeOffer})
+_OVER_A_CIRCUIT = (ConnectRequest, ChooseConnection, Goodbye)  # what a relayed connection may carry before it is a peer
 
 log = logging.getLogger("crust")
 
@@ -77,8 +87,12 @@ class Engine:
         self._admission = Admission(core, self._peers)
         self._runs = Runs(core, self._peers)
         self._punching = Punching(core)
-        self._rendezvous = Rendezvous(core, self._peers, self._punching)
+        self._circuits = Circuits(core, self._peers, feed=self.receive_data, sent=self.handle_sent)
+        self._relaying = Relaying(core, self._peers)
+        self._rendezvous = Rendezvous(core, self._peers, self._punching, self._circuits)
+        self._upgrades = Upgrades(core, self._peers, self._rendezvous, info=self.connection_info)
         self._external = ExternalAddresses(core, self._peers)
+        self._external.changed.append(self._upgrades.network_changed)
         self._mesh = Mesh(core, self._peers, self._runs)
         self.closed = False
 
@@ -88,6 +102,7 @@ class Engine:
         """Everything the shell must do now, in order (flushes queued messages into frames first)."""
         core = self._core
         self._peers.flush_dirty()
+        self._circuits.flush_acks()
         effects, core.effects = core.effects, []
         return effects
 
@@ -102,7 +117,8 @@ class Engine:
         core = self._core
         soonest = min(core.next_timer(), self._runs.next_timer(), self._rendezvous.next_timer(),
                       self._peers.next_timer(), self._external.next_timer(core.now), self._punching.next_timer(),
-                      self._mesh.next_timer())
+                      self._mesh.next_timer(), self._circuits.next_timer(), self._relaying.next_timer(),
+                      self._upgrades.next_timer())
         return None if soonest == NEVER else soonest
 
     # -- queries --------------------------------------------------------------
@@ -133,9 +149,26 @@ class Engine:
         peer = self._peers.table.get(peer_id)
         return peer.conn.id if peer is not None and peer.conn is not None else None
 
+    def is_relayed(self, conn_id: ConnId) -> bool:
+        """Whether ``conn_id`` runs over a relay circuit (no socket: the engine pauses its reading itself)."""
+        conn = self._core.conns.get(conn_id)
+        return conn is not None and conn.circuit is not None
+
     def queued_bytes(self, peer_id: PeerId, priority: int) -> int:
         """What the unsent messages for ``peer_id`` at ``priority`` count for (bytes plus ``MESSAGE_OVERHEAD`` each)."""
         return self._peers.get(peer_id).outbox.queued_bytes(priority)
+
+    def relays(self) -> list[PeerId]:
+        """Connected peers that offered to relay for us: what our connection info names."""
+        return self._circuits.relays()
+
+    def connection_info(self, token: bytes, now: float) -> PrivConnectionInfo:
+        """Our connection info with ``token``: every candidate we know of and our relays."""
+        return self._external.connection_info(token, self._circuits.relays(), now)
+
+    def relay_stats(self) -> RelayStats:
+        """What we relayed for others (counts and sizes)."""
+        return self._relaying.stats.snapshot()
 
     def nat_info(self, now: float) -> NatInfo:
         """What peers told us of our external endpoints and NAT (see :mod:`crust.nat.observe`)."""
@@ -169,6 +202,7 @@ class Engine:
         """The endpoints we accept on, announced in our BootstrapRequests."""
         self._core.listeners = tuple(endpoints)
         self._external.check_announced(self._core.now)
+        self._relaying.offer()
 
     def set_sockets(self, *, tcp_port: int | None, udp_port: int | None, local_ips: Sequence[str],
                     now: float) -> None:
@@ -197,17 +231,20 @@ class Engine:
 
     def start_connect(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, tcp_punch: Sequence[Endpoint] = (),
                       udp_punch: Sequence[Endpoint] = (), their_token: bytes, our_token: bytes, timeout: float,
-                      now: float) -> None:
+                      their_relays: Sequence[PeerId] = (), our_relays: Sequence[PeerId] = (), now: float) -> None:
         """Connect to ``peer_id``, who does the same with our info (PROTOCOL.md §7).
 
         Every listener endpoint is dialled at once, and we punch towards the
         punch endpoints (TCP simultaneous open, UDP hole punching); the
-        peer's dials to us count too.  Ends with one ``ConnectFinished`` event
-        (at once if already connected).
+        peer's dials to us count too.  If none came through after a grace
+        period, we open circuits through the relays both infos name
+        (``their_relays``, ``our_relays``).  Ends with one ``ConnectFinished``
+        event (at once if already connected).
         """
         self._core.now = now
         self._rendezvous.start(peer_id, endpoints, tcp_punch=tcp_punch, udp_punch=udp_punch,
-                               their_token=their_token, our_token=our_token, timeout=timeout, now=now)
+                               their_token=their_token, our_token=our_token, timeout=timeout,
+                               their_relays=their_relays, our_relays=our_relays, now=now)
 
     def stop_bootstrap(self, now: float) -> None:
         """Abandon every bootstrap run (each reports ``BootstrapFinished`` with no peer)."""
@@ -341,6 +378,7 @@ class Engine:
         conn.unsent -= nbytes
         conn.bytes_out += nbytes
         self._peers.sent(conn)
+        self._relaying.sent(conn, now)
 
     def handle_closed(self, conn_id: ConnId, error: str | None, now: float) -> None:
         """The stream ended: closed by the peer, reset, or a dial failed (``error`` says how)."""
@@ -371,6 +409,8 @@ class Engine:
         if conn is not None:
             conn.paused = paused
             conn.last_rx = now
+            if not paused:
+                self._circuits.resumed(conn)
 
     def handle_timer(self, now: float) -> None:
         """Run everything that came due by ``now``."""
@@ -385,6 +425,9 @@ class Engine:
         self._external.refresh(now)
         self._punching.handle_timer(now)
         self._mesh.handle_timer(now)
+        self._circuits.handle_timer(now)
+        self._relaying.handle_timer(now)
+        self._upgrades.handle_timer(now)
 
     def _input(self, conn_id: ConnId, now: float) -> Conn | None:
         """An I/O completion's bookkeeping: the clock moves on; the connection, unless already forgotten."""
@@ -409,6 +452,8 @@ class Engine:
         conn.channel, conn.peer_id, conn.handshake = hs.channel, hs.peer_id, None
         conn.session_id = hs.session_id
         limit_pre_grant(conn.channel)  # the smallest budget until a grant (limits.py)
+        if conn.circuit is not None and conn.peer_id != conn.circuit.peer:
+            raise HandshakeError("the relayed peer is not the one the relay announced", reason="peer_id_mismatch")
         if conn.role is Role.RESPONDER:
             core.move(conn, Decision.SECURED)
             return
@@ -441,6 +486,11 @@ class Engine:
             if kind is PeerExchangeRequest or kind is PeerExchangeResponse:
                 peers.on_peer_exchange(conn, message, now)  # type: ignore[arg-type]
                 return
+            if kind in _RELAY_MESSAGES:
+                self._on_relay_message(conn, message, now)
+                return
+        elif conn.circuit is not None and not isinstance(message, _OVER_A_CIRCUIT):
+            raise RemoteProtocolError(f"{type(message).__name__} over a relay: only connect() runs there")
         self._core.move(conn, type(message).__name__)
         if isinstance(message, BootstrapRequest):
             self._admission.on_request(conn, message, now)
@@ -458,6 +508,35 @@ class Engine:
         elif isinstance(message, EchoAddrResp) and conn.echo:
             self._external.on_echo_response(conn, message, now)
         # an EchoAddrResp on a peer link nobody asked for: ignored
+
+    def _on_relay_message(self, conn: Conn, message: Message, now: float) -> None:
+        """A relay record on a peer link: for a circuit we are an end of, one we relay, or an upgrade offer."""
+        circuits, relaying = self._circuits, self._relaying
+        if isinstance(message, RelayData):
+            if circuits.owns(conn, message.circuit):
+                circuits.on_data(conn, message, now)
+            else:
+                relaying.on_data(conn, message, now)
+        elif isinstance(message, RelayAck):
+            if circuits.owns(conn, message.circuit):
+                circuits.on_ack(conn, message, now)
+            else:
+                relaying.on_ack(conn, message, now)
+        elif isinstance(message, RelayClose):
+            if circuits.owns(conn, message.circuit):
+                circuits.on_close(conn, message)
+            else:
+                relaying.on_close(conn, message, now)
+        elif isinstance(message, RelayConnect):
+            relaying.on_connect(conn, message, now)
+        elif isinstance(message, RelayIncoming):
+            circuits.on_incoming(conn, message, now)
+        elif isinstance(message, RelayOffer):
+            peer = self._peers.of(conn)
+            if peer is not None:
+                peer.relays_for_us = conn.circuit is None
+        elif isinstance(message, UpgradeOffer):
+            self._upgrades.on_offer(conn, message, now)
 
     def _on_echo_request(self, conn: Conn, now: float) -> None:
         """Tell the peer where we see it: through a peer's outbox, or at once (once) before a grant.

@@ -23,8 +23,11 @@ amplification), and ``EchoAddrReq`` is answered on any connection.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from typing import Callable
 
+from ..connection_info import PrivConnectionInfo
 from ..crypto import random_token
 from ..effects import SendDatagram
 from ..events import ListenersChanged
@@ -57,6 +60,7 @@ class ExternalAddresses:
         self._echoes: dict[bytes, tuple[PeerId, Endpoint]] = {}  # nonce -> (observer, where we asked)
         self.mapped: tuple[Endpoint, ...] = ()  # external endpoints a router maps to our listeners (UPnP)
         self._announced: tuple[Endpoint, ...] = ()  # what the last ListenersChanged said
+        self.changed: list[Callable[[float], None]] = []  # told when where we accept changed (now)
         peers.established.append(lambda conn, peer_id: self.refresh(core.now))
 
     def nat_info(self, now: float) -> NatInfo:
@@ -74,6 +78,8 @@ class ExternalAddresses:
         if announced != self._announced:
             self._announced = announced
             self._core.events.append(ListenersChanged(announced))
+            for hook in self.changed:
+                hook(now)
 
     def announced(self, listeners: tuple[Endpoint, ...], now: float) -> list[Endpoint]:
         """Where we accept: ``listeners`` (local), then their external forms, TCP first.
@@ -98,6 +104,29 @@ class ExternalAddresses:
                 found.append(endpoint)
         return tcp_first(found)
 
+    def connection_info(self, token: bytes, relays: list[PeerId], now: float) -> PrivConnectionInfo:
+        """Our connection info: listeners, each punch socket as observed and locally, and ``relays``.
+
+        A punch socket's observed external endpoint comes first: it is what the
+        other side's probes and SYNs must aim at; the local addresses serve a
+        peer behind the same NAT (or none).  Loopback addresses are left out
+        unless they are all we have (a loopback test).
+        """
+        core = self._core
+        nat = self.nat_info(now)
+        local_ips = _outside_first(list(self.local_ips))
+        punch: dict[str, list[Endpoint]] = {"tcp": [], "udp": []}
+        for kind, port, seen in (("tcp", self.tcp_port, nat.tcp), ("udp", self.udp_port, nat.udp)):
+            if port is None:
+                continue
+            if seen.external is not None:
+                punch[kind].append(Endpoint(seen.external.host, seen.external.port, kind))
+            punch[kind] += [Endpoint(ip, port, kind) for ip in local_ips]
+        listeners = self.announced(core.listeners, now)
+        outside = [ep for ep in listeners if not ipaddress.ip_address(ep.host).is_loopback]
+        return PrivConnectionInfo.gather(core.id, token, listeners=outside or listeners, tcp_punch=punch["tcp"],
+                                         udp_punch=punch["udp"], relays=relays)
+
     # -- asking ------------------------------------------------------------------------
 
     def refresh(self, now: float) -> None:
@@ -115,8 +144,9 @@ class ExternalAddresses:
         return NEVER if due is None else due
 
     def _observers(self, kind: str) -> list[tuple[PeerId, str]]:
+        # A relayed peer sees us through the relay, at the relay's address: it cannot observe us.
         return [(peer.id, peer.conn.remote.host) for peer in self._peers.table.values()
-                if peer.conn is not None and self._listener_of(peer.id, kind) is not None]
+                if peer.conn is not None and peer.conn.circuit is None and self._listener_of(peer.id, kind) is not None]
 
     def _listener_of(self, peer_id: PeerId, kind: str) -> Endpoint | None:
         """The peer's ``kind`` listener at the IP we reach it at, if it announced one."""
@@ -177,3 +207,9 @@ class ExternalAddresses:
         if observed_host in self.local_ips or not self.local_ips:
             return observed_host
         return self.local_ips[0]
+
+
+def _outside_first(addresses: list[str]) -> list[str]:
+    """Non-loopback addresses only, unless loopback is all there is (a loopback test)."""
+    outside = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+    return outside or addresses

@@ -96,7 +96,8 @@ class Peers:
         conn = peer.conn
         return PeerInfo(
             id=peer.id, addr=conn.remote if conn else Endpoint("0.0.0.0", 0),
-            transport=conn.remote.transport if conn else "tcp", user=peer.user,
+            transport=("relay" if conn.circuit is not None else conn.remote.transport) if conn else "tcp",
+            user=peer.user,
             origin=peer.origin, rtt=peer.rtt, bytes_sent=conn.bytes_out if conn else 0,
             bytes_received=conn.bytes_in if conn else 0,
         )
@@ -136,7 +137,7 @@ class Peers:
         if conn.id not in core.conns or conn.channel is None:
             return
         peer = self.of(conn)
-        if peer is None:
+        if peer is None or (peer.draining is not None and not self.drained(peer)):
             return
         outbox = peer.outbox
         credit: dict[int, int] = {}
@@ -150,6 +151,17 @@ class Peers:
             conn.last_tx = core.now
         if credit:
             core.effects.append(SendCredit(peer.id, tuple(credit.items())))
+
+    def drained(self, peer: Peer) -> bool:
+        """Whether the relayed connection ``peer`` moved off has had all it sent acknowledged (then forget it)."""
+        old = peer.draining
+        circuits = self._core.circuits
+        if old is not None and circuits is not None and circuits.unacked(old):
+            return False
+        peer.draining = None
+        if peer.conn is not None:
+            self.dirty[peer.conn.id] = peer.conn
+        return True
 
     def sent(self, conn: Conn) -> None:
         """Bytes of ``conn`` reached the kernel: its window may admit more frames."""
@@ -166,15 +178,18 @@ class Peers:
             return True
         return self.rank(conn) > self.rank(peer.conn)
 
-    def rank(self, conn: Conn) -> tuple[PeerId, bytes]:
+    def rank(self, conn: Conn) -> tuple[bool, PeerId, bytes]:
         """A total order of the connections between two peers that both ends compute alike.
 
-        The connection initiated by the greater PeerId wins; between two initiated by the
-        same side (a connect candidate and a bootstrap, say) the greater session id does.
-        Arrival order never enters into it, so both ends always keep the same one.
+        A direct connection beats a relayed one (so a later direct connection takes
+        over from a relay); then the connection initiated by the greater PeerId wins;
+        between two initiated by the same side (a connect candidate and a bootstrap,
+        say) the greater session id does.  Arrival order never enters into it, so
+        both ends always keep the same one.
         """
         assert conn.peer_id is not None
-        return (self._core.id if conn.role is Role.INITIATOR else conn.peer_id), conn.session_id
+        return (conn.circuit is None, self._core.id if conn.role is Role.INITIATOR else conn.peer_id,
+                conn.session_id)
 
     def establish(self, conn: Conn, origin: Origin, now: float) -> None:
         """``conn`` was granted: it now carries its peer (a new one, or a duplicate's survivor)."""
@@ -204,6 +219,8 @@ class Peers:
             self.parked.pop(peer_id, None)
             peer.outbox.restart_partial()
             if old is not None:
+                if old.circuit is not None:
+                    peer.draining = old  # moved off a relay: its tail must arrive before anything new
                 self._retire(old, now)
         self._probe(peer, conn, now)
         self.check(conn, now)
@@ -269,11 +286,12 @@ class Peers:
         """Run an established ``conn``'s deadlines (liveness, heartbeat, expiry) and schedule the next."""
         core = self._core
         peer = self.of(conn)
-        if peer is None:  # retiring after a duplicate race
-            if now >= conn.deadline:
+        if peer is None:  # retiring after a duplicate race: while the peer's tail still arrives, it may finish
+            until = max(conn.deadline, conn.last_rx + core.config.handshake_timeout)
+            if now >= until:
                 core.close(conn, flush=False)
             else:
-                core.schedule(conn, conn.deadline)
+                core.schedule(conn, until)
             return
         cfg = core.config
         # Compare with the very sums the timer is scheduled at: `now - last >= interval` can be
@@ -319,7 +337,7 @@ class Peers:
 
     # -- messages on an established connection ------------------------------------------
 
-    def _asked(self, peer: Peer, what: str, now: float) -> None:
+    def count_request(self, peer: Peer, what: str, now: float) -> None:
         """Count one control request of ``peer``.  Raises RemoteProtocolError (a flood) if it asks too often."""
         if not peer.requests.take(now):
             raise RemoteProtocolError(f"flood: control requests ({what}) over {CONTROL_BURST} at once "
@@ -335,7 +353,7 @@ class Peers:
         """Echo a probe, or time the RTT from the echo of ours.  Raises RemoteProtocolError (a flood)."""
         peer = self.table[conn.peer_id]  # type: ignore[index]
         if not beat.echo:
-            self._asked(peer, "heartbeat probes", now)
+            self.count_request(peer, "heartbeat probes", now)
             self._answer(peer, _ECHO, encode_record(Heartbeat(beat.seq, echo=True)))
         elif beat.seq == peer.probe_seq and peer.probe_sent_at is not None:
             sample = now - peer.probe_sent_at
@@ -364,7 +382,7 @@ class Peers:
         peer = self.of(conn)
         if peer is None:
             return  # a retiring duplicate: nobody asks there
-        self._asked(peer, "EchoAddrReq", now)
+        self.count_request(peer, "EchoAddrReq", now)
         self._answer(peer, _ADDRESS, encode_record(EchoAddrResp(conn.remote)))
 
     def on_peer_exchange(self, conn: Conn, message: PeerExchangeRequest | PeerExchangeResponse, now: float) -> None:
@@ -374,7 +392,7 @@ class Peers:
             return  # a retiring duplicate: its peer answers on the survivor
         core = self._core
         if isinstance(message, PeerExchangeRequest):
-            self._asked(peer, "PeerExchangeRequest", now)
+            self.count_request(peer, "PeerExchangeRequest", now)
             # Within the interval the asker gets an empty answer, not a fresh sample.
             answer = (sample_peers(self.table.values(), peer.id, self._rng)
                       if core.config.peer_exchange and now - peer.exchange_answered_at >= MIN_ANSWER_INTERVAL

@@ -6,6 +6,8 @@ reactor thread); they hold state and make no decisions.
 
 from __future__ import annotations
 
+from collections import deque
+
 from ..bootstrap.policy import Bootstrapper
 from ..channel import SecureChannel
 from ..events import Origin
@@ -16,7 +18,7 @@ from ..outbox import Outbox
 from ..wire.messages import BootstrapRequest
 from .limits import RequestRate
 
-__all__ = ["Conn", "Peer", "Run", "NEVER"]
+__all__ = ["Conn", "Peer", "Run", "Circuit", "NEVER"]
 
 NEVER = float("inf")
 
@@ -27,7 +29,7 @@ class Conn:
     __slots__ = ("id", "role", "remote", "state", "handshake", "channel", "peer_id", "contact", "run", "user",
                  "deadline", "last_rx", "last_tx", "unsent", "bytes_in", "bytes_out", "paused", "scheduled",
                  "connected", "listeners", "probe_for", "probes", "request", "shareable", "connect_for",
-                 "connect_token", "session_id", "echo", "local", "via", "echoes_answered")
+                 "connect_token", "session_id", "echo", "local", "via", "echoes_answered", "circuit")
 
     def __init__(self, conn_id: ConnId, role: Role, remote: Endpoint, now: float) -> None:
         self.id = conn_id
@@ -61,13 +63,35 @@ class Conn:
         self.local: Endpoint | None = None  # our end of the stream, as the shell reported it
         self.via = remote.transport  # how a connect candidate was made: tcp, udp, tcp-punch, udp-punch
         self.echoes_answered = 0  # EchoAddrReq answered before a grant (limits.PRE_GRANT_ECHOES)
+        self.circuit: Circuit | None = None  # a relayed connection: the circuit it runs over (no socket)
+
+
+class Circuit:
+    """Our end of a relay circuit: the peer link it rides on and its flow-control window.
+
+    ``queue`` holds bytes the connection wrote that wait for window
+    (``in_flight`` sent on, not yet acknowledged by the far end);
+    ``to_ack`` counts bytes we took and have not acknowledged yet.
+    """
+
+    __slots__ = ("carrier", "number", "relay", "peer", "queue", "queued", "in_flight", "to_ack")
+
+    def __init__(self, carrier: Conn, number: int, relay: PeerId, peer: PeerId) -> None:
+        self.carrier = carrier  # the established connection to the relay
+        self.number = number  # the circuit's number on that connection
+        self.relay = relay
+        self.peer = peer  # who must answer at the far end
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.in_flight = 0
+        self.to_ack = 0
 
 
 class Peer:
     """An authenticated, granted remote node and what we queue for it."""
 
     __slots__ = ("id", "conn", "outbox", "user", "origin", "rtt", "probe_seq", "probe_sent_at", "shareable",
-                 "exchange_asked", "exchange_answered_at", "requests")
+                 "exchange_asked", "exchange_answered_at", "requests", "relays_for_us", "draining")
 
     def __init__(self, peer_id: PeerId, conn: Conn, outbox: Outbox, origin: Origin, now: float) -> None:
         self.id = peer_id
@@ -82,12 +106,15 @@ class Peer:
         self.exchange_asked = False  # we sent a PeerExchangeRequest it has not answered
         self.exchange_answered_at = float("-inf")  # when we last answered its request
         self.requests = RequestRate(now)  # the control requests it makes of us
+        self.relays_for_us = False  # it sent RelayOffer: it will open circuits for us
+        self.draining: Conn | None = None  # a relayed connection we moved off: nothing new goes out until it is acked
 
 
 class Connect:
     """One ``connect()`` in progress: the peer, both tokens, our dials and their failures."""
 
-    __slots__ = ("peer_id", "our_token", "their_token", "dials", "failures", "deadline", "held", "hold_until")
+    __slots__ = ("peer_id", "our_token", "their_token", "dials", "failures", "deadline", "held", "hold_until",
+                 "relays", "relay_at", "upgrade")
 
     def __init__(self, peer_id: PeerId, our_token: bytes, their_token: bytes, deadline: float) -> None:
         self.peer_id = peer_id
@@ -98,6 +125,9 @@ class Connect:
         self.deadline = deadline
         self.held: Conn | None = None  # a UDP candidate the chooser holds while a TCP one may still win
         self.hold_until = NEVER
+        self.relays: tuple[PeerId, ...] = ()  # relays to open circuits through, once ``relay_at`` comes
+        self.relay_at = NEVER
+        self.upgrade = False  # moving a relayed peer to a direct connection (engine.upgrade): no event at the end
 
 
 class Run:

@@ -10,6 +10,12 @@ or until their handshake deadline).
 
 Candidates are the other side's listeners (dialled directly) and its punch
 endpoints (:mod:`~crust.engine.punch`: TCP simultaneous open, UDP punching).
+If none is through after ``RELAY_GRACE`` (at once when there are none), we
+open circuits through the relays the two infos name
+(:mod:`~crust.engine.circuits`): each relay in the other's info that we are
+connected to, except that a relay named in both infos is opened by the greater
+PeerId only, so one circuit per relay is the rule.  A relayed candidate runs the
+same exchange as any other.
 
 Exactly one candidate survives: the side with the greater PeerId picks the
 first candidate whose exchange completes (``ChooseConnection``) and closes
@@ -25,6 +31,7 @@ candidate's failure at the deadline.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from ..events import ConnectFinished, Origin
@@ -33,13 +40,17 @@ from ..ids import Endpoint, PeerId
 from ..wire.messages import ChooseConnection, ConnectRequest
 from .core import Core
 from .peers import Peers
+from .circuits import Circuits
 from .punch import Punching
 from .records import NEVER, Conn, Connect
 
-__all__ = ["Rendezvous", "MAX_CONNECT_CANDIDATES", "TCP_GRACE"]
+__all__ = ["Rendezvous", "MAX_CONNECT_CANDIDATES", "TCP_GRACE", "RELAY_GRACE"]
+
+log = logging.getLogger("crust")
 
 MAX_CONNECT_CANDIDATES = 32  # endpoints of one connection info dialled at once
 TCP_GRACE = 0.5  # seconds a ready UDP candidate waits for a TCP one (TCP is preferred where both work)
+RELAY_GRACE = 2.0  # seconds direct and punched candidates have before relays are tried (at most half the timeout)
 _CANDIDATE_STATES = frozenset({ExchangeState.AWAIT_LOCAL_CONNECT, ExchangeState.EXPECT_CHOOSE,
                                ExchangeState.EXPECT_CONNECT_REPLY, ExchangeState.HELD})
 
@@ -47,28 +58,70 @@ _CANDIDATE_STATES = frozenset({ExchangeState.AWAIT_LOCAL_CONNECT, ExchangeState.
 class Rendezvous:
     """Every ``connect()`` in progress, by peer."""
 
-    def __init__(self, core: Core, peers: Peers, punching: Punching) -> None:
+    def __init__(self, core: Core, peers: Peers, punching: Punching, circuits: Circuits) -> None:
         self._core = core
         self._peers = peers
         self._punching = punching
+        self._circuits = circuits
         self._connects: dict[PeerId, Connect] = {}
         core.conn_failed.append(self._on_conn_failed)
         peers.established.append(self._on_established)
 
     def start(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, tcp_punch: Sequence[Endpoint] = (),
               udp_punch: Sequence[Endpoint] = (), their_token: bytes, our_token: bytes, timeout: float,
+              their_relays: Sequence[PeerId] = (), our_relays: Sequence[PeerId] = (), upgrade: bool = False,
               now: float) -> None:
-        """Dial every listener at once and punch towards the punch endpoints.
+        """Dial every listener at once, punch towards the punch endpoints, and relay after a grace.
 
-        Ends with one ``ConnectFinished`` (at once if already connected).
+        Ends with one ``ConnectFinished`` (at once if already connected), except
+        for an ``upgrade`` of a relayed peer (:mod:`~crust.engine.upgrade`),
+        which ends silently.
         """
         core = self._core
-        if peer_id in self._peers.table:
-            core.events.append(ConnectFinished(peer_id, True))
+        if (peer_id in self._peers.table) != upgrade:
+            if not upgrade:
+                core.events.append(ConnectFinished(peer_id, True))
             return
+        record = self._new_record(peer_id, our_token, their_token, now + timeout, upgrade)
+        direct = self._candidates(record, endpoints, tcp_punch, udp_punch, now)
+        record.relays = tuple(relay for relay in their_relays if relay not in (core.id, peer_id)
+                              and (core.id > peer_id or relay not in our_relays))
+        if record.relays:
+            record.relay_at = now + min(RELAY_GRACE, timeout / 2) if direct else now
+        self._judge_parked(peer_id, now)
+
+    def expect_upgrade(self, peer_id: PeerId, our_token: bytes, timeout: float, now: float) -> None:
+        """We offered relayed ``peer_id`` an upgrade: take its candidates presenting ``our_token`` already.
+
+        Its answer (our half of the info, :meth:`extend_upgrade`) may come well after its
+        dials, behind the relay's queue: they must not wait for it.
+        """
+        peer = self._peers.table.get(peer_id)
+        if peer is not None and peer.conn is not None and peer.conn.circuit is not None:
+            self._new_record(peer_id, our_token, b"", now + timeout, True)
+
+    def extend_upgrade(self, peer_id: PeerId, endpoints: Sequence[Endpoint], *, tcp_punch: Sequence[Endpoint],
+                       udp_punch: Sequence[Endpoint], their_token: bytes, now: float) -> bool:
+        """The answer to our upgrade offer: dial and punch it too.  False if that upgrade is over."""
+        record = self._connects.get(peer_id)
+        if record is None or not record.upgrade or record.their_token:
+            return False
+        record.their_token = their_token
+        self._candidates(record, endpoints, tcp_punch, udp_punch, now)
+        return True
+
+    def _new_record(self, peer_id: PeerId, our_token: bytes, their_token: bytes, deadline: float,
+                    upgrade: bool) -> Connect:
         if self._connects.pop(peer_id, None) is not None:
             self._close_candidates(peer_id, keep=None)
-        record = self._connects[peer_id] = Connect(peer_id, our_token, their_token, now + timeout)
+        record = self._connects[peer_id] = Connect(peer_id, our_token, their_token, deadline)
+        record.upgrade = upgrade
+        return record
+
+    def _candidates(self, record: Connect, endpoints: Sequence[Endpoint], tcp_punch: Sequence[Endpoint],
+                    udp_punch: Sequence[Endpoint], now: float) -> bool:
+        """Dial ``record``'s listeners and punch towards its punch endpoints; False if none may be tried."""
+        core, peer_id = self._core, record.peer_id
         allowed: dict[str, list[Endpoint]] = {"listeners": [], "tcp_punch": [], "udp_punch": []}
         for group, given in (("listeners", endpoints), ("tcp_punch", tcp_punch), ("udp_punch", udp_punch)):
             for endpoint in given:
@@ -83,6 +136,10 @@ class Rendezvous:
             record.dials.add(conn.id)
         self._punching.start(record, tcp_punch=tuple(allowed["tcp_punch"]), udp_punch=tuple(allowed["udp_punch"]),
                              now=now)
+        return any(allowed.values())
+
+    def _judge_parked(self, peer_id: PeerId, now: float) -> None:
+        core = self._core
         for conn in list(core.conns.values()):  # the peer may have dialled us first
             if conn.state is ExchangeState.AWAIT_LOCAL_CONNECT and conn.peer_id == peer_id:
                 core.move(conn, Decision.LOCAL_CONNECT)
@@ -90,7 +147,8 @@ class Rendezvous:
 
     def next_timer(self) -> float:
         """The earliest connect deadline or end of a hold (``NEVER`` if none)."""
-        return min((min(record.deadline, record.hold_until) for record in self._connects.values()), default=NEVER)
+        return min((min(record.deadline, record.hold_until, record.relay_at) for record in self._connects.values()),
+                   default=NEVER)
 
     def handle_timer(self, now: float) -> None:
         """Choose held UDP candidates whose grace ran out; end the connects whose deadline passed."""
@@ -99,6 +157,8 @@ class Rendezvous:
             assert held is not None
             if held.id in self._core.conns:
                 self._choose(held, now)
+        for record in [r for r in self._connects.values() if r.relay_at <= now]:
+            self._open_circuits(record, now)
         for record in [r for r in self._connects.values() if r.deadline <= now]:
             self._end(record)
 
@@ -150,11 +210,12 @@ class Rendezvous:
             self._refuse(conn)
             return
         if core.id > conn.peer_id:  # PROTOCOL.md §7: the greater PeerId chooses, the first candidate
-            if conn.peer_id in peers.table:
+            if conn.peer_id in peers.table and not self._upgrades(conn, record):
                 core.move(conn, Decision.REFUSE)
                 core.close(conn, flush=True)  # a later candidate: the chosen one already carries the peer
                 return
-            if record is not None and conn.remote.transport == "udp" and self._tcp_may_win(record):
+            if (record is not None and conn.circuit is None and conn.remote.transport == "udp"
+                    and self._tcp_may_win(record)):
                 core.move(conn, Decision.HOLD)
                 if record.held is None:
                     record.held, record.hold_until = conn, now + TCP_GRACE
@@ -168,6 +229,12 @@ class Rendezvous:
         core.move(conn, Decision.CHOOSE)
         core.send_control(conn, ChooseConnection())
         self._peers.establish(conn, Origin.CONNECT, now)
+
+    def _upgrades(self, conn: Conn, record: Connect | None) -> bool:
+        """Whether ``conn`` is a direct candidate of an upgrade whose peer is still relayed."""
+        peer = self._peers.table.get(conn.peer_id) if conn.peer_id is not None else None
+        return (record is not None and record.upgrade and conn.circuit is None and peer is not None
+                and peer.conn is not None and peer.conn.circuit is not None)
 
     def _tcp_may_win(self, record: Connect) -> bool:
         """Whether a TCP candidate of ``record`` is up and on its way (so a ready UDP one should wait).
@@ -183,7 +250,8 @@ class Rendezvous:
         """
         peer_id = record.peer_id
         return any(
-            c.remote.transport == "tcp" and c.connected and c.state is not ExchangeState.ESTABLISHED
+            c.remote.transport == "tcp" and c.circuit is None and c.connected
+            and c.state is not ExchangeState.ESTABLISHED
             and (c.connect_for == peer_id or (c.peer_id == peer_id and c.state in _CANDIDATE_STATES))
             for c in self._core.conns.values())
 
@@ -207,11 +275,14 @@ class Rendezvous:
                 core.close(conn, flush=False)
 
     def _on_established(self, conn: Conn, peer_id: PeerId) -> None:
-        if self._connects.pop(peer_id, None) is not None:
+        record = self._connects.get(peer_id)
+        if record is not None and not (record.upgrade and conn.circuit is not None):
+            del self._connects[peer_id]
             self._punching.stop(peer_id, self._core.now)
             # Only the chooser may drop candidates the peer may have accepted (see the module doc).
             self._close_candidates(peer_id, keep=conn, chooser=self._core.id > peer_id)
-            self._core.events.append(ConnectFinished(peer_id, True))
+            if not record.upgrade:
+                self._core.events.append(ConnectFinished(peer_id, True))
 
     def _on_conn_failed(self, conn: Conn, reason: str, established: bool) -> None:
         record = self._connects.get(conn.connect_for or conn.peer_id)  # type: ignore[arg-type]
@@ -223,6 +294,19 @@ class Rendezvous:
             direct = conn.via == conn.remote.transport
             record.failures[str(conn.remote) if direct else f"{conn.via} {conn.remote}"] = reason
 
+    def _open_circuits(self, record: Connect, now: float) -> None:
+        """The grace is over: open a circuit through each relay of ``record`` we can use."""
+        record.relay_at = NEVER
+        if record.peer_id in self._peers.table:
+            return
+        for relay in record.relays:
+            conn = self._circuits.dial(relay, record.peer_id, now)
+            if conn is None:
+                record.failures[f"relay {relay}"] = "not connected to this relay, or it does not relay for us"
+                continue
+            conn.connect_for = record.peer_id
+            record.dials.add(conn.id)
+
     def _end(self, record: Connect) -> None:
         if self._connects.pop(record.peer_id, None) is None:
             return
@@ -230,4 +314,7 @@ class Rendezvous:
         self._close_candidates(record.peer_id, keep=None)
         failures = dict(record.failures)
         failures.setdefault("timeout", "no candidate connected in time")
+        if record.upgrade:
+            log.debug("no direct connection to relayed peer %s yet: %s", record.peer_id, failures)
+            return
         self._core.events.append(ConnectFinished(record.peer_id, False, tuple(failures.items())))

@@ -164,7 +164,7 @@ class Flow:
         for peer_id, nbytes in added.items():
             if backlog.posted(peer_id, nbytes):
                 conn = driver.engine.conn_of(peer_id)
-                if conn is not None and self._streams.pause_reading(conn):
+                if conn is not None and (self._streams.pause_reading(conn) or driver.engine.is_relayed(conn)):
                     driver.engine.reading_paused(conn, True, driver.time())
                     backlog.paused(peer_id, conn)
 
@@ -172,7 +172,7 @@ class Flow:
         driver = self._driver
         for peer_id, nbytes in report.items():
             conn = self._backlog.delivered(peer_id, nbytes)
-            if conn is not None and self._streams.resume_reading(conn):
+            if conn is not None and (self._streams.resume_reading(conn) or driver.engine.is_relayed(conn)):
                 driver.engine.reading_paused(conn, False, driver.time())
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import ipaddress
 from typing import Callable
 
 from ..config import Config
@@ -123,24 +122,5 @@ class NatGlue:
                 waiter.set_result(None)
 
     def gather(self) -> PrivConnectionInfo:
-        """Our connection info: listeners, then each punch socket as observed and locally (v2 groups)."""
-        engine, streams, now = self._driver.engine, self._streams, self._driver.time()
-        info = engine.nat_info(now)
-        listeners = engine.listeners(now)
-        local_ips = _outside_first(local_addresses(self._config.listen_host))
-        punch: dict[str, list[Endpoint]] = {"tcp": [], "udp": []}
-        for kind, port, nat in (("tcp", streams.punch_port(), info.tcp), ("udp", streams.udp_port(), info.udp)):
-            if port is None:
-                continue
-            if nat.external is not None:  # what the other side's probes and SYNs must aim at
-                punch[kind].append(Endpoint(nat.external.host, nat.external.port, kind))
-            punch[kind] += [Endpoint(ip, port, kind) for ip in local_ips]  # behind the same NAT, or none
-        outside = [ep for ep in listeners if not ipaddress.ip_address(ep.host).is_loopback]
-        return PrivConnectionInfo.gather(self._peer_id, random_token(TOKEN_SIZE), listeners=outside or listeners,
-                                         tcp_punch=punch["tcp"], udp_punch=punch["udp"])
-
-
-def _outside_first(addresses: list[str]) -> list[str]:
-    """Non-loopback addresses only, unless loopback is all there is (a loopback test)."""
-    outside = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
-    return outside or addresses
+        """Our connection info, with a fresh token (the engine knows every candidate)."""
+        return self._driver.engine.connection_info(random_token(TOKEN_SIZE), self._driver.time())

@@ -48,9 +48,20 @@ __all__ = [
     "CONNECT_TOKEN_SIZE",
     "MAX_SHARED_PEERS",
     "MAX_SHARED_LISTENERS",
+    "RelayOffer",
+    "RelayConnect",
+    "RelayIncoming",
+    "RelayData",
+    "RelayAck",
+    "RelayClose",
+    "RelayCloseReason",
+    "UpgradeOffer",
+    "RELAY_DATA_HEADER",
+    "encode_relay_data",
 ]
 
 RECORD_HEADER = struct.Struct(">BI")  # type, body length
+RELAY_DATA_HEADER = struct.Struct(">BII")  # type, body length, circuit: a whole RelayData record header
 DATA_HEADER = struct.Struct(">BIBB")  # type, body length, priority, flags: a whole Data record header
 DATA_LAST = 0x01  # flag: this chunk ends its message
 MAX_LISTENERS = 32  # endpoints a BootstrapRequest may carry
@@ -75,6 +86,13 @@ class MessageType(enum.IntEnum):
     DATA = 10
     PEER_EXCHANGE_REQUEST = 11
     PEER_EXCHANGE_RESPONSE = 12
+    RELAY_OFFER = 13
+    RELAY_CONNECT = 14
+    RELAY_INCOMING = 15
+    RELAY_DATA = 16
+    RELAY_ACK = 17
+    RELAY_CLOSE = 18
+    UPGRADE_OFFER = 19
 
 
 class DenyReason(enum.IntEnum):
@@ -188,6 +206,70 @@ class PeerExchangeResponse:
     peers: tuple[SharedPeer, ...] = ()
 
 
+class RelayCloseReason(enum.IntEnum):
+    """Why a relay circuit ended (or was refused)."""
+
+    CLOSED = 1  # an end closed its connection
+    NOT_RELAYING = 2  # the receiver does not relay (``Config.relay`` off, or not reachable)
+    NO_SUCH_PEER = 3  # the relay is not connected to the target (or may not relay to it)
+    TOO_MANY_CIRCUITS = 4  # ``relay_max_circuits`` reached (in all, or for this peer)
+    FLOOD = 5  # an end sent past its window, or acknowledged bytes it never got
+    REFUSED = 6  # the far end would not take the circuit
+    LOST = 7  # the relay lost its connection to the far end
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOffer:
+    """Sent by a relay node to a peer it is willing to relay for (once, after the grant)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConnect:
+    """To a relay: open circuit ``circuit`` (our number) to its peer ``target``."""
+
+    circuit: int
+    target: PeerId
+
+
+@dataclass(frozen=True, slots=True)
+class RelayIncoming:
+    """From a relay: ``source`` opened circuit ``circuit`` (the relay's number) to us."""
+
+    circuit: int
+    source: PeerId
+
+
+@dataclass(slots=True)
+class RelayData:
+    """Opaque bytes on a circuit: the two ends' own secure channel, which the relay cannot read."""
+
+    circuit: int
+    chunk: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RelayAck:
+    """The far end took ``nbytes`` more of the circuit's data: the sender's window opens by that much."""
+
+    circuit: int
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RelayClose:
+    """The circuit is closed (or refused), for ``reason``."""
+
+    circuit: int
+    reason: RelayCloseReason
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeOffer:
+    """On a relayed peer link: our fresh connection info (``PubConnectionInfo`` bytes), to try a direct connection."""
+
+    info: bytes
+
+
 @dataclass(slots=True)  # not frozen: one is built per received message, and frozen init costs ~2x
 class Data:
     """One chunk of an application message."""
@@ -198,7 +280,8 @@ class Data:
 
 
 Message = Union[Heartbeat, Goodbye, BootstrapRequest, BootstrapGranted, BootstrapDenied, EchoAddrReq,
-                EchoAddrResp, ConnectRequest, ChooseConnection, Data, PeerExchangeRequest, PeerExchangeResponse]
+                EchoAddrResp, ConnectRequest, ChooseConnection, Data, PeerExchangeRequest, PeerExchangeResponse,
+                RelayOffer, RelayConnect, RelayIncoming, RelayData, RelayAck, RelayClose, UpgradeOffer]
 
 
 # -- pull/push pairs -----------------------------------------------------------
@@ -348,6 +431,62 @@ def _push_data(buf: Buffer, msg: Data) -> None:
     buf.push_bytes(msg.chunk)
 
 
+def _pull_relay_peer(cls: type[RelayConnect] | type[RelayIncoming]) -> Callable[[Buffer], object]:
+    return lambda buf: cls(buf.pull_uint32(), PeerId(buf.pull_bytes(PEER_ID_SIZE)))
+
+
+def _push_relay_peer(buf: Buffer, msg: RelayConnect | RelayIncoming) -> None:
+    buf.push_uint32(msg.circuit)
+    buf.push_bytes(bytes(msg.target if isinstance(msg, RelayConnect) else msg.source))
+
+
+def _pull_relay_data(buf: Buffer) -> RelayData:
+    return RelayData(buf.pull_uint32(), buf.pull_rest())
+
+
+def _push_relay_data(buf: Buffer, msg: RelayData) -> None:
+    buf.push_uint32(msg.circuit)
+    buf.push_bytes(msg.chunk)
+
+
+def _pull_relay_ack(buf: Buffer) -> RelayAck:
+    return RelayAck(buf.pull_uint32(), buf.pull_uint32())
+
+
+def _push_relay_ack(buf: Buffer, msg: RelayAck) -> None:
+    buf.push_uint32(msg.circuit)
+    buf.push_uint32(msg.nbytes)
+
+
+def _pull_relay_close(buf: Buffer) -> RelayClose:
+    circuit = buf.pull_uint32()
+    return RelayClose(circuit, RelayCloseReason(_pull_enum(buf, RelayCloseReason)))
+
+
+def _push_relay_close(buf: Buffer, msg: RelayClose) -> None:
+    buf.push_uint32(msg.circuit)
+    buf.push_uint8(msg.reason)
+
+
+MAX_UPGRADE_INFO = 2048  # bytes: a PubConnectionInfo is at most ~800
+
+
+def _pull_upgrade(buf: Buffer) -> UpgradeOffer:
+    info = buf.pull_rest()
+    if not 0 < len(info) <= MAX_UPGRADE_INFO:
+        raise BufferReadError(f"UpgradeOffer info of {len(info)} bytes (1..{MAX_UPGRADE_INFO} allowed)")
+    return UpgradeOffer(info)
+
+
+def _push_upgrade(buf: Buffer, msg: UpgradeOffer) -> None:
+    buf.push_bytes(msg.info)
+
+
+def encode_relay_data(circuit: int, chunk: bytes | memoryview) -> bytes:
+    """One ``RelayData`` record, without building the message (the relay's hot path)."""
+    return RELAY_DATA_HEADER.pack(MessageType.RELAY_DATA, 4 + len(chunk), circuit) + chunk
+
+
 def _empty(cls: type) -> tuple[Callable[[Buffer], object], Callable[[Buffer, object], None]]:
     return (lambda buf: cls()), (lambda buf, msg: None)
 
@@ -369,6 +508,13 @@ _TABLE: dict[MessageType, tuple[type, _Pull, _Push]] = {
     MessageType.DATA: (Data, _pull_data, _push_data),  # type: ignore[dict-item]
     MessageType.PEER_EXCHANGE_REQUEST: (PeerExchangeRequest, *_empty(PeerExchangeRequest)),
     MessageType.PEER_EXCHANGE_RESPONSE: (PeerExchangeResponse, _pull_peer_exchange, _push_peer_exchange),  # type: ignore[dict-item]
+    MessageType.RELAY_OFFER: (RelayOffer, *_empty(RelayOffer)),
+    MessageType.RELAY_CONNECT: (RelayConnect, _pull_relay_peer(RelayConnect), _push_relay_peer),  # type: ignore[dict-item]
+    MessageType.RELAY_INCOMING: (RelayIncoming, _pull_relay_peer(RelayIncoming), _push_relay_peer),  # type: ignore[dict-item]
+    MessageType.RELAY_DATA: (RelayData, _pull_relay_data, _push_relay_data),  # type: ignore[dict-item]
+    MessageType.RELAY_ACK: (RelayAck, _pull_relay_ack, _push_relay_ack),  # type: ignore[dict-item]
+    MessageType.RELAY_CLOSE: (RelayClose, _pull_relay_close, _push_relay_close),  # type: ignore[dict-item]
+    MessageType.UPGRADE_OFFER: (UpgradeOffer, _pull_upgrade, _push_upgrade),  # type: ignore[dict-item]
 }
 _TYPE_OF: dict[type, MessageType] = {cls: kind for kind, (cls, _, _) in _TABLE.items()}
 

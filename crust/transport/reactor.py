@@ -263,6 +263,9 @@ class Reactor:
         self._stop_requested = False  # the loop exits at the end of its current turn
         self._resources_closed = False
         self._wakeups = 0
+        # Which turn of the loop runs now (reactor thread; others may read a stale value).
+        # A stream sends its first write of a turn at once and gathers the rest (transport.tcp).
+        self.turn = 0
         self._thread: threading.Thread | None = None
         self._thread_ident: int | None = None
         self._stop_lock = threading.Lock()  # serialises concurrent stop() callers
@@ -487,6 +490,7 @@ class Reactor:
         monotonic = time.monotonic
         try:
             while not self._stop_requested:
+                self.turn += 1
                 self._awake = False
                 # Decide the timeout only after clearing _awake (module docstring).
                 if posted or soon:

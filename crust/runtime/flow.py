@@ -123,6 +123,8 @@ class Flow:
 
     def _drain_sends(self, sends: deque[tuple[PeerId, int, bytes]], count: int) -> None:
         """The reactor's half of ``send()``: queue ``count`` admitted messages, then pump once."""
+        if not count:
+            return  # a second drain posted by a racing put: the first one took its message
         driver = self._driver
         engine_send, popleft, now = driver.engine.send, sends.popleft, driver.time()
         for _ in range(count):

@@ -307,32 +307,29 @@ def _report(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: a
 
 
 def _alternate(args: argparse.Namespace) -> int:
-    """``--against TREE``: runs of this tree and of TREE, alternating (A B, B A, ...), each its own process.
+    """``--against TREE``: runs of this tree and of each TREE, alternating, each its own process.
 
-    Each run is this script (the tree's own copy) with ``PYTHONPATH`` set to
-    its tree, so both import their own crust; TREE runs only ``crust``
-    (the kinds an older tree is sure to have).  Medians per tree, so a
-    before/after pair comes from one stretch of a shared machine.
+    Each run is the tree's own copy of this script with ``PYTHONPATH`` set to
+    its tree, so every run imports its own crust; another tree runs only
+    ``crust`` (the kind an older tree is sure to have).  The order flips every
+    round (A B C, C B A, ...), and the medians per tree come from one stretch
+    of a shared machine: a before/after pair from the same run.
     """
-    trees = {"this": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-             "against": os.path.abspath(args.against)}
-    kinds = {"this": args.kinds, "against": "crust"}
-    label = {name: f"{name} ({_tree_commit(path)})" for name, path in trees.items()}
+    trees = [("this", os.path.dirname(os.path.dirname(os.path.abspath(__file__))), args.kinds)]
+    trees += [(f"tree {i + 1}", os.path.abspath(path), "crust") for i, path in enumerate(args.against)]
     got: dict[tuple[str, str], dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.alternate):
-            order = ["this", "against"] if i % 2 == 0 else ["against", "this"]
-            for name in order:
-                out = os.path.join(tmp, f"{name}-{i}.json")
-                cmd = [sys.executable, os.path.join(trees[name], "bench", "compare.py"), "--kinds", kinds[name],
-                       "--json", out] + (["--quick"] if args.quick else []) + (
-                       ["--repeat", str(args.repeat)] if args.repeat else [])
-                subprocess.run(cmd, cwd=trees[name], env={**os.environ, "PYTHONPATH": trees[name]}, check=True,
+            for name, path, kinds in (trees if i % 2 == 0 else trees[::-1]):
+                out = os.path.join(tmp, "run.json")
+                cmd = [sys.executable, os.path.join(path, "bench", "compare.py"), "--kinds", kinds, "--json", out]
+                cmd += (["--quick"] if args.quick else []) + (["--repeat", str(args.repeat)] if args.repeat else [])
+                subprocess.run(cmd, cwd=path, env={**os.environ, "PYTHONPATH": path}, check=True,
                                stdout=subprocess.DEVNULL)
                 with open(out) as f:
-                    doc = json.load(f)
-                for kind, meas in doc["results"].items():
-                    row = got.setdefault((name, kind), {})
+                    results = json.load(f)["results"]
+                for kind, meas in results.items():
+                    row = got.setdefault((f"{name} ({_tree_commit(path)})", kind), {})
                     for m_name, key, _ in MEASURES:
                         if key in meas.get(m_name, {}):
                             row.setdefault(m_name, []).append(meas[m_name][key])
@@ -340,19 +337,19 @@ def _alternate(args: argparse.Namespace) -> int:
                         if cpu in meas.get("rate", {}):
                             row.setdefault(cpu, []).append(meas["rate"][cpu])
             if args.verbose:
-                print(f"alternation {i + 1}/{args.alternate} done", file=sys.stderr)
-    print(f"\nalternating runs: {args.alternate} per tree ({'quick' if args.quick else 'full'}); medians "
-          f"(all runs in brackets)")
-    for (name, kind), row in got.items():
-        print(f"{LABELS.get(kind, kind) + ' @ ' + label[name]:<44}")
+                print(f"round {i + 1}/{args.alternate} done", file=sys.stderr)
+    print(f"\nalternating runs: {args.alternate} per tree ({'quick' if args.quick else 'full'}); "
+          f"medians, every run in brackets; loadavg at the end {os.getloadavg()[0]:.1f}")
+    for (tree, kind), row in got.items():
+        print(f"{LABELS.get(kind, kind)} @ {tree}")
         for m_name, _, title in MEASURES:
             values = row.get(m_name)
             if values:
-                print(f"    {title:<16}{m._fmt(statistics.median(values)):>12}   "
+                print(f"    {title:<18}{m._fmt(statistics.median(values)):>10}   "
                       f"[{', '.join(m._fmt(v) for v in values)}]")
         if row.get("cpu_us_snd"):
-            print(f"    {'100 B CPU us/msg':<16}{statistics.median(row['cpu_us_snd']):>9.2f} s "
-                  f"{statistics.median(row['cpu_us_rcv']):.2f} r")
+            print(f"    {'100 B CPU us/msg':<18}{statistics.median(row['cpu_us_snd']):>10.2f} sender, "
+                  f"{statistics.median(row['cpu_us_rcv']):.2f} receiver")
     return 0
 
 
@@ -371,8 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset of " + ",".join(KINDS))
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     ap.add_argument("--verbose", action="store_true")
-    ap.add_argument("--against", metavar="TREE",
-                    help="also run another checkout's crust (e.g. a git worktree of an older commit), alternating")
+    ap.add_argument("--against", metavar="TREE", action="append",
+                    help="also run another checkout's crust (e.g. a git worktree of an older commit), alternating; "
+                         "may be given more than once")
     ap.add_argument("--alternate", type=int, default=3, metavar="N", help="with --against: runs per tree")
     args = ap.parse_args(argv)
     if args.against:

@@ -28,7 +28,8 @@ queues, one per direction:
   :class:`~crust.transport.reactor.Inbox` that rides on this same queue:
   the first message of a burst posts one drain call, which hands the
   reactor every message waiting (so the inbox is how messages travel, not
-  another way in: they run in order with the calls around them);
+  another way in; a message never overtakes the calls its thread posts
+  after it, and the commands a user posts before it wait for their answer);
 * out of the reactor: the dispatcher's event queue (``Dispatcher.post_many``),
   from which the delivering thread runs the user's callbacks.
 

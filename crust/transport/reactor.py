@@ -51,8 +51,11 @@ first and posts only if the flag is clear; the drain clears it before it
 looks at the deque, so an item is either seen by a drain already posted or
 posts one itself.  Two putters racing past a clear flag post two drains, and
 the second finds fewer items (or none): harmless, so no lock.  The inbox adds
-no way into the loop thread: its drain is one call on the call queue, in
-order with the calls the same thread posts before and after it.
+no way into the loop thread: its drain is one call on the call queue.  An
+item is drained before any call its thread posts after putting it; it may
+be drained before a call that thread posted earlier, when a drain another
+thread posted even earlier carries it (crust's user-facing commands wait for
+their answer, so a ``send()`` never overtakes one).
 """
 
 from __future__ import annotations

@@ -228,22 +228,21 @@ class Dispatcher:
     def _deliver_batch(self) -> int:
         batch = self._batch
         popleft = batch.popleft
-        on_delivered = self._on_delivered  # set once in __init__
         count = 0
-        # popleft one by one (not iteration) so `pending` stays true mid-batch.  One event's
-        # delivery is inline, not a method call: this loop runs once per received message.
+        # popleft one by one (not iteration) so `pending` stays true mid-batch.
         while batch:
-            event = popleft()
-            # The table is read per event: a handler added by a callback sees the very next event.
-            for handler, args in self._handlers.get(type(event), ()):
-                try:
-                    handler(*args(event))
-                except Exception:
-                    logger.exception("dispatcher: handler %r for %s raised", handler, type(event).__name__)
-            if on_delivered is not None:
-                try:
-                    on_delivered(event)
-                except Exception:
-                    logger.exception("dispatcher: on_delivered hook raised for %s", type(event).__name__)
+            self._deliver(popleft())
             count += 1
         return count
+
+    def _deliver(self, event: Event) -> None:
+        for handler, args in self._handlers.get(type(event), ()):
+            try:
+                handler(*args(event))
+            except Exception:
+                logger.exception("dispatcher: handler %r for %s raised", handler, type(event).__name__)
+        if self._on_delivered is not None:
+            try:
+                self._on_delivered(event)
+            except Exception:
+                logger.exception("dispatcher: on_delivered hook raised for %s", type(event).__name__)

@@ -7,6 +7,8 @@ Usage::
     python bench/compare.py              # full run
     python bench/compare.py --quick      # small sizes, one run
     python bench/compare.py --json out.json
+    git worktree add --detach /tmp/before <commit>   # then, crust before vs now, alternating:
+    python bench/compare.py --quick --kinds crust --against /tmp/before --alternate 5
 
 The same three measurements as ``bench/messaging.py`` (whose processes, pipe
 protocol, timing and result code this reuses), for every transport:
@@ -53,7 +55,10 @@ import multiprocessing as mp
 import os
 import resource
 import signal
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -301,6 +306,61 @@ def _report(results: dict[str, dict[str, Any]], machine: dict[str, Any], args: a
                               "aead ChaCha20-Poly1305, aead-gcm AES-256-GCM, aead-ocb AES-256-OCB"}}
 
 
+def _alternate(args: argparse.Namespace) -> int:
+    """``--against TREE``: runs of this tree and of each TREE, alternating, each its own process.
+
+    Each run is the tree's own copy of this script with ``PYTHONPATH`` set to
+    its tree, so every run imports its own crust; another tree runs only
+    ``crust`` (the kind an older tree is sure to have).  The order flips every
+    round (A B C, C B A, ...), and the medians per tree come from one stretch
+    of a shared machine: a before/after pair from the same run.
+    """
+    trees = [("this", os.path.dirname(os.path.dirname(os.path.abspath(__file__))), args.kinds)]
+    trees += [(f"tree {i + 1}", os.path.abspath(path), "crust") for i, path in enumerate(args.against)]
+    got: dict[tuple[str, str], dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.alternate):
+            for name, path, kinds in (trees if i % 2 == 0 else trees[::-1]):
+                out = os.path.join(tmp, "run.json")
+                cmd = [sys.executable, os.path.join(path, "bench", "compare.py"), "--kinds", kinds, "--json", out]
+                cmd += (["--quick"] if args.quick else []) + (["--repeat", str(args.repeat)] if args.repeat else [])
+                subprocess.run(cmd, cwd=path, env={**os.environ, "PYTHONPATH": path}, check=True,
+                               stdout=subprocess.DEVNULL)
+                with open(out) as f:
+                    results = json.load(f)["results"]
+                for kind, meas in results.items():
+                    row = got.setdefault((f"{name} ({_tree_commit(path)})", kind), {})
+                    for m_name, key, _ in MEASURES:
+                        if key in meas.get(m_name, {}):
+                            row.setdefault(m_name, []).append(meas[m_name][key])
+                    for cpu in ("cpu_us_snd", "cpu_us_rcv"):
+                        if cpu in meas.get("rate", {}):
+                            row.setdefault(cpu, []).append(meas["rate"][cpu])
+            if args.verbose:
+                print(f"round {i + 1}/{args.alternate} done", file=sys.stderr)
+    print(f"\nalternating runs: {args.alternate} per tree ({'quick' if args.quick else 'full'}); "
+          f"medians, every run in brackets; loadavg at the end {os.getloadavg()[0]:.1f}")
+    for (tree, kind), row in got.items():
+        print(f"{LABELS.get(kind, kind)} @ {tree}")
+        for m_name, _, title in MEASURES:
+            values = row.get(m_name)
+            if values:
+                print(f"    {title:<18}{m._fmt(statistics.median(values)):>10}   "
+                      f"[{', '.join(m._fmt(v) for v in values)}]")
+        if row.get("cpu_us_snd"):
+            print(f"    {'100 B CPU us/msg':<18}{statistics.median(row['cpu_us_snd']):>10.2f} sender, "
+                  f"{statistics.median(row['cpu_us_rcv']):.2f} receiver")
+    return 0
+
+
+def _tree_commit(path: str) -> str:
+    try:
+        return subprocess.run(["git", "-C", path, "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.path.basename(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one run")
@@ -308,7 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset of " + ",".join(KINDS))
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--against", metavar="TREE", action="append",
+                    help="also run another checkout's crust (e.g. a git worktree of an older commit), alternating; "
+                         "may be given more than once")
+    ap.add_argument("--alternate", type=int, default=3, metavar="N", help="with --against: runs per tree")
     args = ap.parse_args(argv)
+    if args.against:
+        return _alternate(args)
 
     sizes = dict(m.QUICK if args.quick else m.FULL)
     if args.repeat:

@@ -133,6 +133,7 @@ class SecureChannel:
 
     def _read_records(self, plaintext: bytes, out: list[Message]) -> None:
         pos, end = 0, len(plaintext)
+        partial, max_message, append = self._partial, self._max_message, out.append
         while pos < end:
             if end - pos < _RECORD_HEADER_SIZE:
                 raise RemoteProtocolError("truncated record header")
@@ -142,9 +143,15 @@ class SecureChannel:
             if pos > end:
                 raise RemoteProtocolError("record runs past the end of its frame")
             if kind == _DATA:
-                self._read_data(plaintext, body_start, pos, out)
+                # The hot path, inline: a whole message (flags == LAST) while none is half received.
+                if not partial and length >= 2 and plaintext[body_start + 1] == DATA_LAST:
+                    if length - 2 > max_message:
+                        raise RemoteProtocolError(f"message exceeds {max_message} bytes")
+                    append(Data(plaintext[body_start], plaintext[body_start + 2:pos]))
+                else:
+                    self._read_data(plaintext, body_start, pos, out)
             else:
-                out.append(decode_record(kind, memoryview(plaintext)[body_start:pos]))
+                append(decode_record(kind, memoryview(plaintext)[body_start:pos]))
 
     def _read_data(self, plaintext: bytes, start: int, end: int, out: list[Message]) -> None:
         if end - start < 2:

@@ -45,42 +45,54 @@ __all__ = ["Outbox", "DROP_PRIORITY"]
 
 DROP_PRIORITY = 2  # the original's MSG_DROP_PRIORITY
 _DATA_HEADER_SIZE = 7  # bytes: record type, length, priority, flags
+_HEADER_CACHE = 64  # whole-message headers an outbox keeps (distinct message sizes per peer)
 
 
-class _Queued:
-    __slots__ = ("data", "offset", "queued_at")
+class _Queue:
+    """One priority's unsent messages, oldest first: no object per message.
 
-    def __init__(self, data: bytes, queued_at: float) -> None:
-        self.data = data
-        self.offset = 0
-        self.queued_at = queued_at
+    Only the head may be half sent (``offset`` of its bytes went out); only
+    droppable priorities keep when each message was queued (``times``, in
+    step with ``items``).
+    """
+
+    __slots__ = ("items", "times", "offset", "nbytes")
+
+    def __init__(self, droppable: bool) -> None:
+        self.items: deque[bytes] = deque()
+        self.times: deque[float] | None = deque() if droppable else None
+        self.offset = 0  # bytes of items[0] already in frames
+        self.nbytes = 0  # what the unsent messages count for: unsent bytes plus the overhead each
 
 
 class Outbox:
     """Per-priority FIFO queues with strict-priority, chunked frame filling."""
 
-    __slots__ = ("_queues", "_active", "_control", "_bytes", "_limit", "_drop_after", "_dropped_bytes",
-                 "_overhead", "_unfinished", "_unfinished_limit")
+    __slots__ = ("_queues", "_active", "_control", "_limit", "_drop_after", "_dropped_bytes", "_overhead",
+                 "_unfinished", "_unfinished_limit", "_headers")
 
     def __init__(self, *, queue_limit: int, drop_after: float, unfinished_limit: int,
                  message_overhead: int = MESSAGE_OVERHEAD) -> None:
-        self._queues: dict[int, deque[_Queued]] = {}
+        self._queues: dict[int, _Queue] = {}
         self._active: list[int] = []  # sorted priorities with queued messages
         self._control: dict[Hashable, bytes] = {}  # key -> the latest record, oldest key first
-        self._bytes: dict[int, int] = {}  # priority -> what its unsent messages count for
         self._limit = queue_limit
         self._drop_after = drop_after
         self._dropped_bytes: dict[int, int] = {}  # priority -> bytes discarded since the last take
         self._overhead = message_overhead
         self._unfinished = 0  # begun, unfinished messages, each counted whole (bytes + overhead)
         self._unfinished_limit = unfinished_limit
+        # Headers of whole messages by (length, priority): a peer's messages mostly repeat a
+        # few sizes, and a lookup costs a third of packing one.  Bounded by _HEADER_CACHE.
+        self._headers: dict[tuple[int, int], bytes] = {}
 
     def __bool__(self) -> bool:
         return bool(self._active or self._control)
 
     def queued_bytes(self, priority: int) -> int:
         """What the unsent messages at ``priority`` count for: their unsent bytes plus the overhead each."""
-        return self._bytes.get(priority, 0)
+        queue = self._queues.get(priority)
+        return 0 if queue is None else queue.nbytes
 
     @property
     def queued_control(self) -> int:
@@ -104,27 +116,40 @@ class Outbox:
         """Queue one message; returns how many droppable messages were discarded to make room."""
         queue = self._queues.get(priority)
         if queue is None:
-            queue = self._queues[priority] = deque()
+            queue = self._queues[priority] = _Queue(priority >= DROP_PRIORITY)
             bisect.insort(self._active, priority)
-        queue.append(_Queued(data, now))
-        total = self._bytes[priority] = self._bytes.get(priority, 0) + len(data) + self._overhead
-        if priority < DROP_PRIORITY or total <= self._limit:
+        queue.items.append(data)
+        queue.nbytes += len(data) + self._overhead
+        times = queue.times
+        if times is None:  # below DROP_PRIORITY: never dropped
             return 0
-        return self._drop(priority, lambda item: self._bytes[priority] > self._limit)
+        times.append(now)
+        if queue.nbytes <= self._limit:
+            return 0
+        return self._drop(priority, lambda when: queue.nbytes > self._limit)
 
-    def _drop(self, priority: int, should_drop: Callable[[_Queued], bool]) -> int:
+    def _drop(self, priority: int, should_drop: Callable[[float], bool]) -> int:
+        """Discard the unsent messages of droppable ``priority`` that ``should_drop(queued_at)``, oldest first."""
         queue = self._queues[priority]
-        kept: deque[_Queued] = deque()
+        assert queue.times is not None
+        items, times = queue.items, queue.times
+        kept: deque[bytes] = deque()
+        kept_times: deque[float] = deque()
+        if queue.offset:  # a half-sent head is never dropped (the peer holds its first chunks)
+            kept.append(items.popleft())
+            kept_times.append(times.popleft())
         dropped = 0
-        for item in queue:
-            if item.offset == 0 and should_drop(item):
-                cost = len(item.data) + self._overhead
-                self._bytes[priority] -= cost
+        while items:
+            data, when = items.popleft(), times.popleft()
+            if should_drop(when):
+                cost = len(data) + self._overhead
+                queue.nbytes -= cost
                 self._dropped_bytes[priority] = self._dropped_bytes.get(priority, 0) + cost
                 dropped += 1
             else:
-                kept.append(item)
-        self._queues[priority] = kept
+                kept.append(data)
+                kept_times.append(when)
+        queue.items, queue.times = kept, kept_times
         if not kept:
             self._forget(priority)
         return dropped
@@ -137,14 +162,13 @@ class Outbox:
     def _forget(self, priority: int) -> None:
         del self._queues[priority]
         self._active.remove(priority)
-        self._bytes.pop(priority, None)
 
     def expire(self, now: float) -> list[tuple[int, int]]:
         """Discard droppable messages older than ``drop_after``: ``[(priority, count), ...]``."""
         cutoff = now - self._drop_after
         report = []
         for priority in [p for p in self._active if p >= DROP_PRIORITY]:
-            count = self._drop(priority, lambda item: item.queued_at <= cutoff)
+            count = self._drop(priority, lambda when: when <= cutoff)
             if count:
                 report.append((priority, count))
         return report
@@ -153,14 +177,16 @@ class Outbox:
         """When the oldest unsent droppable message expires, if any."""
         soonest: float | None = None
         for priority in self._active:
-            if priority < DROP_PRIORITY:
+            queue = self._queues[priority]
+            times = queue.times
+            if times is None:
                 continue
-            for item in self._queues[priority]:
-                if item.offset == 0:  # queues are FIFO: the first unsent one is the oldest
-                    deadline = item.queued_at + self._drop_after
-                    if soonest is None or deadline < soonest:
-                        soonest = deadline
-                    break
+            # FIFO: the first message not yet begun is the oldest droppable one.
+            first = 1 if queue.offset else 0
+            if len(times) > first:
+                deadline = times[first] + self._drop_after
+                if soonest is None or deadline < soonest:
+                    soonest = deadline
         return soonest
 
     def restart_partial(self) -> None:
@@ -170,10 +196,10 @@ class Outbox:
         channel, so a message cut in the middle must start over.
         """
         self._unfinished = 0
-        for priority, queue in self._queues.items():
-            if queue and queue[0].offset:
-                self._bytes[priority] += queue[0].offset
-                queue[0].offset = 0
+        for queue in self._queues.values():
+            if queue.offset:
+                queue.nbytes += queue.offset
+                queue.offset = 0
 
     def fill(self, capacity: int) -> tuple[list[bytes | memoryview], list[tuple[int, int]]]:
         """Record pieces for one frame of at most ``capacity`` bytes, and ``(priority, bytes)`` released.
@@ -194,38 +220,57 @@ class Outbox:
             used += len(record)
         released: list[tuple[int, int]] = []
         full = blocked = False
-        overhead = self._overhead
+        overhead, headers, append = self._overhead, self._headers, pieces.append
         for priority in list(self._active):
             if full or used + _DATA_HEADER_SIZE >= capacity:
                 break
             queue = self._queues[priority]
+            items, times = queue.items, queue.times
             sent = 0
-            while queue and used + _DATA_HEADER_SIZE < capacity:
-                item = queue[0]
-                remaining = len(item.data) - item.offset
+            while items and used + _DATA_HEADER_SIZE < capacity:
+                data = items[0]
+                offset = queue.offset
+                remaining = len(data) - offset
+                if not offset and remaining <= capacity - used - _DATA_HEADER_SIZE:
+                    # The common case: a whole message that fits, its header from the cache.
+                    header = headers.get((remaining, priority))
+                    if header is None:
+                        if len(headers) >= _HEADER_CACHE:
+                            headers.clear()
+                        header = headers[(remaining, priority)] = data_record_header(priority, remaining, True)
+                    append(header)
+                    append(data)
+                    used += _DATA_HEADER_SIZE + remaining
+                    sent += remaining + overhead
+                    items.popleft()
+                    if times is not None:
+                        times.popleft()
+                    continue
                 n = min(capacity - used - _DATA_HEADER_SIZE, remaining)
                 last = n == remaining
                 if not last and pieces and remaining <= capacity - _DATA_HEADER_SIZE:
                     full = True  # it fits whole in the next frame: cutting it would only cost copies
                     break
-                if not last and item.offset == 0 and not self._begin(len(item.data) + overhead, blocked):
+                if not last and not offset and not self._begin(len(data) + overhead, blocked):
                     blocked = True  # it waits for begun messages to finish, and so do less urgent big ones
                     break
-                pieces.append(data_record_header(priority, n, last))
-                pieces.append(item.data if (item.offset == 0 and last) else memoryview(item.data)[item.offset:item.offset + n])
+                append(data_record_header(priority, n, last))
+                append(memoryview(data)[offset:offset + n])
                 used += _DATA_HEADER_SIZE + n
                 sent += n
                 if last:
-                    if item.offset:
-                        self._unfinished -= len(item.data) + overhead
+                    self._unfinished -= len(data) + overhead
                     sent += overhead
-                    queue.popleft()
+                    queue.offset = 0
+                    items.popleft()
+                    if times is not None:
+                        times.popleft()
                 else:
-                    item.offset += n
+                    queue.offset = offset + n
             if sent:
                 released.append((priority, sent))
-                self._bytes[priority] -= sent
-            if not queue:
+                queue.nbytes -= sent
+            if not items:
                 self._forget(priority)
         return pieces, released
 

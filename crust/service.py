@@ -19,18 +19,24 @@ messages, and the reactor side.
 
 ``send()`` is the hot path: it validates, then :class:`~crust.runtime.flow.Flow`
 waits at the peer's send gate only while that priority's queue is full
-and posts the message on the reactor's call queue; a burst of sends costs
-one wakeup and one pump.  Inbound, a slow ``on_message`` pauses reading
-its peer instead of growing memory (``receive_backlog_limit``).
+and puts the message in the reactor's send inbox; a burst of sends costs
+one posted call, one wakeup and one pump, and a lone message is sealed
+and written within that call.  Inbound, a slow ``on_message`` pauses
+reading its peer instead of growing memory (``receive_backlog_limit``).
 
 Threads and handoffs.  Work crosses between threads through exactly two
 queues, one per direction:
 
 * into the reactor: its call queue (``Reactor.call_soon_threadsafe``).
   User threads post commands there (``_call`` waits on a ``Future`` for the
-  answer; ``send()`` posts one call per message), the delivering thread
-  posts its delivery reports, and worker threads (DNS, the contact cache,
-  UPnP, config file reads) post their results;
+  answer), the delivering thread posts its delivery reports, and worker
+  threads (DNS, the contact cache, UPnP, config file reads) post their
+  results.  ``send()`` puts its message in a
+  :class:`~crust.transport.reactor.Inbox` that rides on this same queue:
+  the first message of a burst posts one drain call, which hands the
+  reactor every message waiting (so the inbox is how messages travel, not
+  another way in; a message never overtakes the calls its thread posts
+  after it, and the commands a user posts before it wait for their answer);
 * out of the reactor: the dispatcher's event queue (``Dispatcher.post_many``),
   from which the delivering thread runs the user's callbacks.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import selectors
@@ -13,7 +14,7 @@ from typing import Callable, TypeVar
 import pytest
 
 from crust.errors import ServiceClosed
-from crust.transport.reactor import Deadline, Reactor
+from crust.transport.reactor import Deadline, Inbox, Reactor
 
 from tests.helpers import WAIT
 
@@ -302,19 +303,68 @@ def test_a_lazy_deadline_keeps_an_earlier_timer_and_moves_only_earlier() -> None
     assert deadline.when is None and timers.cancelled == 2
 
 
-def test_has_posted_tells_a_posted_call_whether_more_wait() -> None:
-    reactor = Reactor("crust-test-posted")
-    seen: list[tuple[str, bool]] = []
+def test_inbox_hands_a_burst_to_one_drain_call() -> None:
+    reactor = Reactor("crust-test-inbox")
+    drains: list[list[int]] = []
     done = threading.Event()
-    # Posted before the loop runs, so all three are waiting when its first turn starts.
-    reactor.call_soon_threadsafe(lambda: seen.append(("first", reactor.has_posted())))
-    reactor.call_soon_threadsafe(lambda: seen.append(("second", reactor.has_posted())))
-    reactor.call_soon_threadsafe(done.set)
-    assert reactor.has_posted()
+
+    def drain(items: collections.deque[int], count: int) -> None:
+        drains.append([items.popleft() for _ in range(count)])
+        if drains[-1][-1] == 99:
+            done.set()
+
+    inbox: Inbox[int] = Inbox(reactor.call_soon_threadsafe, drain)
+    for i in range(100):  # before the loop runs: one burst, so one posted call
+        inbox.put(i)
+    assert len(reactor._posted) == 1 and len(inbox) == 100
     reactor.start()
     try:
         assert done.wait(WAIT)
-        assert seen == [("first", True), ("second", True)]  # done.set still waited behind them
-        assert run_on(reactor, reactor.has_posted) is False  # nothing waits behind this one
+        assert drains == [list(range(100))]
+        inbox.put(100)  # the flag was cleared by the drain: a new burst posts a new drain
+        assert run_on(reactor, lambda: len(inbox)) == 0
+        assert drains[-1] == [100]
     finally:
         reactor.stop()
+
+
+def test_inbox_items_from_many_threads_all_arrive_in_order_per_thread(reactor: Reactor) -> None:
+    threads_n, per_thread = 4, 5000
+    got: list[tuple[int, int]] = []
+    drains = [0]
+
+    def drain(items: collections.deque[tuple[int, int]], count: int) -> None:
+        assert reactor.in_reactor_thread()
+        drains[0] += 1
+        for _ in range(count):
+            got.append(items.popleft())
+
+    inbox: Inbox[tuple[int, int]] = Inbox(reactor.call_soon_threadsafe, drain)
+    start = threading.Barrier(threads_n)
+
+    def putter(tid: int) -> None:
+        start.wait(WAIT)
+        for i in range(per_thread):
+            inbox.put((tid, i))
+
+    threads = [threading.Thread(target=putter, args=(t,)) for t in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    # A call posted after every put runs after the drains that carry them (one queue, in order).
+    assert run_on(reactor, lambda: len(got)) == threads_n * per_thread
+    for tid in range(threads_n):
+        assert [i for t, i in got if t == tid] == list(range(per_thread))
+    assert drains[0] < threads_n * per_thread // 10  # batched, not one call per item
+
+
+def test_inbox_put_after_stop_raises_and_stays_usable_for_the_error() -> None:
+    reactor = Reactor("crust-test-inbox-stop")
+    reactor.start()
+    reactor.stop()
+    inbox: Inbox[int] = Inbox(reactor.call_soon_threadsafe, lambda items, count: None)
+    with pytest.raises(ServiceClosed):
+        inbox.put(1)
+    with pytest.raises(ServiceClosed):  # the flag was reset: the next put tries (and fails) again
+        inbox.put(2)

@@ -130,8 +130,9 @@ def test_thousand_messages_each_way_arrive_in_order_exactly_once(net: Net) -> No
 
 
 def test_a_burst_of_sends_wakes_the_io_thread_per_batch_not_per_message(net: Net) -> None:
-    # send() hands each message to the I/O thread on its call queue, which writes a wakeup
-    # byte only when the loop sleeps: a burst must not cost a syscall (and a loop turn) each.
+    # send() hands each message to the I/O thread through its send inbox, whose first message
+    # of a burst posts one drain on the call queue, which writes a wakeup byte only when the
+    # loop sleeps: a burst must not cost a syscall (and a loop turn) each.
     p = net.pair()
     n = 20_000
     reactor = p.b._reactor  # private on purpose: the wakeup count is the property under test
@@ -142,6 +143,20 @@ def test_a_burst_of_sends_wakes_the_io_thread_per_batch_not_per_message(net: Net
     wakeups = reactor.wakeups - before
     assert p.ra.data_from(p.b.id) == [b"%d" % i for i in range(n)]
     assert wakeups < n // 20, f"{wakeups} wakeups for {n} sends"
+
+
+def test_a_burst_of_sends_shares_frames(net: Net) -> None:
+    # One drain per burst, one pump per drain: the burst's messages are sealed together, many
+    # to a frame (a frame costs 20 bytes on the wire: its length and the AEAD tag).
+    p = net.pair()
+    n, size = 5_000, 10
+    sent_before = p.b.peer_info(p.a.id).bytes_sent
+    for _ in range(n):
+        p.b.send(p.a.id, b"x" * size)
+    p.ra.wait(lambda: p.ra.count() >= n, what="the burst")
+    wire = p.b.peer_info(p.a.id).bytes_sent - sent_before
+    frames = (wire - n * (size + 7)) / 20  # 7: a Data record's header
+    assert frames < n / 10, f"{frames:.0f} frames for {n} messages"
 
 
 def test_max_size_and_empty_messages_arrive_whole(net: Net) -> None:

@@ -17,7 +17,8 @@ import pytest
 from crust.errors import ListenerError
 from crust.transport import tcp
 from crust.transport.reactor import Reactor
-from crust.transport.tcp import TcpListener, TcpStream
+from crust.transport.tcp import TcpStream
+from crust.transport.tcp_listener import TcpListener
 
 from tests.helpers import WAIT
 
@@ -202,6 +203,35 @@ def test_many_small_writes_in_one_turn_are_sent_with_few_syscalls(pair: Pair) ->
     sends = run_on(pair.reactor, lambda: list(pair.client.sends))
     assert sum(sends) == 10_000 * 16
     assert len(sends) <= 10_000 // 512 + 2  # one sendmsg per 512 buffers
+
+
+def test_a_lone_write_leaves_inside_the_call_and_later_ones_wait_for_the_turns_flush(pair: Pair) -> None:
+    pair.server.want = 3 * 5
+
+    def writes() -> tuple[list[int], list[int], int]:
+        pair.c.write(b"first")
+        after_first = list(pair.client.sends)  # the short path: sent, and reported, before write() returned
+        pair.c.write(b"secon")
+        pair.c.write(b"third")
+        return after_first, list(pair.client.sends), pair.c.pending_bytes
+
+    after_first, after_all, pending = run_on(pair.reactor, writes)
+    assert after_first == [5]
+    assert after_all == [5] and pending == 10  # the rest of the turn's writes: queued for one flush
+    assert pair.server.got.wait(WAIT)
+    assert bytes(pair.server.data) == b"firstseconthird"
+    assert run_on(pair.reactor, lambda: list(pair.client.sends)) == [5, 10]  # one send for the two
+
+
+def test_a_send_error_on_the_short_path_is_reported_later_not_inside_write(pair: Pair) -> None:
+    def write_to_a_broken_socket() -> list[OSError | None]:
+        pair.c._sock.shutdown(socket.SHUT_WR)  # any send now fails with EPIPE
+        pair.c.write(b"doomed")
+        return list(pair.client.closed)
+
+    assert run_on(pair.reactor, write_to_a_broken_socket) == []
+    assert pair.client.closed_event.wait(WAIT)
+    assert len(pair.client.closed) == 1 and isinstance(pair.client.closed[0], BrokenPipeError)
 
 
 def test_addresses(pair: Pair) -> None:

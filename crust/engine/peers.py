@@ -113,16 +113,19 @@ class Peers:
 
     def send(self, peer_id: PeerId, priority: int, data: bytes, now: float) -> None:
         """Queue ``data``; the frame is built at the next flush.  Raises PeerNotFound."""
-        peer = self.get(peer_id)
-        core = self._core
+        peer = self.table.get(peer_id)  # get()'s lookup, inline: this runs once per message
+        if peer is None:
+            raise PeerNotFound(f"not connected to {peer_id!r}")
         dropped = peer.outbox.push(priority, data, now)
         if dropped:
+            core = self._core
             core.events.append(SendDropped(peer_id, priority, dropped))
             core.effects.append(SendCredit(peer_id, tuple(peer.outbox.take_dropped_bytes())))
-        if peer.conn is not None:
-            self.dirty[peer.conn.id] = peer.conn
-            if priority >= 2 and peer.conn.scheduled == NEVER:
-                core.schedule(peer.conn, now + core.config.drop_after)
+        conn = peer.conn
+        if conn is not None:
+            self.dirty[conn.id] = conn
+            if priority >= 2 and conn.scheduled == NEVER:
+                self._core.schedule(conn, now + self._core.config.drop_after)
 
     def flush_dirty(self) -> None:
         """Seal what waits in every outbox that changed since the last flush."""

@@ -12,14 +12,14 @@ limit is in flight: the outbox keeps at most one limit (dropping the oldest
 to make room, which gives the bytes back), so the other limit bounds what
 ``send()`` may pile up before the I/O thread has even seen it.
 
-An admitted message crosses to the reactor as one call on the reactor's
-call queue (``call_soon_threadsafe(fn, *args)``: no closure, no second
-queue).  The reactor writes a wakeup byte only when its loop is asleep, so
-a burst of sends costs one wakeup, and on the reactor each message is one
-``Engine.send``.  The driver pumps once per burst, so the messages share
-frames: a message with more posted calls waiting behind it queues one pump
-after them (``call_soon``); a lone message pumps at once, so its bytes
-leave in the same reactor turn.
+Admitted messages cross to the reactor through the reactor's
+:class:`~crust.transport.reactor.Inbox` for sends: the first ``send()`` of a
+burst posts one drain on the reactor's call queue (one wakeup, if the loop
+sleeps), the others only append ``(peer, priority, payload)``.  The drain
+feeds every message present to ``Engine.send``, with one clock reading,
+then pumps once, so the burst's messages share frames; a lone message is a
+burst of one, sealed and handed to its stream in the same reactor turn
+(the stream writes it at once when it has nothing queued).
 
 *Receiving.*  :class:`~crust.engine.backpressure.ReceiveBacklog` (reactor)
 decides when to stop reading a peer whose messages wait for the
@@ -33,6 +33,7 @@ Who owns what (:class:`Flow`):
   read by any thread (a dict lookup is atomic under the GIL); each gate
   guards its counts with its own Condition, shared by the senders that wait
   on it and the reactor that releases credit;
+* ``_sends``: any thread puts, only the reactor drains (the inbox's own protocol);
 * ``_backlog``: the reactor thread only;
 * ``_tally``: the delivering thread only (``crust-dispatch``, or the caller
   of ``run_callbacks`` in manual mode); only its finished reports cross.
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 from ..config import MESSAGE_OVERHEAD
 from ..engine.backpressure import DeliveryTally, ReceiveBacklog, message_cost
@@ -49,7 +51,7 @@ from ..errors import PeerLostError, PeerNotFound, SendTimeout, ServiceClosed
 from ..events import Event, MessageReceived
 from ..ids import PeerId
 from ..outbox import DROP_PRIORITY
-from ..transport.reactor import Reactor
+from ..transport.reactor import Inbox, Reactor
 from .driver import Driver
 from .streams import Streams
 
@@ -72,13 +74,9 @@ class Flow:
         self._reactor = reactor
         self._driver = driver
         self._streams = streams
-        # Bound once: these run for every message, on the sender's thread and on the reactor.
-        self._post = reactor.call_soon_threadsafe
-        self._on_reactor = self._send_on_reactor
-        self._engine_send = driver.engine.send
-        self._now = reactor.time
-        self._has_posted = reactor.has_posted
-        self._pump_queued = False  # reactor only: a pump after this burst of sends is queued
+        # The one crossing of admitted messages (module docstring); put is bound once: it runs per message.
+        self._sends: Inbox[tuple[PeerId, int, bytes]] = Inbox(reactor.call_soon_threadsafe, self._drain_sends)
+        self._put = self._sends.put
         self._send_limit = send_queue_limit
         self._gates: dict[PeerId, SendGate] = {}
         self._backlog = ReceiveBacklog(receive_backlog_limit)
@@ -97,7 +95,7 @@ class Flow:
         if gate is None:
             raise PeerNotFound(f"not connected to {peer_id!r}")
         gate.admit(priority, len(payload), timeout)
-        self._post(self._on_reactor, peer_id, priority, payload)
+        self._put((peer_id, priority, payload))
 
     def is_connected(self, peer_id: PeerId) -> bool:
         """True while ``peer_id`` has a gate (from ``PeerConnected`` to ``PeerLost``)."""
@@ -123,22 +121,19 @@ class Flow:
 
     # -- the reactor thread --------------------------------------------------------------
 
-    def _send_on_reactor(self, peer_id: PeerId, priority: int, payload: bytes) -> None:
-        try:
-            self._engine_send(peer_id, priority, payload, self._now())
-        except PeerNotFound:
-            return  # lost meanwhile; on_lost tells the user
-        if self._pump_queued:
-            return  # a pump waits behind this burst already
-        if self._has_posted():  # the first of a burst: one pump after it all, so its messages share frames
-            self._pump_queued = True
-            self._reactor.call_soon(self._queued_pump)
-        else:  # a lone message: pump now, so its bytes leave in this reactor turn
-            self._driver.pump()
-
-    def _queued_pump(self) -> None:
-        self._pump_queued = False
-        self._driver.pump()
+    def _drain_sends(self, sends: deque[tuple[PeerId, int, bytes]], count: int) -> None:
+        """The reactor's half of ``send()``: queue ``count`` admitted messages, then pump once."""
+        if not count:
+            return  # a second drain posted by a racing put: the first one took its message
+        driver = self._driver
+        engine_send, popleft, now = driver.engine.send, sends.popleft, driver.time()
+        for _ in range(count):
+            peer_id, priority, payload = popleft()
+            try:
+                engine_send(peer_id, priority, payload, now)
+            except PeerNotFound:
+                pass  # lost meanwhile; on_lost tells the user
+        driver.pump()
 
     def credit(self, peer_id: PeerId, released: tuple[tuple[int, int], ...]) -> None:
         """``SendCredit``: the engine moved these bytes into frames (or dropped them)."""
@@ -184,15 +179,17 @@ class SendGate:
         limit: bytes per priority before ``admit()`` waits (twice that for droppable priorities).
     """
 
-    __slots__ = ("peer_id", "_limit", "_queued", "_cond", "_closed_by")
+    __slots__ = ("peer_id", "_limit", "_queued", "_lock", "_cond", "_closed_by")
 
     def __init__(self, peer_id: PeerId, limit: int) -> None:
         self.peer_id = peer_id
         self._limit = limit
         self._queued: dict[int, int] = {}
-        # Guards _queued and _closed_by: senders (user threads) wait here,
-        # the reactor releases credit and closes.
-        self._cond = threading.Condition(threading.Lock())
+        # Guards _queued and _closed_by: senders (user threads) wait on _cond, the reactor
+        # releases credit and closes.  Paths that never wait take _lock itself, the
+        # condition's lock: the same exclusion without Condition's Python-level __enter__.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._closed_by: type[Exception] | None = None
 
     def admit(self, priority: int, nbytes: int, timeout: float | None) -> None:
@@ -211,7 +208,7 @@ class SendGate:
         """
         limit = self._limit if priority < DROP_PRIORITY else 2 * self._limit
         nbytes += MESSAGE_OVERHEAD
-        with self._cond:
+        with self._lock:
             queued = self._queued.get(priority, 0)
             if queued < limit and self._closed_by is None:  # the fast path: no clock, no wait
                 self._queued[priority] = queued + nbytes
@@ -234,7 +231,7 @@ class SendGate:
 
     def release(self, released: tuple[tuple[int, int], ...]) -> None:
         """The engine moved these ``(priority, bytes)`` into frames: wake waiting senders."""
-        with self._cond:
+        with self._lock:
             wake = False
             for priority, nbytes in released:
                 # max(): a message restarted on a new connection is released twice.

@@ -6,7 +6,7 @@ The engine names streams by ``ConnId`` and speaks in effects (``Dial``,
 ``receive_datagram``).  ``Streams`` is the real shell's
 :class:`~crust.runtime.driver.Transport`: the :class:`~crust.runtime.driver.Driver`
 hands it the effects, and it turns them into socket calls over TCP
-(:mod:`crust.transport.tcp`) and reliable UDP (:mod:`crust.transport.udp`)
+(:mod:`crust.transport.tcp`, :mod:`crust.transport.tcp_listener`) and reliable UDP (:mod:`crust.transport.udp`)
 alike; every completion goes back to the driver, which feeds the engine
 and pumps.  The Service never touches a socket.
 
@@ -40,7 +40,8 @@ from ..ids import ConnId, Endpoint
 from ..transport.interfaces import local_addresses
 from ..transport.reactor import Reactor
 from ..transport.sockets import bind_socket
-from ..transport.tcp import TcpListener, TcpStream
+from ..transport.tcp import TcpStream
+from ..transport.tcp_listener import TcpListener
 from ..transport.udp import RudpConnection, RudpSocket
 from .driver import Driver
 

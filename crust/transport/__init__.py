@@ -8,7 +8,8 @@ with the engine (ARCHITECTURE.md §4).
 from __future__ import annotations
 
 from .reactor import Reactor, TimerHandle
-from .tcp import TcpListener, TcpStream
+from .tcp import TcpStream
+from .tcp_listener import TcpListener
 from .udp import UdpSocket
 
 __all__ = ["Reactor", "TimerHandle", "TcpListener", "TcpStream", "UdpSocket"]

@@ -38,6 +38,24 @@ A post either lands before the loop clears the flag, and then the loop sees
 it when choosing the timeout, or it sees the flag clear and writes the byte
 that wakes ``select()``.  While the loop is busy, posts cost a deque append
 and nothing else.  The GIL makes each of these steps atomic; no lock is used.
+
+Batches for one function (:class:`Inbox`)
+-----------------------------------------
+A call per item is what a message-per-call producer cannot afford (a tuple
+of arguments, a call and its frame per message on the loop), so an
+:class:`Inbox` rides on the same call queue: items go into the inbox's own
+deque, and only the first item of a burst posts the inbox's drain, which
+hands the loop function every item present in one call.  Its flag,
+``_posted``, means "a drain is posted and has not started": a putter appends
+first and posts only if the flag is clear; the drain clears it before it
+looks at the deque, so an item is either seen by a drain already posted or
+posts one itself.  Two putters racing past a clear flag post two drains, and
+the second finds fewer items (or none): harmless, so no lock.  The inbox adds
+no way into the loop thread: its drain is one call on the call queue.  An
+item is drained before any call its thread posts after putting it; it may
+be drained before a call that thread posted earlier, when a drain another
+thread posted even earlier carries it (crust's user-facing commands wait for
+their answer, so a ``send()`` never overtakes one).
 """
 
 from __future__ import annotations
@@ -50,7 +68,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Protocol, TypeVar
 
 from ..errors import CrustTimeoutError, ServiceClosed
 
@@ -59,7 +77,7 @@ if TYPE_CHECKING:  # typing has them from 3.11; crust runs on 3.10 too
 
     Ts = TypeVarTuple("Ts")
 
-__all__ = ["Cancellable", "Deadline", "Reactor", "TimerHandle"]
+__all__ = ["Cancellable", "Deadline", "Inbox", "Reactor", "TimerHandle"]
 
 logger = logging.getLogger("crust.transport")
 
@@ -162,6 +180,50 @@ class Deadline:
         self._fire()
 
 
+class Inbox(Generic[T]):
+    """Items from any thread, handed to one reactor-thread function in batches (module docstring).
+
+    Args:
+        post: ``Reactor.call_soon_threadsafe`` (or a test's stand-in).
+        drain: runs on the reactor with the deque and how many items to take
+            from its left (those present when the drain began); it must
+            ``popleft()`` exactly that many.  Later items wait for the next drain.
+    """
+
+    __slots__ = ("_items", "_posted", "_post", "_drain", "_run_cb")
+
+    def __init__(self, post: Callable[[Callable[[], object]], None],
+                 drain: Callable[[deque[T], int], None]) -> None:
+        self._items: deque[T] = deque()  # any thread appends, only the drain pops
+        self._posted = False  # a drain is posted and has not started (module docstring)
+        self._post = post
+        self._drain = drain
+        self._run_cb = self._run  # bound once: posted once per burst
+
+    def put(self, item: T) -> None:
+        """Queue ``item`` for the drain; the first item of a burst posts it.  Any thread.
+
+        Raises:
+            ServiceClosed: the reactor is stopping (``item`` may never be drained).
+        """
+        self._items.append(item)
+        if not self._posted:
+            self._posted = True
+            try:
+                self._post(self._run_cb)
+            except BaseException:
+                self._posted = False
+                raise
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _run(self) -> None:
+        self._posted = False  # before reading the deque: see the module docstring
+        items = self._items
+        self._drain(items, len(items))
+
+
 class Reactor:
     """The only ``selector.select()`` in crust: one thread runs socket callbacks, timers and posted calls.
 
@@ -204,6 +266,9 @@ class Reactor:
         self._stop_requested = False  # the loop exits at the end of its current turn
         self._resources_closed = False
         self._wakeups = 0
+        # Which turn of the loop runs now (reactor thread; others may read a stale value).
+        # A stream sends its first write of a turn at once and gathers the rest (transport.tcp).
+        self.turn = 0
         self._thread: threading.Thread | None = None
         self._thread_ident: int | None = None
         self._stop_lock = threading.Lock()  # serialises concurrent stop() callers
@@ -299,9 +364,10 @@ class Reactor:
 
         This is the one way into the reactor thread (ARCHITECTURE.md §6).  A
         burst of posts costs one wakeup (see the module docstring), and the
-        arguments ride along without a closure, so a caller may post one call
-        per message.  A call that races with :meth:`stop` (posted while
-        ``stop()`` is being called) may be dropped; it is logged at debug level.
+        arguments ride along without a closure.  A producer of one item per
+        message posts through an :class:`Inbox` instead: one call per burst.
+        A call that races with :meth:`stop` (posted while ``stop()`` is being
+        called) may be dropped; it is logged at debug level.
 
         Raises:
             ServiceClosed: :meth:`stop` has begun.
@@ -312,15 +378,6 @@ class Reactor:
         if not self._awake:
             self._awake = True
             self._send_wakeup()
-
-    def has_posted(self) -> bool:
-        """True while calls posted from other threads wait to run.
-
-        A posted call that starts work worth doing once per burst (a pump)
-        can leave it to the last call of the burst: if more are waiting, it
-        queues the work with :meth:`call_soon` instead of doing it now.
-        """
-        return bool(self._posted)
 
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """Run ``fn()`` on the reactor thread and wait for its result.  Any thread.
@@ -436,6 +493,7 @@ class Reactor:
         monotonic = time.monotonic
         try:
             while not self._stop_requested:
+                self.turn += 1
                 self._awake = False
                 # Decide the timeout only after clearing _awake (module docstring).
                 if posted or soon:

@@ -1,18 +1,24 @@
-"""Non-blocking TCP pumps driven by the :class:`~crust.transport.reactor.Reactor`.
+"""A non-blocking TCP stream driven by the :class:`~crust.transport.reactor.Reactor`.
 
-``TcpListener`` accepts connections; ``TcpStream`` moves bytes over one.
-Neither knows anything about crust's protocol: bytes in, bytes out, plus
-three completions (``on_data``, ``on_sent``, ``on_closed``).  Everything here
-runs on the reactor thread, so no object in this module takes a lock.
+``TcpStream`` moves bytes over one connection (its listener is
+:class:`~crust.transport.tcp_listener.TcpListener`).  It knows nothing about
+crust's protocol: bytes in, bytes out, plus three completions (``on_data``,
+``on_sent``, ``on_closed``).  Everything here runs on the reactor thread, so
+nothing in this module takes a lock.
 
-Theory of operation (TcpStream)
--------------------------------
-*Writing.*  ``write()`` only appends to a deque and, the first time in a
-reactor turn, queues one flush with ``call_soon``; every write of the turn
-then leaves in one ``sendmsg()`` of up to ``_MAX_IOV`` buffers.  A partial
-send means the kernel's send buffer is full: the rest waits for
+Theory of operation
+-------------------
+*Writing.*  The first ``write()`` of a reactor turn to an idle stream sends
+at once, inside the call (the short path for a lone message, issue 15: no
+queued flush, no second pump for its completion): ``on_sent`` may run
+before ``write()`` returns.  Every later write of the same turn only appends
+to a deque and, the first time, queues one flush with ``call_soon``, so a
+burst still leaves in one ``sendmsg()`` of up to ``_MAX_IOV`` buffers.  A
+partial send means the kernel's send buffer is full: the rest waits for
 ``EVENT_WRITE``.  ``on_sent(n)`` reports each send syscall's byte count, which
-is how the layer above learns that its bytes reached the kernel.
+is how the layer above learns that its bytes reached the kernel.  A send
+error is reported through ``on_closed`` from the "soon" phase, never from
+inside ``write()``.
 
 *Reading.*  On ``EVENT_READ`` the stream reads up to ``_RECV_SIZE`` bytes, up
 to ``_MAX_READS_PER_EVENT`` times while reads come back full, so one busy
@@ -41,145 +47,26 @@ from itertools import islice
 from typing import Callable
 
 from ..errors import ListenerError
-from .sockets import bind_socket, host_port, resolve
 from .reactor import Reactor, TimerHandle
+from .sockets import bind_socket, host_port, resolve
 
-__all__ = ["TcpListener", "TcpStream"]
+__all__ = ["TcpStream"]
 
 logger = logging.getLogger("crust.transport")
 
 _RECV_SIZE = 256 * 1024  # bytes per recv(): large reads amortise Python's per-call cost
 _MAX_READS_PER_EVENT = 4  # recvs per readiness event, for fairness between streams
 _MAX_IOV = 512  # buffers per sendmsg(); Linux IOV_MAX is 1024
-_MAX_ACCEPTS_PER_EVENT = 64  # accepts per readiness event, for fairness
-_ACCEPT_RETRY_DELAY = 0.1  # seconds to stop accepting after running out of fds
 CLOSE_FLUSH_TIMEOUT = 5.0  # seconds close(flush=True) keeps trying to send queued bytes
 
 _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
 _CONNECT_IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN})
-# Running out of fds or kernel memory is not the peer's fault and lasts a
-# while; the listener stays readable meanwhile, so retrying at once would spin.
-_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 # _flush_state values
 _IDLE = 0  # nothing queued, or not connected yet
-_SCHEDULED = 1  # a flush is queued with call_soon, or running now
+_SCHEDULED = 1  # a flush is queued with call_soon, or running now (or a failure is queued)
 _WAITING = 2  # the kernel buffer is full: waiting for EVENT_WRITE
-
-
-class TcpListener:
-    """A listening TCP socket that hands each accepted connection to ``on_accept``.
-
-    Create, use and close it on the reactor thread (or before the reactor starts).
-    """
-
-    def __init__(
-        self,
-        reactor: Reactor,
-        host: str,
-        port: int,
-        on_accept: Callable[[socket.socket, tuple[str, int]], None],
-        backlog: int = 128,
-        *,
-        reuse_port: bool = False,
-    ) -> None:
-        """Bind, listen and start accepting.
-
-        Args:
-            reactor: the reactor that will run ``on_accept``.
-            host: an IP literal to bind (``"0.0.0.0"``, ``"::"``, ``"127.0.0.1"``...).
-            port: the port; 0 lets the kernel pick (see :attr:`address`).
-            on_accept: called with each accepted socket (non-blocking, TCP_NODELAY
-                on) and the peer's ``(host, port)``.  It owns the socket from
-                that call on, even if it raises.
-            backlog: the kernel's accept queue length.
-            reuse_port: share the port with other sockets that set it too,
-                such as connections started with ``TcpStream.connect(...,
-                local_address=this address, reuse_port=True)``
-                (``SO_REUSEPORT``; see :mod:`crust.transport.sockets`).
-
-        Raises:
-            ListenerError: the address is not an IP literal, or bind/listen failed
-                (port in use, no permission); the OSError is the ``__cause__``.
-        """
-        self._reactor = reactor
-        self._on_accept = on_accept
-        self._closed = False
-        self._retry_timer: TimerHandle | None = None
-        try:
-            sock = bind_socket("tcp", host, port, reuse_port=reuse_port)
-        except ListenerError as err:  # the same failure in a listener's words, with the OSError as cause
-            raise ListenerError(f"cannot listen on {host}:{port}: {err.__cause__}") from err.__cause__
-        try:
-            sock.listen(backlog)
-            reactor.register(sock, _EVENT_READ, self._on_readable)
-        except OSError as err:
-            sock.close()
-            raise ListenerError(f"cannot listen on {host}:{port}: {err}") from err
-        self._sock = sock
-        self._address = host_port(sock.getsockname())
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``, with the port the kernel chose if 0 was asked."""
-        return self._address
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
-
-    def close(self) -> None:
-        """Stop accepting and close the socket.  Reactor thread only; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-            self._retry_timer = None
-        self._reactor.unregister(self._sock)
-        self._sock.close()
-
-    def _on_readable(self, mask: int) -> None:
-        accept = self._sock.accept
-        for _ in range(_MAX_ACCEPTS_PER_EVENT):
-            if self._closed:  # on_accept may have closed us
-                return
-            try:
-                sock, addr = accept()
-            except BlockingIOError:
-                return
-            except OSError as err:
-                if err.errno in _ACCEPT_RESOURCE_ERRORS:
-                    logger.error(
-                        "listener %s: accept failed (%s); pausing accepts for %.1f s",
-                        self._address, err, _ACCEPT_RETRY_DELAY,
-                    )
-                    self._reactor.unregister(self._sock)
-                    self._retry_timer = self._reactor.call_later(_ACCEPT_RETRY_DELAY, self._resume_accepting)
-                    return
-                # ECONNABORTED, EPROTO, EPERM (firewall): that connection died in
-                # the queue; the others are fine.
-                logger.warning("listener %s: accept failed: %s", self._address, err)
-                continue
-            try:
-                # socket.accept() returns a blocking socket whatever the listener is.
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError as err:
-                logger.warning("listener %s: dropping connection from %s: %s", self._address, addr, err)
-                sock.close()
-                continue
-            try:
-                self._on_accept(sock, host_port(addr))
-            except Exception:
-                logger.exception("listener %s: on_accept callback raised", self._address)
-
-    def _resume_accepting(self) -> None:
-        self._retry_timer = None
-        if not self._closed:
-            self._reactor.register(self._sock, _EVENT_READ, self._on_readable)
 
 
 class TcpStream:
@@ -193,7 +80,7 @@ class TcpStream:
         "_reactor", "_sock", "_on_data", "_on_sent", "_on_closed", "_on_connected",
         "_on_event_cb", "_flush_cb", "_buffers", "_pending", "_events", "_flush_state",
         "_connected", "_closing", "_closed", "_read_paused", "_connect_timer",
-        "_close_timer", "_early_error", "_local", "_remote", "_on_done",
+        "_close_timer", "_early_error", "_local", "_remote", "_on_done", "_turn",
     )
 
     _reactor: Reactor
@@ -218,6 +105,7 @@ class TcpStream:
     _local: tuple[str, int] | None
     _remote: tuple[str, int] | None
     _on_done: Callable[[], None] | None
+    _turn: int
 
     def __init__(
         self,
@@ -280,6 +168,7 @@ class TcpStream:
         self._local = None
         self._remote = None
         self._on_done = None
+        self._turn = -1  # the reactor turn of the last write that went out at once
 
     @classmethod
     def connect(
@@ -383,7 +272,7 @@ class TcpStream:
         return self._closed or self._closing
 
     def write(self, data: bytes) -> None:
-        """Queue ``data`` to be sent.  Cheap: the flush happens once per reactor turn.
+        """Send ``data``: at once if it is the stream's first write this turn, else with the turn's flush.
 
         ``data`` must not be mutated afterwards (it is sent without a copy).
         Writes to a closed or closing stream are ignored: its owner closed it,
@@ -394,8 +283,13 @@ class TcpStream:
         self._buffers.append(data)
         self._pending += len(data)
         if self._flush_state == _IDLE and self._connected:
-            self._flush_state = _SCHEDULED
-            self._reactor.call_soon(self._flush_cb)
+            reactor = self._reactor
+            if self._turn != reactor.turn:  # the first write of this turn: out at once
+                self._turn = reactor.turn
+                self._flush(direct=True)
+            else:  # later ones wait for one flush at the end of the turn, together
+                self._flush_state = _SCHEDULED
+                reactor.call_soon(self._flush_cb)
 
     def pause_reading(self) -> None:
         """Stop reading (and calling ``on_data``) until :meth:`resume_reading`; writes go on."""
@@ -482,7 +376,8 @@ class TcpStream:
             if self._closed or self._read_paused or self._closing or len(data) < _RECV_SIZE:
                 return
 
-    def _flush(self) -> None:
+    def _flush(self, direct: bool = False) -> None:
+        """Send what is queued; ``direct``: called by ``write()``, so a failure is reported later."""
         if self._closed:
             return
         # Writes made by on_sent below only append: this loop picks them up.
@@ -502,7 +397,10 @@ class TcpStream:
                 self._wait_writable()
                 return
             except OSError as err:
-                self._fail(err)
+                if direct:  # not from inside write(): its caller may be mid-way through its own state
+                    self._reactor.call_soon(self._fail, err)
+                else:
+                    self._fail(err)
                 return
             self._pending -= sent
             complete = self._consume(sent, offered)

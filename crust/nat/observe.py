@@ -46,6 +46,7 @@ sans-IO: the caller passes ``now`` (seconds on its monotonic clock).
 
 from __future__ import annotations
 
+import bisect
 import enum
 import ipaddress
 from collections import Counter
@@ -176,12 +177,14 @@ class NatObserver:
         self.ignored = 0
         self._votes: dict[str, dict[tuple[str, Endpoint], _Vote]] = {kind: {} for kind in KINDS}
         self._asked: dict[str, dict[str, float]] = {kind: {} for kind in KINDS}
+        self._times: list[float] | None = []  # every time a vote ages or a request times out, sorted; None: stale
 
     def reset(self) -> None:
         """Forget every vote and request: the network changed, old observations mean nothing."""
         for kind in KINDS:
             self._votes[kind].clear()
             self._asked[kind].clear()
+        self._times = None
 
     # -- input ------------------------------------------------------------------------------
 
@@ -216,6 +219,7 @@ class NatObserver:
             return False
         self._prune(kind, now)
         self._asked[kind].pop(ip, None)
+        self._times = None
         votes = self._votes[kind]
         old = votes.get((ip, local_ep))
         first = old.first if old is not None and old.observed == observed_ep else now
@@ -303,6 +307,7 @@ class NatObserver:
                 continue
             covered.add(ip)
             asked[ip] = now
+            self._times = None
             chosen.append(peer_id)
         while len(asked) > self.max_observers:
             del asked[min(asked, key=asked.__getitem__)]
@@ -314,10 +319,13 @@ class NatObserver:
         Call :meth:`pick` (and refresh :meth:`nat_info`) then.  Only future
         times are returned, so a caller with nobody to ask does not spin.
         """
-        times = [t for votes in self._votes.values() for vote in votes.values()
-                 for t in (vote.last + self.ttl / 2, vote.last + self.ttl)]
-        times += [at + self.ask_timeout for asked in self._asked.values() for at in asked.values()]
-        return min((t for t in times if t > now), default=None)
+        if self._times is None:  # rebuilt only after a change: the engine asks on every turn
+            times = [t for votes in self._votes.values() for vote in votes.values()
+                     for t in (vote.last + self.ttl / 2, vote.last + self.ttl)]
+            times += [at + self.ask_timeout for asked in self._asked.values() for at in asked.values()]
+            self._times = sorted(times)
+        i = bisect.bisect_right(self._times, now)
+        return self._times[i] if i < len(self._times) else None
 
     # -- internals --------------------------------------------------------------------------
 
@@ -330,5 +338,7 @@ class NatObserver:
         votes, asked = self._votes[kind], self._asked[kind]
         for key in [key for key, vote in votes.items() if vote.last + self.ttl <= now]:
             del votes[key]
+            self._times = None
         for ip in [ip for ip, at in asked.items() if at + self.ask_timeout <= now]:
             del asked[ip]
+            self._times = None

@@ -97,7 +97,7 @@ class Circuits:
 
     def next_timer(self) -> float:
         """When the oldest closing circuit gives up on its tail (``NEVER`` if none)."""
-        return min((until for _, until in self._closing.values()), default=NEVER)
+        return min(until for _, until in self._closing.values()) if self._closing else NEVER
 
     # -- opening --------------------------------------------------------------------------
 

@@ -336,7 +336,7 @@ class Peers:
 
     def next_timer(self) -> float:
         """When the earliest parked peer expires (``NEVER`` if none)."""
-        return min(self.parked.values(), default=NEVER)
+        return min(self.parked.values()) if self.parked else NEVER
 
     # -- messages on an established connection ------------------------------------------
 

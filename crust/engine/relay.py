@@ -226,7 +226,7 @@ class Relaying:
 
     def next_timer(self) -> float:
         """When the earliest waiting circuit's bucket has room again (``NEVER`` if none)."""
-        return min((leg.wake for leg in self._waiting), default=NEVER)
+        return min(leg.wake for leg in self._waiting) if self._waiting else NEVER
 
     def handle_timer(self, now: float) -> None:
         """Write what waited for tokens."""

@@ -147,6 +147,8 @@ class Rendezvous:
 
     def next_timer(self) -> float:
         """The earliest connect deadline or end of a hold (``NEVER`` if none)."""
+        if not self._connects:
+            return NEVER
         return min((min(record.deadline, record.hold_until, record.relay_at) for record in self._connects.values()),
                    default=NEVER)
 

@@ -63,6 +63,8 @@ class Runs:
 
     def next_timer(self) -> float:
         """When the earliest run needs :meth:`handle_timer` (``NEVER`` if none)."""
+        if not self._runs:  # the engine asks on every turn: the common case costs nothing
+            return NEVER
         return min((due for run in self._runs.values() if (due := run.policy.get_timer()) is not None), default=NEVER)
 
     def handle_timer(self, now: float) -> None:

@@ -70,7 +70,7 @@ class Upgrades:
 
     def next_timer(self) -> float:
         """When the next attempt is due (``NEVER`` if no relayed peer of ours waits for one)."""
-        return min((when for when, _ in self._due.values()), default=NEVER)
+        return min(when for when, _ in self._due.values()) if self._due else NEVER
 
     def handle_timer(self, now: float) -> None:
         """Offer an upgrade to every relayed peer whose turn came."""

@@ -469,7 +469,8 @@ class TcpStream:
 
     def _give_up_flush(self) -> None:
         self._close_timer = None
-        logger.warning("%r: gave up flushing after %.1f s", self, CLOSE_FLUSH_TIMEOUT)
+        logger.warning("closing the connection to %s: the peer took none of the last %d bytes in %.1f s, "
+                       "so they were dropped", _where(self._remote), self._pending, CLOSE_FLUSH_TIMEOUT)
         self._close_now()
 
     # -- registration and teardown ------------------------------------------------------
@@ -552,3 +553,11 @@ class TcpStream:
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             on_done()
+
+
+def _where(remote: object) -> str:
+    """``host:port`` of a socket address for a log line (an IPv6 host in brackets)."""
+    if isinstance(remote, tuple) and len(remote) >= 2:
+        host, port = remote[0], remote[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return "a peer not connected yet"

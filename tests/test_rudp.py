@@ -20,6 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crust.rudp import (
+    COOKIE_PERIOD,
+    COOKIE_SIZE,
     HEADER_SIZE,
     MAGIC,
     MAX_DATAGRAM,
@@ -33,8 +35,12 @@ from crust.rudp import (
     RudpEvent,
     RudpSent,
     RudpStream,
+    SYN_SIZE,
+    CookieJar,
+    TimeWait,
     peek_ids,
 )
+from crust.rudp.packet import COOKIE, pack_cookie
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -204,8 +210,9 @@ def test_syn_layout_and_peek_ids() -> None:
     s = RudpStream(ID_A, 0x01020304, 0.0, receive_window=65536)
     s.connect(0.0)
     [syn] = s.datagrams_to_send(0.0)
-    assert syn == bytes([MAGIC, SYN]) + struct.pack(">IIIIIB", 0, ID_A, 0x01020304, 0, 65536, 0)
-    assert len(syn) == HEADER_SIZE == 23
+    # A first SYN carries a zeroed cookie field: the listener's COOKIE answer is then no larger.
+    assert syn == bytes([MAGIC, SYN]) + struct.pack(">IIIIIB", 0, ID_A, 0x01020304, 0, 65536, 0) + bytes(16)
+    assert HEADER_SIZE == 23 and len(syn) == SYN_SIZE == HEADER_SIZE + COOKIE_SIZE == 39
     assert peek_ids(syn) == (0, ID_A, True)
     assert MAX_DATAGRAM == 23 + 3 * 8 + MAX_PAYLOAD <= 1250
 
@@ -695,7 +702,7 @@ def test_spoofed_and_out_of_window_datagrams_are_dropped_without_growing_state()
         forge(ACK, ID_B, ID_A, rcv_nxt + (1 << 30), snd_nxt, b"x" * 100),  # far ahead
         forge(ACK, ID_B, ID_A, rcv_nxt, snd_nxt + 5000, b"x" * 100),  # acks data never sent
         forge(RST | ACK, ID_B, ID_A, rcv_nxt + 1_000_000, snd_nxt),  # blind reset, wrong seq
-        forge(SYN, 0, 0x99999999, 1234, 0),  # another connection's SYN
+        forge(SYN, 0, 0x99999999, 1234, 0, bytes(COOKIE_SIZE)),  # another connection's SYN
     ]
     for d in spoofed:
         b.receive_datagram(d, pair.now)
@@ -767,3 +774,160 @@ def test_well_addressed_nonsense_never_raises(packets: list[tuple[int, int, int,
         pair.now += 0.01
         if b.get_timer() is not None and b.get_timer() <= pair.now:  # type: ignore[operator]
             b.handle_timer(pair.now)
+
+
+# -- under attack and change: cookies, the ids as a token, exact resets, TIME_WAIT -----------------
+
+ADDR = ("192.0.2.7", 40000)
+
+
+def _cookie_handshake(jar: CookieJar, now: float) -> tuple[RudpStream, RudpStream, list[bytes]]:
+    """A dials; a listener that only has ``jar`` answers statelessly, then makes B from the proven SYN.
+
+    Returns the two streams and every datagram the listener side sent, in order.
+    """
+    a = RudpStream(ID_A, ISN_A, now)
+    a.connect(now)
+    [syn] = a.datagrams_to_send(now)
+    _, _, src, isn, *_ = header(syn)[1:]
+    assert not jar.check(syn[HEADER_SIZE:], ADDR, src, isn, now)  # a first SYN has no cookie
+    reply = pack_cookie(src, isn, jar.make(ADDR, src, isn, now))
+    assert len(reply) == len(syn) == SYN_SIZE  # no amplification: the answer is the SYN's size
+    assert a.receive_datagram(reply, now) is False
+    [syn2] = a.datagrams_to_send(now)  # at once, not after an RTO
+    assert syn2[:HEADER_SIZE] == syn[:HEADER_SIZE] and syn2[HEADER_SIZE:] == reply[HEADER_SIZE:]
+    assert jar.check(syn2[HEADER_SIZE:], ADDR, src, isn, now)
+    b = RudpStream(ID_B, ISN_B, now)  # only now does the listener keep anything
+    b.receive_datagram(syn2, now)
+    sent = [reply, *b.datagrams_to_send(now)]
+    for d in sent[1:]:
+        a.receive_datagram(d, now)
+    for d in a.datagrams_to_send(now):
+        b.receive_datagram(d, now)
+    return a, b, sent
+
+
+def test_a_listener_answers_a_syn_statelessly_with_a_cookie_no_larger_than_the_syn() -> None:
+    jar = CookieJar(bytes(range(32)))
+    a, b, sent = _cookie_handshake(jar, 100.0)
+    assert a.connected and b.connected
+    assert [header(d)[1] for d in sent] == [COOKIE, SYN | ACK]
+    assert max(map(len, sent)) <= SYN_SIZE
+
+
+def test_a_cookie_is_bound_to_its_source_id_isn_and_secret_and_lives_two_periods() -> None:
+    jar = CookieJar(bytes(32))
+    now = 1000.0 * COOKIE_PERIOD  # the start of a bucket
+    cookie = jar.make(ADDR, ID_A, ISN_A, now)
+    assert len(cookie) == COOKIE_SIZE
+    assert jar.check(cookie, ADDR, ID_A, ISN_A, now)
+    assert jar.check(cookie, ADDR, ID_A, ISN_A, now + 2 * COOKIE_PERIOD - 0.001)  # the next bucket too
+    assert not jar.check(cookie, ADDR, ID_A, ISN_A, now + 2 * COOKIE_PERIOD)  # then it has expired
+    assert not jar.check(cookie, ADDR, ID_A, ISN_A, now - 0.001)  # and one from "the future" is no good
+    for addr, src, isn in (((ADDR[0], ADDR[1] + 1), ID_A, ISN_A), (("192.0.2.8", ADDR[1]), ID_A, ISN_A),
+                           (ADDR, ID_A ^ 1, ISN_A), (ADDR, ID_A, ISN_A ^ 1)):
+        assert not jar.check(cookie, addr, src, isn, now)
+    assert not CookieJar(b"\x01" * 32).check(cookie, ADDR, ID_A, ISN_A, now)  # another socket's secret
+    assert not jar.check(cookie[:-1], ADDR, ID_A, ISN_A, now) and not jar.check(bytes(16), ADDR, ID_A, ISN_A, now)
+    with pytest.raises(ValueError):
+        CookieJar(bytes(16))
+    with pytest.raises(TypeError):
+        CookieJar("x" * 32)  # type: ignore[arg-type]
+
+
+def test_a_cookie_is_taken_only_by_a_dialling_stream_and_only_for_its_own_syn() -> None:
+    a = RudpStream(ID_A, ISN_A, 0.0)
+    a.connect(0.0)
+    a.datagrams_to_send(0.0)
+    cookie = b"\x42" * COOKIE_SIZE
+    a.receive_datagram(pack_cookie(ID_A, ISN_A + 1, cookie), 0.0)  # names another SYN
+    a.receive_datagram(pack_cookie(ID_A ^ 1, ISN_A, cookie), 0.0)  # another stream's
+    assert a.dropped == 2 and a.datagrams_to_send(0.0) == []
+    a.receive_datagram(pack_cookie(ID_A, ISN_A, cookie), 0.0)
+    [syn] = a.datagrams_to_send(0.0)
+    assert syn.endswith(cookie)
+    a.receive_datagram(pack_cookie(ID_A, ISN_A, cookie), 0.0)  # a duplicate: no second SYN at once
+    assert a.datagrams_to_send(0.0) == []
+    a.handle_timer(a.get_timer() or 0.0)  # the retransmitted SYN keeps carrying the cookie
+    assert a.datagrams_to_send(0.0)[0].endswith(cookie)
+    pair = connected_pair()  # a connected stream takes no cookie
+    pair.a.receive_datagram(pack_cookie(ID_A, ISN_A, cookie), pair.now)
+    assert pair.a.dropped == 1 and pair.a.connected
+    # Sizes are exact: a SYN or COOKIE of any other length, or a COOKIE with a src id, is malformed.
+    s = RudpStream(ID_B, ISN_B, 0.0)
+    for bad in (forge(SYN, 0, ID_A, 1, 0), forge(SYN, 0, ID_A, 1, 0, bytes(COOKIE_SIZE + 1)),
+                forge(COOKIE, ID_B, 7, 0, 1, cookie), forge(COOKIE, ID_B, 0, 0, 1, cookie[1:])):
+        s.receive_datagram(bad, 0.0)
+    assert s.malformed == 4 and s.datagrams_to_send(0.0) == []
+
+
+def test_only_an_exact_reset_closes_a_stream_an_inexact_one_is_challenged() -> None:
+    pair = connected_pair()
+    b = pair.b
+    rcv_nxt = ISN_A + 1
+    for seq in (rcv_nxt + 1, rcv_nxt + 5000, rcv_nxt - 1, rcv_nxt + (1 << 31)):
+        b.receive_datagram(forge(RST | ACK, ID_B, ID_A, seq, ISN_B + 1), pair.now)
+    assert b.connected and b.dropped == 4
+    challenges = b.datagrams_to_send(pair.now)  # one ACK, for the two in the window
+    assert [header(d)[1] for d in challenges] == [ACK] and header(challenges[0])[5] == rcv_nxt
+    b.receive_datagram(forge(RST, ID_B, ID_A, rcv_nxt, 0), pair.now)
+    assert b.closed and b.take_events() == [RudpClosed("connection reset by peer")]
+
+
+def test_receive_datagram_says_what_may_move_the_connection() -> None:
+    pair = connected_pair()
+    a, b = pair.a, pair.b
+    a.write(pattern(3000))
+    pair.service(0)
+    pair.run(lambda: a.pending_bytes == 0, max_steps=100)
+    fresh = forge(ACK | PING, ID_B, ID_A, ISN_A + 3001, ISN_B + 1)
+    assert b.receive_datagram(fresh, pair.now) is True
+    assert b.receive_datagram(forge(ACK, ID_B, ID_A ^ 1, ISN_A + 3001, ISN_B + 1), pair.now) is False  # src
+    assert b.receive_datagram(forge(ACK, ID_B, ID_A, ISN_A + 3001, ISN_B + 9), pair.now) is False  # unsent
+    b.write(b"x" * 10)
+    pair.service(1)
+    pair.run(lambda: b.pending_bytes == 0, max_steps=100)
+    assert b.receive_datagram(fresh, pair.now) is False  # its ack is behind what A acked since: stale
+    assert b.connected and not b.take_events()
+
+
+def test_time_wait_answers_a_resent_fin_and_blocks_late_syns_then_forgets() -> None:
+    pair = connected_pair()
+    pair.a.close(pair.now)
+    pair.service(0)
+    pair.run(lambda: pair.a.closed and pair.b.closed, max_steps=1000)
+    last_ack = pair.a.final_ack()  # A closed second? either way both saw both FINs
+    assert last_ack is not None and header(last_ack)[1] == ACK and pair.b.final_ack() is not None
+    assert RudpStream(1, 0, 0.0).final_ack() is None
+    tw = TimeWait(duration=10.0, limit=3)
+    tw.add(ID_A, ADDR, ID_B, last_ack, 0.0)
+    fin_ack = ACK | FIN
+    assert tw.answer(ADDR, ID_A, ID_B, fin_ack, 0, 1.0) == last_ack
+    assert tw.answer(ADDR, ID_A, ID_B, ACK, 0, 1.0) is None  # only a FIN is answered after an orderly close
+    assert tw.answer(("192.0.2.9", 1), ID_A, ID_B, fin_ack, 0, 1.0) is None  # another address
+    assert tw.answer(ADDR, ID_A, ID_B ^ 1, fin_ack, 0, 1.0) is None  # another peer id
+    assert tw.holds_syn(ADDR, ID_B, 1.0) and not tw.holds_syn(ADDR, ID_B ^ 1, 1.0)
+    assert tw.holds_id(ID_A, 1.0)
+    assert not tw.holds_syn(ADDR, ID_B, 10.0) and not tw.holds_id(ID_A, 10.0) and len(tw) == 0
+    for i in range(1, 6):  # bounded: the oldest go first
+        tw.add(i, ADDR, 100 + i, None, 20.0)
+    assert len(tw) == 3 and not tw.holds_id(2, 20.0) and tw.holds_id(5, 20.0) and not tw.holds_syn(ADDR, 102, 20.0)
+    with pytest.raises(ValueError):
+        TimeWait(duration=0)
+
+
+def test_time_wait_resets_a_peer_that_missed_our_reset_with_the_exact_seq_it_needs() -> None:
+    pair = connected_pair()
+    a, b = pair.a, pair.b
+    a.abort(pair.now)
+    a.datagrams_to_send(pair.now)  # the RST is lost
+    tw = TimeWait()
+    tw.add(ID_A, ADDR, ID_B, a.final_ack(), pair.now)
+    b.write(b"are you there?")
+    [d] = b.datagrams_to_send(pair.now)
+    _, flags, dst, src, _, ack, *_ = header(d)
+    rst = tw.answer(ADDR, dst, src, flags, ack, pair.now)
+    assert rst is not None and len(rst) <= len(d)
+    assert tw.answer(ADDR, dst, src, RST, ack, pair.now) is None  # never answer a reset
+    b.receive_datagram(rst, pair.now)
+    assert b.closed and b.take_events()[-1] == RudpClosed("connection reset by peer")

@@ -23,9 +23,15 @@ inside, offsets from the ISN (see ``packet.unwrap``).
 receives a plain SYN answers with a SYN-ACK, and a side is connected once its
 SYN is acked, so crossing SYNs (simultaneous open) give each side one
 ``RudpConnected`` and one pair of ISNs.  SYNs are resent with RTO backoff
-until ``connect_timeout``.  Each side picks a random nonzero 32-bit id; a
-datagram whose ``dst`` is not ours (only a first SYN may say 0) or whose
-``src`` is not the peer's is dropped, so a blind spoofer must guess 32 bits.
+until ``connect_timeout``.  A listener answers a SYN without a valid cookie
+statelessly with a COOKIE (``cookie.py``; its socket does that, no stream
+exists yet): a stream in SYN_SENT that gets a COOKIE naming its id and ISN
+sends its SYN again at once, carrying the cookie, and keeps carrying it.
+Each side picks a random nonzero 32-bit id; a datagram whose ``dst`` is not
+ours (only a first SYN may say 0) or whose ``src`` is not the peer's is
+dropped, so a blind spoofer must guess both: 64 bits, the connection's token.
+``receive_datagram`` tells the owner whether a datagram passed as the peer's
+and is not stale, which is what may move the connection to a new address.
 
 *Acknowledgements.*  Every datagram carries the cumulative ack, the window
 and up to ``MAX_SACK_BLOCKS`` SACK ranges (the newest arrival's first, then
@@ -42,17 +48,23 @@ peer must answer.
 *Closing.*  ``close()`` queues a FIN after the data; the peer's FIN, once
 every byte before it is in, makes us queue ours (no half-close).  Our FIN
 acked, theirs in and nothing held back: ``RudpClosed(None)``, after which
-nothing but ``resume_reading`` is awaited.  There is no TIME_WAIT (the owner
-forgets a closed stream), so the last ACK is sent twice, and a side whose
-peer's FIN is in and whose only unacked segment is its FIN calls the close
-orderly after ``_FIN_RETRIES`` timeouts with the peer silent.  ``abort()``
+nothing but ``resume_reading`` is awaited.  The stream itself keeps no
+TIME_WAIT (its owner forgets it, and the socket's ``timewait.py`` answers a
+resent FIN with :meth:`final_ack`), so the last ACK is also sent twice, and a
+side whose peer's FIN is in and whose only unacked segment is its FIN calls
+the close orderly after ``_FIN_RETRIES`` timeouts with the peer silent.  ``abort()``
 sends an RST and closes with no event; a received RST gives
 ``RudpClosed("connection reset by peer")`` (or "connection refused" in
-answer to our SYN).
+answer to our SYN) only if its seq is exactly where the peer's data ends: one
+inside the window but elsewhere gets a challenge ACK instead (RFC 5961
+§3.2), which the peer, if it really reset, answers with an exact RST from its
+TIME_WAIT (``timewait.py``); so a spoofer must hit one value, not a window.
 
 *Hostile input* that does not parse is counted in ``malformed``; well-formed
 datagrams failing a check (ids, acks for data never sent, data past the
-window) in ``dropped``.  Neither raises nor grows state.
+window, an inexact RST) in ``dropped``.  Neither raises, grows state beyond
+the window, nor closes the stream: acks and sequence numbers outside the
+window are ignored, never treated as the peer's error.
 """
 
 from __future__ import annotations
@@ -61,7 +73,8 @@ import enum
 
 from .events import RudpClosed, RudpConnected, RudpData, RudpEvent, RudpSent
 from .keepalive import Keepalive
-from .packet import ACK, FIN, HALF, HEADER, MAGIC, MASK, MAX_PAYLOAD, PING, RST, SYN, parse_header, sack_offsets, unwrap
+from .packet import (ACK, COOKIE, FIN, HALF, HEADER, HEADER_SIZE, MAGIC, MASK, MAX_PAYLOAD, PING, RST, SYN, pack_syn,
+                     parse_header, sack_offsets, unwrap)
 from .receive import ReceiveBuffer
 from .recovery import MAX_RTO_RETRIES, Recovery, Segment
 from .send import SendBuffer
@@ -84,7 +97,7 @@ class RudpStream:
 
     __slots__ = (
         "_local_id", "_remote_id", "_isn", "_irs", "_state", "_connect_timeout", "_handshake_deadline",
-        "_syn_pending", "_syn_sent_at", "_syn_xmits",
+        "_syn_pending", "_syn_sent_at", "_syn_xmits", "_cookie",
         # the parts: sender's recovery state, send and receive halves, liveness
         "_rec", "_tx", "_rx", "_live",
         # what the next datagrams must say, what the owner must hear
@@ -140,6 +153,7 @@ class RudpStream:
         self._syn_pending = False
         self._syn_sent_at = 0.0
         self._syn_xmits = 0
+        self._cookie: bytes | None = None  # the listener's, once it sent one: our SYNs carry it
         self._rec = Recovery()
         self._tx = SendBuffer()  # offsets: 0 is our SYN
         self._rx = ReceiveBuffer(window)  # offsets: 0 is the peer's SYN
@@ -350,43 +364,53 @@ class RudpStream:
 
     # -- receiving ---------------------------------------------------------------
 
-    def receive_datagram(self, datagram: bytes, now: float) -> None:
-        """Take one datagram addressed to this stream (a SYN included).  Never raises."""
+    def receive_datagram(self, datagram: bytes, now: float) -> bool:
+        """Take one datagram addressed to this stream (a SYN included).  Never raises.
+
+        Returns:
+            True if, as far as rUDP can tell, it came from the peer and is not
+            stale: a connected stream's datagram with both ids right and an
+            ack neither beyond what we sent nor behind what the peer acked
+            before.  The owner may then follow the peer to the address it
+            came from (a NAT rebinding).  False for everything else.
+        """
         if self._state is _State.CLOSED:
-            return
+            return False
         header = parse_header(datagram)
         if header is None:
             self._malformed += 1
-            return
+            return False
         flags, dst, src, seq, ack, window, nsack, payload_at = header
         if payload_at < 0:
             self._malformed += 1
-            return
+            return False
         if (dst != self._local_id and not (dst == 0 and flags == SYN)) \
                 or (self._remote_id and src != self._remote_id):
             self._dropped += 1
-            return
-        if flags & RST:
-            self._on_rst(flags, seq, ack)
-            return
-        if flags & SYN:
-            self._on_syn(flags, src, seq, ack, window, now)
-            return
+            return False
+        if flags & (RST | SYN | COOKIE):
+            if flags & RST:
+                self._on_rst(flags, seq, ack)
+            elif flags & SYN:
+                self._on_syn(flags, src, seq, ack, window, now)
+            else:
+                self._on_cookie(datagram[HEADER_SIZE:], ack, now)
+            return False
         state = self._state
         if state is _State.SYN_RCVD:
             if ack != (self._isn + 1) & MASK:
                 self._dropped += 1
-                return
+                return False
             self._establish(now)
         elif state is not _State.ESTABLISHED:
             self._dropped += 1  # LISTEN and SYN_SENT only take SYNs
-            return
+            return False
         tx = self._tx
         una = tx.snd_una
         ack_off = unwrap(ack, una, self._isn)
         if ack_off > tx.snd_nxt:
             self._dropped += 1  # acks data never sent: spoofed or broken
-            return
+            return False
         self._live.last_heard = now
         if ack_off >= una:
             sacks = sack_offsets(datagram, nsack, una, self._isn) if nsack else []
@@ -397,6 +421,20 @@ class RudpStream:
         if flags & PING:
             self._ack_pending = True
         self._maybe_finish()
+        return ack_off >= una
+
+    def _on_cookie(self, cookie: bytes, ack: int, now: float) -> None:
+        if self._state is not _State.SYN_SENT or ack != self._isn:
+            self._dropped += 1  # answers no SYN of ours (or one we are past)
+            return
+        if cookie == self._cookie:
+            return  # a duplicate: the SYN carrying it is on its way
+        if self._syn_xmits == 1:  # the cookie's round trip is a clean RTT sample (Karn)
+            self._rec.rtt.sample(now - self._syn_sent_at)
+        self._cookie = cookie
+        self._syn_pending = True  # send it again at once, with the cookie ...
+        self._syn_xmits = 0  # ... as a first transmission: the listener keeps state from that one on
+        self._rec.rto_deadline = None
 
     def _on_syn(self, flags: int, src: int, seq: int, ack: int, window: int, now: float) -> None:
         state = self._state
@@ -454,7 +492,9 @@ class RudpStream:
         else:  # seq must be where the peer's data ends, inside our window
             rcv_nxt = self._rx.rcv_nxt
             off = unwrap(seq, rcv_nxt, self._irs)
-            accept = rcv_nxt <= off <= rcv_nxt + self._rx.window() + 1
+            accept = off == rcv_nxt
+            if not accept and rcv_nxt < off <= rcv_nxt + self._rx.window() + 1:
+                self._ack_pending = True  # a challenge ACK: a real reset answers it exactly
         if not accept:
             self._dropped += 1
             return
@@ -505,7 +545,7 @@ class RudpStream:
             if self._syn_pending:
                 self._syn_pending = False
                 if state is _State.SYN_SENT:
-                    out.append(HEADER.pack(MAGIC, SYN, 0, self._local_id, self._isn, 0, self._rx.window(), 0))
+                    out.append(pack_syn(self._local_id, self._isn, self._rx.window(), self._cookie))
                 else:
                     out.append(self._bare(SYN | ACK, self._isn))
                 self._syn_sent_at = now
@@ -520,6 +560,12 @@ class RudpStream:
         if out:
             self._live.last_sent = now
         return out
+
+    def final_ack(self) -> bytes | None:
+        """For a stream closed after the peer's FIN: the ACK of that FIN, to answer it again; else None."""
+        if self._state is not _State.CLOSED or not self._rx.fin_in or not self._remote_id:
+            return None
+        return self._bare(ACK, (self._isn + self._tx.snd_nxt) & MASK)
 
     def _bare(self, flags: int, seq: int) -> bytes:
         """A datagram without payload or SACK blocks, acking what we have."""

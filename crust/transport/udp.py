@@ -36,7 +36,9 @@ import socket
 from typing import Callable
 
 from ..errors import ListenerError
-from ..rudp import RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, peek_ids
+from ..rudp import CookieJar, RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, TimeWait, peek_ids
+from ..rudp.cookie import SECRET_SIZE
+from ..rudp.packet import HEADER_SIZE, pack_cookie, parse_header
 from .reactor import Deadline, Reactor, TimerHandle
 from .sockets import bind_socket, host_port
 
@@ -323,11 +325,12 @@ class RudpConnection:
 
     # -- driven by RudpSocket -----------------------------------------------------------
 
-    def _receive(self, datagram: bytes, now: float) -> None:
+    def _receive(self, datagram: bytes, now: float) -> bool:
         # Serviced once per reactor turn, not per datagram: the socket reads up to
         # 64 datagrams per event, which then cost one ack and one on_data.
-        self._stream.receive_datagram(datagram, now)
+        fresh = self._stream.receive_datagram(datagram, now)
         self._schedule_service()
+        return fresh
 
     def _schedule_service(self) -> None:
         if not self._service_scheduled:
@@ -411,16 +414,36 @@ class RudpConnection:
 
 
 class RudpSocket:
-    """A UDP socket that carries many :class:`RudpConnection` s (PROTOCOL.md §10).
+    """A UDP socket that carries many :class:`RudpConnection` s (PROTOCOL.md §14).
 
-    Datagrams are demultiplexed by the connection id the sender put in them
-    (ours, chosen at random: a spoofer off the path cannot guess it) and must
-    come from the address that connection talks to.  A SYN for no connection
-    of ours is a new inbound connection: ``on_accept(connection)``
-    accepts it by calling :meth:`~RudpConnection.attach`; left unattached, the
-    SYN is ignored.  A SYN from an address we dial with ``simultaneous_open``
-    joins that dial instead.  Datagrams that are not
-    rUDP (hole-punch probes, strays) go to ``on_other``, or are dropped.
+    Theory of operation
+    -------------------
+    *Demultiplexing.*  Datagrams go to a connection by the id the sender put
+    in ``dst`` (ours, random); the stream then checks ``src`` (the peer's), so
+    an off-path spoofer must guess 64 bits.  Datagrams that are not rUDP
+    (hole-punch probes, strays) go to ``on_other``, or are dropped.
+
+    *Opening, statelessly.*  A SYN for no connection of ours gets a COOKIE
+    back (``crust.rudp.cookie``: as long as the SYN, nothing remembered);
+    only a SYN carrying a valid cookie for its source -- proof that the
+    source receives what we send it -- makes a connection and calls
+    ``on_accept(connection)``, which accepts it by calling
+    :meth:`~RudpConnection.attach` (left unattached, the SYN is ignored).  A
+    SYN from an address we dial with ``simultaneous_open`` joins that dial
+    instead (that state is ours, made by our dial), and a resent SYN reaches
+    the connection it already opened.
+
+    *Following the peer.*  A datagram for a connection from an address other
+    than its peer's is still given to the stream; if the stream takes it as
+    the peer's (both ids right, ack fresh: ``RudpStream.receive_datagram``),
+    the connection moves there -- a NAT rebinding no longer kills it.  Ids
+    are what authenticates the move: a blind spoofer cannot make it, one on
+    the path can (docs/security.md).
+
+    *TIME_WAIT.*  A closed connection is remembered for a while
+    (``crust.rudp.timewait``): its late SYNs open nothing, a resent FIN gets
+    the last ACK again, other datagrams of a connection that ended otherwise
+    get an RST, and its id is not reused.
 
     Reactor thread only, like :class:`UdpSocket`.
     """
@@ -460,7 +483,11 @@ class RudpSocket:
         # Inbound SYNs already answered: (remote, their id) -> connection, so a
         # retransmitted SYN reaches the same stream instead of opening another.
         self._accepted: dict[tuple[tuple[str, int], int], RudpConnection] = {}
-        self.dropped = 0  # datagrams for no connection, or from the wrong address
+        self._cookies = CookieJar(os.urandom(SECRET_SIZE))
+        self._time_wait = TimeWait()
+        self.dropped = 0  # datagrams for no connection (streams count their own)
+        self.cookies_sent = 0  # SYNs answered statelessly
+        self.migrations = 0  # connections moved to a new peer address
         self._udp = UdpSocket(reactor, host, port, self._on_datagram)
         self._udp.set_buffer_sizes(_RUDP_SOCKET_BUFFER)
 
@@ -523,21 +550,35 @@ class RudpSocket:
         return f"<RudpSocket {self.address} connections={len(self._by_id)}>"
 
     def _new(self, remote: tuple[str, int]) -> RudpConnection:
+        now = self.reactor.time()
         local_id = _random_id()
-        while local_id in self._by_id:
+        while local_id in self._by_id or self._time_wait.holds_id(local_id, now):
             local_id = _random_id()
-        stream = RudpStream(local_id, _random_id(), self.reactor.time(), **self._options)
+        stream = RudpStream(local_id, _random_id(), now, **self._options)
         conn = RudpConnection(self, stream, remote)
         self._by_id[local_id] = conn
         return conn
 
     def _forget(self, conn: RudpConnection) -> None:
-        self._by_id.pop(conn._stream.local_id, None)
+        stream = conn._stream
+        if self._by_id.pop(stream.local_id, None) is conn:
+            self._time_wait.add(stream.local_id, conn._remote, stream.remote_id, stream.final_ack(),
+                                self.reactor.time())
+        self._unindex(conn)
+
+    def _unindex(self, conn: RudpConnection) -> None:
         if self._dialling.get(conn._remote) is conn:
             del self._dialling[conn._remote]
         key = (conn._remote, conn._stream.remote_id)
         if self._accepted.get(key) is conn:
             del self._accepted[key]
+
+    def _migrate(self, conn: RudpConnection, addr: tuple[str, int]) -> None:
+        logger.info("rudp %s: peer of connection %08x moved from %s to %s", self.address, conn._stream.local_id,
+                    conn._remote, addr)
+        self._unindex(conn)  # a joined dial or answered SYN: its SYNs are over, nothing to route any more
+        conn._remote = addr
+        self.migrations += 1
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         ids = peek_ids(data)
@@ -549,13 +590,18 @@ class RudpSocket:
         now = self.reactor.time()
         conn = self._by_id.get(dst) if dst else None
         if conn is not None:
-            if conn._remote != addr:
-                self.dropped += 1  # right id, wrong sender: spoofed, or a NAT rebinding we don't follow
-                return
-            conn._receive(data, now)
+            if conn._remote == addr:
+                conn._receive(data, now)
+            elif conn._receive(data, now):
+                self._migrate(conn, addr)
             return
         if not is_syn or dst:
             self.dropped += 1
+            header = parse_header(data)
+            if header is not None and header[7] >= 0:
+                reply = self._time_wait.answer(addr, dst, src, header[0], header[4], now)
+                if reply is not None:
+                    self._udp.sendto(reply, addr)
             return
         conn = self._accepted.get((addr, src))
         dialled = self._dialling.get(addr)
@@ -565,6 +611,8 @@ class RudpSocket:
         if conn is None and dialled is not None and dialled._stream.remote_id in (0, src):
             conn = dialled
         if conn is None:
+            if not self._proven(data, addr, src, now):
+                return
             conn = self._new(addr)
             self._on_accept(conn)
             if not conn.attached or self.closed:
@@ -572,3 +620,16 @@ class RudpSocket:
                 return
             self._accepted[(addr, src)] = conn
         conn._receive(data, now)
+
+    def _proven(self, syn: bytes, addr: tuple[str, int], src: int, now: float) -> bool:
+        """True if this SYN carries a valid cookie; else answer it with one (or drop it) and keep nothing."""
+        header = parse_header(syn)
+        if header is None or header[7] < 0 or self._time_wait.holds_syn(addr, src, now):
+            self.dropped += 1  # malformed, or a late SYN of a connection that is over
+            return False
+        isn = header[3]
+        if self._cookies.check(syn[HEADER_SIZE:], addr, src, isn, now):
+            return True
+        self.cookies_sent += 1
+        self._udp.sendto(pack_cookie(src, isn, self._cookies.make(addr, src, isn, now)), addr)
+        return False

@@ -34,13 +34,14 @@ from crust.rudp import (
     RudpData,
     RudpEvent,
     RudpSent,
+    Heard,
     RudpStream,
     SYN_SIZE,
     CookieJar,
     TimeWait,
     peek_ids,
 )
-from crust.rudp.packet import COOKIE, pack_cookie
+from crust.rudp.packet import COOKIE, PATH, pack_cookie
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -221,7 +222,7 @@ def test_peek_ids_rejects_what_is_not_rudp() -> None:
     assert peek_ids(b"") is None
     assert peek_ids(b"\xc3CRDS" + bytes(40)) is None  # a LAN beacon
     assert peek_ids(bytes([MAGIC, SYN]) + bytes(20)) is None  # one byte short
-    assert peek_ids(bytes([MAGIC, 0x40]) + bytes(21)) is None  # unknown flag
+    assert peek_ids(bytes([MAGIC, 0x80]) + bytes(21)) is None  # unknown flag
     assert peek_ids(bytes([MAGIC, SYN | FIN]) + bytes(21)) is None  # impossible flag set
     ack = bytes([MAGIC, ACK]) + struct.pack(">IIIIIB", ID_B, ID_A, 5, 6, 7, 0)
     assert peek_ids(ack) == (ID_B, ID_A, False)
@@ -726,7 +727,7 @@ def test_garbage_is_counted_as_malformed() -> None:
         b"\xc5",
         good[:-1],  # short header
         bytes([0x45]) + good[1:],  # wrong magic
-        good[:1] + bytes([0x40]) + good[2:],  # unknown flag
+        good[:1] + bytes([0x80]) + good[2:],  # unknown flag
         good[:1] + bytes([SYN | FIN]) + good[2:],  # impossible flags
         good[:-1] + b"\x04",  # 4 SACK blocks
         good[:-1] + b"\x02" + bytes(8),  # SACK blocks run past the end
@@ -749,7 +750,8 @@ def test_arbitrary_bytes_never_raise(datagrams: list[bytes]) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, RST, RST | ACK]),
+@given(st.lists(st.tuples(st.sampled_from([SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, RST, RST | ACK, PATH,
+                                           PATH | ACK]),
                           st.integers(-3000, 70000), st.integers(-3000, 70000), st.integers(0, (1 << 32) - 1),
                           st.lists(st.tuples(st.integers(-100, 70000), st.integers(-100, 70000)), max_size=3),
                           st.binary(max_size=1200)), max_size=6))
@@ -762,7 +764,7 @@ def test_well_addressed_nonsense_never_raises(packets: list[tuple[int, int, int,
     pair.step()
     b = pair.b
     for flags, seq, ack, window, sacks, payload in packets:
-        if flags & (SYN | RST):
+        if flags & (SYN | RST | PATH):
             payload = b""
         blocks = b"".join(struct.pack(">II", (ISN_B + s) & 0xFFFFFFFF, (ISN_B + e) & 0xFFFFFFFF) for s, e in sacks)
         d = HEADER.pack(MAGIC, flags, ID_B, ID_A, (ISN_A + seq) & 0xFFFFFFFF, (ISN_B + ack) & 0xFFFFFFFF,
@@ -793,7 +795,7 @@ def _cookie_handshake(jar: CookieJar, now: float) -> tuple[RudpStream, RudpStrea
     assert not jar.check(syn[HEADER_SIZE:], ADDR, src, isn, now)  # a first SYN has no cookie
     reply = pack_cookie(src, isn, jar.make(ADDR, src, isn, now))
     assert len(reply) == len(syn) == SYN_SIZE  # no amplification: the answer is the SYN's size
-    assert a.receive_datagram(reply, now) is False
+    assert a.receive_datagram(reply, now) is Heard.NOTHING
     [syn2] = a.datagrams_to_send(now)  # at once, not after an RTO
     assert syn2[:HEADER_SIZE] == syn[:HEADER_SIZE] and syn2[HEADER_SIZE:] == reply[HEADER_SIZE:]
     assert jar.check(syn2[HEADER_SIZE:], ADDR, src, isn, now)
@@ -881,13 +883,13 @@ def test_receive_datagram_says_what_may_move_the_connection() -> None:
     pair.service(0)
     pair.run(lambda: a.pending_bytes == 0, max_steps=100)
     fresh = forge(ACK | PING, ID_B, ID_A, ISN_A + 3001, ISN_B + 1)
-    assert b.receive_datagram(fresh, pair.now) is True
-    assert b.receive_datagram(forge(ACK, ID_B, ID_A ^ 1, ISN_A + 3001, ISN_B + 1), pair.now) is False  # src
-    assert b.receive_datagram(forge(ACK, ID_B, ID_A, ISN_A + 3001, ISN_B + 9), pair.now) is False  # unsent
+    assert b.receive_datagram(fresh, pair.now) is Heard.PEER
+    assert b.receive_datagram(forge(ACK, ID_B, ID_A ^ 1, ISN_A + 3001, ISN_B + 1), pair.now) is Heard.NOTHING  # src
+    assert b.receive_datagram(forge(ACK, ID_B, ID_A, ISN_A + 3001, ISN_B + 9), pair.now) is Heard.NOTHING  # unsent
     b.write(b"x" * 10)
     pair.service(1)
     pair.run(lambda: b.pending_bytes == 0, max_steps=100)
-    assert b.receive_datagram(fresh, pair.now) is False  # its ack is behind what A acked since: stale
+    assert b.receive_datagram(fresh, pair.now) is Heard.NOTHING  # its ack is behind what A acked since: stale
     assert b.connected and not b.take_events()
 
 
@@ -931,3 +933,28 @@ def test_time_wait_resets_a_peer_that_missed_our_reset_with_the_exact_seq_it_nee
     assert tw.answer(ADDR, dst, src, RST, ack, pair.now) is None  # never answer a reset
     b.receive_datagram(rst, pair.now)
     assert b.closed and b.take_events()[-1] == RudpClosed("connection reset by peer")
+
+
+def test_a_path_challenge_is_answered_with_its_nonce_and_only_that_answer_proves_the_path() -> None:
+    pair = connected_pair()
+    a, b = pair.a, pair.b
+    nonce = bytes(range(12))
+    challenge = b.path_challenge(nonce)
+    assert len(challenge) == HEADER_SIZE and header(challenge)[1] == PATH
+    a.receive_datagram(challenge, pair.now)  # the peer answers with its next datagrams
+    [answer] = a.datagrams_to_send(pair.now)
+    assert header(answer)[1] == PATH | ACK and len(answer) == len(challenge)
+    wrong = answer[:10] + bytes(12) + answer[22:]
+    assert b.receive_datagram(wrong, pair.now) is Heard.NOTHING and b.dropped == 1
+    assert b.receive_datagram(answer, pair.now) is Heard.PATH
+    assert b.receive_datagram(answer, pair.now) is Heard.NOTHING  # used up: a replay proves nothing
+    a.receive_datagram(b.path_challenge(b"\x01" * 12), pair.now)
+    [older] = a.datagrams_to_send(pair.now)
+    b.path_challenge(b"\x02" * 12)  # a newer challenge replaces it (the candidate address changed)
+    assert b.receive_datagram(older, pair.now) is Heard.NOTHING
+    with pytest.raises(ValueError):
+        b.path_challenge(bytes(11))
+    with pytest.raises(ValueError):
+        RudpStream(1, 0, 0.0).path_challenge(nonce)
+    assert a.connected and b.connected
+    pair.transfer(2000, 2000)

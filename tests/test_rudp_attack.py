@@ -8,7 +8,8 @@
   established stream nor get the peer reported as misbehaving.
 * A NAT rebinding (the peer's address:port changes mid-stream) keeps every
   message flowing, in order; a datagram that does not name the connection
-  moves nothing.
+  moves nothing, and one replayed from an address that does not answer the
+  path challenge moves nothing either.
 
 A :class:`Relay` stands between the two Services where a test needs to be
 on the path: it forwards both ways, keeps what it forwarded, sends what the
@@ -33,7 +34,7 @@ import pytest
 
 import crust
 from crust.rudp import MAGIC, SYN_SIZE
-from crust.rudp.packet import ACK, COOKIE, FIN, PING, RST, SYN, parse_header
+from crust.rudp.packet import ACK, COOKIE, FIN, PATH, PING, RST, SYN, parse_header
 from crust.transport.udp import RudpSocket
 
 from .livenet import WAIT, Net, Recorder
@@ -331,8 +332,25 @@ def test_a_nat_rebinding_keeps_the_stream_and_loses_nothing(
     for _ in range(50):
         stranger.sendto(HEADER.pack(MAGIC, ACK | PING, int.from_bytes(os.urandom(4), "big") | 1, 7, 0, 0, 65535, 0),
                         server)
+    # One on the path replays B's datagrams (right ids, fresh) from a victim's address: the victim
+    # gets a small challenge it does not answer, and the connection stays where B is.
+    victim = net.track(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    victim.bind(("127.0.0.6", 0))
+    replays = relay.captured[-5:]
+    for d in replays:
+        victim.sendto(d, server)
     _exchange(a, ra, b, rb, 10, 5)
     assert _stat(a, "migrations") == 0
+    victim.settimeout(0.5)
+    challenges = [victim.recv(2048)]  # bounded: one answer per replay at most
+    victim.settimeout(0)
+    for _ in replays:
+        try:
+            challenges.append(victim.recv(2048))
+        except BlockingIOError:
+            break
+    assert all(parse_header(c)[0] == PATH for c in challenges)  # type: ignore[index]
+    assert max(map(len, challenges)) <= min(map(len, replays)) and len(challenges) <= len(replays)
     # Now the mapping changes while messages are on their way both ways.
     for i in range(15, 45):
         b.send(a.id, i.to_bytes(4, "big") + bytes(5000))
@@ -342,7 +360,7 @@ def test_a_nat_rebinding_keeps_the_stream_and_loses_nothing(
     started = time.monotonic()
     _exchange(a, ra, b, rb, 45, 15)  # waits for all 60 each way, in order: none lost
     took = time.monotonic() - started
-    assert _stat(a, "migrations") == 1
+    assert _stat(a, "migrations") == 1 and _stat(a, "path_challenges") >= 2  # the victim's, then B's
     assert a.peer_info(b.id) is not None and ra.lost == [] and rb.lost == []
     assert ra.misbehaviour == [] and rb.misbehaviour == []
     conn_remote = a._reactor.call(lambda: [c.remote_address for c in _rudp_socket(a)._by_id.values()], WAIT)

@@ -11,7 +11,7 @@ Wire format (big-endian; header 23 bytes, datagram at most ``MAX_DATAGRAM``)::
                  cookies; other first bytes belong to others on the socket:
                  0xC3 beacons and probes, ASCII for SSDP)
     1      1     flags: 0x01 SYN, 0x02 ACK, 0x04 FIN, 0x08 RST, 0x10 PING
-                 (answer with an ACK), 0x20 COOKIE; the others must be 0
+                 (answer with an ACK), 0x20 COOKIE, 0x40 PATH; the others must be 0
     2      4     dst: receiver's connection id (0 only in a SYN without ACK)
     6      4     src: sender's connection id (never 0, but in a COOKIE)
     10     4     seq: sequence number of the first payload byte (or of the
@@ -23,12 +23,15 @@ Wire format (big-endian; header 23 bytes, datagram at most ``MAX_DATAGRAM``)::
                  received above ack
     23+8n  rest  payload, 0..1200 bytes
 
-Valid flag sets: SYN, SYN|ACK, ACK (+FIN, +PING), RST (+ACK), COOKIE.  A SYN
+Valid flag sets: SYN, SYN|ACK, ACK (+FIN, +PING), RST (+ACK), COOKIE, PATH
+(+ACK).  A PATH datagram -- a challenge to a new address of the peer, or
+with ACK the peer's answer to one -- is a bare header whose seq, ack and
+window fields carry a 96-bit nonce (``pack_path``).  A SYN
 carries exactly ``COOKIE_SIZE`` bytes, the cookie the listener gave it (zeros
 before it has one); a COOKIE -- the listener's stateless answer to a SYN
 without a valid cookie, the same size as that SYN -- carries ``dst`` = the
-SYN's ``src``, ``src`` 0, ``ack`` = the SYN's ``seq`` and the cookie.  SYN-ACK
-and RST carry no payload.  Anything else -- short, wrong magic, unknown flags,
+SYN's ``src``, ``src`` 0, ``ack`` = the SYN's ``seq`` and the cookie.  SYN-ACK,
+RST and PATH carry no payload.  Anything else -- short, wrong magic, unknown flags,
 n > 3, SACK blocks past the end, payload over 1200 bytes, src 0 outside a
 COOKIE, a SYN or COOKIE of another size -- is malformed.
 
@@ -55,6 +58,8 @@ __all__ = [
     "RST",
     "PING",
     "COOKIE",
+    "PATH",
+    "NONCE_SIZE",
     "COOKIE_SIZE",
     "SYN_SIZE",
     "HEADER",
@@ -63,6 +68,8 @@ __all__ = [
     "peek_ids",
     "pack_syn",
     "pack_cookie",
+    "pack_path",
+    "path_nonce",
     "sack_offsets",
     "pack_sack_blocks",
     "unwrap",
@@ -81,8 +88,12 @@ MAX_DATAGRAM = HEADER_SIZE + MAX_SACK_BLOCKS * _SACK.size + MAX_PAYLOAD  # 1247 
 COOKIE_SIZE = 16  # bytes: a keyed BLAKE2s tag (cookie.py); forging one for a spoofed source takes 2**128 tries
 SYN_SIZE = HEADER_SIZE + COOKIE_SIZE  # 39 bytes: every SYN, and every COOKIE answering one
 
-SYN, ACK, FIN, RST, PING, COOKIE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-_VALID_FLAGS = frozenset({SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, ACK | FIN | PING, RST, RST | ACK, COOKIE})
+NONCE_SIZE = 12  # bytes of a PATH nonce, in the seq, ack and window fields
+
+SYN, ACK, FIN, RST, PING, COOKIE, PATH = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40
+_VALID_FLAGS = frozenset({SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, ACK | FIN | PING, RST, RST | ACK, COOKIE,
+                          PATH, PATH | ACK})
+_NONCE = struct.Struct(">III")
 _NO_COOKIE = bytes(COOKIE_SIZE)
 MASK = 0xFFFFFFFF  # the wire's 32 bits
 HALF = 1 << 31
@@ -100,7 +111,7 @@ def parse_header(datagram: bytes) -> Header | None:
     never sends (the first bytes of other protocols on the socket).  Rudp
     but malformed -- too many SACK blocks, blocks past the end, an oversized
     payload, ``src`` 0 outside a COOKIE, a SYN or COOKIE that is not
-    ``SYN_SIZE`` bytes, a SYN-ACK or RST with payload -- gives ``payload_at`` -1.
+    ``SYN_SIZE`` bytes, a SYN-ACK, RST or PATH with payload -- gives ``payload_at`` -1.
 
     Args:
         datagram: the bytes as received.
@@ -118,7 +129,7 @@ def parse_header(datagram: bytes) -> Header | None:
         if size != SYN_SIZE or nsack or (src == 0) != (flags == COOKIE):
             payload_at = -1
     elif (nsack > MAX_SACK_BLOCKS or payload_at > size or size - payload_at > MAX_PAYLOAD or src == 0
-            or (flags & (SYN | RST) and size > payload_at)):
+            or (flags & (SYN | RST | PATH) and size > payload_at)):
         payload_at = -1
     return flags, dst, src, seq, ack, window, nsack, payload_at
 
@@ -143,6 +154,16 @@ def pack_syn(src: int, seq: int, window: int, cookie: bytes | None) -> bytes:
 def pack_cookie(dst: int, syn_seq: int, cookie: bytes) -> bytes:
     """The COOKIE answering a SYN whose ``src`` was ``dst`` and ``seq`` ``syn_seq``: as long as that SYN."""
     return HEADER.pack(MAGIC, COOKIE, dst, 0, 0, syn_seq, 0, 0) + cookie
+
+
+def pack_path(flags: int, dst: int, src: int, nonce: bytes) -> bytes:
+    """A PATH challenge (``flags`` PATH) or answer (PATH | ACK) carrying the ``NONCE_SIZE``-byte ``nonce``."""
+    return HEADER.pack(MAGIC, flags, dst, src, *_NONCE.unpack(nonce), 0)
+
+
+def path_nonce(datagram: bytes) -> bytes:
+    """The nonce of a parsed PATH datagram."""
+    return datagram[10:10 + NONCE_SIZE]
 
 
 def sack_offsets(datagram: bytes, nsack: int, ref: int, base: int) -> list[tuple[int, int]]:

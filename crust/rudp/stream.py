@@ -30,8 +30,17 @@ sends its SYN again at once, carrying the cookie, and keeps carrying it.
 Each side picks a random nonzero 32-bit id; a datagram whose ``dst`` is not
 ours (only a first SYN may say 0) or whose ``src`` is not the peer's is
 dropped, so a blind spoofer must guess both: 64 bits, the connection's token.
-``receive_datagram`` tells the owner whether a datagram passed as the peer's
-and is not stale, which is what may move the connection to a new address.
+
+*Following the peer.*  The stream knows no addresses; its owner does.
+``receive_datagram`` tells it what a datagram was (:class:`Heard`): the
+peer's and fresh (both ids right, ack neither beyond what we sent nor
+behind what the peer acked before), or the answer to our latest path
+challenge.  An owner that sees the peer's datagrams arrive from a new
+address sends a challenge there (:meth:`path_challenge`: a PATH datagram
+with a 96-bit nonce from the owner's CSPRNG) and moves only once the answer
+comes back from it, as QUIC's path validation does: a peer answers a
+challenge (PATH | ACK, the same nonce, from wherever it now is) with its
+next datagrams.  An address that does not receive cannot be moved to.
 
 *Acknowledgements.*  Every datagram carries the cumulative ack, the window
 and up to ``MAX_SACK_BLOCKS`` SACK ranges (the newest arrival's first, then
@@ -73,13 +82,13 @@ import enum
 
 from .events import RudpClosed, RudpConnected, RudpData, RudpEvent, RudpSent
 from .keepalive import Keepalive
-from .packet import (ACK, COOKIE, FIN, HALF, HEADER, HEADER_SIZE, MAGIC, MASK, MAX_PAYLOAD, PING, RST, SYN, pack_syn,
-                     parse_header, sack_offsets, unwrap)
+from .packet import (ACK, COOKIE, FIN, HALF, HEADER, HEADER_SIZE, MAGIC, MASK, MAX_PAYLOAD, NONCE_SIZE, PATH, PING,
+                     RST, SYN, pack_path, pack_syn, parse_header, path_nonce, sack_offsets, unwrap)
 from .receive import ReceiveBuffer
 from .recovery import MAX_RTO_RETRIES, Recovery, Segment
 from .send import SendBuffer
 
-__all__ = ["RudpStream"]
+__all__ = ["RudpStream", "Heard"]
 
 _FIN_RETRIES = 3  # timeouts on a last FIN whose peer has closed too before calling the close orderly
 
@@ -92,6 +101,14 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+class Heard(enum.IntEnum):
+    """What :meth:`RudpStream.receive_datagram` made of a datagram, for an owner that tracks addresses."""
+
+    NOTHING = 0  # not the peer's as far as rUDP can tell, stale, or not about the path
+    PEER = 1  # the peer's, and fresh: where it came from may be the peer's new address
+    PATH = 2  # the peer's answer to our latest path challenge: its sender receives there
+
+
 class RudpStream:
     """One reliable-UDP connection as a sans-IO machine (see the module docstring)."""
 
@@ -102,6 +119,8 @@ class RudpStream:
         "_rec", "_tx", "_rx", "_live",
         # what the next datagrams must say, what the owner must hear
         "_ack_pending", "_ping_pending", "_rst_pending", "_events", "_malformed", "_dropped",
+        # path validation: our outstanding challenge's nonce, the peer's challenge to answer
+        "_path_nonce", "_path_answer",
     )
 
     def __init__(
@@ -164,6 +183,8 @@ class RudpStream:
         self._events: list[RudpEvent] = []
         self._malformed = 0
         self._dropped = 0
+        self._path_nonce: bytes | None = None
+        self._path_answer: bytes | None = None
 
     # -- properties ------------------------------------------------------------
 
@@ -364,53 +385,55 @@ class RudpStream:
 
     # -- receiving ---------------------------------------------------------------
 
-    def receive_datagram(self, datagram: bytes, now: float) -> bool:
+    def receive_datagram(self, datagram: bytes, now: float) -> Heard:
         """Take one datagram addressed to this stream (a SYN included).  Never raises.
 
         Returns:
-            True if, as far as rUDP can tell, it came from the peer and is not
-            stale: a connected stream's datagram with both ids right and an
-            ack neither beyond what we sent nor behind what the peer acked
-            before.  The owner may then follow the peer to the address it
-            came from (a NAT rebinding).  False for everything else.
+            ``Heard.PEER`` if, as far as rUDP can tell, it came from the peer
+            and is not stale: a connected stream's datagram with both ids
+            right and an ack neither beyond what we sent nor behind what the
+            peer acked before.  ``Heard.PATH`` for the peer's answer to our
+            latest :meth:`path_challenge`.  ``Heard.NOTHING`` otherwise.
         """
         if self._state is _State.CLOSED:
-            return False
+            return Heard.NOTHING
         header = parse_header(datagram)
         if header is None:
             self._malformed += 1
-            return False
+            return Heard.NOTHING
         flags, dst, src, seq, ack, window, nsack, payload_at = header
         if payload_at < 0:
             self._malformed += 1
-            return False
+            return Heard.NOTHING
         if (dst != self._local_id and not (dst == 0 and flags == SYN)) \
                 or (self._remote_id and src != self._remote_id):
             self._dropped += 1
-            return False
-        if flags & (RST | SYN | COOKIE):
+            return Heard.NOTHING
+        if flags & (RST | SYN | COOKIE | PATH):
+            if flags & PATH:
+                return self._on_path(flags, path_nonce(datagram), now)
             if flags & RST:
                 self._on_rst(flags, seq, ack)
             elif flags & SYN:
                 self._on_syn(flags, src, seq, ack, window, now)
             else:
                 self._on_cookie(datagram[HEADER_SIZE:], ack, now)
-            return False
+            return Heard.NOTHING
         state = self._state
         if state is _State.SYN_RCVD:
             if ack != (self._isn + 1) & MASK:
                 self._dropped += 1
-                return False
+                return Heard.NOTHING
             self._establish(now)
         elif state is not _State.ESTABLISHED:
             self._dropped += 1  # LISTEN and SYN_SENT only take SYNs
-            return False
+            return Heard.NOTHING
         tx = self._tx
         una = tx.snd_una
         ack_off = unwrap(ack, una, self._isn)
         if ack_off > tx.snd_nxt:
             self._dropped += 1  # acks data never sent: spoofed or broken
-            return False
+            return Heard.NOTHING
         self._live.last_heard = now
         if ack_off >= una:
             sacks = sack_offsets(datagram, nsack, una, self._isn) if nsack else []
@@ -421,7 +444,40 @@ class RudpStream:
         if flags & PING:
             self._ack_pending = True
         self._maybe_finish()
-        return ack_off >= una
+        return Heard.PEER if ack_off >= una else Heard.NOTHING
+
+    def path_challenge(self, nonce: bytes) -> bytes:
+        """A PATH challenge for the owner to send to a new address of the peer's; it replaces any earlier one.
+
+        The peer answers it with its next datagrams; that answer makes
+        :meth:`receive_datagram` return ``Heard.PATH``.
+
+        Args:
+            nonce: ``NONCE_SIZE`` (12) bytes from the owner's CSPRNG.
+
+        Raises:
+            ValueError: the nonce is not 12 bytes, or the stream is not connected.
+        """
+        if len(nonce) != NONCE_SIZE:
+            raise ValueError(f"a path nonce is {NONCE_SIZE} bytes, got {len(nonce)}")
+        if self._state is not _State.ESTABLISHED:
+            raise ValueError("only a connected stream can challenge a path")
+        self._path_nonce = bytes(nonce)
+        return pack_path(PATH, self._remote_id, self._local_id, nonce)
+
+    def _on_path(self, flags: int, nonce: bytes, now: float) -> Heard:
+        if self._state is not _State.ESTABLISHED:
+            self._dropped += 1
+            return Heard.NOTHING
+        if not flags & ACK:  # a challenge: answered from datagrams_to_send (one at a time, the newest)
+            self._path_answer = nonce
+            return Heard.NOTHING
+        if nonce != self._path_nonce:
+            self._dropped += 1  # answers no challenge of ours, or an older one
+            return Heard.NOTHING
+        self._path_nonce = None
+        self._live.last_heard = now
+        return Heard.PATH
 
     def _on_cookie(self, cookie: bytes, ack: int, now: float) -> None:
         if self._state is not _State.SYN_SENT or ack != self._isn:
@@ -600,3 +656,6 @@ class RudpStream:
             out.append(pack(MAGIC, flags, remote, local, (isn + self._tx.snd_nxt) & MASK, ack, window, nsack) + sack)
             self._ping_pending = False
         self._ack_pending = False
+        if self._path_answer is not None:
+            out.append(pack_path(PATH | ACK, remote, local, self._path_answer))
+            self._path_answer = None

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
-from .packet import ACK, FIN, HEADER, MAGIC, RST
+from .packet import ACK, FIN, HEADER, MAGIC, PATH, RST
 from .recovery import MAX_RTO
 
 __all__ = ["TIME_WAIT", "MAX_ENTRIES", "TimeWait"]
@@ -119,7 +119,8 @@ class TimeWait:
         """
         self._expire(now)
         entry = self._entries.get(dst)
-        if entry is None or entry.addr != addr or entry.remote_id != src or flags & RST or not flags & ACK:
+        if entry is None or entry.addr != addr or entry.remote_id != src or flags & (RST | PATH) \
+                or not flags & ACK:
             return None
         if entry.last_ack is not None:
             return entry.last_ack if flags & FIN else None

@@ -36,9 +36,9 @@ import socket
 from typing import Callable
 
 from ..errors import ListenerError
-from ..rudp import CookieJar, RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, TimeWait, peek_ids
+from ..rudp import CookieJar, Heard, RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, TimeWait, peek_ids
 from ..rudp.cookie import SECRET_SIZE
-from ..rudp.packet import HEADER_SIZE, pack_cookie, parse_header
+from ..rudp.packet import HEADER_SIZE, NONCE_SIZE, pack_cookie, parse_header
 from .reactor import Deadline, Reactor, TimerHandle
 from .sockets import bind_socket, host_port
 
@@ -203,7 +203,7 @@ class RudpConnection:
     __slots__ = (
         "_socket", "_stream", "_remote", "_on_connected", "_on_data", "_on_sent", "_on_closed",
         "_on_done", "_deadline", "_service_scheduled", "_service_cb", "_closing", "_closed",
-        "_linger",
+        "_linger", "_candidate", "_challenged_at",
     )
 
     def __init__(
@@ -226,6 +226,8 @@ class RudpConnection:
         self._closing = False
         self._closed = False
         self._linger: TimerHandle | None = None
+        self._candidate: tuple[str, int] | None = None  # a new address of the peer's, being challenged
+        self._challenged_at = 0.0
 
     def attach(
         self,
@@ -325,7 +327,7 @@ class RudpConnection:
 
     # -- driven by RudpSocket -----------------------------------------------------------
 
-    def _receive(self, datagram: bytes, now: float) -> bool:
+    def _receive(self, datagram: bytes, now: float) -> Heard:
         # Serviced once per reactor turn, not per datagram: the socket reads up to
         # 64 datagrams per event, which then cost one ack and one on_data.
         fresh = self._stream.receive_datagram(datagram, now)
@@ -434,11 +436,15 @@ class RudpSocket:
     the connection it already opened.
 
     *Following the peer.*  A datagram for a connection from an address other
-    than its peer's is still given to the stream; if the stream takes it as
-    the peer's (both ids right, ack fresh: ``RudpStream.receive_datagram``),
-    the connection moves there -- a NAT rebinding no longer kills it.  Ids
-    are what authenticates the move: a blind spoofer cannot make it, one on
-    the path can (docs/security.md).
+    than its peer's is still given to the stream.  If the stream takes it as
+    the peer's (both ids right, ack fresh: ``Heard.PEER``), that address is
+    the connection's *candidate*: it gets a PATH challenge (a fresh 96-bit
+    nonce; at most one per RTO, never larger than the datagram that caused
+    it), and only the matching answer *from the candidate* (``Heard.PATH``)
+    moves the connection there.  A NAT rebinding therefore costs a round
+    trip, not the stream; a blind spoofer cannot start a move (the ids), and
+    one on the path cannot move it to an address that does not answer -- a
+    victim it would reflect our traffic to (docs/security.md).
 
     *TIME_WAIT.*  A closed connection is remembered for a while
     (``crust.rudp.timewait``): its late SYNs open nothing, a resent FIN gets
@@ -487,6 +493,7 @@ class RudpSocket:
         self._time_wait = TimeWait()
         self.dropped = 0  # datagrams for no connection (streams count their own)
         self.cookies_sent = 0  # SYNs answered statelessly
+        self.path_challenges = 0  # PATH challenges sent to candidate addresses
         self.migrations = 0  # connections moved to a new peer address
         self._udp = UdpSocket(reactor, host, port, self._on_datagram)
         self._udp.set_buffer_sizes(_RUDP_SOCKET_BUFFER)
@@ -573,11 +580,22 @@ class RudpSocket:
         if self._accepted.get(key) is conn:
             del self._accepted[key]
 
+    def _from_elsewhere(self, conn: RudpConnection, data: bytes, addr: tuple[str, int], now: float) -> None:
+        """A datagram of ``conn`` from another address than its peer's: challenge it, or move there."""
+        heard = conn._receive(data, now)
+        if heard is Heard.PATH:
+            if addr == conn._candidate:
+                self._migrate(conn, addr)
+        elif heard is Heard.PEER and (addr != conn._candidate or now >= conn._challenged_at + conn._stream.rto):
+            conn._candidate, conn._challenged_at = addr, now
+            self.path_challenges += 1
+            self._udp.sendto(conn._stream.path_challenge(os.urandom(NONCE_SIZE)), addr)
+
     def _migrate(self, conn: RudpConnection, addr: tuple[str, int]) -> None:
         logger.info("rudp %s: peer of connection %08x moved from %s to %s", self.address, conn._stream.local_id,
                     conn._remote, addr)
         self._unindex(conn)  # a joined dial or answered SYN: its SYNs are over, nothing to route any more
-        conn._remote = addr
+        conn._remote, conn._candidate = addr, None
         self.migrations += 1
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -592,8 +610,8 @@ class RudpSocket:
         if conn is not None:
             if conn._remote == addr:
                 conn._receive(data, now)
-            elif conn._receive(data, now):
-                self._migrate(conn, addr)
+            else:
+                self._from_elsewhere(conn, data, addr, now)
             return
         if not is_syn or dst:
             self.dropped += 1

@@ -16,7 +16,8 @@ from .cookie import COOKIE_PERIOD, CookieJar
 from .events import RudpClosed, RudpConnected, RudpData, RudpEvent, RudpSent
 from .packet import COOKIE_SIZE, HEADER_SIZE, MAGIC, MAX_DATAGRAM, MAX_PAYLOAD, MAX_SACK_BLOCKS, SYN_SIZE, peek_ids
 from .recovery import INITIAL_RTO, MAX_RTO, MAX_RTO_RETRIES, MIN_RTO, RttEstimator
-from .stream import Heard, RudpStream
+from .path import Heard
+from .stream import RudpStream
 from .timewait import TIME_WAIT, TimeWait
 
 __all__ = [

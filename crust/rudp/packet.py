@@ -94,6 +94,7 @@ SYN, ACK, FIN, RST, PING, COOKIE, PATH = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x4
 _VALID_FLAGS = frozenset({SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, ACK | FIN | PING, RST, RST | ACK, COOKIE,
                           PATH, PATH | ACK})
 _NONCE = struct.Struct(">III")
+_IDS = struct.Struct(">BBII")  # magic, flags, dst, src: what the demultiplexer needs
 _NO_COOKIE = bytes(COOKIE_SIZE)
 MASK = 0xFFFFFFFF  # the wire's 32 bits
 HALF = 1 << 31
@@ -138,12 +139,16 @@ def peek_ids(datagram: bytes) -> tuple[int, int, bool] | None:
     """``(dst_id, src_id, is_syn_without_ack)`` if this looks like an rudp datagram, else None.
 
     The socket demultiplexer calls it on every datagram; a malformed rudp
-    datagram still gets its ids, so the stream it names counts it.
+    datagram still gets its ids, so the stream it names counts it.  It makes
+    the same "is it rudp" checks as :func:`parse_header` but unpacks only the
+    ids: the stream parses the whole header once, right after.
     """
-    header = parse_header(datagram)
-    if header is None:
+    if len(datagram) < HEADER_SIZE or datagram[0] != MAGIC:
         return None
-    return header[1], header[2], header[0] == SYN
+    _, flags, dst, src = _IDS.unpack_from(datagram)
+    if flags not in _VALID_FLAGS:
+        return None
+    return dst, src, flags == SYN
 
 
 def pack_syn(src: int, seq: int, window: int, cookie: bytes | None) -> bytes:

@@ -23,24 +23,16 @@ inside, offsets from the ISN (see ``packet.unwrap``).
 receives a plain SYN answers with a SYN-ACK, and a side is connected once its
 SYN is acked, so crossing SYNs (simultaneous open) give each side one
 ``RudpConnected`` and one pair of ISNs.  SYNs are resent with RTO backoff
-until ``connect_timeout``.  A listener answers a SYN without a valid cookie
-statelessly with a COOKIE (``cookie.py``; its socket does that, no stream
-exists yet): a stream in SYN_SENT that gets a COOKIE naming its id and ISN
-sends its SYN again at once, carrying the cookie, and keeps carrying it.
-Each side picks a random nonzero 32-bit id; a datagram whose ``dst`` is not
+until ``connect_timeout``.  A COOKIE naming our id and ISN (a listener's
+stateless answer, ``cookie.py``) makes SYN_SENT resend the SYN at once,
+carrying the cookie from then on.  Each side picks a random nonzero 32-bit id; a datagram whose ``dst`` is not
 ours (only a first SYN may say 0) or whose ``src`` is not the peer's is
 dropped, so a blind spoofer must guess both: 64 bits, the connection's token.
 
-*Following the peer.*  The stream knows no addresses; its owner does.
-``receive_datagram`` tells it what a datagram was (:class:`Heard`): the
-peer's and fresh (both ids right, ack neither beyond what we sent nor
-behind what the peer acked before), or the answer to our latest path
-challenge.  An owner that sees the peer's datagrams arrive from a new
-address sends a challenge there (:meth:`path_challenge`: a PATH datagram
-with a 96-bit nonce from the owner's CSPRNG) and moves only once the answer
-comes back from it, as QUIC's path validation does: a peer answers a
-challenge (PATH | ACK, the same nonce, from wherever it now is) with its
-next datagrams.  An address that does not receive cannot be moved to.
+*Following the peer* to a new address is its owner's job (the stream knows
+no addresses): ``receive_datagram`` says what a datagram was
+(:class:`~crust.rudp.path.Heard`), and :meth:`path_challenge` makes the
+challenge that proves the new address (``path.py``).
 
 *Acknowledgements.*  Every datagram carries the cumulative ack, the window
 and up to ``MAX_SACK_BLOCKS`` SACK ranges (the newest arrival's first, then
@@ -57,17 +49,16 @@ peer must answer.
 *Closing.*  ``close()`` queues a FIN after the data; the peer's FIN, once
 every byte before it is in, makes us queue ours (no half-close).  Our FIN
 acked, theirs in and nothing held back: ``RudpClosed(None)``, after which
-nothing but ``resume_reading`` is awaited.  The stream itself keeps no
-TIME_WAIT (its owner forgets it, and the socket's ``timewait.py`` answers a
-resent FIN with :meth:`final_ack`), so the last ACK is also sent twice, and a
-side whose peer's FIN is in and whose only unacked segment is its FIN calls
-the close orderly after ``_FIN_RETRIES`` timeouts with the peer silent.  ``abort()``
-sends an RST and closes with no event; a received RST gives
-``RudpClosed("connection reset by peer")`` (or "connection refused" in
-answer to our SYN) only if its seq is exactly where the peer's data ends: one
-inside the window but elsewhere gets a challenge ACK instead (RFC 5961
-§3.2), which the peer, if it really reset, answers with an exact RST from its
-TIME_WAIT (``timewait.py``); so a spoofer must hit one value, not a window.
+nothing but ``resume_reading`` is awaited.  TIME_WAIT is the socket's
+(``timewait.py``, which answers a resent FIN with :meth:`final_ack`); the
+last ACK is also sent twice, and a side whose peer's FIN is in and whose
+only unacked segment is its FIN calls the close orderly after
+``_FIN_RETRIES`` timeouts with the peer silent.  ``abort()`` sends an RST
+and closes with no event.  A received RST gives ``RudpClosed("connection
+reset by peer")`` (or "connection refused" in answer to our SYN) only at
+exactly the peer's next seq; elsewhere in the window it gets a challenge
+ACK (RFC 5961 §3.2), which a peer that really reset answers exactly from
+its TIME_WAIT.
 
 *Hostile input* that does not parse is counted in ``malformed``; well-formed
 datagrams failing a check (ids, acks for data never sent, data past the
@@ -82,13 +73,14 @@ import enum
 
 from .events import RudpClosed, RudpConnected, RudpData, RudpEvent, RudpSent
 from .keepalive import Keepalive
-from .packet import (ACK, COOKIE, FIN, HALF, HEADER, HEADER_SIZE, MAGIC, MASK, MAX_PAYLOAD, NONCE_SIZE, PATH, PING,
-                     RST, SYN, pack_path, pack_syn, parse_header, path_nonce, sack_offsets, unwrap)
+from .packet import (ACK, COOKIE, FIN, HALF, HEADER, HEADER_SIZE, MAGIC, MASK, MAX_PAYLOAD, PATH, PING, RST, SYN,
+                     pack_syn, parse_header, path_nonce, sack_offsets, unwrap)
+from .path import Heard, PathCheck
 from .receive import ReceiveBuffer
 from .recovery import MAX_RTO_RETRIES, Recovery, Segment
 from .send import SendBuffer
 
-__all__ = ["RudpStream", "Heard"]
+__all__ = ["RudpStream"]
 
 _FIN_RETRIES = 3  # timeouts on a last FIN whose peer has closed too before calling the close orderly
 
@@ -101,14 +93,6 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class Heard(enum.IntEnum):
-    """What :meth:`RudpStream.receive_datagram` made of a datagram, for an owner that tracks addresses."""
-
-    NOTHING = 0  # not the peer's as far as rUDP can tell, stale, or not about the path
-    PEER = 1  # the peer's, and fresh: where it came from may be the peer's new address
-    PATH = 2  # the peer's answer to our latest path challenge: its sender receives there
-
-
 class RudpStream:
     """One reliable-UDP connection as a sans-IO machine (see the module docstring)."""
 
@@ -119,8 +103,7 @@ class RudpStream:
         "_rec", "_tx", "_rx", "_live",
         # what the next datagrams must say, what the owner must hear
         "_ack_pending", "_ping_pending", "_rst_pending", "_events", "_malformed", "_dropped",
-        # path validation: our outstanding challenge's nonce, the peer's challenge to answer
-        "_path_nonce", "_path_answer",
+        "_path",  # path validation (path.py)
     )
 
     def __init__(
@@ -183,8 +166,7 @@ class RudpStream:
         self._events: list[RudpEvent] = []
         self._malformed = 0
         self._dropped = 0
-        self._path_nonce: bytes | None = None
-        self._path_answer: bytes | None = None
+        self._path = PathCheck()
 
     # -- properties ------------------------------------------------------------
 
@@ -458,26 +440,18 @@ class RudpStream:
         Raises:
             ValueError: the nonce is not 12 bytes, or the stream is not connected.
         """
-        if len(nonce) != NONCE_SIZE:
-            raise ValueError(f"a path nonce is {NONCE_SIZE} bytes, got {len(nonce)}")
         if self._state is not _State.ESTABLISHED:
             raise ValueError("only a connected stream can challenge a path")
-        self._path_nonce = bytes(nonce)
-        return pack_path(PATH, self._remote_id, self._local_id, nonce)
+        return self._path.challenge(nonce, self._remote_id, self._local_id)
 
     def _on_path(self, flags: int, nonce: bytes, now: float) -> Heard:
-        if self._state is not _State.ESTABLISHED:
+        heard = self._path.receive(flags, nonce) if self._state is _State.ESTABLISHED else None
+        if heard is None:
             self._dropped += 1
             return Heard.NOTHING
-        if not flags & ACK:  # a challenge: answered from datagrams_to_send (one at a time, the newest)
-            self._path_answer = nonce
-            return Heard.NOTHING
-        if nonce != self._path_nonce:
-            self._dropped += 1  # answers no challenge of ours, or an older one
-            return Heard.NOTHING
-        self._path_nonce = None
-        self._live.last_heard = now
-        return Heard.PATH
+        if heard is Heard.PATH:
+            self._live.last_heard = now
+        return heard
 
     def _on_cookie(self, cookie: bytes, ack: int, now: float) -> None:
         if self._state is not _State.SYN_SENT or ack != self._isn:
@@ -656,6 +630,6 @@ class RudpStream:
             out.append(pack(MAGIC, flags, remote, local, (isn + self._tx.snd_nxt) & MASK, ack, window, nsack) + sack)
             self._ping_pending = False
         self._ack_pending = False
-        if self._path_answer is not None:
-            out.append(pack_path(PATH | ACK, remote, local, self._path_answer))
-            self._path_answer = None
+        answer = self._path.take_answer(remote, local)
+        if answer is not None:
+            out.append(answer)

@@ -38,10 +38,11 @@ from crust.rudp import (
     RudpStream,
     SYN_SIZE,
     CookieJar,
+    Pmtu,
     TimeWait,
     peek_ids,
 )
-from crust.rudp.packet import COOKIE, PATH, pack_cookie
+from crust.rudp.packet import COOKIE, MAX_WIRE_DATAGRAM, PATH, PROBE, pack_cookie, pack_probe
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -78,8 +79,9 @@ class Link:
     """
 
     def __init__(self, rng: random.Random, *, delay: float = DELAY, loss: float = 0.0, dup: float = 0.0,
-                 reorder: float = 0.0) -> None:
+                 reorder: float = 0.0, max_len: float = MAX_DATAGRAM) -> None:
         self.rng = rng
+        self.max_len = max_len  # what the streams may send at most (more with path MTU discovery)
         self.delay = delay
         self.loss = loss
         self.dup = dup
@@ -92,7 +94,7 @@ class Link:
         self.lost = [0, 0]
 
     def transmit(self, direction: int, datagram: bytes, now: float) -> None:
-        assert len(datagram) <= MAX_DATAGRAM
+        assert len(datagram) <= self.max_len
         self.sent[direction] += 1
         if self.cut or (self.drop is not None and self.drop(direction, datagram)) or self.rng.random() < self.loss:
             self.lost[direction] += 1
@@ -222,7 +224,7 @@ def test_peek_ids_rejects_what_is_not_rudp() -> None:
     assert peek_ids(b"") is None
     assert peek_ids(b"\xc3CRDS" + bytes(40)) is None  # a LAN beacon
     assert peek_ids(bytes([MAGIC, SYN]) + bytes(20)) is None  # one byte short
-    assert peek_ids(bytes([MAGIC, 0x80]) + bytes(21)) is None  # unknown flag
+    assert peek_ids(bytes([MAGIC, 0x81]) + bytes(21)) is None  # no such flag set
     assert peek_ids(bytes([MAGIC, SYN | FIN]) + bytes(21)) is None  # impossible flag set
     ack = bytes([MAGIC, ACK]) + struct.pack(">IIIIIB", ID_B, ID_A, 5, 6, 7, 0)
     assert peek_ids(ack) == (ID_B, ID_A, False)
@@ -727,11 +729,11 @@ def test_garbage_is_counted_as_malformed() -> None:
         b"\xc5",
         good[:-1],  # short header
         bytes([0x45]) + good[1:],  # wrong magic
-        good[:1] + bytes([0x80]) + good[2:],  # unknown flag
+        good[:1] + bytes([0x81]) + good[2:],  # no such flag set
         good[:1] + bytes([SYN | FIN]) + good[2:],  # impossible flags
         good[:-1] + b"\x04",  # 4 SACK blocks
         good[:-1] + b"\x02" + bytes(8),  # SACK blocks run past the end
-        good + b"x" * (MAX_PAYLOAD + 1),  # payload too large
+        good + b"x" * (MAX_WIRE_DATAGRAM + 1 - len(good)),  # more than one UDP datagram holds
         forge(RST | ACK, ID_B, ID_A, ISN_A + 1, ISN_B + 1, b"x"),  # RST with payload
         forge(ACK, ID_B, 0, ISN_A + 1, ISN_B + 1),  # src id 0
     ]
@@ -958,3 +960,79 @@ def test_a_path_challenge_is_answered_with_its_nonce_and_only_that_answer_proves
         RudpStream(1, 0, 0.0).path_challenge(nonce)
     assert a.connected and b.connected
     pair.transfer(2000, 2000)
+
+
+# -- path MTU discovery ----------------------------------------------------------------------------
+
+def _mtu_pair(mtu: list[int], max_datagram: int = 16384) -> Pair:
+    """A pair allowed datagrams up to ``max_datagram`` over a link that drops any longer than ``mtu[0]``."""
+    pair = Pair(link={"max_len": max_datagram}, max_datagram=max_datagram)
+    pair.link.drop = lambda direction, datagram: len(datagram) > mtu[0]
+    pair.run(pair.connected, max_steps=1000)
+    return pair
+
+
+def _data_sizes(pair: Pair, out: list[int]) -> None:
+    """Record the size of every data datagram a sends (wrapping the link)."""
+    transmit = pair.link.transmit
+
+    def spy(direction: int, datagram: bytes, now: float) -> None:
+        if direction == 0 and datagram[1] & ACK and not datagram[1] & (PING | PROBE | PATH) and payload_len(datagram):
+            out.append(len(datagram))
+        transmit(direction, datagram, now)
+
+    pair.link.transmit = spy  # type: ignore[method-assign]
+
+
+def test_path_mtu_discovery_finds_the_largest_size_the_link_carries_and_uses_it() -> None:
+    pair = _mtu_pair([9000])
+    pair.run_for(5.0)  # the search: 1452 and 8952 answered, 16384 lost three times
+    sizes: list[int] = []
+    _data_sizes(pair, sizes)
+    pair.transfer(MB, 0)
+    assert pair.data[1] == pattern(MB, 1)  # byte-exact
+    # Nearly all at the big rung (8952 less the SACK room they did not need); a few are cut
+    # shorter by the peer's window edge.  1 MB took ~120 datagrams, not ~870.
+    assert 8952 - 24 <= max(sizes) <= 8952 and sizes.count(max(sizes)) >= 0.9 * len(sizes), sorted(set(sizes))
+    assert pair.a.retransmits == 0  # no data was ever sent at an untested size
+    assert pair.a.dropped == pair.b.dropped == pair.a.malformed == pair.b.malformed == 0  # probes are no noise
+    assert pair.a._pmtu.probes_sent <= 2 + 3 and pair.b._pmtu.probes_sent <= 2 + 3  # two answered, three lost
+
+
+def test_without_max_datagram_a_stream_never_probes_and_stays_at_the_base_size() -> None:
+    pair = connected_pair()  # the Link asserts every datagram is at most 1247 bytes
+    pair.run_for(30.0)
+    pair.transfer(100_000, 100_000)
+    assert pair.a._pmtu.probes_sent == pair.b._pmtu.probes_sent == 0
+
+
+def test_a_path_that_shrinks_falls_back_to_the_base_size_and_recuts_what_was_unacked() -> None:
+    mtu = [65535]
+    pair = _mtu_pair(mtu)
+    pair.run_for(5.0)
+    assert pair.a._pmtu.datagram == 16384
+    pair.a.write(pattern(300_000, 3))
+    pair.service(0)
+    mtu[0] = 1500  # a route change: the big datagrams in flight, and every one after, vanish
+    pair.run(lambda: len(pair.data[1]) >= 300_000, max_steps=50_000)
+    assert bytes(pair.data[1]) == pattern(300_000, 3)
+    assert pair.a._pmtu.datagram == MAX_DATAGRAM and pair.a.timeouts >= 2 and pair.a.connected
+
+
+def test_probe_answers_only_count_for_the_probe_in_flight() -> None:
+    pmtu = Pmtu(16384)
+    assert pmtu.probe(0.0, 1.0) is None  # not started: the stream is not connected yet
+    pmtu.start(0.0)
+    probe_id, size = pmtu.probe(0.0, 1.0) or (0, 0)
+    assert size == 1452 and pmtu.payload == MAX_PAYLOAD
+    assert not pmtu.on_answer(probe_id + 1, size, 0.1)  # another probe's id
+    assert not pmtu.on_answer(probe_id, 16384, 0.1)  # a size nobody probed
+    assert pmtu.on_answer(probe_id, size, 0.1) and pmtu.datagram == 1452 and pmtu.payload == 1452 - 23 - 24
+    assert not pmtu.on_answer(probe_id, size, 0.1)  # once
+    with pytest.raises(ValueError):
+        Pmtu(100)
+    a = RudpStream(ID_A, ISN_A, 0.0, max_datagram=16384)
+    s = connected_pair().b  # a connected stream answers a probe with its id and the size that arrived
+    s.receive_datagram(pack_probe(ID_B, ID_A, 77, 3000), 0.0)
+    [answer] = [d for d in s.datagrams_to_send(0.0) if d[1] & PROBE]
+    assert header(answer)[1:] == (PROBE | ACK, ID_A, ID_B, 77, 3000, 0, 0) and a.local_id == ID_A

@@ -17,6 +17,7 @@ from .events import RudpClosed, RudpConnected, RudpData, RudpEvent, RudpSent
 from .packet import COOKIE_SIZE, HEADER_SIZE, MAGIC, MAX_DATAGRAM, MAX_PAYLOAD, MAX_SACK_BLOCKS, SYN_SIZE, peek_ids
 from .recovery import INITIAL_RTO, MAX_RTO, MAX_RTO_RETRIES, MIN_RTO, RttEstimator
 from .path import Heard
+from .pmtu import Pmtu
 from .stream import RudpStream
 from .timewait import TIME_WAIT, TimeWait
 
@@ -41,6 +42,7 @@ __all__ = [
     "RttEstimator",
     "RudpStream",
     "Heard",
+    "Pmtu",
     "COOKIE_PERIOD",
     "CookieJar",
     "TIME_WAIT",

@@ -11,7 +11,7 @@ Wire format (big-endian; header 23 bytes, datagram at most ``MAX_DATAGRAM``)::
                  cookies; other first bytes belong to others on the socket:
                  0xC3 beacons and probes, ASCII for SSDP)
     1      1     flags: 0x01 SYN, 0x02 ACK, 0x04 FIN, 0x08 RST, 0x10 PING
-                 (answer with an ACK), 0x20 COOKIE, 0x40 PATH; the others must be 0
+                 (answer with an ACK), 0x20 COOKIE, 0x40 PATH, 0x80 PROBE
     2      4     dst: receiver's connection id (0 only in a SYN without ACK)
     6      4     src: sender's connection id (never 0, but in a COOKIE)
     10     4     seq: sequence number of the first payload byte (or of the
@@ -21,10 +21,13 @@ Wire format (big-endian; header 23 bytes, datagram at most ``MAX_DATAGRAM``)::
     22     1     n: number of SACK blocks, 0..3
     23     8*n   SACK blocks: u32 start, u32 end (end exclusive) of data
                  received above ack
-    23+8n  rest  payload, 0..1200 bytes
+    23+8n  rest  payload: 0..1200 bytes, more once the path is known to carry
+                 it (pmtu.py), up to what one UDP datagram holds
 
 Valid flag sets: SYN, SYN|ACK, ACK (+FIN, +PING), RST (+ACK), COOKIE, PATH
-(+ACK).  A PATH datagram -- a challenge to a new address of the peer, or
+(+ACK), PROBE (+ACK).  A PROBE (path MTU discovery) is padded to the size
+under test and carries its id in seq; PROBE | ACK answers it, with the id
+in seq and the size that arrived in ack, and no payload.  A PATH datagram -- a challenge to a new address of the peer, or
 with ACK the peer's answer to one -- is a bare header whose seq, ack and
 window fields carry a 96-bit nonce (``pack_path``).  A SYN
 carries exactly ``COOKIE_SIZE`` bytes, the cookie the listener gave it (zeros
@@ -32,7 +35,7 @@ before it has one); a COOKIE -- the listener's stateless answer to a SYN
 without a valid cookie, the same size as that SYN -- carries ``dst`` = the
 SYN's ``src``, ``src`` 0, ``ack`` = the SYN's ``seq`` and the cookie.  SYN-ACK,
 RST and PATH carry no payload.  Anything else -- short, wrong magic, unknown flags,
-n > 3, SACK blocks past the end, payload over 1200 bytes, src 0 outside a
+n > 3, SACK blocks past the end, a datagram over ``MAX_WIRE_DATAGRAM``, src 0 outside a
 COOKIE, a SYN or COOKIE of another size -- is malformed.
 
 *Sequence space.*  The wire carries 32 bits; inside, offsets from the ISN are
@@ -59,7 +62,9 @@ __all__ = [
     "PING",
     "COOKIE",
     "PATH",
+    "PROBE",
     "NONCE_SIZE",
+    "MAX_WIRE_DATAGRAM",
     "COOKIE_SIZE",
     "SYN_SIZE",
     "HEADER",
@@ -69,6 +74,8 @@ __all__ = [
     "pack_syn",
     "pack_cookie",
     "pack_path",
+    "pack_probe",
+    "pack_probe_answer",
     "path_nonce",
     "sack_offsets",
     "pack_sack_blocks",
@@ -83,16 +90,17 @@ MAX_SACK_BLOCKS = 3  # per datagram, as TCP fits with timestamps; the sender rem
 HEADER = struct.Struct(">BBIIIIIB")  # magic, flags, dst, src, seq, ack, window, SACK count
 _SACK = struct.Struct(">II")
 HEADER_SIZE = HEADER.size  # 23 bytes
-MAX_DATAGRAM = HEADER_SIZE + MAX_SACK_BLOCKS * _SACK.size + MAX_PAYLOAD  # 1247 bytes
+MAX_DATAGRAM = HEADER_SIZE + MAX_SACK_BLOCKS * _SACK.size + MAX_PAYLOAD  # 1247 bytes: what every path carries
+MAX_WIRE_DATAGRAM = 65507  # bytes: the most one UDP datagram over IPv4 holds (probing may reach it)
 
 COOKIE_SIZE = 16  # bytes: a keyed BLAKE2s tag (cookie.py); forging one for a spoofed source takes 2**128 tries
 SYN_SIZE = HEADER_SIZE + COOKIE_SIZE  # 39 bytes: every SYN, and every COOKIE answering one
 
 NONCE_SIZE = 12  # bytes of a PATH nonce, in the seq, ack and window fields
 
-SYN, ACK, FIN, RST, PING, COOKIE, PATH = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40
+SYN, ACK, FIN, RST, PING, COOKIE, PATH, PROBE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 _VALID_FLAGS = frozenset({SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, ACK | FIN | PING, RST, RST | ACK, COOKIE,
-                          PATH, PATH | ACK})
+                          PATH, PATH | ACK, PROBE, PROBE | ACK})
 _NONCE = struct.Struct(">III")
 _IDS = struct.Struct(">BBII")  # magic, flags, dst, src: what the demultiplexer needs
 _NO_COOKIE = bytes(COOKIE_SIZE)
@@ -129,8 +137,9 @@ def parse_header(datagram: bytes) -> Header | None:
     if flags == SYN or flags == COOKIE:
         if size != SYN_SIZE or nsack or (src == 0) != (flags == COOKIE):
             payload_at = -1
-    elif (nsack > MAX_SACK_BLOCKS or payload_at > size or size - payload_at > MAX_PAYLOAD or src == 0
-            or (flags & (SYN | RST | PATH) and size > payload_at)):
+    elif (nsack > MAX_SACK_BLOCKS or payload_at > size or size > MAX_WIRE_DATAGRAM or src == 0
+            or (flags & (SYN | RST | PATH) and size > payload_at) or (flags & PROBE and (nsack or flags & ACK
+                                                                                      and size > payload_at))):
         payload_at = -1
     return flags, dst, src, seq, ack, window, nsack, payload_at
 
@@ -164,6 +173,16 @@ def pack_cookie(dst: int, syn_seq: int, cookie: bytes) -> bytes:
 def pack_path(flags: int, dst: int, src: int, nonce: bytes) -> bytes:
     """A PATH challenge (``flags`` PATH) or answer (PATH | ACK) carrying the ``NONCE_SIZE``-byte ``nonce``."""
     return HEADER.pack(MAGIC, flags, dst, src, *_NONCE.unpack(nonce), 0)
+
+
+def pack_probe(dst: int, src: int, probe_id: int, size: int) -> bytes:
+    """A PROBE of exactly ``size`` bytes: the header (``seq`` = ``probe_id``), then zero padding."""
+    return HEADER.pack(MAGIC, PROBE, dst, src, probe_id, 0, 0, 0) + bytes(size - HEADER_SIZE)
+
+
+def pack_probe_answer(dst: int, src: int, probe_id: int, size: int) -> bytes:
+    """The PROBE | ACK answering probe ``probe_id``, which arrived ``size`` bytes long."""
+    return HEADER.pack(MAGIC, PROBE | ACK, dst, src, probe_id, size, 0, 0)
 
 
 def path_nonce(datagram: bytes) -> bytes:

@@ -29,6 +29,12 @@ carrying the cookie from then on.  Each side picks a random nonzero 32-bit id; a
 ours (only a first SYN may say 0) or whose ``src`` is not the peer's is
 dropped, so a blind spoofer must guess both: 64 bits, the connection's token.
 
+*Datagram size.*  Data datagrams start at 1247 bytes and grow as path MTU
+discovery (``pmtu.py``, opt-in through ``max_datagram``) confirms larger
+ones: PROBEs ride the stream's timer, their answers set the segment size of
+new data, and two RTOs in a row fall back to the base and re-cut what is
+unacknowledged.
+
 *Following the peer* to a new address is its owner's job (the stream knows
 no addresses): ``receive_datagram`` says what a datagram was
 (:class:`~crust.rudp.path.Heard`), and :meth:`path_challenge` makes the
@@ -73,9 +79,10 @@ import enum
 
 from .events import RudpClosed, RudpConnected, RudpData, RudpEvent, RudpSent
 from .keepalive import Keepalive
-from .packet import (ACK, COOKIE, FIN, HALF, HEADER, HEADER_SIZE, MAGIC, MASK, MAX_PAYLOAD, PATH, PING, RST, SYN,
-                     pack_syn, parse_header, path_nonce, sack_offsets, unwrap)
+from .packet import (ACK, COOKIE, FIN, HALF, HEADER, HEADER_SIZE, MAGIC, MASK, MAX_DATAGRAM, MAX_PAYLOAD, PATH, PING,
+                     PROBE, RST, SYN, pack_syn, parse_header, path_nonce, sack_offsets, unwrap)
 from .path import Heard, PathCheck
+from .pmtu import Pmtu
 from .receive import ReceiveBuffer
 from .recovery import MAX_RTO_RETRIES, Recovery, Segment
 from .send import SendBuffer
@@ -104,6 +111,7 @@ class RudpStream:
         # what the next datagrams must say, what the owner must hear
         "_ack_pending", "_ping_pending", "_rst_pending", "_events", "_malformed", "_dropped",
         "_path",  # path validation (path.py)
+        "_pmtu",  # path MTU discovery (pmtu.py)
     )
 
     def __init__(
@@ -116,6 +124,7 @@ class RudpStream:
         idle_timeout: float = 60.0,
         connect_timeout: float = 10.0,
         receive_window: float = 256 * 1024,
+        max_datagram: float = MAX_DATAGRAM,
     ) -> None:
         """Create a stream in the listening state: call :meth:`connect`, or feed it a SYN.
 
@@ -132,9 +141,11 @@ class RudpStream:
                 receive buffers (held while paused, plus out of order).  Typed
                 float so an owner's ``dict[str, float]`` of options fits; the
                 value is truncated to an int.
+            max_datagram: the largest datagram (bytes, the header included) path
+                MTU discovery may try; the default, 1247, never probes.
 
         Raises:
-            ValueError: an id, ISN, duration or window is out of range.
+            ValueError: an id, ISN, duration, window or datagram size is out of range.
         """
         window = int(receive_window)
         if not 0 < local_id <= MASK:
@@ -167,6 +178,7 @@ class RudpStream:
         self._malformed = 0
         self._dropped = 0
         self._path = PathCheck()
+        self._pmtu = Pmtu(int(max_datagram))
 
     # -- properties ------------------------------------------------------------
 
@@ -312,6 +324,9 @@ class RudpStream:
             persist_deadline = self._tx.persist_deadline
             if persist_deadline is not None:
                 when = min(when, persist_deadline)
+            probe_deadline = self._pmtu.deadline()
+            if probe_deadline is not None:
+                when = min(when, probe_deadline)
             return when
         if state is _State.SYN_SENT or state is _State.SYN_RCVD:
             if rto_deadline is not None:
@@ -348,6 +363,7 @@ class RudpStream:
             self._tx.on_persist_timer(now)
         if now >= self._live.ping_deadline():
             self._ping_pending = True
+        self._pmtu.on_timer(now, rec.rtt.rto)
 
     def _on_rto(self, now: float) -> None:
         rec, tx = self._rec, self._tx
@@ -364,6 +380,9 @@ class RudpStream:
             self._finish("timed out")
             return
         rec.on_timeout(now, tx.snd_una, tx.snd_nxt)
+        if rec.consecutive_rtos >= 2 and self._pmtu.black_hole(now):  # the path may have shrunk
+            tx.mss = self._pmtu.payload
+            rec.resegment(tx.mss)
 
     # -- receiving ---------------------------------------------------------------
 
@@ -391,10 +410,12 @@ class RudpStream:
                 or (self._remote_id and src != self._remote_id):
             self._dropped += 1
             return Heard.NOTHING
-        if flags & (RST | SYN | COOKIE | PATH):
+        if flags & (RST | SYN | COOKIE | PATH | PROBE):
             if flags & PATH:
                 return self._on_path(flags, path_nonce(datagram), now)
-            if flags & RST:
+            if flags & PROBE:
+                self._on_probe(flags, seq, ack, len(datagram), now)
+            elif flags & RST:
                 self._on_rst(flags, seq, ack)
             elif flags & SYN:
                 self._on_syn(flags, src, seq, ack, window, now)
@@ -452,6 +473,12 @@ class RudpStream:
         if heard is Heard.PATH:
             self._live.last_heard = now
         return heard
+
+    def _on_probe(self, flags: int, probe_id: int, size: int, arrived: int, now: float) -> None:
+        if self._state is not _State.ESTABLISHED:
+            self._dropped += 1
+        elif self._pmtu.receive(flags, probe_id, size, arrived, now):
+            self._tx.mss = self._rec.mss = self._pmtu.payload
 
     def _on_cookie(self, cookie: bytes, ack: int, now: float) -> None:
         if self._state is not _State.SYN_SENT or ack != self._isn:
@@ -511,6 +538,7 @@ class RudpStream:
         self._rec.on_established(now, self._syn_sent_at, self._syn_xmits)
         self._syn_pending = False
         self._live.last_heard = now
+        self._pmtu.start(now)
         self._events.append(RudpConnected())
 
     def _on_rst(self, flags: int, seq: int, ack: int) -> None:
@@ -633,3 +661,4 @@ class RudpStream:
         answer = self._path.take_answer(remote, local)
         if answer is not None:
             out.append(answer)
+        self._pmtu.take_datagrams(remote, local, out)

@@ -7,7 +7,7 @@ so nothing takes a lock.
 Theory of operation
 -------------------
 *Reading.*  On ``EVENT_READ`` the socket reads up to ``_MAX_READS_PER_EVENT``
-datagrams of at most ``_RECV_SIZE`` bytes (longer ones arrive truncated) and
+datagrams of at most ``recv_size`` bytes (longer ones arrive truncated) and
 hands each to ``on_datagram(data, (host, port))``; the selector is
 level-triggered, so what is left waits for the next turn and one chatty
 sender cannot starve the other sockets.
@@ -32,6 +32,7 @@ import errno
 import logging
 import selectors
 import socket
+import sys
 from typing import Callable
 
 from ..errors import ListenerError
@@ -42,7 +43,10 @@ __all__ = ["UdpSocket"]
 
 logger = logging.getLogger("crust.transport")
 
-_RECV_SIZE = 2048  # bytes per recvfrom(): crust datagrams stay under 1200
+_RECV_SIZE = 2048  # bytes per recvfrom() by default: crust's datagrams stay under 1250 until rUDP probes more
+# Linux's "don't fragment, and ignore the cached path MTU" (IP_MTU_DISCOVER = IP_PMTUDISC_PROBE, and
+# the IPv6 twin): a datagram too large for the path is lost, which is what path MTU probing listens for.
+_PMTUDISC = {socket.AF_INET: (socket.IPPROTO_IP, 10, 3), socket.AF_INET6: (socket.IPPROTO_IPV6, 23, 3)}
 _MAX_READS_PER_EVENT = 64  # datagrams per readiness event, for fairness
 _EVENT_READ = selectors.EVENT_READ
 # ICMP errors that some systems (Windows; Linux on connected sockets) report on a
@@ -65,6 +69,7 @@ class UdpSocket:
         *,
         reuse_port: bool = False,
         broadcast: bool = False,
+        recv_size: int = _RECV_SIZE,
     ) -> None:
         """Bind and start reading.
 
@@ -76,6 +81,7 @@ class UdpSocket:
             reuse_port: let other sockets with this flag bind the same port
                 (``SO_REUSEADDR`` + ``SO_REUSEPORT``).
             broadcast: allow sending to broadcast addresses (``SO_BROADCAST``).
+            recv_size: the longest datagram read whole (longer ones are cut).
 
         Raises:
             ListenerError: the address is not an IP literal, or bind failed (port
@@ -83,6 +89,7 @@ class UdpSocket:
         """
         self._reactor = reactor
         self._on_datagram = on_datagram
+        self._recv_size = recv_size
         self._closed = False
         sock = bind_socket("udp", host, port, reuse_port=reuse_port)
         try:
@@ -124,6 +131,23 @@ class UdpSocket:
             return False
         return True
 
+    def set_dont_fragment(self) -> bool:
+        """Send every datagram with "don't fragment", ignoring the kernel's path MTU cache (Linux only).
+
+        Returns:
+            True if the option is set; False where the system does not have it
+            (datagrams may then be fragmented on the way).
+        """
+        if sys.platform != "linux":
+            return False
+        level, option, value = _PMTUDISC[self._sock.family]
+        try:
+            self._sock.setsockopt(level, option, value)
+        except OSError as err:
+            logger.debug("udp %s: cannot set don't-fragment: %s", self._address, err)
+            return False
+        return True
+
     def set_buffer_sizes(self, nbytes: int) -> None:
         """Ask for ``nbytes`` of kernel send and receive buffer (the kernel may cap it)."""
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -145,12 +169,12 @@ class UdpSocket:
         return f"<UdpSocket {self._address}{' closed' if self._closed else ''}>"
 
     def _on_readable(self, mask: int) -> None:
-        recvfrom = self._sock.recvfrom
+        recvfrom, recv_size = self._sock.recvfrom, self._recv_size
         for _ in range(_MAX_READS_PER_EVENT):
             if self._closed:  # on_datagram may have closed us
                 return
             try:
-                data, addr = recvfrom(_RECV_SIZE)
+                data, addr = recvfrom(recv_size)
             except BlockingIOError:
                 return
             except OSError as err:

@@ -27,6 +27,9 @@ __all__ = ["UdpSocket", "RudpSocket", "RudpConnection", "CLOSE_LINGER"]
 logger = logging.getLogger("crust.transport")
 
 _RUDP_SOCKET_BUFFER = 4 * 1024 * 1024  # bytes: bursts of a full congestion window must not overflow the kernel
+# The largest datagram path MTU discovery may try (crust.rudp.pmtu): loopback and jumbo-frame
+# LANs carry it, an Ethernet path settles at 1452.  Larger ones cost more per loss than they save.
+MAX_DATAGRAM = 16384  # bytes
 # An orderly rUDP close waits for the peer to acknowledge everything, FIN included;
 # a peer that vanished never will, so after this the close becomes a reset (as a
 # TCP close never waits on the peer, Service.close() must not wait long either).
@@ -334,7 +337,8 @@ class RudpSocket:
                 accepts by calling :meth:`~RudpConnection.attach`.
             on_other: gets datagrams that are not rUDP.
             stream_options: keyword arguments for each :class:`RudpStream`
-                (``connect_timeout``, ``idle_timeout``, ``keepalive_interval``...).
+                (``connect_timeout``, ``idle_timeout``, ``keepalive_interval``...);
+                ``max_datagram`` defaults to ``MAX_DATAGRAM`` (path MTU discovery).
 
         Raises:
             ListenerError: the address is not an IP literal or cannot be bound.
@@ -342,7 +346,7 @@ class RudpSocket:
         self.reactor = reactor
         self._on_accept = on_accept
         self._on_other = on_other
-        self._options = dict(stream_options or {})
+        self._options: dict[str, float] = {"max_datagram": MAX_DATAGRAM, **(stream_options or {})}
         self._by_id: dict[int, RudpConnection] = {}
         # Dials open to a simultaneous open, for a crossing SYN: remote -> connection.
         self._dialling: dict[tuple[str, int], RudpConnection] = {}
@@ -355,8 +359,10 @@ class RudpSocket:
         self.cookies_sent = 0  # SYNs answered statelessly
         self.path_challenges = 0  # PATH challenges sent to candidate addresses
         self.migrations = 0  # connections moved to a new peer address
-        self._udp = UdpSocket(reactor, host, port, self._on_datagram)
+        self._udp = UdpSocket(reactor, host, port, self._on_datagram,
+                              recv_size=int(self._options["max_datagram"]) + 1)  # +1: a longer one shows as such
         self._udp.set_buffer_sizes(_RUDP_SOCKET_BUFFER)
+        self._udp.set_dont_fragment()  # a probe too large for the path must be lost, not fragmented
 
     @property
     def address(self) -> tuple[str, int]:

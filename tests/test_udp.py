@@ -430,7 +430,8 @@ class HandPeer:
 
 def test_rudp_time_wait_ignores_a_late_syn_and_answers_a_late_fin_of_a_closed_connection(
         reactor: Reactor, rudp: Callable[..., tuple[RudpSocket, list[Stream]]]) -> None:
-    server, accepted = rudp()
+    # No path MTU probes: every datagram the hand-driven peer reads must be an answer to its own.
+    server, accepted = rudp(max_datagram=rudp_module.MAX_DATAGRAM)
     peer = HandPeer(server.address, 0x51515151)
     try:
         peer.stream.connect(time.monotonic())

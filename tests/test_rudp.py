@@ -20,6 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crust.rudp import (
+    COOKIE_PERIOD,
+    COOKIE_SIZE,
     HEADER_SIZE,
     MAGIC,
     MAX_DATAGRAM,
@@ -32,9 +34,15 @@ from crust.rudp import (
     RudpData,
     RudpEvent,
     RudpSent,
+    Heard,
     RudpStream,
+    SYN_SIZE,
+    CookieJar,
+    Pmtu,
+    TimeWait,
     peek_ids,
 )
+from crust.rudp.packet import COOKIE, MAX_WIRE_DATAGRAM, PATH, PROBE, pack_cookie, pack_probe
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -71,8 +79,9 @@ class Link:
     """
 
     def __init__(self, rng: random.Random, *, delay: float = DELAY, loss: float = 0.0, dup: float = 0.0,
-                 reorder: float = 0.0) -> None:
+                 reorder: float = 0.0, max_len: float = MAX_DATAGRAM) -> None:
         self.rng = rng
+        self.max_len = max_len  # what the streams may send at most (more with path MTU discovery)
         self.delay = delay
         self.loss = loss
         self.dup = dup
@@ -85,7 +94,7 @@ class Link:
         self.lost = [0, 0]
 
     def transmit(self, direction: int, datagram: bytes, now: float) -> None:
-        assert len(datagram) <= MAX_DATAGRAM
+        assert len(datagram) <= self.max_len
         self.sent[direction] += 1
         if self.cut or (self.drop is not None and self.drop(direction, datagram)) or self.rng.random() < self.loss:
             self.lost[direction] += 1
@@ -204,8 +213,9 @@ def test_syn_layout_and_peek_ids() -> None:
     s = RudpStream(ID_A, 0x01020304, 0.0, receive_window=65536)
     s.connect(0.0)
     [syn] = s.datagrams_to_send(0.0)
-    assert syn == bytes([MAGIC, SYN]) + struct.pack(">IIIIIB", 0, ID_A, 0x01020304, 0, 65536, 0)
-    assert len(syn) == HEADER_SIZE == 23
+    # A first SYN carries a zeroed cookie field: the listener's COOKIE answer is then no larger.
+    assert syn == bytes([MAGIC, SYN]) + struct.pack(">IIIIIB", 0, ID_A, 0x01020304, 0, 65536, 0) + bytes(16)
+    assert HEADER_SIZE == 23 and len(syn) == SYN_SIZE == HEADER_SIZE + COOKIE_SIZE == 39
     assert peek_ids(syn) == (0, ID_A, True)
     assert MAX_DATAGRAM == 23 + 3 * 8 + MAX_PAYLOAD <= 1250
 
@@ -214,7 +224,7 @@ def test_peek_ids_rejects_what_is_not_rudp() -> None:
     assert peek_ids(b"") is None
     assert peek_ids(b"\xc3CRDS" + bytes(40)) is None  # a LAN beacon
     assert peek_ids(bytes([MAGIC, SYN]) + bytes(20)) is None  # one byte short
-    assert peek_ids(bytes([MAGIC, 0x40]) + bytes(21)) is None  # unknown flag
+    assert peek_ids(bytes([MAGIC, 0x81]) + bytes(21)) is None  # no such flag set
     assert peek_ids(bytes([MAGIC, SYN | FIN]) + bytes(21)) is None  # impossible flag set
     ack = bytes([MAGIC, ACK]) + struct.pack(">IIIIIB", ID_B, ID_A, 5, 6, 7, 0)
     assert peek_ids(ack) == (ID_B, ID_A, False)
@@ -695,7 +705,7 @@ def test_spoofed_and_out_of_window_datagrams_are_dropped_without_growing_state()
         forge(ACK, ID_B, ID_A, rcv_nxt + (1 << 30), snd_nxt, b"x" * 100),  # far ahead
         forge(ACK, ID_B, ID_A, rcv_nxt, snd_nxt + 5000, b"x" * 100),  # acks data never sent
         forge(RST | ACK, ID_B, ID_A, rcv_nxt + 1_000_000, snd_nxt),  # blind reset, wrong seq
-        forge(SYN, 0, 0x99999999, 1234, 0),  # another connection's SYN
+        forge(SYN, 0, 0x99999999, 1234, 0, bytes(COOKIE_SIZE)),  # another connection's SYN
     ]
     for d in spoofed:
         b.receive_datagram(d, pair.now)
@@ -719,11 +729,11 @@ def test_garbage_is_counted_as_malformed() -> None:
         b"\xc5",
         good[:-1],  # short header
         bytes([0x45]) + good[1:],  # wrong magic
-        good[:1] + bytes([0x40]) + good[2:],  # unknown flag
+        good[:1] + bytes([0x81]) + good[2:],  # no such flag set
         good[:1] + bytes([SYN | FIN]) + good[2:],  # impossible flags
         good[:-1] + b"\x04",  # 4 SACK blocks
         good[:-1] + b"\x02" + bytes(8),  # SACK blocks run past the end
-        good + b"x" * (MAX_PAYLOAD + 1),  # payload too large
+        good + b"x" * (MAX_WIRE_DATAGRAM + 1 - len(good)),  # more than one UDP datagram holds
         forge(RST | ACK, ID_B, ID_A, ISN_A + 1, ISN_B + 1, b"x"),  # RST with payload
         forge(ACK, ID_B, 0, ISN_A + 1, ISN_B + 1),  # src id 0
     ]
@@ -742,7 +752,8 @@ def test_arbitrary_bytes_never_raise(datagrams: list[bytes]) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, RST, RST | ACK]),
+@given(st.lists(st.tuples(st.sampled_from([SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, RST, RST | ACK, PATH,
+                                           PATH | ACK]),
                           st.integers(-3000, 70000), st.integers(-3000, 70000), st.integers(0, (1 << 32) - 1),
                           st.lists(st.tuples(st.integers(-100, 70000), st.integers(-100, 70000)), max_size=3),
                           st.binary(max_size=1200)), max_size=6))
@@ -755,7 +766,7 @@ def test_well_addressed_nonsense_never_raises(packets: list[tuple[int, int, int,
     pair.step()
     b = pair.b
     for flags, seq, ack, window, sacks, payload in packets:
-        if flags & (SYN | RST):
+        if flags & (SYN | RST | PATH):
             payload = b""
         blocks = b"".join(struct.pack(">II", (ISN_B + s) & 0xFFFFFFFF, (ISN_B + e) & 0xFFFFFFFF) for s, e in sacks)
         d = HEADER.pack(MAGIC, flags, ID_B, ID_A, (ISN_A + seq) & 0xFFFFFFFF, (ISN_B + ack) & 0xFFFFFFFF,
@@ -767,3 +778,261 @@ def test_well_addressed_nonsense_never_raises(packets: list[tuple[int, int, int,
         pair.now += 0.01
         if b.get_timer() is not None and b.get_timer() <= pair.now:  # type: ignore[operator]
             b.handle_timer(pair.now)
+
+
+# -- under attack and change: cookies, the ids as a token, exact resets, TIME_WAIT -----------------
+
+ADDR = ("192.0.2.7", 40000)
+
+
+def _cookie_handshake(jar: CookieJar, now: float) -> tuple[RudpStream, RudpStream, list[bytes]]:
+    """A dials; a listener that only has ``jar`` answers statelessly, then makes B from the proven SYN.
+
+    Returns the two streams and every datagram the listener side sent, in order.
+    """
+    a = RudpStream(ID_A, ISN_A, now)
+    a.connect(now)
+    [syn] = a.datagrams_to_send(now)
+    _, _, src, isn, *_ = header(syn)[1:]
+    assert not jar.check(syn[HEADER_SIZE:], ADDR, src, isn, now)  # a first SYN has no cookie
+    reply = pack_cookie(src, isn, jar.make(ADDR, src, isn, now))
+    assert len(reply) == len(syn) == SYN_SIZE  # no amplification: the answer is the SYN's size
+    assert a.receive_datagram(reply, now) is Heard.NOTHING
+    [syn2] = a.datagrams_to_send(now)  # at once, not after an RTO
+    assert syn2[:HEADER_SIZE] == syn[:HEADER_SIZE] and syn2[HEADER_SIZE:] == reply[HEADER_SIZE:]
+    assert jar.check(syn2[HEADER_SIZE:], ADDR, src, isn, now)
+    b = RudpStream(ID_B, ISN_B, now)  # only now does the listener keep anything
+    b.receive_datagram(syn2, now)
+    sent = [reply, *b.datagrams_to_send(now)]
+    for d in sent[1:]:
+        a.receive_datagram(d, now)
+    for d in a.datagrams_to_send(now):
+        b.receive_datagram(d, now)
+    return a, b, sent
+
+
+def test_a_listener_answers_a_syn_statelessly_with_a_cookie_no_larger_than_the_syn() -> None:
+    jar = CookieJar(bytes(range(32)))
+    a, b, sent = _cookie_handshake(jar, 100.0)
+    assert a.connected and b.connected
+    assert [header(d)[1] for d in sent] == [COOKIE, SYN | ACK]
+    assert max(map(len, sent)) <= SYN_SIZE
+
+
+def test_a_cookie_is_bound_to_its_source_id_isn_and_secret_and_lives_two_periods() -> None:
+    jar = CookieJar(bytes(32))
+    now = 1000.0 * COOKIE_PERIOD  # the start of a bucket
+    cookie = jar.make(ADDR, ID_A, ISN_A, now)
+    assert len(cookie) == COOKIE_SIZE
+    assert jar.check(cookie, ADDR, ID_A, ISN_A, now)
+    assert jar.check(cookie, ADDR, ID_A, ISN_A, now + 2 * COOKIE_PERIOD - 0.001)  # the next bucket too
+    assert not jar.check(cookie, ADDR, ID_A, ISN_A, now + 2 * COOKIE_PERIOD)  # then it has expired
+    assert not jar.check(cookie, ADDR, ID_A, ISN_A, now - 0.001)  # and one from "the future" is no good
+    for addr, src, isn in (((ADDR[0], ADDR[1] + 1), ID_A, ISN_A), (("192.0.2.8", ADDR[1]), ID_A, ISN_A),
+                           (ADDR, ID_A ^ 1, ISN_A), (ADDR, ID_A, ISN_A ^ 1)):
+        assert not jar.check(cookie, addr, src, isn, now)
+    assert not CookieJar(b"\x01" * 32).check(cookie, ADDR, ID_A, ISN_A, now)  # another socket's secret
+    assert not jar.check(cookie[:-1], ADDR, ID_A, ISN_A, now) and not jar.check(bytes(16), ADDR, ID_A, ISN_A, now)
+    with pytest.raises(ValueError):
+        CookieJar(bytes(16))
+    with pytest.raises(TypeError):
+        CookieJar("x" * 32)  # type: ignore[arg-type]
+
+
+def test_a_cookie_is_taken_only_by_a_dialling_stream_and_only_for_its_own_syn() -> None:
+    a = RudpStream(ID_A, ISN_A, 0.0)
+    a.connect(0.0)
+    a.datagrams_to_send(0.0)
+    cookie = b"\x42" * COOKIE_SIZE
+    a.receive_datagram(pack_cookie(ID_A, ISN_A + 1, cookie), 0.0)  # names another SYN
+    a.receive_datagram(pack_cookie(ID_A ^ 1, ISN_A, cookie), 0.0)  # another stream's
+    assert a.dropped == 2 and a.datagrams_to_send(0.0) == []
+    a.receive_datagram(pack_cookie(ID_A, ISN_A, cookie), 0.0)
+    [syn] = a.datagrams_to_send(0.0)
+    assert syn.endswith(cookie)
+    a.receive_datagram(pack_cookie(ID_A, ISN_A, cookie), 0.0)  # a duplicate: no second SYN at once
+    assert a.datagrams_to_send(0.0) == []
+    a.handle_timer(a.get_timer() or 0.0)  # the retransmitted SYN keeps carrying the cookie
+    assert a.datagrams_to_send(0.0)[0].endswith(cookie)
+    pair = connected_pair()  # a connected stream takes no cookie
+    pair.a.receive_datagram(pack_cookie(ID_A, ISN_A, cookie), pair.now)
+    assert pair.a.dropped == 1 and pair.a.connected
+    # Sizes are exact: a SYN or COOKIE of any other length, or a COOKIE with a src id, is malformed.
+    s = RudpStream(ID_B, ISN_B, 0.0)
+    for bad in (forge(SYN, 0, ID_A, 1, 0), forge(SYN, 0, ID_A, 1, 0, bytes(COOKIE_SIZE + 1)),
+                forge(COOKIE, ID_B, 7, 0, 1, cookie), forge(COOKIE, ID_B, 0, 0, 1, cookie[1:])):
+        s.receive_datagram(bad, 0.0)
+    assert s.malformed == 4 and s.datagrams_to_send(0.0) == []
+
+
+def test_only_an_exact_reset_closes_a_stream_an_inexact_one_is_challenged() -> None:
+    pair = connected_pair()
+    b = pair.b
+    rcv_nxt = ISN_A + 1
+    for seq in (rcv_nxt + 1, rcv_nxt + 5000, rcv_nxt - 1, rcv_nxt + (1 << 31)):
+        b.receive_datagram(forge(RST | ACK, ID_B, ID_A, seq, ISN_B + 1), pair.now)
+    assert b.connected and b.dropped == 4
+    challenges = b.datagrams_to_send(pair.now)  # one ACK, for the two in the window
+    assert [header(d)[1] for d in challenges] == [ACK] and header(challenges[0])[5] == rcv_nxt
+    b.receive_datagram(forge(RST, ID_B, ID_A, rcv_nxt, 0), pair.now)
+    assert b.closed and b.take_events() == [RudpClosed("connection reset by peer")]
+
+
+def test_receive_datagram_says_what_may_move_the_connection() -> None:
+    pair = connected_pair()
+    a, b = pair.a, pair.b
+    a.write(pattern(3000))
+    pair.service(0)
+    pair.run(lambda: a.pending_bytes == 0, max_steps=100)
+    fresh = forge(ACK | PING, ID_B, ID_A, ISN_A + 3001, ISN_B + 1)
+    assert b.receive_datagram(fresh, pair.now) is Heard.PEER
+    assert b.receive_datagram(forge(ACK, ID_B, ID_A ^ 1, ISN_A + 3001, ISN_B + 1), pair.now) is Heard.NOTHING  # src
+    assert b.receive_datagram(forge(ACK, ID_B, ID_A, ISN_A + 3001, ISN_B + 9), pair.now) is Heard.NOTHING  # unsent
+    b.write(b"x" * 10)
+    pair.service(1)
+    pair.run(lambda: b.pending_bytes == 0, max_steps=100)
+    assert b.receive_datagram(fresh, pair.now) is Heard.NOTHING  # its ack is behind what A acked since: stale
+    assert b.connected and not b.take_events()
+
+
+def test_time_wait_answers_a_resent_fin_and_blocks_late_syns_then_forgets() -> None:
+    pair = connected_pair()
+    pair.a.close(pair.now)
+    pair.service(0)
+    pair.run(lambda: pair.a.closed and pair.b.closed, max_steps=1000)
+    last_ack = pair.a.final_ack()  # A closed second? either way both saw both FINs
+    assert last_ack is not None and header(last_ack)[1] == ACK and pair.b.final_ack() is not None
+    assert RudpStream(1, 0, 0.0).final_ack() is None
+    tw = TimeWait(duration=10.0, limit=3)
+    tw.add(ID_A, ADDR, ID_B, last_ack, 0.0)
+    fin_ack = ACK | FIN
+    assert tw.answer(ADDR, ID_A, ID_B, fin_ack, 0, 1.0) == last_ack
+    assert tw.answer(ADDR, ID_A, ID_B, ACK, 0, 1.0) is None  # only a FIN is answered after an orderly close
+    assert tw.answer(("192.0.2.9", 1), ID_A, ID_B, fin_ack, 0, 1.0) is None  # another address
+    assert tw.answer(ADDR, ID_A, ID_B ^ 1, fin_ack, 0, 1.0) is None  # another peer id
+    assert tw.holds_syn(ADDR, ID_B, 1.0) and not tw.holds_syn(ADDR, ID_B ^ 1, 1.0)
+    assert tw.holds_id(ID_A, 1.0)
+    assert not tw.holds_syn(ADDR, ID_B, 10.0) and not tw.holds_id(ID_A, 10.0) and len(tw) == 0
+    for i in range(1, 6):  # bounded: the oldest go first
+        tw.add(i, ADDR, 100 + i, None, 20.0)
+    assert len(tw) == 3 and not tw.holds_id(2, 20.0) and tw.holds_id(5, 20.0) and not tw.holds_syn(ADDR, 102, 20.0)
+    with pytest.raises(ValueError):
+        TimeWait(duration=0)
+
+
+def test_time_wait_resets_a_peer_that_missed_our_reset_with_the_exact_seq_it_needs() -> None:
+    pair = connected_pair()
+    a, b = pair.a, pair.b
+    a.abort(pair.now)
+    a.datagrams_to_send(pair.now)  # the RST is lost
+    tw = TimeWait()
+    tw.add(ID_A, ADDR, ID_B, a.final_ack(), pair.now)
+    b.write(b"are you there?")
+    [d] = b.datagrams_to_send(pair.now)
+    _, flags, dst, src, _, ack, *_ = header(d)
+    rst = tw.answer(ADDR, dst, src, flags, ack, pair.now)
+    assert rst is not None and len(rst) <= len(d)
+    assert tw.answer(ADDR, dst, src, RST, ack, pair.now) is None  # never answer a reset
+    b.receive_datagram(rst, pair.now)
+    assert b.closed and b.take_events()[-1] == RudpClosed("connection reset by peer")
+
+
+def test_a_path_challenge_is_answered_with_its_nonce_and_only_that_answer_proves_the_path() -> None:
+    pair = connected_pair()
+    a, b = pair.a, pair.b
+    nonce = bytes(range(12))
+    challenge = b.path_challenge(nonce)
+    assert len(challenge) == HEADER_SIZE and header(challenge)[1] == PATH
+    a.receive_datagram(challenge, pair.now)  # the peer answers with its next datagrams
+    [answer] = a.datagrams_to_send(pair.now)
+    assert header(answer)[1] == PATH | ACK and len(answer) == len(challenge)
+    wrong = answer[:10] + bytes(12) + answer[22:]
+    assert b.receive_datagram(wrong, pair.now) is Heard.NOTHING and b.dropped == 1
+    assert b.receive_datagram(answer, pair.now) is Heard.PATH
+    assert b.receive_datagram(answer, pair.now) is Heard.NOTHING  # used up: a replay proves nothing
+    a.receive_datagram(b.path_challenge(b"\x01" * 12), pair.now)
+    [older] = a.datagrams_to_send(pair.now)
+    b.path_challenge(b"\x02" * 12)  # a newer challenge replaces it (the candidate address changed)
+    assert b.receive_datagram(older, pair.now) is Heard.NOTHING
+    with pytest.raises(ValueError):
+        b.path_challenge(bytes(11))
+    with pytest.raises(ValueError):
+        RudpStream(1, 0, 0.0).path_challenge(nonce)
+    assert a.connected and b.connected
+    pair.transfer(2000, 2000)
+
+
+# -- path MTU discovery ----------------------------------------------------------------------------
+
+def _mtu_pair(mtu: list[int], max_datagram: int = 16384) -> Pair:
+    """A pair allowed datagrams up to ``max_datagram`` over a link that drops any longer than ``mtu[0]``."""
+    pair = Pair(link={"max_len": max_datagram}, max_datagram=max_datagram)
+    pair.link.drop = lambda direction, datagram: len(datagram) > mtu[0]
+    pair.run(pair.connected, max_steps=1000)
+    return pair
+
+
+def _data_sizes(pair: Pair, out: list[int]) -> None:
+    """Record the size of every data datagram a sends (wrapping the link)."""
+    transmit = pair.link.transmit
+
+    def spy(direction: int, datagram: bytes, now: float) -> None:
+        if direction == 0 and datagram[1] & ACK and not datagram[1] & (PING | PROBE | PATH) and payload_len(datagram):
+            out.append(len(datagram))
+        transmit(direction, datagram, now)
+
+    pair.link.transmit = spy  # type: ignore[method-assign]
+
+
+def test_path_mtu_discovery_finds_the_largest_size_the_link_carries_and_uses_it() -> None:
+    pair = _mtu_pair([9000])
+    pair.run_for(5.0)  # the search: 1452 and 8952 answered, 16384 lost three times
+    sizes: list[int] = []
+    _data_sizes(pair, sizes)
+    pair.transfer(MB, 0)
+    assert pair.data[1] == pattern(MB, 1)  # byte-exact
+    # Nearly all at the big rung (8952 less the SACK room they did not need); a few are cut
+    # shorter by the peer's window edge.  1 MB took ~120 datagrams, not ~870.
+    assert 8952 - 24 <= max(sizes) <= 8952 and sizes.count(max(sizes)) >= 0.9 * len(sizes), sorted(set(sizes))
+    assert pair.a.retransmits == 0  # no data was ever sent at an untested size
+    assert pair.a.dropped == pair.b.dropped == pair.a.malformed == pair.b.malformed == 0  # probes are no noise
+    assert pair.a._pmtu.probes_sent <= 2 + 3 and pair.b._pmtu.probes_sent <= 2 + 3  # two answered, three lost
+
+
+def test_without_max_datagram_a_stream_never_probes_and_stays_at_the_base_size() -> None:
+    pair = connected_pair()  # the Link asserts every datagram is at most 1247 bytes
+    pair.run_for(30.0)
+    pair.transfer(100_000, 100_000)
+    assert pair.a._pmtu.probes_sent == pair.b._pmtu.probes_sent == 0
+
+
+def test_a_path_that_shrinks_falls_back_to_the_base_size_and_recuts_what_was_unacked() -> None:
+    mtu = [65535]
+    pair = _mtu_pair(mtu)
+    pair.run_for(5.0)
+    assert pair.a._pmtu.datagram == 16384
+    pair.a.write(pattern(300_000, 3))
+    pair.service(0)
+    mtu[0] = 1500  # a route change: the big datagrams in flight, and every one after, vanish
+    pair.run(lambda: len(pair.data[1]) >= 300_000, max_steps=50_000)
+    assert bytes(pair.data[1]) == pattern(300_000, 3)
+    assert pair.a._pmtu.datagram == MAX_DATAGRAM and pair.a.timeouts >= 2 and pair.a.connected
+
+
+def test_probe_answers_only_count_for_the_probe_in_flight() -> None:
+    pmtu = Pmtu(16384)
+    assert pmtu.probe(0.0, 1.0) is None  # not started: the stream is not connected yet
+    pmtu.start(0.0)
+    probe_id, size = pmtu.probe(0.0, 1.0) or (0, 0)
+    assert size == 1452 and pmtu.payload == MAX_PAYLOAD
+    assert not pmtu.on_answer(probe_id + 1, size, 0.1)  # another probe's id
+    assert not pmtu.on_answer(probe_id, 16384, 0.1)  # a size nobody probed
+    assert pmtu.on_answer(probe_id, size, 0.1) and pmtu.datagram == 1452 and pmtu.payload == 1452 - 23 - 24
+    assert not pmtu.on_answer(probe_id, size, 0.1)  # once
+    with pytest.raises(ValueError):
+        Pmtu(100)
+    a = RudpStream(ID_A, ISN_A, 0.0, max_datagram=16384)
+    s = connected_pair().b  # a connected stream answers a probe with its id and the size that arrived
+    s.receive_datagram(pack_probe(ID_B, ID_A, 77, 3000), 0.0)
+    [answer] = [d for d in s.datagrams_to_send(0.0) if d[1] & PROBE]
+    assert header(answer)[1:] == (PROBE | ACK, ID_A, ID_B, 77, 3000, 0, 0) and a.local_id == ID_A

@@ -4,16 +4,22 @@ Split as aioquic splits QUIC: ``packet`` is the wire format (one header
 parser for the socket's demultiplexer and the stream), ``recovery`` the RTT
 estimator, SACK scoreboard, NewReno and the RTO, ``receive`` reassembly and
 the receive window, ``stream`` the connection machine (:class:`RudpStream`)
-and ``events`` what it reports.  Nothing here reads a clock or touches a
+and ``events`` what it reports; ``cookie`` (stateless SYN cookies) and
+``timewait`` (closed connections remembered briefly) serve the socket that
+carries many streams.  Nothing here reads a clock or touches a
 socket: ``crust.transport.udp`` carries the datagrams.
 """
 
 from __future__ import annotations
 
+from .cookie import COOKIE_PERIOD, CookieJar
 from .events import RudpClosed, RudpConnected, RudpData, RudpEvent, RudpSent
-from .packet import HEADER_SIZE, MAGIC, MAX_DATAGRAM, MAX_PAYLOAD, MAX_SACK_BLOCKS, peek_ids
+from .packet import COOKIE_SIZE, HEADER_SIZE, MAGIC, MAX_DATAGRAM, MAX_PAYLOAD, MAX_SACK_BLOCKS, SYN_SIZE, peek_ids
 from .recovery import INITIAL_RTO, MAX_RTO, MAX_RTO_RETRIES, MIN_RTO, RttEstimator
+from .path import Heard
+from .pmtu import Pmtu
 from .stream import RudpStream
+from .timewait import TIME_WAIT, TimeWait
 
 __all__ = [
     "MAGIC",
@@ -21,6 +27,8 @@ __all__ = [
     "MAX_SACK_BLOCKS",
     "HEADER_SIZE",
     "MAX_DATAGRAM",
+    "COOKIE_SIZE",
+    "SYN_SIZE",
     "peek_ids",
     "RudpConnected",
     "RudpData",
@@ -33,4 +41,10 @@ __all__ = [
     "MAX_RTO_RETRIES",
     "RttEstimator",
     "RudpStream",
+    "Heard",
+    "Pmtu",
+    "COOKIE_PERIOD",
+    "CookieJar",
+    "TIME_WAIT",
+    "TimeWait",
 ]

@@ -63,9 +63,7 @@ MAX_RTO = 60.0  # seconds, RFC 6298 (2.5)
 MAX_RTO_RETRIES = 8  # consecutive timeouts before the peer is dead (~100 s from the 200 ms floor, so a
 #                      silent peer usually meets idle_timeout first; this catches one that answers but never acks)
 _INITIAL_CWND = 10 * MAX_PAYLOAD  # bytes, RFC 6928's initial window of ten segments
-_MIN_SSTHRESH = 2 * MAX_PAYLOAD  # bytes, RFC 5681
 _MAX_CWND = 64 * 1024 * 1024  # bytes: the receive window limits anyway; this bounds the arithmetic
-_ABC_LIMIT = 2 * MAX_PAYLOAD  # bytes slow start may add per ACK (RFC 3465's L = 2 segments)
 _DUPTHRESH = 3  # duplicate ACKs (or SACKed segments above a hole) that mean "lost", RFC 5681
 
 
@@ -143,12 +141,13 @@ class Recovery:
         rto_deadline: when the retransmission timer fires, or None.
         consecutive_rtos: timeouts since new data was last acked.
         retransmits, timeouts: counters for the stream's properties.
+        mss: the largest segment in bytes (written by the stream, see pmtu.py).
     """
 
     __slots__ = (
         "rtt", "segs", "lost", "in_flight", "sacked_count", "cwnd", "ssthresh", "ca_acc", "cwnd_limited",
         "in_recovery", "recover", "high_sacked", "dupacks", "rto_deadline", "consecutive_rtos", "first_rto_at",
-        "retransmits", "timeouts",
+        "retransmits", "timeouts", "mss",
     )
 
     def __init__(self) -> None:
@@ -170,6 +169,7 @@ class Recovery:
         self.first_rto_at = 0.0  # when the current run of consecutive timeouts began
         self.retransmits = 0
         self.timeouts = 0
+        self.mss = MAX_PAYLOAD  # bytes per segment: the stream raises it as the path allows (pmtu.py)
 
     # -- sending ---------------------------------------------------------------------
 
@@ -283,12 +283,12 @@ class Recovery:
         elif self.cwnd_limited:
             acked = ack_off - una
             if self.cwnd < self.ssthresh:  # RFC 3465: a hole-filling ACK may cover much more
-                self.cwnd = min(self.cwnd + min(acked, _ABC_LIMIT), _MAX_CWND)
+                self.cwnd = min(self.cwnd + min(acked, 2 * self.mss), _MAX_CWND)  # RFC 3465's L = 2
             else:
                 self.ca_acc += acked
                 if self.ca_acc >= self.cwnd:
                     self.ca_acc -= self.cwnd
-                    self.cwnd = min(self.cwnd + MAX_PAYLOAD, _MAX_CWND)
+                    self.cwnd = min(self.cwnd + self.mss, _MAX_CWND)
 
     def _update_rtt(self, sample_at: float, advanced: bool, now: float) -> None:
         if sample_at >= 0:
@@ -322,7 +322,7 @@ class Recovery:
             self._mark_lost(first)
             newest = max(newest, first.start)
         if newest >= self.recover and not self.in_recovery:  # data sent after the last reduction
-            self.ssthresh = max((snd_nxt - snd_una) // 2, _MIN_SSTHRESH)  # FlightSize / 2
+            self.ssthresh = max((snd_nxt - snd_una) // 2, 2 * self.mss)  # FlightSize / 2
             self.cwnd = self.ssthresh
             self.ca_acc = 0
             self.in_recovery = True
@@ -345,8 +345,8 @@ class Recovery:
     def on_timeout(self, now: float, snd_una: int, snd_nxt: int) -> None:
         """Go back to one segment: every unSACKed segment is lost, the RTO doubles and re-arms."""
         if self.consecutive_rtos == 1:  # RFC 5681 (4): halve only for the first timeout in a row
-            self.ssthresh = max((snd_nxt - snd_una) // 2, _MIN_SSTHRESH)
-        self.cwnd = MAX_PAYLOAD
+            self.ssthresh = max((snd_nxt - snd_una) // 2, 2 * self.mss)
+        self.cwnd = self.mss
         self.ca_acc = 0
         self.in_recovery = False
         self.recover = snd_nxt  # losses of data sent before now must not reduce cwnd again
@@ -361,6 +361,28 @@ class Recovery:
         self.lost = lost  # ascending, hence a valid heap
         self.in_flight = 0  # SACKed and lost segments are not in the pipe
         self.rto_deadline = now + self.rtt.rto
+
+    def resegment(self, mss: int) -> None:
+        """Cut every segment longer than ``mss`` into pieces that fit: the path shrank (a black hole).
+
+        Call right after :meth:`on_timeout`, which left nothing in flight;
+        each piece inherits its segment's marks (lost, SACKed, transmissions).
+        """
+        self.mss = mss
+        if all(len(seg.data) <= mss for seg in self.segs.values()):
+            return
+        segs: OrderedDict[int, Segment] = OrderedDict()
+        for seg in self.segs.values():
+            if len(seg.data) <= mss:
+                segs[seg.start] = seg
+                continue
+            for off in range(0, len(seg.data), mss):
+                piece = Segment(seg.start + off, seg.data[off:off + mss], False)
+                piece.sent_at, piece.xmits, piece.sacked, piece.lost = seg.sent_at, seg.xmits, seg.sacked, seg.lost
+                segs[piece.start] = piece
+        self.segs = segs
+        self.lost = [start for start, seg in segs.items() if seg.lost]  # ascending, hence a valid heap
+        self.sacked_count = sum(1 for seg in segs.values() if seg.sacked)
 
     def clear(self) -> None:
         """The stream closed: forget every segment and the timer."""

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 *Sequence space.*  Offsets count from our ISN: 0 is our SYN, stream byte
 ``k`` is ``1 + k``, and the FIN takes the offset after the last byte.  Data
-is cut into segments of at most ``MAX_PAYLOAD`` once, when it first leaves,
+is cut into segments of at most ``mss`` bytes once, when it first leaves,
 and resent whole.
 
 *What leaves.*  Lost segments go first, oldest first, then new data and the
@@ -45,7 +45,7 @@ class SendBuffer:
     """
 
     __slots__ = ("snd_una", "snd_nxt", "fin_queued", "fin_off", "fin_acked", "newly_acked", "persist_deadline",
-                 "_buf", "_snd_right", "_written", "_acked", "_persist_interval")
+                 "mss", "_buf", "_snd_right", "_written", "_acked", "_persist_interval")
 
     def __init__(self) -> None:
         self.snd_una = 0
@@ -55,6 +55,7 @@ class SendBuffer:
         self.fin_acked = False
         self.newly_acked = 0
         self.persist_deadline: float | None = None
+        self.mss = MAX_PAYLOAD  # bytes per new segment: the stream raises it as the path allows (pmtu.py)
         self._buf = bytearray()  # written, not yet cut into segments
         self._snd_right = 1  # the largest right edge (ack + window) the peer advertised
         self._written = 0
@@ -116,7 +117,7 @@ class SendBuffer:
         buf = self._buf
         window_blocked = False
         while self.fin_off is None and not cwnd_limited:
-            size = min(len(buf), MAX_PAYLOAD)
+            size = min(len(buf), self.mss)
             if size == 0:
                 if not self.fin_queued:
                     break

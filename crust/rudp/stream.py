@@ -23,9 +23,22 @@ inside, offsets from the ISN (see ``packet.unwrap``).
 receives a plain SYN answers with a SYN-ACK, and a side is connected once its
 SYN is acked, so crossing SYNs (simultaneous open) give each side one
 ``RudpConnected`` and one pair of ISNs.  SYNs are resent with RTO backoff
-until ``connect_timeout``.  Each side picks a random nonzero 32-bit id; a
-datagram whose ``dst`` is not ours (only a first SYN may say 0) or whose
-``src`` is not the peer's is dropped, so a blind spoofer must guess 32 bits.
+until ``connect_timeout``.  A COOKIE naming our id and ISN (a listener's
+stateless answer, ``cookie.py``) makes SYN_SENT resend the SYN at once,
+carrying the cookie from then on.  Each side picks a random nonzero 32-bit id; a datagram whose ``dst`` is not
+ours (only a first SYN may say 0) or whose ``src`` is not the peer's is
+dropped, so a blind spoofer must guess both: 64 bits, the connection's token.
+
+*Datagram size.*  Data datagrams start at 1247 bytes and grow as path MTU
+discovery (``pmtu.py``, opt-in through ``max_datagram``) confirms larger
+ones: PROBEs ride the stream's timer, their answers set the segment size of
+new data, and two RTOs in a row fall back to the base and re-cut what is
+unacknowledged.
+
+*Following the peer* to a new address is its owner's job (the stream knows
+no addresses): ``receive_datagram`` says what a datagram was
+(:class:`~crust.rudp.path.Heard`), and :meth:`path_challenge` makes the
+challenge that proves the new address (``path.py``).
 
 *Acknowledgements.*  Every datagram carries the cumulative ack, the window
 and up to ``MAX_SACK_BLOCKS`` SACK ranges (the newest arrival's first, then
@@ -42,17 +55,22 @@ peer must answer.
 *Closing.*  ``close()`` queues a FIN after the data; the peer's FIN, once
 every byte before it is in, makes us queue ours (no half-close).  Our FIN
 acked, theirs in and nothing held back: ``RudpClosed(None)``, after which
-nothing but ``resume_reading`` is awaited.  There is no TIME_WAIT (the owner
-forgets a closed stream), so the last ACK is sent twice, and a side whose
-peer's FIN is in and whose only unacked segment is its FIN calls the close
-orderly after ``_FIN_RETRIES`` timeouts with the peer silent.  ``abort()``
-sends an RST and closes with no event; a received RST gives
-``RudpClosed("connection reset by peer")`` (or "connection refused" in
-answer to our SYN).
+nothing but ``resume_reading`` is awaited.  TIME_WAIT is the socket's
+(``timewait.py``, which answers a resent FIN with :meth:`final_ack`); the
+last ACK is also sent twice, and a side whose peer's FIN is in and whose
+only unacked segment is its FIN calls the close orderly after
+``_FIN_RETRIES`` timeouts with the peer silent.  ``abort()`` sends an RST
+and closes with no event.  A received RST gives ``RudpClosed("connection
+reset by peer")`` (or "connection refused" in answer to our SYN) only at
+exactly the peer's next seq; elsewhere in the window it gets a challenge
+ACK (RFC 5961 §3.2), which a peer that really reset answers exactly from
+its TIME_WAIT.
 
 *Hostile input* that does not parse is counted in ``malformed``; well-formed
 datagrams failing a check (ids, acks for data never sent, data past the
-window) in ``dropped``.  Neither raises nor grows state.
+window, an inexact RST) in ``dropped``.  Neither raises, grows state beyond
+the window, nor closes the stream: acks and sequence numbers outside the
+window are ignored, never treated as the peer's error.
 """
 
 from __future__ import annotations
@@ -61,7 +79,10 @@ import enum
 
 from .events import RudpClosed, RudpConnected, RudpData, RudpEvent, RudpSent
 from .keepalive import Keepalive
-from .packet import ACK, FIN, HALF, HEADER, MAGIC, MASK, MAX_PAYLOAD, PING, RST, SYN, parse_header, sack_offsets, unwrap
+from .packet import (ACK, COOKIE, FIN, HALF, HEADER, HEADER_SIZE, MAGIC, MASK, MAX_DATAGRAM, MAX_PAYLOAD, PATH, PING,
+                     PROBE, RST, SYN, pack_syn, parse_header, path_nonce, sack_offsets, unwrap)
+from .path import Heard, PathCheck
+from .pmtu import Pmtu
 from .receive import ReceiveBuffer
 from .recovery import MAX_RTO_RETRIES, Recovery, Segment
 from .send import SendBuffer
@@ -84,11 +105,13 @@ class RudpStream:
 
     __slots__ = (
         "_local_id", "_remote_id", "_isn", "_irs", "_state", "_connect_timeout", "_handshake_deadline",
-        "_syn_pending", "_syn_sent_at", "_syn_xmits",
+        "_syn_pending", "_syn_sent_at", "_syn_xmits", "_cookie",
         # the parts: sender's recovery state, send and receive halves, liveness
         "_rec", "_tx", "_rx", "_live",
         # what the next datagrams must say, what the owner must hear
         "_ack_pending", "_ping_pending", "_rst_pending", "_events", "_malformed", "_dropped",
+        "_path",  # path validation (path.py)
+        "_pmtu",  # path MTU discovery (pmtu.py)
     )
 
     def __init__(
@@ -101,6 +124,7 @@ class RudpStream:
         idle_timeout: float = 60.0,
         connect_timeout: float = 10.0,
         receive_window: float = 256 * 1024,
+        max_datagram: float = MAX_DATAGRAM,
     ) -> None:
         """Create a stream in the listening state: call :meth:`connect`, or feed it a SYN.
 
@@ -117,9 +141,11 @@ class RudpStream:
                 receive buffers (held while paused, plus out of order).  Typed
                 float so an owner's ``dict[str, float]`` of options fits; the
                 value is truncated to an int.
+            max_datagram: the largest datagram (bytes, the header included) path
+                MTU discovery may try; the default, 1247, never probes.
 
         Raises:
-            ValueError: an id, ISN, duration or window is out of range.
+            ValueError: an id, ISN, duration, window or datagram size is out of range.
         """
         window = int(receive_window)
         if not 0 < local_id <= MASK:
@@ -140,6 +166,7 @@ class RudpStream:
         self._syn_pending = False
         self._syn_sent_at = 0.0
         self._syn_xmits = 0
+        self._cookie: bytes | None = None  # the listener's, once it sent one: our SYNs carry it
         self._rec = Recovery()
         self._tx = SendBuffer()  # offsets: 0 is our SYN
         self._rx = ReceiveBuffer(window)  # offsets: 0 is the peer's SYN
@@ -150,6 +177,8 @@ class RudpStream:
         self._events: list[RudpEvent] = []
         self._malformed = 0
         self._dropped = 0
+        self._path = PathCheck()
+        self._pmtu = Pmtu(int(max_datagram))
 
     # -- properties ------------------------------------------------------------
 
@@ -295,6 +324,9 @@ class RudpStream:
             persist_deadline = self._tx.persist_deadline
             if persist_deadline is not None:
                 when = min(when, persist_deadline)
+            probe_deadline = self._pmtu.deadline()
+            if probe_deadline is not None:
+                when = min(when, probe_deadline)
             return when
         if state is _State.SYN_SENT or state is _State.SYN_RCVD:
             if rto_deadline is not None:
@@ -331,6 +363,7 @@ class RudpStream:
             self._tx.on_persist_timer(now)
         if now >= self._live.ping_deadline():
             self._ping_pending = True
+        self._pmtu.on_timer(now, rec.rtt.rto)
 
     def _on_rto(self, now: float) -> None:
         rec, tx = self._rec, self._tx
@@ -347,46 +380,63 @@ class RudpStream:
             self._finish("timed out")
             return
         rec.on_timeout(now, tx.snd_una, tx.snd_nxt)
+        if rec.consecutive_rtos >= 2 and self._pmtu.black_hole(now):  # the path may have shrunk
+            tx.mss = self._pmtu.payload
+            rec.resegment(tx.mss)
 
     # -- receiving ---------------------------------------------------------------
 
-    def receive_datagram(self, datagram: bytes, now: float) -> None:
-        """Take one datagram addressed to this stream (a SYN included).  Never raises."""
+    def receive_datagram(self, datagram: bytes, now: float) -> Heard:
+        """Take one datagram addressed to this stream (a SYN included).  Never raises.
+
+        Returns:
+            ``Heard.PEER`` if, as far as rUDP can tell, it came from the peer
+            and is not stale: a connected stream's datagram with both ids
+            right and an ack neither beyond what we sent nor behind what the
+            peer acked before.  ``Heard.PATH`` for the peer's answer to our
+            latest :meth:`path_challenge`.  ``Heard.NOTHING`` otherwise.
+        """
         if self._state is _State.CLOSED:
-            return
+            return Heard.NOTHING
         header = parse_header(datagram)
         if header is None:
             self._malformed += 1
-            return
+            return Heard.NOTHING
         flags, dst, src, seq, ack, window, nsack, payload_at = header
         if payload_at < 0:
             self._malformed += 1
-            return
+            return Heard.NOTHING
         if (dst != self._local_id and not (dst == 0 and flags == SYN)) \
                 or (self._remote_id and src != self._remote_id):
             self._dropped += 1
-            return
-        if flags & RST:
-            self._on_rst(flags, seq, ack)
-            return
-        if flags & SYN:
-            self._on_syn(flags, src, seq, ack, window, now)
-            return
+            return Heard.NOTHING
+        if flags & (RST | SYN | COOKIE | PATH | PROBE):
+            if flags & PATH:
+                return self._on_path(flags, path_nonce(datagram), now)
+            if flags & PROBE:
+                self._on_probe(flags, seq, ack, len(datagram), now)
+            elif flags & RST:
+                self._on_rst(flags, seq, ack)
+            elif flags & SYN:
+                self._on_syn(flags, src, seq, ack, window, now)
+            else:
+                self._on_cookie(datagram[HEADER_SIZE:], ack, now)
+            return Heard.NOTHING
         state = self._state
         if state is _State.SYN_RCVD:
             if ack != (self._isn + 1) & MASK:
                 self._dropped += 1
-                return
+                return Heard.NOTHING
             self._establish(now)
         elif state is not _State.ESTABLISHED:
             self._dropped += 1  # LISTEN and SYN_SENT only take SYNs
-            return
+            return Heard.NOTHING
         tx = self._tx
         una = tx.snd_una
         ack_off = unwrap(ack, una, self._isn)
         if ack_off > tx.snd_nxt:
             self._dropped += 1  # acks data never sent: spoofed or broken
-            return
+            return Heard.NOTHING
         self._live.last_heard = now
         if ack_off >= una:
             sacks = sack_offsets(datagram, nsack, una, self._isn) if nsack else []
@@ -397,6 +447,51 @@ class RudpStream:
         if flags & PING:
             self._ack_pending = True
         self._maybe_finish()
+        return Heard.PEER if ack_off >= una else Heard.NOTHING
+
+    def path_challenge(self, nonce: bytes) -> bytes:
+        """A PATH challenge for the owner to send to a new address of the peer's; it replaces any earlier one.
+
+        The peer answers it with its next datagrams; that answer makes
+        :meth:`receive_datagram` return ``Heard.PATH``.
+
+        Args:
+            nonce: ``NONCE_SIZE`` (12) bytes from the owner's CSPRNG.
+
+        Raises:
+            ValueError: the nonce is not 12 bytes, or the stream is not connected.
+        """
+        if self._state is not _State.ESTABLISHED:
+            raise ValueError("only a connected stream can challenge a path")
+        return self._path.challenge(nonce, self._remote_id, self._local_id)
+
+    def _on_path(self, flags: int, nonce: bytes, now: float) -> Heard:
+        heard = self._path.receive(flags, nonce) if self._state is _State.ESTABLISHED else None
+        if heard is None:
+            self._dropped += 1
+            return Heard.NOTHING
+        if heard is Heard.PATH:
+            self._live.last_heard = now
+        return heard
+
+    def _on_probe(self, flags: int, probe_id: int, size: int, arrived: int, now: float) -> None:
+        if self._state is not _State.ESTABLISHED:
+            self._dropped += 1
+        elif self._pmtu.receive(flags, probe_id, size, arrived, now):
+            self._tx.mss = self._rec.mss = self._pmtu.payload
+
+    def _on_cookie(self, cookie: bytes, ack: int, now: float) -> None:
+        if self._state is not _State.SYN_SENT or ack != self._isn:
+            self._dropped += 1  # answers no SYN of ours (or one we are past)
+            return
+        if cookie == self._cookie:
+            return  # a duplicate: the SYN carrying it is on its way
+        if self._syn_xmits == 1:  # the cookie's round trip is a clean RTT sample (Karn)
+            self._rec.rtt.sample(now - self._syn_sent_at)
+        self._cookie = cookie
+        self._syn_pending = True  # send it again at once, with the cookie ...
+        self._syn_xmits = 0  # ... as a first transmission: the listener keeps state from that one on
+        self._rec.rto_deadline = None
 
     def _on_syn(self, flags: int, src: int, seq: int, ack: int, window: int, now: float) -> None:
         state = self._state
@@ -443,6 +538,7 @@ class RudpStream:
         self._rec.on_established(now, self._syn_sent_at, self._syn_xmits)
         self._syn_pending = False
         self._live.last_heard = now
+        self._pmtu.start(now)
         self._events.append(RudpConnected())
 
     def _on_rst(self, flags: int, seq: int, ack: int) -> None:
@@ -454,7 +550,9 @@ class RudpStream:
         else:  # seq must be where the peer's data ends, inside our window
             rcv_nxt = self._rx.rcv_nxt
             off = unwrap(seq, rcv_nxt, self._irs)
-            accept = rcv_nxt <= off <= rcv_nxt + self._rx.window() + 1
+            accept = off == rcv_nxt
+            if not accept and rcv_nxt < off <= rcv_nxt + self._rx.window() + 1:
+                self._ack_pending = True  # a challenge ACK: a real reset answers it exactly
         if not accept:
             self._dropped += 1
             return
@@ -505,7 +603,7 @@ class RudpStream:
             if self._syn_pending:
                 self._syn_pending = False
                 if state is _State.SYN_SENT:
-                    out.append(HEADER.pack(MAGIC, SYN, 0, self._local_id, self._isn, 0, self._rx.window(), 0))
+                    out.append(pack_syn(self._local_id, self._isn, self._rx.window(), self._cookie))
                 else:
                     out.append(self._bare(SYN | ACK, self._isn))
                 self._syn_sent_at = now
@@ -520,6 +618,12 @@ class RudpStream:
         if out:
             self._live.last_sent = now
         return out
+
+    def final_ack(self) -> bytes | None:
+        """For a stream closed after the peer's FIN: the ACK of that FIN, to answer it again; else None."""
+        if self._state is not _State.CLOSED or not self._rx.fin_in or not self._remote_id:
+            return None
+        return self._bare(ACK, (self._isn + self._tx.snd_nxt) & MASK)
 
     def _bare(self, flags: int, seq: int) -> bytes:
         """A datagram without payload or SACK blocks, acking what we have."""
@@ -554,3 +658,7 @@ class RudpStream:
             out.append(pack(MAGIC, flags, remote, local, (isn + self._tx.snd_nxt) & MASK, ack, window, nsack) + sack)
             self._ping_pending = False
         self._ack_pending = False
+        answer = self._path.take_answer(remote, local)
+        if answer is not None:
+            out.append(answer)
+        self._pmtu.take_datagrams(remote, local, out)

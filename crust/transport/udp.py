@@ -1,174 +1,39 @@
-"""A non-blocking UDP socket driven by the :class:`~crust.transport.reactor.Reactor`.
+"""Reliable UDP over one socket: many rUDP connections, each with a TCP stream's interface.
 
-``UdpSocket`` moves datagrams and knows nothing of what they mean (beacons,
-probes, SSDP).  Like ``tcp.py``, everything here runs on the reactor thread,
-so nothing takes a lock.
-
-Theory of operation
--------------------
-*Reading.*  On ``EVENT_READ`` the socket reads up to ``_MAX_READS_PER_EVENT``
-datagrams of at most ``_RECV_SIZE`` bytes (longer ones arrive truncated) and
-hands each to ``on_datagram(data, (host, port))``; the selector is
-level-triggered, so what is left waits for the next turn and one chatty
-sender cannot starve the other sockets.
-
-*Writing.*  ``sendto()`` is one non-blocking syscall.  UDP promises nothing,
-so a datagram the kernel will not take (``EAGAIN``: buffer full) is dropped
-with a debug log, and errors such as ``ENETUNREACH`` or ``EACCES`` are logged,
-never raised: the protocol above already retries.
-
-*Sharing a port.*  ``reuse_port=True`` sets ``SO_REUSEADDR`` and, where it
-exists, ``SO_REUSEPORT``, so several Services on one host can bind the
-discovery port.  On Linux a *broadcast* datagram then reaches every such
-socket whose bound address matches it (``0.0.0.0`` or the broadcast address
-itself, not a unicast address such as ``127.0.0.1``), while a *unicast* one
-reaches only one of them.  Sending to a broadcast address needs
-``broadcast=True`` (``SO_BROADCAST``), or the kernel answers ``EACCES``.
+:class:`RudpSocket` owns a :class:`~crust.transport.datagram.UdpSocket` (the
+plain non-blocking socket, re-exported here) and carries every
+:class:`RudpConnection` of a Service on it: it demultiplexes datagrams by
+connection id, opens connections only for sources that proved they receive
+(stateless cookies), follows a peer whose address changes (path
+validation) and remembers closed connections for a while (TIME_WAIT).  The
+protocol itself is the sans-IO :mod:`crust.rudp` package; everything here
+runs on the reactor thread, so nothing takes a lock.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import selectors
-import socket
 from typing import Callable
 
-from ..errors import ListenerError
-from ..rudp import RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, peek_ids
+from ..rudp import CookieJar, Heard, RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, TimeWait, peek_ids
+from ..rudp.cookie import SECRET_SIZE
+from ..rudp.packet import HEADER_SIZE, NONCE_SIZE, pack_cookie, parse_header
+from .datagram import UdpSocket
 from .reactor import Deadline, Reactor, TimerHandle
-from .sockets import bind_socket, host_port
 
-__all__ = ["UdpSocket", "RudpSocket", "RudpConnection"]
+__all__ = ["UdpSocket", "RudpSocket", "RudpConnection", "CLOSE_LINGER"]
 
 logger = logging.getLogger("crust.transport")
 
-_RECV_SIZE = 2048  # bytes per recvfrom(): crust datagrams stay under 1200
-_MAX_READS_PER_EVENT = 64  # datagrams per readiness event, for fairness
-_EVENT_READ = selectors.EVENT_READ
 _RUDP_SOCKET_BUFFER = 4 * 1024 * 1024  # bytes: bursts of a full congestion window must not overflow the kernel
+# The largest datagram path MTU discovery may try (crust.rudp.pmtu): loopback and jumbo-frame
+# LANs carry it, an Ethernet path settles at 1452.  Larger ones cost more per loss than they save.
+MAX_DATAGRAM = 16384  # bytes
 # An orderly rUDP close waits for the peer to acknowledge everything, FIN included;
 # a peer that vanished never will, so after this the close becomes a reset (as a
 # TCP close never waits on the peer, Service.close() must not wait long either).
 CLOSE_LINGER = 2.0  # seconds
-# ICMP errors that some systems (Windows; Linux on connected sockets) report on a
-# later recvfrom: they concern an earlier datagram, not this socket.
-_STALE_ERRORS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH})
-
-
-class UdpSocket:
-    """A bound UDP socket that hands each datagram it receives to ``on_datagram``.
-
-    Create, use and close it on the reactor thread (or before the reactor starts).
-    """
-
-    def __init__(
-        self,
-        reactor: Reactor,
-        host: str,
-        port: int,
-        on_datagram: Callable[[bytes, tuple[str, int]], None],
-        *,
-        reuse_port: bool = False,
-        broadcast: bool = False,
-    ) -> None:
-        """Bind and start reading.
-
-        Args:
-            reactor: the reactor that will run ``on_datagram``.
-            host: an IP literal to bind (``"0.0.0.0"``, ``"::"``, ``"127.0.0.1"``...).
-            port: the port; 0 lets the kernel pick (see :attr:`address`).
-            on_datagram: called with each datagram and its sender's ``(host, port)``.
-            reuse_port: let other sockets with this flag bind the same port
-                (``SO_REUSEADDR`` + ``SO_REUSEPORT``).
-            broadcast: allow sending to broadcast addresses (``SO_BROADCAST``).
-
-        Raises:
-            ListenerError: the address is not an IP literal, or bind failed (port
-                in use, no permission); the OSError is the ``__cause__``.
-        """
-        self._reactor = reactor
-        self._on_datagram = on_datagram
-        self._closed = False
-        sock = bind_socket("udp", host, port, reuse_port=reuse_port)
-        try:
-            if broadcast:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            self._address = host_port(sock.getsockname())
-            reactor.register(sock, _EVENT_READ, self._on_readable)
-        except OSError as err:
-            sock.close()
-            raise ListenerError(f"cannot bind UDP {host}:{port}: {err}") from err
-        self._sock = sock
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``, with the port the kernel chose if 0 was asked."""
-        return self._address
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
-
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> bool:
-        """Send one datagram to ``addr`` (an IP literal and port) without blocking.
-
-        Returns:
-            True if the kernel took it; False if it was dropped (closed socket,
-            full buffer, or an error, which is logged).
-        """
-        if self._closed:
-            return False
-        try:
-            self._sock.sendto(data, addr)
-        except BlockingIOError:
-            logger.debug("udp %s: send buffer full, dropped %d bytes to %s", self._address, len(data), addr)
-            return False
-        except OSError as err:
-            logger.info("udp %s: sendto %s failed: %s", self._address, addr, err)
-            return False
-        return True
-
-    def set_buffer_sizes(self, nbytes: int) -> None:
-        """Ask for ``nbytes`` of kernel send and receive buffer (the kernel may cap it)."""
-        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
-                self._sock.setsockopt(socket.SOL_SOCKET, option, nbytes)
-            except OSError as err:
-                logger.debug("udp %s: cannot set buffer size: %s", self._address, err)
-
-    def close(self) -> None:
-        """Stop reading and close the socket.  Reactor thread only; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        # Unregister before close: the fd number may be reused at once.
-        self._reactor.unregister(self._sock)
-        self._sock.close()
-
-    def __repr__(self) -> str:
-        return f"<UdpSocket {self._address}{' closed' if self._closed else ''}>"
-
-    def _on_readable(self, mask: int) -> None:
-        recvfrom = self._sock.recvfrom
-        for _ in range(_MAX_READS_PER_EVENT):
-            if self._closed:  # on_datagram may have closed us
-                return
-            try:
-                data, addr = recvfrom(_RECV_SIZE)
-            except BlockingIOError:
-                return
-            except OSError as err:
-                if err.errno in _STALE_ERRORS:
-                    continue
-                logger.warning("udp %s: recvfrom failed: %s", self._address, err)
-                return
-            self._on_datagram(data, host_port(addr))
-
-
-# -- reliable UDP: many RudpStreams on one socket ----------------------------------------
 
 
 def _random_id() -> int:
@@ -201,7 +66,7 @@ class RudpConnection:
     __slots__ = (
         "_socket", "_stream", "_remote", "_on_connected", "_on_data", "_on_sent", "_on_closed",
         "_on_done", "_deadline", "_service_scheduled", "_service_cb", "_closing", "_closed",
-        "_linger",
+        "_linger", "_candidate", "_challenged_at",
     )
 
     def __init__(
@@ -224,6 +89,8 @@ class RudpConnection:
         self._closing = False
         self._closed = False
         self._linger: TimerHandle | None = None
+        self._candidate: tuple[str, int] | None = None  # a new address of the peer's, being challenged
+        self._challenged_at = 0.0
 
     def attach(
         self,
@@ -323,11 +190,12 @@ class RudpConnection:
 
     # -- driven by RudpSocket -----------------------------------------------------------
 
-    def _receive(self, datagram: bytes, now: float) -> None:
+    def _receive(self, datagram: bytes, now: float) -> Heard:
         # Serviced once per reactor turn, not per datagram: the socket reads up to
         # 64 datagrams per event, which then cost one ack and one on_data.
-        self._stream.receive_datagram(datagram, now)
+        fresh = self._stream.receive_datagram(datagram, now)
         self._schedule_service()
+        return fresh
 
     def _schedule_service(self) -> None:
         if not self._service_scheduled:
@@ -411,16 +279,40 @@ class RudpConnection:
 
 
 class RudpSocket:
-    """A UDP socket that carries many :class:`RudpConnection` s (PROTOCOL.md §10).
+    """A UDP socket that carries many :class:`RudpConnection` s (PROTOCOL.md §14).
 
-    Datagrams are demultiplexed by the connection id the sender put in them
-    (ours, chosen at random: a spoofer off the path cannot guess it) and must
-    come from the address that connection talks to.  A SYN for no connection
-    of ours is a new inbound connection: ``on_accept(connection)``
-    accepts it by calling :meth:`~RudpConnection.attach`; left unattached, the
-    SYN is ignored.  A SYN from an address we dial with ``simultaneous_open``
-    joins that dial instead.  Datagrams that are not
-    rUDP (hole-punch probes, strays) go to ``on_other``, or are dropped.
+    Theory of operation
+    -------------------
+    *Demultiplexing.*  Datagrams go to a connection by the id the sender put
+    in ``dst`` (ours, random); the stream then checks ``src`` (the peer's), so
+    an off-path spoofer must guess 64 bits.  Datagrams that are not rUDP
+    (hole-punch probes, strays) go to ``on_other``, or are dropped.
+
+    *Opening, statelessly.*  A SYN for no connection of ours gets a COOKIE
+    back (``crust.rudp.cookie``: as long as the SYN, nothing remembered);
+    only a SYN carrying a valid cookie for its source -- proof that the
+    source receives what we send it -- makes a connection and calls
+    ``on_accept(connection)``, which accepts it by calling
+    :meth:`~RudpConnection.attach` (left unattached, the SYN is ignored).  A
+    SYN from an address we dial with ``simultaneous_open`` joins that dial
+    instead (that state is ours, made by our dial), and a resent SYN reaches
+    the connection it already opened.
+
+    *Following the peer.*  A datagram for a connection from an address other
+    than its peer's is still given to the stream.  If the stream takes it as
+    the peer's (both ids right, ack fresh: ``Heard.PEER``), that address is
+    the connection's *candidate*: it gets a PATH challenge (a fresh 96-bit
+    nonce; at most one per RTO, never larger than the datagram that caused
+    it), and only the matching answer *from the candidate* (``Heard.PATH``)
+    moves the connection there.  A NAT rebinding therefore costs a round
+    trip, not the stream; a blind spoofer cannot start a move (the ids), and
+    one on the path cannot move it to an address that does not answer -- a
+    victim it would reflect our traffic to (docs/security.md).
+
+    *TIME_WAIT.*  A closed connection is remembered for a while
+    (``crust.rudp.timewait``): its late SYNs open nothing, a resent FIN gets
+    the last ACK again, other datagrams of a connection that ended otherwise
+    get an RST, and its id is not reused.
 
     Reactor thread only, like :class:`UdpSocket`.
     """
@@ -445,7 +337,8 @@ class RudpSocket:
                 accepts by calling :meth:`~RudpConnection.attach`.
             on_other: gets datagrams that are not rUDP.
             stream_options: keyword arguments for each :class:`RudpStream`
-                (``connect_timeout``, ``idle_timeout``, ``keepalive_interval``...).
+                (``connect_timeout``, ``idle_timeout``, ``keepalive_interval``...);
+                ``max_datagram`` defaults to ``MAX_DATAGRAM`` (path MTU discovery).
 
         Raises:
             ListenerError: the address is not an IP literal or cannot be bound.
@@ -453,16 +346,23 @@ class RudpSocket:
         self.reactor = reactor
         self._on_accept = on_accept
         self._on_other = on_other
-        self._options = dict(stream_options or {})
+        self._options: dict[str, float] = {"max_datagram": MAX_DATAGRAM, **(stream_options or {})}
         self._by_id: dict[int, RudpConnection] = {}
         # Dials open to a simultaneous open, for a crossing SYN: remote -> connection.
         self._dialling: dict[tuple[str, int], RudpConnection] = {}
         # Inbound SYNs already answered: (remote, their id) -> connection, so a
         # retransmitted SYN reaches the same stream instead of opening another.
         self._accepted: dict[tuple[tuple[str, int], int], RudpConnection] = {}
-        self.dropped = 0  # datagrams for no connection, or from the wrong address
-        self._udp = UdpSocket(reactor, host, port, self._on_datagram)
+        self._cookies = CookieJar(os.urandom(SECRET_SIZE))
+        self._time_wait = TimeWait()
+        self.dropped = 0  # datagrams for no connection (streams count their own)
+        self.cookies_sent = 0  # SYNs answered statelessly
+        self.path_challenges = 0  # PATH challenges sent to candidate addresses
+        self.migrations = 0  # connections moved to a new peer address
+        self._udp = UdpSocket(reactor, host, port, self._on_datagram,
+                              recv_size=int(self._options["max_datagram"]) + 1)  # +1: a longer one shows as such
         self._udp.set_buffer_sizes(_RUDP_SOCKET_BUFFER)
+        self._udp.set_dont_fragment()  # a probe too large for the path must be lost, not fragmented
 
     @property
     def address(self) -> tuple[str, int]:
@@ -523,21 +423,46 @@ class RudpSocket:
         return f"<RudpSocket {self.address} connections={len(self._by_id)}>"
 
     def _new(self, remote: tuple[str, int]) -> RudpConnection:
+        now = self.reactor.time()
         local_id = _random_id()
-        while local_id in self._by_id:
+        while local_id in self._by_id or self._time_wait.holds_id(local_id, now):
             local_id = _random_id()
-        stream = RudpStream(local_id, _random_id(), self.reactor.time(), **self._options)
+        stream = RudpStream(local_id, _random_id(), now, **self._options)
         conn = RudpConnection(self, stream, remote)
         self._by_id[local_id] = conn
         return conn
 
     def _forget(self, conn: RudpConnection) -> None:
-        self._by_id.pop(conn._stream.local_id, None)
+        stream = conn._stream
+        if self._by_id.pop(stream.local_id, None) is conn:
+            self._time_wait.add(stream.local_id, conn._remote, stream.remote_id, stream.final_ack(),
+                                self.reactor.time())
+        self._unindex(conn)
+
+    def _unindex(self, conn: RudpConnection) -> None:
         if self._dialling.get(conn._remote) is conn:
             del self._dialling[conn._remote]
         key = (conn._remote, conn._stream.remote_id)
         if self._accepted.get(key) is conn:
             del self._accepted[key]
+
+    def _from_elsewhere(self, conn: RudpConnection, data: bytes, addr: tuple[str, int], now: float) -> None:
+        """A datagram of ``conn`` from another address than its peer's: challenge it, or move there."""
+        heard = conn._receive(data, now)
+        if heard is Heard.PATH:
+            if addr == conn._candidate:
+                self._migrate(conn, addr)
+        elif heard is Heard.PEER and (addr != conn._candidate or now >= conn._challenged_at + conn._stream.rto):
+            conn._candidate, conn._challenged_at = addr, now
+            self.path_challenges += 1
+            self._udp.sendto(conn._stream.path_challenge(os.urandom(NONCE_SIZE)), addr)
+
+    def _migrate(self, conn: RudpConnection, addr: tuple[str, int]) -> None:
+        logger.info("rudp %s: peer of connection %08x moved from %s to %s", self.address, conn._stream.local_id,
+                    conn._remote, addr)
+        self._unindex(conn)  # a joined dial or answered SYN: its SYNs are over, nothing to route any more
+        conn._remote, conn._candidate = addr, None
+        self.migrations += 1
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         ids = peek_ids(data)
@@ -549,13 +474,18 @@ class RudpSocket:
         now = self.reactor.time()
         conn = self._by_id.get(dst) if dst else None
         if conn is not None:
-            if conn._remote != addr:
-                self.dropped += 1  # right id, wrong sender: spoofed, or a NAT rebinding we don't follow
-                return
-            conn._receive(data, now)
+            if conn._remote == addr:
+                conn._receive(data, now)
+            else:
+                self._from_elsewhere(conn, data, addr, now)
             return
         if not is_syn or dst:
             self.dropped += 1
+            header = parse_header(data)
+            if header is not None and header[7] >= 0:
+                reply = self._time_wait.answer(addr, dst, src, header[0], header[4], now)
+                if reply is not None:
+                    self._udp.sendto(reply, addr)
             return
         conn = self._accepted.get((addr, src))
         dialled = self._dialling.get(addr)
@@ -565,6 +495,8 @@ class RudpSocket:
         if conn is None and dialled is not None and dialled._stream.remote_id in (0, src):
             conn = dialled
         if conn is None:
+            if not self._proven(data, addr, src, now):
+                return
             conn = self._new(addr)
             self._on_accept(conn)
             if not conn.attached or self.closed:
@@ -572,3 +504,16 @@ class RudpSocket:
                 return
             self._accepted[(addr, src)] = conn
         conn._receive(data, now)
+
+    def _proven(self, syn: bytes, addr: tuple[str, int], src: int, now: float) -> bool:
+        """True if this SYN carries a valid cookie; else answer it with one (or drop it) and keep nothing."""
+        header = parse_header(syn)
+        if header is None or header[7] < 0 or self._time_wait.holds_syn(addr, src, now):
+            self.dropped += 1  # malformed, or a late SYN of a connection that is over
+            return False
+        isn = header[3]
+        if self._cookies.check(syn[HEADER_SIZE:], addr, src, isn, now):
+            return True
+        self.cookies_sent += 1
+        self._udp.sendto(pack_cookie(src, isn, self._cookies.make(addr, src, isn, now)), addr)
+        return False

@@ -16,7 +16,8 @@ from crust.ids import Endpoint, PeerId, name_hash
 from crust.nat import probe
 from crust.nat.punch import UdpPunch
 from crust.rudp.events import RudpData
-from crust.rudp.packet import _VALID_FLAGS, HEADER, MAX_PAYLOAD, RST, SYN, parse_header, peek_ids
+from crust.rudp.packet import (_VALID_FLAGS, ACK, COOKIE, COOKIE_SIZE, HEADER, MAGIC, MAX_PAYLOAD, PATH, PROBE, RST,
+                               SYN, parse_header, peek_ids)
 from crust.rudp.stream import RudpStream
 from .base import STATIC_B, Decoder, endpoints, handshake_garbage, ip_endpoints, mutants, peer_ids, pieces
 from .streams import first_flight
@@ -98,14 +99,19 @@ def _rudp_header(data: bytes) -> tuple[int, int, int, int, int, int, tuple[bytes
 
 def _rudp_datagram(value: tuple[int, int, int, int, int, int, tuple[bytes, ...], bytes]) -> bytes:
     flags, dst, src, seq, ack, window, sacks, payload = value
-    return HEADER.pack(0xC5, flags, dst, src, seq, ack, window, len(sacks)) + b"".join(sacks) + payload
+    return HEADER.pack(MAGIC, flags, dst, src, seq, ack, window, len(sacks)) + b"".join(sacks) + payload
 
 
 u32 = st.integers(0, 2**32 - 1)
+# A SYN (without ACK) and a COOKIE carry exactly a cookie and no SACK blocks, and only a COOKIE has src 0;
+# a PROBE carries padding and no SACK blocks, its answer (PROBE | ACK) neither.
+_exact = (SYN, COOKIE)
 rudp_datagrams = st.sampled_from(sorted(_VALID_FLAGS)).flatmap(lambda flags: st.tuples(
-    st.just(flags), u32, st.integers(1, 2**32 - 1), u32, u32, u32,
-    st.lists(st.binary(min_size=8, max_size=8), max_size=3).map(tuple),
-    st.just(b"") if flags & (SYN | RST) else st.binary(max_size=MAX_PAYLOAD)))
+    st.just(flags), u32, st.just(0) if flags == COOKIE else st.integers(1, 2**32 - 1), u32, u32, u32,
+    st.just(()) if flags in _exact or flags & PROBE else st.lists(st.binary(min_size=8, max_size=8),
+                                                                   max_size=3).map(tuple),
+    st.binary(min_size=COOKIE_SIZE, max_size=COOKIE_SIZE) if flags in _exact
+    else st.just(b"") if flags & (SYN | RST | PATH) or flags == PROBE | ACK else st.binary(max_size=MAX_PAYLOAD)))
 
 RUDP_A, RUDP_B, ISN_A, ISN_B = 0xA1A1A1A1, 0xB2B2B2B2, 0xFFFFFFF0, 0x7FFFFFF0
 

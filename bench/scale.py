@@ -4,9 +4,9 @@
                           [--profile DIR]
 
 The hub is a ``crust.Service`` in this process.  The peers are ``--peers`` Services spread over
-``--procs`` child processes (spawned, so no threaded process is forked; default one per 1,250
+``--procs`` child processes (spawned, so no threaded process is forked; default one per 500
 peers, at least 4); each peer uses ``dispatch="manual"`` (one reactor thread, no dispatcher) and
-bootstraps off the hub as a ``CrustUser.CLIENT`` from a pool of 16 threads per child.  With
+bootstraps off the hub as a ``CrustUser.CLIENT`` from a pool of 8 threads per child.  With
 ``--transport udp`` hub and peers have ``enable_tcp=False``: the hub listens on rUDP only and every
 peer bootstraps to it over rUDP (``both``, the default, runs TCP and then rUDP with fresh processes).
 
@@ -55,7 +55,9 @@ CONNECT_DEADLINE = 600.0   # all peers of all children
 BROADCAST_DEADLINE = 60.0
 STEP = 180.0               # any other single step (create services, close, ...)
 MESSAGE = bytes(range(256)) * 4  # 1 KiB
-PEERS_PER_PROC = 1250
+PEERS_PER_PROC = 500      # more reactor threads per child and their GIL waits swamp the cores
+BOOTSTRAP_THREADS = 8     # bootstraps in flight per child
+CHILD_SWITCH_INTERVAL = 0.05  # s; fewer futile GIL wake-ups among a child's hundreds of threads
 FDS_PER_PEER_CHILD = 4     # epoll + wake socketpair + the connection's socket (TCP or UDP)
 FD_MARGIN = 256            # listeners, pipes, the interpreter's own
 
@@ -94,6 +96,7 @@ def raise_fd_limit(need: int) -> dict[str, Any]:
 def child(index: int, count: int, transport: str, hub_ep: str, hub_id: str, pipe: Connection) -> None:
     """Own ``count`` peer Services; obey the parent's commands over ``pipe``."""
     services: list[crust.Service] = []
+    sys.setswitchinterval(CHILD_SWITCH_INTERVAL)
     try:
         limit = raise_fd_limit(FDS_PER_PEER_CHILD * count + FD_MARGIN)
         if not limit["enough"]:
@@ -122,7 +125,7 @@ def child(index: int, count: int, transport: str, hub_ep: str, hub_id: str, pipe
             return
         start = time.monotonic()
         failures: list[str] = []
-        with ThreadPoolExecutor(16) as pool:
+        with ThreadPoolExecutor(BOOTSTRAP_THREADS) as pool:
             futures = {pool.submit(svc.bootstrap, (), crust.CrustUser.CLIENT, BOOTSTRAP_TIMEOUT): i
                        for i, svc in enumerate(services)}
             for future in as_completed(futures, timeout=CONNECT_DEADLINE):
@@ -147,7 +150,7 @@ def child(index: int, count: int, transport: str, hub_ep: str, hub_id: str, pipe
 
         if pipe.recv() != "poll":
             return
-        # A sweep of run_callbacks(0) over 1,250 idle Services costs ~4 ms of CPU; eight children
+        # A sweep of run_callbacks(0) over 500 idle Services costs ~1.5 ms of CPU; twenty children
         # doing that every millisecond would take the cores the hub's broadcast needs.  So a sweep
         # reads each dispatcher's queue length (a private attribute, ~0.1 us) and runs callbacks
         # only where something is queued.
@@ -237,6 +240,14 @@ def save(prof: cProfile.Profile, directory: str, name: str) -> None:
         print("   ", line[:150])
 
 
+T0 = time.monotonic()
+
+
+def progress(what: str) -> None:
+    """A timestamped line on stderr, so a run that stalls shows where."""
+    print(f"[{time.monotonic() - T0:7.1f} s, load {os.getloadavg()[0]:.1f}] {what}", file=sys.stderr, flush=True)
+
+
 def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> dict[str, Any]:
     procs = max(1, min(procs, peers))
     fd_limit = raise_fd_limit((peers if transport == "tcp" else 0) + FD_MARGIN)
@@ -268,6 +279,7 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
             workers.append(proc)
         t = time.monotonic()
         ready = recv_all(pipes, "ready", STEP)
+        progress(f"{transport}: {peers} peer Services created in {procs} processes")
         result["create_peers_s"] = round(time.monotonic() - t, 3)
         result["peer_rss_idle_unconnected_kib"] = round(sum(r[2] for r in ready) / peers, 1)
 
@@ -283,6 +295,7 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
             pipe.send("go")
         reports = recv_all(pipes, "connected", CONNECT_DEADLINE + STEP, sample)
         children_done = time.monotonic() - start
+        progress(f"{transport}: children connected {sum(r[1] for r in reports)} in {children_done:.1f} s")
         connected = sum(r[1] for r in reports)
         # the hub may see the last few a moment after the children do (hub.peers() runs on the
         # hub's I/O thread: poll it slowly)
@@ -337,9 +350,11 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
             except crust.CrustError:
                 send_errors += 1
         sends_done = time.monotonic() - t0
+        progress(f"{transport}: send() loop over {len(ids)} peers took {sends_done:.3f} s")
         if send_prof:
             send_prof.disable()
         casts = recv_all(pipes, "broadcast", BROADCAST_DEADLINE + STEP)
+        progress(f"{transport}: broadcast reached {sum(c[1] for c in casts)} peers")
         profile.stop("broadcast")
         if send_prof and profile_dir:
             save(send_prof, profile_dir, f"{transport}-sendloop")

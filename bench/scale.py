@@ -15,7 +15,8 @@ Measured, per transport:
 * connect-all: from "go" until every child reported all its peers connected and the hub lists them;
 * hub threads (``threading.enumerate``) before the peers, peak while they connect, and after; hub
   open fds before and after;
-* hub RSS (``VmRSS``) before and after, and (after - before) / peers (RSS per idle peer);
+* hub RSS (``VmRSS``) before and after, and (after - before) / peers (RSS per idle peer); the
+  hub's CPU over 5 s with every peer idle (heartbeats, rUDP keepalives);
 * broadcast: the hub ``send``s one 1 KiB message to every peer; time until the last peer's
   ``on_message`` ran (children deliver their queued callbacks within ~1 ms; CLOCK_MONOTONIC is
   system-wide, so the children's stamps compare with the hub's).
@@ -36,6 +37,7 @@ import cProfile
 import gc
 import io
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -56,6 +58,7 @@ BROADCAST_DEADLINE = 60.0
 STEP = 180.0               # any other single step (create services, close, ...)
 MESSAGE = bytes(range(256)) * 4  # 1 KiB
 PEERS_PER_PROC = 500      # more reactor threads per child and their GIL waits swamp the cores
+IDLE_WINDOW = 5.0          # s over which the hub's CPU is measured with every peer idle
 BOOTSTRAP_THREADS = 8     # bootstraps in flight per child
 CHILD_SWITCH_INTERVAL = 0.05  # s; fewer futile GIL wake-ups among a child's hundreds of threads
 FDS_PER_PEER_CHILD = 4     # epoll + wake socketpair + the connection's socket (TCP or UDP)
@@ -205,6 +208,28 @@ def recv_all(pipes: list[Connection], tag: str, timeout: float,
     return [results[i] for i in range(len(pipes))]
 
 
+class LostPeers(logging.Handler):
+    """Counts why the engine dropped peers, from its "lost peer %r: %s" log record (it should drop none)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.reasons: dict[str, int] = {}
+        self.logger = logging.getLogger("crust")
+        self.old_level = self.logger.level
+        self.logger.addHandler(self)
+        if not self.logger.isEnabledFor(logging.INFO):
+            self.logger.setLevel(logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "lost peer %r: %s" and isinstance(record.args, tuple) and len(record.args) == 2:
+            key = str(record.args[1]).split(":")[0][:60]
+            self.reasons[key] = self.reasons.get(key, 0) + 1
+
+    def remove(self) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.old_level)
+
+
 class HubProfile:
     """cProfile on the hub's I/O thread, switched on and off on that thread (a private handle)."""
 
@@ -259,6 +284,7 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
     hub = crust.Service(base_config(transport, max_peers=max(4096, peers + 64),
                                     max_pending_handshakes_per_ip=1024, max_pending_handshakes=2048))
     hub_ep = str(hub.start_listening()[0])
+    lost = LostPeers()
     profile = HubProfile(hub, profile_dir, transport)
     gc.collect()
     threads_before = threading.active_count()
@@ -309,6 +335,10 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
         profile.stop("connect")
         time.sleep(1.0)  # let the hub settle (handshake buffers released)
         gc.collect()
+        # the hub's CPU while every peer sits idle: heartbeats (and rUDP keepalives) only
+        cpu0, idle0 = time.process_time(), time.monotonic()
+        time.sleep(IDLE_WINDOW)
+        result["hub_idle_cpu_pct"] = round(100 * (time.process_time() - cpu0) / (time.monotonic() - idle0), 1)
         sample()
         threads_after = threading.active_count()
         rss_after = rss_kib()
@@ -368,6 +398,7 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
             "broadcast_first_s": round(min((c[3] for c in casts if c[1]), default=t0) - t0, 4),
             "broadcast_hub_bytes_per_peer": round(written / max(1, len(ids)), 1),
             "hub_threads_end": threading.active_count(),
+            "hub_lost_peers": dict(lost.reasons),
         })
         for pipe in pipes:
             pipe.send("quit")
@@ -386,6 +417,7 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
                 proc.terminate()
                 proc.join(5.0)
         hub.close()
+        lost.remove()
     result["load_end"] = os.getloadavg()[0]
     return result
 
@@ -408,10 +440,12 @@ def report(r: dict[str, Any]) -> None:
         ("hub open fds before / after", f"{r.get('hub_fds_before')} / {r.get('hub_fds_after')}"),
         ("hub RSS before / after", f"{r.get('hub_rss_before_kib')} / {r.get('hub_rss_after_kib')} KiB"),
         ("hub RSS per idle peer", f"{r.get('hub_rss_per_peer_kib')} KiB"),
+        ("hub CPU with all peers idle", f"{r.get('hub_idle_cpu_pct')} % of a core"),
         ("peer-side RSS per peer", f"{r.get('peer_rss_per_peer_kib')} KiB"),
         ("broadcast 1 KiB: received", f"{r.get('broadcast_received')} of {r.get('broadcast_sent')}"),
         ("broadcast: send loop", f"{r.get('broadcast_send_loop_s')} s"),
         ("broadcast: first / last peer has it", f"{r.get('broadcast_first_s')} / {r.get('broadcast_last_s')} s"),
+        ("hub lost peers (reason: count)", r.get("hub_lost_peers")),
         ("close peers", f"{r.get('close_peers_s')} s"),
     ]
     for name, value in rows:

@@ -19,7 +19,11 @@ in their namespaces; the sender bootstraps off the receiver, then ``send``s ``--
 the same pseudo-random stream (a seed both are given): "exact" means byte-for-byte equal.
 Goodput = payload bytes / (receiver's last message - sender's first ``send``), in MB/s
 (10^6 bytes); CLOCK_MONOTONIC is the same in every namespace.  A transfer that has not finished
-within ``--timeout`` seconds is reported with the bytes that had arrived.
+within ``--timeout`` seconds is reported with the bytes that had arrived.  Each row also has the
+datagrams the two hosts' kernels dropped for a full socket buffer (``Udp: RcvbufErrors``), loss
+on top of the injected one.  ``--model`` adds the same transfer between two sans-IO
+``RudpStream`` s on a virtual clock (tests/test_rudp.py's link; no CPU or kernel in the way):
+what the protocol alone makes of the loss.
 
 Every wait is bounded; the lab's processes are ended by pid (process group) and its
 namespaces deleted on the way out, also on failure or ^C.  Prints a table and a JSON line.
@@ -186,6 +190,39 @@ def one_transfer(lab: Any, transport: str, loss: float, total: int, seed: int, t
             lab.stop(proc)
 
 
+def udp_drops(lab: Any) -> dict[str, int]:
+    """Datagrams each lab host's kernel dropped for a full socket buffer (``Udp: RcvbufErrors``)."""
+    out = {}
+    for host in ("h1", "h2"):
+        lines = [line.split() for line in lab.exec(host, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+                 if line.startswith("Udp:")]
+        if len(lines) >= 2 and "RcvbufErrors" in lines[0]:
+            out[host] = int(lines[1][lines[0].index("RcvbufErrors")])
+    return out
+
+
+def model(losses: list[float], total: int, delay_s: float) -> list[dict[str, Any]]:
+    """The same transfer between two sans-IO ``RudpStream`` s on a virtual clock (no CPU, no kernel).
+
+    tests/test_rudp.py's ``Pair`` joins them by a link with ``delay_s`` one way and the given
+    random loss each way; what it reports is what the protocol alone (RTO, NewReno, SACK)
+    makes of the loss.
+    """
+    from tests.test_rudp import connected_pair
+
+    rows = []
+    for loss in losses:
+        pair = connected_pair(seed=7, link={"loss": loss / 100, "delay": delay_s})
+        start = pair.now
+        pair.transfer(total, max_steps=5_000_000, max_time=3600.0)
+        virtual = pair.now - start
+        rows.append({"loss_percent": loss, "virtual_s": round(virtual, 3),
+                     "mb_s": round(total / virtual / 1e6, 3) if virtual > 0 else None,
+                     "timeouts": pair.a.timeouts, "retransmits": pair.a.retransmits,
+                     "datagrams_sent": pair.link.sent, "datagrams_lost": pair.link.lost})
+    return rows
+
+
 def set_loss(lab: Any, loss: float) -> None:
     for host in ("h1", "h2"):
         lab.stop_dropping(host)
@@ -215,6 +252,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=240.0, help="s one transfer may take")
     ap.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay on each veth end (needs netem)")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--model", action="store_true",
+                    help="also run the transfer between two sans-IO RudpStreams on a virtual clock")
+    ap.add_argument("--model-delay-ms", type=float, default=0.1, help="the model link's one-way delay")
     # the roles this script plays inside the lab
     ap.add_argument("--role", choices=("receiver", "sender"), help=argparse.SUPPRESS)
     ap.add_argument("--transport", help=argparse.SUPPRESS)
@@ -255,16 +295,25 @@ def main() -> int:
             set_loss(lab, loss)
             for run in range(args.runs):
                 for transport in transports:
-                    before = load()
+                    before, drops = load(), udp_drops(lab)
                     row = one_transfer(lab, transport, loss, total, seed=run + 1, timeout=args.timeout)
+                    row["rcvbuf_drops"] = {h: n - drops.get(h, 0) for h, n in udp_drops(lab).items()}
                     row.update(run=run + 1, load_before=round(before, 2), load_after=round(load(), 2))
                     rows.append(row)
                     print(f"  loss {loss:g} % {transport}: {row.get('mb_s')} MB/s in {row.get('seconds')} s, "
                           f"exact={row.get('exact')} finished={row.get('finished')} load {before:.2f}"
+                          f" rcvbuf drops {row['rcvbuf_drops']}"
                           + (f"  ERROR {row['error']}" if row.get("error") else ""), file=sys.stderr, flush=True)
     summary = summarize(rows, losses, transports)
     print_table(summary, total, args)
-    out = {"mib": args.mib, "delay_ms": args.delay_ms, "rows": rows, "summary": summary}
+    out: dict[str, Any] = {"mib": args.mib, "delay_ms": args.delay_ms, "rows": rows, "summary": summary}
+    if args.model:
+        out["model"] = model(losses, total, args.model_delay_ms / 1000)
+        print(f"\nthe protocol alone (two sans-IO RudpStreams, virtual clock, "
+              f"{args.model_delay_ms:g} ms one way, same loss each way):")
+        for m in out["model"]:
+            print(f"  loss {m['loss_percent']:g} %: {m['mb_s']} MB/s ({m['virtual_s']} s virtual), "
+                  f"{m['timeouts']} RTO expiries, {m['retransmits']} retransmissions")
     print(json.dumps(out))
     if args.json:
         with open(args.json, "w") as f:

@@ -19,7 +19,8 @@ Measured, per transport:
   hub's CPU over 5 s with every peer idle (heartbeats, rUDP keepalives);
 * broadcast: the hub ``send``s one 1 KiB message to every peer; time until the last peer's
   ``on_message`` ran (children deliver their queued callbacks within ~1 ms; CLOCK_MONOTONIC is
-  system-wide, so the children's stamps compare with the hub's).
+  system-wide, so the children's stamps compare with the hub's), and the CPU the hub and the
+  children spent meanwhile (on two cores the receivers' share sets much of the wall-clock time).
 
 ``--profile DIR`` runs cProfile on the hub's I/O thread (switched on and off on that thread)
 during the connect phase and during the broadcast, and on the main thread's ``send()`` loop; it
@@ -159,6 +160,7 @@ def child(index: int, count: int, transport: str, hub_ep: str, hub_id: str, pipe
         # only where something is queued.
         queued = [getattr(svc, "_dispatcher", None) for svc in services]
         pipe.send("polling")
+        cpu0 = time.process_time()
         deadline = time.monotonic() + BROADCAST_DEADLINE
         rounds = 0
         while len(received) < connected and time.monotonic() < deadline:
@@ -169,7 +171,7 @@ def child(index: int, count: int, transport: str, hub_ep: str, hub_id: str, pipe
             if len(received) < connected:
                 time.sleep(0.001)
         pipe.send(("broadcast", len(received), max(received.values(), default=0.0),
-                   min(received.values(), default=0.0), rounds))
+                   min(received.values(), default=0.0), rounds, time.process_time() - cpu0))
 
         pipe.recv()  # "quit"
     except (EOFError, KeyboardInterrupt):
@@ -398,6 +400,7 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
             "broadcast_last_s": round(last - t0, 4),
             "broadcast_first_s": round(min((c[3] for c in casts if c[1]), default=t0) - t0, 4),
             "broadcast_hub_cpu_s": round(hub_cpu, 3),
+            "broadcast_peers_cpu_s": round(sum(c[5] for c in casts), 3),
             "broadcast_hub_bytes_per_peer": round(written / max(1, len(ids)), 1),
             "hub_threads_end": threading.active_count(),
             "hub_lost_peers": dict(lost.reasons),
@@ -447,7 +450,8 @@ def report(r: dict[str, Any]) -> None:
         ("broadcast 1 KiB: received", f"{r.get('broadcast_received')} of {r.get('broadcast_sent')}"),
         ("broadcast: send loop", f"{r.get('broadcast_send_loop_s')} s"),
         ("broadcast: first / last peer has it", f"{r.get('broadcast_first_s')} / {r.get('broadcast_last_s')} s"),
-        ("broadcast: hub CPU (all threads) until all had it", f"{r.get('broadcast_hub_cpu_s')} s"),
+        ("broadcast: CPU until all had it, hub / peers", f"{r.get('broadcast_hub_cpu_s')} / "
+                                                         f"{r.get('broadcast_peers_cpu_s')} s"),
         ("hub lost peers (reason: count)", r.get("hub_lost_peers")),
         ("close peers", f"{r.get('close_peers_s')} s"),
     ]

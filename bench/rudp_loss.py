@@ -133,13 +133,24 @@ def sender(args: argparse.Namespace) -> int:
         emit("sent", start=start, queued=time.monotonic() - start)
         sys.stdin.read()
         info = svc.peer_info(peer) if svc.is_connected(peer) else None
-        emit("closing", bytes_sent_wire=info.bytes_sent if info else None)
+        emit("closing", bytes_sent_wire=info.bytes_sent if info else None, **rudp_counters(svc))
         return 0
     except Exception as exc:  # noqa: BLE001
         emit("error", type=type(exc).__name__, message=str(exc))
         return 1
     finally:
         svc.close()
+
+
+def rudp_counters(svc: Any) -> dict[str, int]:
+    """The sender's rUDP RTO expiries and retransmissions (diagnostic: private attributes, read as found)."""
+    out = {"rto_expiries": 0, "retransmits": 0}
+    for conn in list(getattr(getattr(svc, "_streams", None), "_streams", {}).values()):
+        stream = getattr(conn, "_stream", None)
+        if stream is not None:
+            out["rto_expiries"] += getattr(stream, "timeouts", 0)
+            out["retransmits"] += getattr(stream, "retransmits", 0)
+    return out
 
 
 # -- the parent: lab, runs, table ---------------------------------------------------------------
@@ -186,6 +197,12 @@ def one_transfer(lab: Any, transport: str, loss: float, total: int, seed: int, t
             row["error"] = f"sender: {sent}"
         return row
     finally:
+        if len(procs) == 2 and row.get("received") is not None:
+            procs[1].stdin.close()  # the sender reports its counters, then exits
+            closing = LineReader(procs[1], name="sender").wait_for("closing", 10.0)
+            if closing and closing.get("event") == "closing" and transport == "udp":
+                row["rto_expiries"] = closing.get("rto_expiries")
+                row["retransmits"] = closing.get("retransmits")
         for proc in procs:
             lab.stop(proc)
 
@@ -302,7 +319,8 @@ def main() -> int:
                     rows.append(row)
                     print(f"  loss {loss:g} % {transport}: {row.get('mb_s')} MB/s in {row.get('seconds')} s, "
                           f"exact={row.get('exact')} finished={row.get('finished')} load {before:.2f}"
-                          f" rcvbuf drops {row['rcvbuf_drops']}"
+                          f" rcvbuf drops {row['rcvbuf_drops']} RTOs {row.get('rto_expiries')}"
+                          f" retransmits {row.get('retransmits')}"
                           + (f"  ERROR {row['error']}" if row.get("error") else ""), file=sys.stderr, flush=True)
     summary = summarize(rows, losses, transports)
     print_table(summary, total, args)

@@ -346,13 +346,13 @@ def summarize(rows: list[dict[str, Any]], losses: list[float], transports: list[
         for t in transports:
             mine = [r for r in rows if r["loss_percent"] == loss and r["transport"] == t]
             rates = [r["mb_s"] for r in mine if r.get("mb_s") and r.get("finished")]
-            line[t] = {"mb_s_median": round(statistics.median(rates), 2) if rates else None,
+            line[t] = {"mb_s_median": round(statistics.median(rates), 3) if rates else None,
                        "mb_s_runs": [r.get("mb_s") for r in mine],
                        "seconds_runs": [r.get("seconds") for r in mine],
                        "complete": sum(bool(r.get("finished") and r.get("exact")) for r in mine),
                        "runs": len(mine)}
         if "udp" in line and "tcp" in line and line["udp"]["mb_s_median"] and line["tcp"]["mb_s_median"]:
-            line["udp_over_tcp"] = round(line["udp"]["mb_s_median"] / line["tcp"]["mb_s_median"], 2)
+            line["udp_over_tcp"] = round(line["udp"]["mb_s_median"] / line["tcp"]["mb_s_median"], 4)
         out.append(line)
     return out
 

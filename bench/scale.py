@@ -8,7 +8,8 @@ The hub is a ``crust.Service`` in this process.  The peers are ``--peers`` Servi
 peers, at least 4); each peer uses ``dispatch="manual"`` (one reactor thread, no dispatcher) and
 bootstraps off the hub as a ``CrustUser.CLIENT`` from a pool of 8 threads per child.  With
 ``--transport udp`` hub and peers have ``enable_tcp=False``: the hub listens on rUDP only and every
-peer bootstraps to it over rUDP (``both``, the default, runs TCP and then rUDP with fresh processes).
+peer bootstraps to it over rUDP (``both``, the default, runs TCP and then rUDP with fresh children;
+the hub's RSS per peer is only meaningful for the first, the second reuses memory the first freed).
 
 Measured, per transport:
 

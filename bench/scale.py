@@ -198,12 +198,12 @@ def recv_all(pipes: list[Connection], tag: str, timeout: float,
         left = deadline - time.monotonic()
         if left <= 0:
             raise SystemExit(f"timed out waiting for {tag!r} from {len(pipes) - len(results)} children")
-        for conn in mp_wait([p for i, p in enumerate(pipes) if i not in results], timeout=min(left, 0.2)):
+        for ready in mp_wait([p for i, p in enumerate(pipes) if i not in results], timeout=min(left, 0.2)):
+            index = pipes.index(ready)  # type: ignore[arg-type]
             try:
-                msg = conn.recv()
+                msg = pipes[index].recv()
             except EOFError:
                 raise SystemExit(f"a child exited while we waited for {tag!r}") from None
-            index = pipes.index(conn)  # type: ignore[arg-type]
             name = msg[0] if isinstance(msg, tuple) else msg
             if name == "error":
                 raise SystemExit(msg[1])

@@ -214,6 +214,18 @@ def recv_all(pipes: list[Connection], tag: str, timeout: float,
     return [results[i] for i in range(len(pipes))]
 
 
+def peers_of(hub: crust.Service, wait: float = 15.0) -> list[crust.PeerInfo]:
+    """``hub.peers()``, waiting up to ``wait`` s for a saturated hub (then ``[]``, with a note on stderr)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return hub.peers()
+        except crust.CrustTimeoutError:
+            if time.monotonic() > deadline:
+                print(f"hub.peers() got no answer from the hub's I/O thread for {wait} s", file=sys.stderr)
+                return []
+
+
 class LostPeers(logging.Handler):
     """Counts why the engine dropped peers, from its "lost peer %r: %s" log record (it should drop none)."""
 
@@ -332,11 +344,11 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
         # the hub may see the last few a moment after the children do (hub.peers() runs on the
         # hub's I/O thread: poll it slowly)
         wait_until = time.monotonic() + 10.0
-        hub_peers = len(hub.peers())
+        hub_peers = len(peers_of(hub))
         while hub_peers < connected and time.monotonic() < wait_until:
             sample()
             time.sleep(0.1)
-            hub_peers = len(hub.peers())
+            hub_peers = len(peers_of(hub))
         connect_all = time.monotonic() - start
         profile.stop("connect")
         time.sleep(1.0)  # let the hub settle (handshake buffers released)
@@ -367,7 +379,7 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
         for pipe in pipes:
             pipe.send("poll")
         recv_all(pipes, "polling", STEP)
-        infos = hub.peers()
+        infos = peers_of(hub, 60.0)
         ids = [info.id for info in infos]
         sent0 = sum(info.bytes_sent for info in infos)
         gc.collect()
@@ -395,7 +407,7 @@ def measure(peers: int, procs: int, transport: str, profile_dir: str | None) -> 
         profile.stop("broadcast")
         if send_prof and profile_dir:
             save(send_prof, profile_dir, f"{transport}-sendloop")
-        written = sum(info.bytes_sent for info in hub.peers()) - sent0
+        written = sum(info.bytes_sent for info in peers_of(hub, 60.0)) - sent0
         got = sum(c[1] for c in casts)
         last = max((c[2] for c in casts if c[1]), default=t0)
         result.update({

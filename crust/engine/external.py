@@ -61,7 +61,11 @@ class ExternalAddresses:
         self.mapped: tuple[Endpoint, ...] = ()  # external endpoints a router maps to our listeners (UPnP)
         self._announced: tuple[Endpoint, ...] = ()  # what the last ListenersChanged said
         self.changed: list[Callable[[float], None]] = []  # told when where we accept changed (now)
-        peers.established.append(lambda conn, peer_id: self.refresh(core.now))
+        # Peers that announced a listener of each kind, in arrival order: whom we can ask.  Kept here
+        # so that asking costs a lookup, not a scan of every peer (a hub of Clients, who announce
+        # none, would scan its whole table for every newcomer).
+        self._listening: dict[str, dict[PeerId, None]] = {"tcp": {}, "udp": {}}
+        peers.established.append(self._on_established)
 
     def nat_info(self, now: float) -> NatInfo:
         """What we know now."""
@@ -143,10 +147,22 @@ class ExternalAddresses:
         due = self.observer.next_check(now)
         return NEVER if due is None else due
 
+    def _on_established(self, conn: Conn, peer_id: PeerId) -> None:
+        for kind, listening in self._listening.items():
+            if self._listener_of(peer_id, kind) is not None:
+                listening[peer_id] = None
+        self.refresh(self._core.now)
+
     def _observers(self, kind: str) -> list[tuple[PeerId, str]]:
-        # A relayed peer sees us through the relay, at the relay's address: it cannot observe us.
-        return [(peer.id, peer.conn.remote.host) for peer in self._peers.table.values()
-                if peer.conn is not None and peer.conn.circuit is None and self._listener_of(peer.id, kind) is not None]
+        found, listening = [], self._listening[kind]
+        for peer_id in list(listening):
+            peer = self._peers.table.get(peer_id)
+            # A relayed peer sees us through the relay, at the relay's address: it cannot observe us.
+            if peer is None or peer.conn is None or peer.conn.circuit is not None or self._listener_of(peer_id, kind) is None:
+                del listening[peer_id]  # gone, or no longer usable; a new connection puts it back
+                continue
+            found.append((peer_id, peer.conn.remote.host))
+        return found
 
     def _listener_of(self, peer_id: PeerId, kind: str) -> Endpoint | None:
         """The peer's ``kind`` listener at the IP we reach it at, if it announced one."""

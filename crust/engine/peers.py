@@ -71,6 +71,7 @@ class Peers:
         self._rng = rng  # peer-exchange sampling; tests inject a seeded one
         self.table: dict[PeerId, Peer] = {}
         self.parked: dict[PeerId, float] = {}  # peers between a duplicate's Goodbye and the survivor
+        self._retiring: dict[PeerId, list[Conn]] = {}  # duplicates read until the peer agrees, by peer
         self.dirty: dict[ConnId, Conn] = {}  # conns whose outbox may fill a frame
         self.established: list[EstablishedHook] = []  # told of every connection that came to carry a peer
         self.learned: list[Callable[[list[Contact]], None]] = []  # told of contacts peer exchange brought
@@ -251,6 +252,9 @@ class Peers:
         core.send_control(conn, Goodbye(GoodbyeReason.DUPLICATE))
         conn.deadline = now + core.config.handshake_timeout
         core.schedule(conn, conn.deadline)
+        assert conn.peer_id is not None
+        retiring = [c for c in self._retiring.get(conn.peer_id, ()) if c.id in core.conns]
+        self._retiring[conn.peer_id] = [*retiring, conn]
 
     # -- losing peers -----------------------------------------------------------------
 
@@ -271,8 +275,11 @@ class Peers:
     def drop(self, peer: Peer, reason: str) -> None:
         """Forget ``peer`` (and any duplicate still retiring) and report it lost."""
         core = self._core
-        for conn in [c for c in core.conns.values() if c.peer_id == peer.id and c.state is ExchangeState.ESTABLISHED]:
-            core.close(conn, flush=True)  # retiring duplicates must not outlive their peer
+        # Its connection, and retiring duplicates, which must not outlive their peer (a lookup, not a scan:
+        # a hub that loses thousands of peers at once must not scan its table for each).
+        for conn in (peer.conn, *self._retiring.pop(peer.id, ())):
+            if conn is not None and conn.id in core.conns and conn.state is ExchangeState.ESTABLISHED:
+                core.close(conn, flush=True)
         self.parked.pop(peer.id, None)
         if self.table.pop(peer.id, None) is not None:
             log.info("lost peer %r: %s", peer.id, reason)

@@ -28,9 +28,9 @@ first) then none once closed, 0 ``crust-*`` threads, open fds back to the baseli
 the first Service, 0 misbehaviour reports and 0 dropped sends.  RSS is sampled every second;
 after the warm-up (the first third of the run: RSS climbs for a minute or two while the Services
 reach more of the states they can be in, then levels) the mean of the last half must be within
-``--rss-margin`` % (5 %; 10 % with ``--quick``) of the mean of the first half, and so must the
-number of blocks Python's allocator holds (``sys.getallocatedblocks()``, what a leak of Python
-objects grows, whatever the allocators keep).  On glibc the
+``--rss-margin`` % (5 %; 10 % with ``--quick``) of the mean of the first half, and the number of
+blocks Python's allocator holds (``sys.getallocatedblocks()``, what a leak of Python objects
+grows, whatever the allocators keep) within twice that.  On glibc the
 soak first pins malloc's mmap threshold and arena count (:func:`pin_glibc_malloc`;
 ``--glibc-defaults`` leaves them), so that RSS shows what is held, not what glibc keeps.
 
@@ -419,8 +419,11 @@ def summarize_rss(samples: list[tuple[float, int, int]], margin: float) -> dict[
     return {"samples": len(samples), "start_mib": samples[0][1] / 1024, "peak_mib": max(s[1] for s in samples) / 1024,
             "end_mib": samples[-1][1] / 1024, "first_half_mib": first / 1024, "last_half_mib": last / 1024,
             "growth_pct": growth, "margin_pct": margin, "flat": abs(growth) <= margin,
+            # Twice the margin: how many small objects are alive swings with the connections and
+            # messages of the moment (seen: -1.7 % to +6.3 % in 3-minute runs whose traced memory shrank).
             "python_blocks": {"first_half": round(blocks_first), "last_half": round(blocks_last),
-                              "growth_pct": round(blocks_growth, 2), "flat": abs(blocks_growth) <= margin},
+                              "growth_pct": round(blocks_growth, 2), "margin_pct": 2 * margin,
+                              "flat": abs(blocks_growth) <= 2 * margin},
             "timeline_mib": [(round(t), round(kib / 1024, 1)) for t, kib, _ in samples[::max(1, len(samples) // 20)]]}
 
 
@@ -537,7 +540,7 @@ def main() -> int:
               f" margin ±{rss['margin_pct']} %)")
         blocks = rss["python_blocks"]
         print(f"Python's allocated blocks after warm-up: first half {blocks['first_half']}, last half"
-              f" {blocks['last_half']} ({blocks['growth_pct']:+.2f} %)")
+              f" {blocks['last_half']} ({blocks['growth_pct']:+.2f} %, margin ±{blocks['margin_pct']} %)")
     print(f"fds: baseline {result['fds']['baseline']}, end {result['fds']['end']}")
     for check, value in result["checks"].items():
         print(f"  {'FAIL' if value else 'ok  '} {check}: {value}")

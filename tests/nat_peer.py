@@ -21,15 +21,32 @@ prints one JSON event per line on stdout, flushed at once.  Every event has
 Asynchronous events: {"event": "new_peer", "peer", "transport", "addr", "origin"},
 {"event": "message", "peer", "bytes", "sha256"}, {"event": "lost", "peer"}.
 A failed command answers {"event": "error", "cmd", "type", "message", "reasons"}.
+
+Fault-lab options and commands (tests/test_lab_faults.py): ``--inactivity S`` sets
+``inactivity_timeout``, ``--cache PATH`` the bootstrap cache file (default: none).
+
+    send_seq   peer count max_size [seed] [priority]
+                                     -> {"event": "sent_seq", "peer", "count", "bytes", "seconds"} | error
+    seq_report peer                  -> {"event": "seq_report", "peer", **SeqStream.report()}
+
+``send_seq`` sends ``count`` sequence-numbered messages (sizes log-uniform in
+1..``max_size``, bodies derived from their headers) to ``peer``; the receiving
+peer checks each one (order, duplicates, body) and says
+{"event": "seq_complete", "peer", **report} once the last of a run arrived.
+Those messages raise no "message" event.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
+import random
+import struct
 import sys
 import threading
 import time
@@ -55,6 +72,120 @@ def transport_nat(t: crust.TransportNat) -> dict[str, Any]:
             "mapping": t.mapping.value, "confirmed": t.confirmed, "observers": t.observers}
 
 
+# -- faults: the options and commands of tests/test_lab_faults.py (one block) ----------------
+
+SEQ_MAGIC = b"crustSEQ"  # what marks a sequence-checked message (random payloads never start so)
+SEQ_HEADER = struct.Struct(">8sIIQ")  # magic, seq (from 0), count of the run, run id
+
+
+def add_fault_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--inactivity", type=float, default=None,
+                    help="inactivity_timeout, seconds (default max(120, 6 x heartbeat))")
+    ap.add_argument("--cache", default=None, help="bootstrap_cache_path (default: no cache)")
+
+
+def fault_config(config: crust.Config, args: argparse.Namespace) -> crust.Config:
+    """``config`` with the fault options applied (unchanged without them)."""
+    changes: dict[str, Any] = {}
+    if args.inactivity is not None:
+        changes["inactivity_timeout"] = args.inactivity
+    if args.cache is not None:
+        changes["bootstrap_cache_path"] = args.cache
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def seq_body(header: bytes, size: int) -> bytes:
+    """The body only this header makes (a corrupted or misplaced byte shows)."""
+    seed = hashlib.blake2b(header, digest_size=32).digest()
+    return (seed * (size // 32 + 1))[:size]
+
+
+@dataclasses.dataclass
+class SeqStream:
+    """What one run of a peer's sequence-numbered messages looked like on arrival."""
+
+    run: int
+    count: int  # messages in the run
+    received: int = 0
+    next: int = 0  # the seq we expect next
+    duplicates: int = 0  # a seq at or below one seen before
+    gaps: int = 0  # a seq beyond the next one: a loss, or the start of a reordering
+    corrupt: int = 0
+    bytes: int = 0
+    started: float = dataclasses.field(default_factory=time.monotonic)  # the first arrival
+    seconds: float = 0.0  # from the first arrival to the last
+    longest_wait: float = 0.0  # seconds between two arrivals, at most
+
+    def take(self, seq: int, data: bytes) -> bool:
+        """Check one message of this run; True when it was the run's last."""
+        waited = time.monotonic() - self.started - self.seconds
+        self.seconds += waited
+        self.longest_wait = max(self.longest_wait, waited)
+        self.received += 1
+        self.bytes += len(data)
+        if data[SEQ_HEADER.size:] != seq_body(data[:SEQ_HEADER.size], len(data) - SEQ_HEADER.size):
+            self.corrupt += 1
+        if seq < self.next:
+            self.duplicates += 1
+        elif seq > self.next:
+            self.gaps += 1
+        self.next = max(self.next, seq + 1)
+        return seq == self.count - 1
+
+    def report(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        del out["started"]
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+
+
+class SeqChecker:
+    """The receiving side of ``send_seq``: one :class:`SeqStream` per sending peer."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, SeqStream] = {}
+        self.lock = threading.Lock()
+
+    def on_message(self, peer: crust.PeerId, data: bytes) -> bool:
+        """Check ``data`` if it is a sequence-numbered message; True if it was (it is then taken)."""
+        if not data.startswith(SEQ_MAGIC) or len(data) < SEQ_HEADER.size:
+            return False
+        _, seq, count, run = SEQ_HEADER.unpack_from(data)
+        with self.lock:
+            stream = self.streams.get(str(peer))
+            if stream is None or stream.run != run:
+                stream = self.streams[str(peer)] = SeqStream(run, count)
+            if stream.take(seq, data):
+                emit("seq_complete", peer=str(peer), **stream.report())
+        return True
+
+    def report(self, peer: str) -> dict[str, Any]:
+        with self.lock:
+            stream = self.streams.get(peer)
+            return stream.report() if stream is not None else {"received": 0}
+
+
+def send_seq(svc: crust.Service, command: dict[str, Any], checker: SeqChecker) -> None:
+    peer = crust.PeerId.from_str(command["peer"])
+    count, max_size = int(command["count"]), int(command["max_size"])
+    rng = random.Random(command.get("seed", 0))
+    run = rng.getrandbits(63)
+    start, total = time.monotonic(), 0
+    for seq in range(count):
+        size = int(math.exp(rng.uniform(0.0, math.log(max_size))))  # log-uniform: many small, some near max_size
+        header = SEQ_HEADER.pack(SEQ_MAGIC, seq, count, run)
+        data = header + seq_body(header, max(0, size - SEQ_HEADER.size))
+        svc.send(peer, data, int(command.get("priority", 0)), timeout=60.0)
+        total += len(data)
+    emit("sent_seq", peer=command["peer"], count=count, bytes=total, seconds=round(time.monotonic() - start, 3))
+
+
+def seq_report(svc: crust.Service, command: dict[str, Any], checker: SeqChecker) -> None:
+    emit("seq_report", peer=command["peer"], **checker.report(command["peer"]))
+
+
+FAULT_COMMANDS = {"send_seq": send_seq, "seq_report": seq_report}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contact", action="append", default=[], help="a hard-coded contact (repeatable)")
@@ -72,6 +203,7 @@ def main() -> int:
     ap.add_argument("--relay-max-circuits", type=int, default=16)
     ap.add_argument("--relay-rate", type=int, default=64 * 1024 * 1024, help="relay_max_bytes_per_s")
     ap.add_argument("--tap", default="", help="hex bytes: count relayed chunks that hold them (a plaintext leak)")
+    add_fault_options(ap)
     args = ap.parse_args()
     tap_hits = _tap_relay(bytes.fromhex(args.tap)) if args.tap else [0]
     if args.log_info and not args.debug:
@@ -96,12 +228,13 @@ def main() -> int:
         inactivity_timeout=max(120.0, 6 * args.heartbeat), network_name="natlab", bootstrap_timeout=15.0,
         relay=args.relay, relay_max_circuits=args.relay_max_circuits, relay_max_bytes_per_s=args.relay_rate,
     )
-    svc = crust.Service(config)
+    svc = crust.Service(fault_config(config, args))
+    checker = SeqChecker()
     ours: list[crust.PrivConnectionInfo] = []
     svc.on_new_peer(lambda p: emit("new_peer", peer=str(p.id), transport=p.transport, addr=str(p.addr),
                                    origin=str(p.origin)))
-    svc.on_message(lambda peer, data: emit("message", peer=str(peer), bytes=len(data),
-                                           sha256=hashlib.sha256(data).hexdigest()))
+    svc.on_message(lambda peer, data: checker.on_message(peer, data) or emit(
+        "message", peer=str(peer), bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
     svc.on_lost(lambda peer: emit("lost", peer=str(peer)))
     done = threading.Event()
 
@@ -110,6 +243,8 @@ def main() -> int:
         try:
             if cmd == "listen":
                 emit("listening", endpoints=[str(ep) for ep in svc.start_listening()])
+            elif cmd in FAULT_COMMANDS:
+                FAULT_COMMANDS[cmd](svc, command, checker)
             elif cmd == "bootstrap":
                 user = crust.CrustUser.CLIENT if command.get("user", "client") == "client" else crust.CrustUser.NODE
                 peer = svc.bootstrap(blacklist=command.get("blacklist", []), user=user)

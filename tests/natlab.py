@@ -26,6 +26,11 @@ behaves as its table says, with plain sockets.
   as after a reboot (conntrack flushed over netlink, the cone map emptied);
   rules and UPnP mappings stay.
 * Loss: :meth:`Lab.drop_randomly` works on routers (WAN ingress) and hosts.
+* Faults (tests/test_lab_faults.py): :meth:`NatLab.cut_link` / ``restore_link``
+  (every frame on a host's or router's link vanishes), :meth:`NatLab.router_down` /
+  ``router_up`` (a reboot that lasts until ``router_up``: WAN silent, state
+  forgotten), :meth:`NatLab.set_loss` / ``clear_loss`` / ``loss_counts`` (random
+  loss in both directions of a link, nftables: there is no netem here).
 
 Quick picture::
 
@@ -354,6 +359,116 @@ class NatLab(Lab):
         """``nft list ruleset`` of ``router`` (for failure messages)."""
         return self._nft(router, ["list", "ruleset"]).stdout
 
+    # -- faults: cut links, router reboots, loss both ways (tests/test_lab_faults.py) --------
+
+    def cut_link(self, host: str) -> None:
+        """Cut ``host``'s link: every frame into or out of its interface (a router's: its WAN) vanishes.
+
+        An nftables ``netdev`` table dropping at the interface's ingress and
+        egress hooks: the link stays up and carrier stays on, so the endpoints
+        see nothing but silence, as when a cable breaks somewhere upstream.
+        Undone by :meth:`restore_link`.
+
+        Raises:
+            LabError: ``host`` has no interface, or ``nft`` refused the rules.
+        """
+        self._netdev_fault(host, str(self.hosts[host].ifname), "fault_cut", {"ingress": "drop", "egress": "drop"})
+
+    def restore_link(self, host: str) -> None:
+        """Undo :meth:`cut_link` on ``host`` (a link that is not cut is left alone)."""
+        self.exec(host, [NFT, "delete", "table", "netdev", "fault_cut"])
+
+    def set_loss(self, host: str, percent: float) -> None:
+        """Drop ``percent`` % of the IPv4 packets in each direction of ``host``'s link, independently.
+
+        netem is what one would reach for, but these kernels have none (TESTLAB.md
+        "Lossy, slow links"): a rule drawing a random number per packet at the
+        ingress hook of both ends of the link (an nftables ``netdev`` table in
+        each namespace, apart from :meth:`Lab.drop_randomly`'s).  Both ends send
+        one MTU-sized segment per frame (``gso_max_segs 1``): a veth otherwise
+        passes TCP's 64 KiB GSO super-packets whole, and one drop would cost ~45
+        segments at once.  Undone by :meth:`clear_loss`; a second call replaces the first.
+
+        Raises:
+            ValueError: ``percent`` is not in 0..100 (steps of 0.01).
+            LabError: ``host`` has no interface, or ``nft`` refused the rules.
+        """
+        per_10000 = round(percent * 100) if isinstance(percent, (int, float)) and not isinstance(percent, bool) else -1
+        if not 0 <= per_10000 <= 10000:
+            raise ValueError(f"percent must be 0..100, not {percent!r}")
+        self.clear_loss(host)
+        # numgen's range is 0..9999, so "< 10000" would be out of range: drop all without it.
+        share = "" if per_10000 == 10000 else f"numgen random mod 10000 < {per_10000} "
+        # Counted twice: every packet, then those dropped (loss_counts).
+        rule = f"meta protocol ip counter {share}counter drop"
+        for short, ifname in self._link_ends(host):
+            self._ipc(short, ["link", "set", "dev", ifname, "gso_max_segs", "1"])
+            self._netdev_fault(short, ifname, _loss_table(host), {"ingress": rule})
+
+    def loss_counts(self, host: str) -> tuple[int, int]:
+        """IPv4 packets that met :meth:`set_loss`'s rules on ``host``'s link, and those dropped, both ways.
+
+        Returns:
+            ``(seen, dropped)``; ``(0, 0)`` without loss.
+        """
+        seen = dropped = 0
+        for short, _ in self._link_ends(host):
+            done = self.exec(short, [NFT, "-j", "list", "table", "netdev", _loss_table(host)])
+            if done.returncode != 0:
+                continue
+            for item in json.loads(done.stdout).get("nftables", []):
+                counters = [e["counter"]["packets"] for e in item.get("rule", {}).get("expr", []) if "counter" in e]
+                if len(counters) == 2:
+                    seen, dropped = seen + counters[0], dropped + counters[1]
+        return seen, dropped
+
+    def clear_loss(self, host: str) -> None:
+        """Undo :meth:`set_loss` on ``host`` (a link without loss is left alone; frames stay one segment)."""
+        for short, _ in self._link_ends(host):
+            self.exec(short, [NFT, "delete", "table", "netdev", _loss_table(host)])
+
+    def router_down(self, router: str) -> None:
+        """Power ``router`` off: its WAN goes silent (:meth:`cut_link`) and it forgets every mapping.
+
+        Its LAN hosts keep their links and addresses, as behind a real router
+        that is rebooting; what they send meanwhile goes nowhere.  Undone by
+        :meth:`router_up`.
+        """
+        self.cut_link(router)
+        self.restart_nat(router)
+
+    def router_up(self, router: str) -> None:
+        """Power ``router`` on again after :meth:`router_down`: state forgotten once more, WAN back.
+
+        The flush comes first: packets its LAN sent while it was down created
+        tracked connections (dropped at the WAN egress) that a rebooted router
+        would not have.
+        """
+        self.restart_nat(router)
+        self.restore_link(router)
+
+    def _link_ends(self, host: str) -> list[tuple[str, str]]:
+        """Both ends of ``host``'s link: ``(namespace short name, interface)``, the host's first."""
+        h = self.hosts[host]
+        if h.ifname is None or h.ip is None:
+            raise LabError(f"{host} has no link")
+        if host in self.routers or host in self.public_ips:
+            return [(host, h.ifname), ("inet", f"p-{host}")]
+        ip = ipaddress.ip_address(h.ip)
+        for r in self.routers.values():
+            if ip in ipaddress.ip_network(r.lan):
+                return [(host, h.ifname), (r.name, f"p-{host}")]
+        raise LabError(f"{host} is on no link of this lab")
+
+    def _netdev_fault(self, short: str, ifname: str, table: str, rules: dict[str, str]) -> None:
+        """A ``netdev`` table ``table`` in ``short`` applying ``rules[hook]`` at ``ifname``'s hooks."""
+        chains = "".join(f"  chain {hook} {{\n    type filter hook {hook} device {ifname} priority 0;\n"
+                         f"    {rule}\n  }}\n" for hook, rule in rules.items())
+        path = os.path.join(self.tmpdir, f"{table}-{short}.nft")
+        with open(path, "w") as f:  # a file: nft's one-line syntax cannot end a chain after a rule
+            f.write(f"table netdev {table} {{\n{chains}}}\n")
+        self._nft(short, ["-f", path])
+
     # -- internals -----------------------------------------------------------------
 
     def _next_ip(self) -> str:
@@ -452,6 +567,11 @@ def _dnat_of(exprs: list[dict[str, Any]]) -> dict[str, Any] | None:
         if dnat and proto and ext_port is not None:
             return {"proto": proto, "ext_port": ext_port, "int_ip": dnat.get("addr"), "int_port": dnat.get("port")}
     return None
+
+
+def _loss_table(host: str) -> str:
+    """The name of :meth:`NatLab.set_loss`'s table for ``host``'s link (a switch holds one per link)."""
+    return "fault_loss_" + "".join(c if c.isalnum() else "_" for c in host)
 
 
 def natlab_unavailable_reason(upnp: bool = False) -> str | None:

@@ -131,8 +131,9 @@ class Config:
         bootstrap_cache_path: JSON file of peers we were directly connected to, tried first when
             bootstrapping.  Default ``$XDG_CACHE_HOME/crust/bootstrap_cache.json`` (``~/.cache``
             when unset); ``None`` keeps no cache.
-        whitelisted_node_ips: when set, only these IPs may connect to us as Nodes (default None:
-            anyone).  Applied live from a watched config file (``Service(watch=path)``).
+        whitelisted_node_ips: when set, the only Node IPs we deal with (default None: anyone): who may
+            bootstrap off us as a Node, whom we bootstrap off, and the ``connect()`` candidates both
+            ways.  Applied live from a watched config file (``Service(watch=path)``), to every peer.
         whitelisted_client_ips: when set, only these IPs may bootstrap off us as Clients
             (default None: anyone).  Re-read live like ``whitelisted_node_ips``.
         network_name: peers whose network name differs never connect to each other (default None,

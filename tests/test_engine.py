@@ -461,15 +461,29 @@ def test_the_node_whitelist_judges_connect_both_ways() -> None:
     assert not of(b, ConnectFinished)[0].connected and not net.links_of("a")
 
 
-def test_new_whitelists_drop_connect_peers_but_not_the_peers_we_bootstrapped_off() -> None:
+def test_new_whitelists_drop_every_peer_whatever_its_origin() -> None:
     net = SimNet()
     a, b, seed = net.add("a", FAST), net.add("b", FAST), net.add("seed", FAST)
     a.engine.start_bootstrap([Contact(net.listen("seed"), seed.engine.id)], now=net.now)
     net.run()
     connect_both(net, a, b, [net.listen("a")], [net.listen("b")])
     assert a.engine.is_connected(b.engine.id) and a.engine.is_connected(seed.engine.id)
-    a.engine.update_whitelists(["10.9.9.9"], None, net.now)
+    a.engine.update_whitelists([seed.ip], None, net.now)
     net.run()
     assert not a.engine.is_connected(b.engine.id)  # let in by connect(): judged by the node list
-    assert a.engine.is_connected(seed.engine.id)  # we dialled it to bootstrap: never judged by a whitelist
-    assert [e.reason for e in of(a, PeerLost)] == ["no longer whitelisted"]
+    assert a.engine.is_connected(seed.engine.id)  # still on the list
+    a.engine.update_whitelists(["10.9.9.9"], None, net.now)
+    net.run()
+    assert not a.engine.is_connected(seed.engine.id)  # we bootstrapped off it: judged all the same
+    assert [e.reason for e in of(a, PeerLost)] == ["no longer whitelisted"] * 2
+
+
+def test_the_node_whitelist_judges_our_own_bootstrap_dials() -> None:
+    net = SimNet()
+    a = net.add("a", dataclasses.replace(FAST, whitelisted_node_ips=["10.9.9.9"]))
+    seed = net.add("seed", FAST)
+    a.engine.start_bootstrap([Contact(net.listen("seed"), seed.engine.id)], now=net.now)
+    net.advance(1.0)
+    (done,) = of(a, BootstrapFinished)
+    assert done.peer_id is None and dict(done.failures) == {str(net.endpoint("seed")): "not whitelisted"}
+    assert not net.links_of("seed")  # never dialled

@@ -280,12 +280,13 @@ class Engine:
 
     def update_whitelists(self, node_ips: Collection[str] | None, client_ips: Collection[str] | None,
                           now: float) -> None:
-        """New whitelists (a re-read config file): drop every peer a whitelist let in whose IP no longer passes.
+        """New whitelists (a re-read config file): drop every peer whose IP no longer passes.
 
-        Whitelists judge who may come in: peers that bootstrapped off us (a Client
-        by the client list, a Node by the node list) and ``connect()`` peers (the
-        node list, both ways).  Peers we bootstrapped off ourselves were never
-        judged by a whitelist, as in the original, and stay.
+        Every peer is judged, whatever its origin: a Client that bootstrapped off
+        us by the client list; a Node (one that bootstrapped off us, one we
+        bootstrapped off, a ``connect()`` peer) by the node list, which also
+        judges our own bootstrap dials and connect candidates.  A relayed peer is
+        judged by its relay's IP, the only one we see.
         """
         core = self._core
         core.now = now
@@ -293,8 +294,7 @@ class Engine:
                                           whitelisted_client_ips=client_ips)
         for peer in list(self._peers.table.values()):
             whitelist = client_ips if peer.user is CrustUser.CLIENT else node_ips
-            if (peer.origin is not Origin.BOOTSTRAP_CONNECT and peer.conn is not None and whitelist is not None
-                    and peer.conn.remote.host not in whitelist):
+            if peer.conn is not None and whitelist is not None and peer.conn.remote.host not in whitelist:
                 self._peers.lose(peer.id, "no longer whitelisted", GoodbyeReason.NOT_WHITELISTED)
 
     def close(self, now: float) -> None:

@@ -40,13 +40,20 @@ class Runs:
     def start(self, contacts: Sequence[Contact], *, blacklist: Iterable[Endpoint | str], user: CrustUser,
               timeout: float | None, now: float) -> int:
         """Start a run over ``contacts`` (IP literals only); returns its id."""
-        cfg = self._core.config
+        core = self._core
+        cfg = core.config
         self._next_run += 1
-        policy = Bootstrapper(contacts, blacklist=[*blacklist, *self._core.banned_ips], stagger=cfg.bootstrap_stagger,
+        # The node whitelist judges the nodes we bootstrap off as well as those that come to us, so a
+        # reload of the list (Engine.update_whitelists) never drops a peer we were allowed to dial.
+        refused = [contact for contact in contacts if not core.may_connect(contact.addr.host)]
+        contacts = [contact for contact in contacts if core.may_connect(contact.addr.host)]
+        policy = Bootstrapper(contacts, blacklist=[*blacklist, *core.banned_ips], stagger=cfg.bootstrap_stagger,
                               max_in_flight=cfg.bootstrap_max_in_flight,
                               deadline=now + (cfg.bootstrap_timeout if timeout is None else timeout), now=now)
         for contact in policy.skipped:
             policy.failures[str(contact.addr)] = "blacklisted"
+        for contact in refused:
+            policy.failures[str(contact.addr)] = "not whitelisted"
         run = self._runs[self._next_run] = Run(self._next_run, policy, user)
         self._pump(run, now)
         return run.id

@@ -37,6 +37,7 @@ import miniupnpc  # type: ignore[import-not-found]  # a C extension without stub
 from ..ids import Endpoint
 from ..nat.igd import Action, Igd, IgdError, IgdNotFound, IgdRefused, MappingConflict
 from ..nat.upnp import MapperState, UpnpMapper
+from ..transport.reactor import callable_name
 
 __all__ = ["MiniupnpcIgd", "PortMapper", "igd_error", "DISCOVER_DELAY_MS", "STOP_TIMEOUT", "SETTLE_TIMEOUT"]
 
@@ -338,12 +339,12 @@ class PortMapper:
         except IgdError as exc:
             error = exc
         except Exception as exc:  # a bug in the client must not kill the machine: it fails the action
-            log.warning("upnp: the IGD client raised on %r", action, exc_info=True)
+            log.warning("upnp: the IGD client raised on %s", type(action).__name__, exc_info=True)
             error = IgdError(repr(exc))
         try:
             self._post(lambda: self._outcome(result, error))
         except Exception:  # the reactor is stopping: the lease takes care of what we hold
-            log.debug("upnp: reactor gone, outcome of %r dropped", action)
+            log.debug("upnp: reactor gone, outcome of %s dropped", type(action).__name__)
 
     def _outcome(self, result: str | None, error: IgdError | None) -> None:
         now = self._clock()
@@ -400,4 +401,4 @@ class PortMapper:
         try:
             fn(*args)
         except Exception:  # the integrator's callback: its bug, logged, never the reactor's
-            log.exception("upnp: callback %r raised", fn)
+            log.exception("upnp: callback %s raised", callable_name(fn))

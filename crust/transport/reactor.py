@@ -331,7 +331,8 @@ class Reactor:
         self._timers.clear()
         leftovers = [key.fileobj for key in self._selector.get_map().values() if key.fileobj is not self._wake_r]
         if leftovers:
-            logger.warning("reactor %s stopped with %d sockets still registered: %r", self._name, len(leftovers), leftovers)
+            logger.warning("reactor %s stopped with %d sockets still registered (fds %s)", self._name, len(leftovers),
+                           ", ".join(str(_fd(sock)) for sock in leftovers))
             for fileobj in leftovers:
                 self._selector.unregister(fileobj)
         self._selector.close()
@@ -506,7 +507,7 @@ class Reactor:
                     try:
                         key.data(mask)
                     except Exception:
-                        logger.exception("reactor: socket callback %r raised", key.data)
+                        logger.exception("reactor: socket callback %s raised", callable_name(key.data))
                 if self._timers:
                     self._run_timers(monotonic())
                 if posted:
@@ -551,7 +552,7 @@ class Reactor:
             try:
                 callback()
             except Exception:
-                logger.exception("reactor: timer callback %r raised", callback)
+                logger.exception("reactor: timer callback %s raised", callable_name(callback))
 
     @staticmethod
     def _run_queue(queue: deque[_Call]) -> None:
@@ -562,4 +563,16 @@ class Reactor:
             try:
                 fn(*args)
             except Exception:
-                logger.exception("reactor: call %r raised", fn)
+                logger.exception("reactor: call %s raised", callable_name(fn))
+
+
+def callable_name(fn: object) -> str:
+    """How a log line names a callback: ``module.qualname``, never its repr (which shows internals)."""
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+def _fd(sock: object) -> object:
+    fileno = getattr(sock, "fileno", None)
+    return fileno() if callable(fileno) else "?"

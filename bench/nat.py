@@ -385,19 +385,23 @@ def table(rows: list[dict[str, Any]], mode: str, timeout: float) -> str:
 
 
 def perf_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    """Round trips and throughput per transport (direct TCP, punched UDP, relayed), over every measured cell."""
+    """Round trips and throughput per mode and transport (direct TCP, punched UDP, relayed), over every measurement.
+
+    A relayed connection rides the peers' links to the seed: TCP in mode ``both``, rUDP in mode ``udp``.
+    """
     out = [f"round trips ({args.pings} x 64 B, sequential) and throughput ({args.perf_mib} x 1 MiB one way), "
            f"relay rate {rate_name(args)}", "",
-           "| transport | cells measured | RTT ms, median of cells (range) | MiB/s, median of cells (range) |",
-           "|---|---|---|---|"]
-    by: dict[str, list[dict[str, Any]]] = {}
+           "| mode | transport | measurements | RTT ms: median of their medians (range) | MiB/s: median (range) |",
+           "|---|---|---|---|---|"]
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         for p in r["perf"]:
-            by.setdefault(p["transport"], []).append(p)
-    for transport, perfs in sorted(by.items()):
+            by.setdefault((r["mode"], p["transport"]), []).append(p)
+    for (mode, transport), perfs in by.items():
         rtts, rates = [p["rtt_ms"] for p in perfs], [p["mib_per_s"] for p in perfs]
-        out.append(f"| {transport} | {len(perfs)} | {statistics.median(rtts):.2f} ({min(rtts):.2f}–{max(rtts):.2f}) | "
-                   f"{statistics.median(rates):.2f} ({min(rates):.2f}–{max(rates):.2f}) |")
+        links = {"both": " (links to the relay: TCP)", "udp": " (links to the relay: rUDP)"}[mode] if transport == "relay" else ""
+        out.append(f"| {mode} | {transport}{links} | {len(perfs)} | {statistics.median(rtts):.2f} "
+                   f"({min(rtts):.2f}–{max(rtts):.2f}) | {statistics.median(rates):.2f} ({min(rates):.2f}–{max(rates):.2f}) |")
     failed = [f for r in rows for f in r["perf_failed"]]
     if failed:
         out.append(f"\n{len(failed)} measurement(s) failed; the first: {failed[0]}")

@@ -22,10 +22,10 @@ crust's ``RELAY_GRACE``; ``--no-relay`` turns that off.
 
 A **try** (default): two fresh peer processes behind the cell's two routers
 bootstrap off the seed as Clients (they do not listen: whatever connects was
-punched), swap connection info and call ``connect(timeout=--timeout)`` at the
-same time.  If that first attempt fails, the same two peers try again with
-fresh info, up to ``--attempts`` in all (libp2p DCUtR's count); a cell the
-matrix says cannot punch gets one attempt.  A success is both sides connected
+punched or relayed), swap connection info and call ``connect(timeout=--timeout)``
+at the same time.  If that first attempt fails, the same two peers try again
+with fresh info, up to ``--attempts`` in all (libp2p DCUtR's count); a cell the
+matrix says cannot connect (``--no-relay``) gets one attempt.  A success is both sides connected
 to each other and a 1000-byte message crossing each way.  **First-try
 success** is the share of tries whose first attempt (the very first
 ``connect()`` between two fresh peers) succeeded; **success** allows the

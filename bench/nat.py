@@ -146,7 +146,7 @@ def judge(world: World, a: Peer, b: Peer, ra: str, rb: str, result: Attempt, tim
         # Through the NATs: each side reached the other's router (or, relayed, the seed), not some other path.
         wan = [world.lab.routers[r].wan_ip for r in (rb, ra)]
         if record["transport"] == "relay":
-            wan = [world.seed_ip, world.seed_ip]
+            wan = [str(world.seed_ip)] * 2
         record["through_nat"] = all(side["addr"].split("//")[-1].startswith(ip + ":")
                                     for side, ip in zip((result.a, result.b), wan))
         try:
@@ -272,7 +272,7 @@ class Bench:
         """Run every try, one lane per worker thread."""
         if self.args.reuse:  # a job is a cell's whole session; the long ones (cells that fail) first
             cells = sorted(dict.fromkeys((t.pair, t.mode) for t in tries),
-                           key=lambda c: expected(*c, not self.args.no_relay) not in (None, "relay"))
+                           key=lambda c: expected(c[0], c[1], not self.args.no_relay) not in (None, "relay"))
             jobs: list[Any] = [[t for t in tries if (t.pair, t.mode) == cell] for cell in cells]
         else:  # a job is one try; round-robin over the cells so that load drifts hit them alike
             jobs = sorted(tries, key=lambda t: t.index)

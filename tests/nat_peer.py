@@ -108,7 +108,7 @@ def main() -> int:
     ours: list[crust.PrivConnectionInfo] = []
     svc.on_new_peer(lambda p: emit("new_peer", peer=str(p.id), transport=p.transport, addr=str(p.addr),
                                    origin=str(p.origin)))
-    svc.on_message(lambda peer, data: data.startswith(BENCH) or emit(  # not Measure's: see there
+    svc.on_message(lambda peer, data: None if data.startswith(BENCH) else emit(  # not Measure's: see there
         "message", peer=str(peer), bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
     svc.on_lost(lambda peer: emit("lost", peer=str(peer)))
     measure = Measure(svc, args.echo)

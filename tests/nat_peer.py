@@ -16,6 +16,10 @@ prints one JSON event per line on stdout, flushed at once.  Every event has
     stop_listening                   -> {"event": "stopped", "seconds": s}
     close                            -> {"event": "closed", "seconds": s} (later commands answer ServiceClosed)
     disconnect peer                  -> {"event": "disconnected", "peer", "was": bool (there was a connection)}
+    ping       peer [count, size, within]  -> {"event": "pinged", "peer", "rtt_ms": [...], "median_ms", "min_ms",
+                                          "max_ms"}: sequential round trips to a peer started with --echo
+    blast      peer [count, size, within]  -> {"event": "blasted", "peer", "bytes", "seconds", "mib_per_s"}: count
+                                          messages one way, timed on this side to the --echo peer's ack of the last
     quit                             -> the process ends (so does a closed stdin or --lifetime)
 
 Asynchronous events: {"event": "new_peer", "peer", "transport", "addr", "origin"},
@@ -45,7 +49,9 @@ import json
 import logging
 import math
 import os
+import queue
 import random
+import statistics
 import struct
 import sys
 import threading
@@ -203,6 +209,7 @@ def main() -> int:
     ap.add_argument("--relay-max-circuits", type=int, default=16)
     ap.add_argument("--relay-rate", type=int, default=64 * 1024 * 1024, help="relay_max_bytes_per_s")
     ap.add_argument("--tap", default="", help="hex bytes: count relayed chunks that hold them (a plaintext leak)")
+    ap.add_argument("--echo", action="store_true", help="answer the ping and blast commands of other peers")
     add_fault_options(ap)
     args = ap.parse_args()
     tap_hits = _tap_relay(bytes.fromhex(args.tap)) if args.tap else [0]
@@ -233,9 +240,11 @@ def main() -> int:
     ours: list[crust.PrivConnectionInfo] = []
     svc.on_new_peer(lambda p: emit("new_peer", peer=str(p.id), transport=p.transport, addr=str(p.addr),
                                    origin=str(p.origin)))
-    svc.on_message(lambda peer, data: checker.on_message(peer, data) or emit(
-        "message", peer=str(peer), bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    svc.on_message(lambda peer, data: checker.on_message(peer, data) or data.startswith(BENCH) or emit(
+        "message", peer=str(peer), bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))  # BENCH: Measure's
     svc.on_lost(lambda peer: emit("lost", peer=str(peer)))
+    measure = Measure(svc, args.echo)
+    svc.on_message(measure.on_message)
     done = threading.Event()
 
     def run(command: dict[str, Any]) -> None:
@@ -282,6 +291,9 @@ def main() -> int:
             elif cmd == "disconnect":
                 was = svc.disconnect(crust.PeerId.from_str(command["peer"]))
                 emit("disconnected", peer=command["peer"], was=was)
+            elif cmd in Measure.COMMANDS:
+                event, fields = measure.run(command)
+                emit(event, **fields)
             elif cmd == "quit":
                 done.set()
             else:
@@ -304,6 +316,100 @@ def main() -> int:
     finally:
         svc.close()
     return 0
+
+
+# -- bench/nat.py's measurements: round trips (ping) and one-way throughput (blast) to a peer with --echo --
+
+BENCH = b"crust-nat-bench/"  # starts every measurement message; the next byte is its kind
+PING, PONG, BLAST, DONE = b"p", b"P", b"b", b"D"  # the --echo end answers PING with PONG, a blast's last with DONE
+SEQ = struct.Struct("!II")  # a PING's round number and nonce; a BLAST's index and count
+
+
+class Measure:
+    """Round trips and throughput timed on one side's clock, against a peer started with ``--echo``.
+
+    ``ping`` sends ``count`` messages of ``size`` bytes one after the other, each
+    when the echo of the last came back.  ``blast`` sends ``count`` messages of
+    ``size`` bytes back to back; the echo end answers the last with how many
+    blast bytes it received, so the time runs from the first send to that
+    answer (one small message's one-way trip more than the transfer itself).
+    Measurement messages raise no ``message`` events: nobody reads the echo
+    end's output meanwhile, and a few hundred lines would fill its pipe and
+    stall the peer.
+    """
+
+    COMMANDS = ("ping", "blast")
+
+    def __init__(self, svc: crust.Service, echo: bool) -> None:
+        self.svc = svc
+        self.echo = echo
+        self.answers: queue.Queue[bytes] = queue.Queue()
+        self.blasted: dict[crust.PeerId, int] = {}  # blast bytes received per peer (the echo end)
+
+    def on_message(self, peer: crust.PeerId, data: bytes) -> None:
+        if not data.startswith(BENCH):
+            return
+        kind, body = data[len(BENCH):len(BENCH) + 1], data[len(BENCH) + 1:]
+        if kind in (PONG, DONE):
+            self.answers.put(data)
+        elif self.echo and kind == PING:
+            self.svc.send(peer, BENCH + PONG + body)
+        elif self.echo and kind == BLAST and len(body) >= SEQ.size:
+            index, count = SEQ.unpack_from(body)
+            self.blasted[peer] = (self.blasted.get(peer, 0) if index else 0) + len(data)
+            if index == count - 1:
+                self.svc.send(peer, BENCH + DONE + struct.pack("!Q", self.blasted.pop(peer)))
+
+    def answer(self, kind: bytes, deadline: float) -> bytes:
+        """The next answer of ``kind`` (stale ones of the other kind are dropped); TimeoutError at ``deadline``."""
+        for _ in range(100_000):
+            data = self.answers.get(timeout=max(0.001, deadline - time.monotonic()))  # queue.Empty: timed out
+            if data[len(BENCH):len(BENCH) + 1] == kind:
+                return data
+        raise TimeoutError("too many stale answers")
+
+    def run(self, command: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        peer = crust.PeerId.from_str(command["peer"])
+        count, timeout = int(command.get("count", 50 if command["cmd"] == "ping" else 8)), float(command.get("within", 60))
+        size = max(len(BENCH) + 1 + 8, int(command.get("size", 64 if command["cmd"] == "ping" else 1024 * 1024)))
+        deadline = time.monotonic() + timeout
+        while not self.answers.empty():  # answers left over from an earlier command that timed out
+            self.answers.get_nowait()
+        try:
+            if command["cmd"] == "ping":
+                return "pinged", self.ping(peer, count, size, deadline)
+            return "blasted", self.blast(peer, count, size, deadline)
+        except queue.Empty:
+            raise TimeoutError(f"{command['cmd']}: no answer from {peer} within {timeout} s (is it --echo?)") from None
+
+    def ping(self, peer: crust.PeerId, count: int, size: int, deadline: float) -> dict[str, Any]:
+        nonce = int.from_bytes(os.urandom(4), "big")
+        pad = bytes(size - len(BENCH) - 1 - SEQ.size)
+        rtts = []
+        for n in range(count):
+            body = SEQ.pack(n, nonce) + pad
+            start = time.monotonic()
+            self.svc.send(peer, BENCH + PING + body)
+            for _ in range(100):
+                if self.answer(PONG, deadline)[len(BENCH) + 1:] == body:
+                    break
+            rtts.append((time.monotonic() - start) * 1000)
+        return {"peer": str(peer), "rtt_ms": [round(r, 3) for r in rtts], "median_ms": round(statistics.median(rtts), 3),
+                "min_ms": round(min(rtts), 3), "max_ms": round(max(rtts), 3)}
+
+    def blast(self, peer: crust.PeerId, count: int, size: int, deadline: float) -> dict[str, Any]:
+        payload = os.urandom(size)
+        head = len(BENCH) + 1 + SEQ.size
+        start = time.monotonic()
+        for index in range(count):
+            self.svc.send(peer, BENCH + BLAST + SEQ.pack(index, count) + payload[head:],
+                          timeout=max(0.001, deadline - time.monotonic()))
+        got = struct.unpack("!Q", self.answer(DONE, deadline)[len(BENCH) + 1:])[0]
+        seconds = time.monotonic() - start
+        if got != count * size:
+            raise ValueError(f"blast: the echo end received {got} bytes of {count * size}")
+        return {"peer": str(peer), "bytes": got, "seconds": round(seconds, 4),
+                "mib_per_s": round(got / seconds / (1024 * 1024), 3)}
 
 
 def _tap_relay(marker: bytes) -> list[int]:

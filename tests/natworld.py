@@ -88,9 +88,12 @@ class Peer:
 
 
 class World:
-    """The module's lab, its seed and observer (living ``lifetime`` seconds), and the peers each test starts."""
+    """The module's lab, its seed and observer (living ``lifetime`` seconds), and the peers each test starts.
 
-    def __init__(self, lab: NatLab, lifetime: float = LIFETIME) -> None:
+    ``seed_args`` are extra nat_peer.py arguments for the seed (``("--relay",)``: it relays).
+    """
+
+    def __init__(self, lab: NatLab, lifetime: float = LIFETIME, seed_args: tuple[str, ...] = ()) -> None:
         self.lab = lab
         seed_host, obs_host = lab.public("seed"), lab.public("obs")
         self.seed_ip, self.obs_ip = seed_host.ip, obs_host.ip
@@ -98,7 +101,7 @@ class World:
             for n in ((1, 2) if short != "no" else (1,)):
                 self.add_router(short, n)
         self.peers: list[Peer] = []
-        self.seed = self.start("seed", "--lifetime", str(lifetime))
+        self.seed = self.start("seed", "--lifetime", str(lifetime), *seed_args)
         seed_eps = self.seed.call("listen", "listening")["endpoints"]
         self.contact = next(ep for ep in seed_eps if ep.startswith(self.seed_ip + ":"))
         self.udp_contact = next(ep for ep in seed_eps if ep.startswith(f"udp://{self.seed_ip}:"))

@@ -441,10 +441,12 @@ def test_rto_backs_off_exponentially_while_the_peer_is_unreachable() -> None:
     pair.link.drop = drop_all
     pair.a.write(b"x" * 10)
     pair.service(0)
-    pair.run(lambda: len(times) >= 7, max_steps=1000)
-    # One tail-loss probe after ~2 SRTT (one per ACK of new data, and none comes), then only the RTO.
-    assert times[1] - times[0] == pytest.approx(2 * pair.a.srtt + PTO_SLACK, rel=0.01)
-    gaps = [b - a for a, b in zip(times[:1] + times[2:], times[2:])]
+    pair.run(lambda: len(times) >= 8, max_steps=1000)
+    # Tail-loss probes after ~2 SRTT and twice that again (the next would be after the RTO), then only the RTO.
+    pto = 2 * pair.a.srtt + PTO_SLACK
+    assert [times[1] - times[0], times[2] - times[0]] == pytest.approx([pto, 3 * pto], rel=0.01)
+    assert 7 * pto > MIN_RTO
+    gaps = [b - a for a, b in zip(times[:1] + times[3:], times[3:])]
     assert gaps[0] == pytest.approx(MIN_RTO, rel=0.01)
     for shorter, longer in zip(gaps, gaps[1:]):
         assert longer == pytest.approx(2 * shorter, rel=0.01)

@@ -30,8 +30,10 @@ trip plus a reordering window has passed; a timer looks again when a
 candidate's time is not yet up.  This finds lost retransmissions, which
 the counting rules below never judge.  *Tail-loss probe*: when no ACK came
 for ~2 SRTT with data outstanding, the newest unSACKed segment is sent
-again (``probe``, outside cwnd), once per ACK of new data; the ACK it draws
-lets RACK find the lost tail instead of the RTO.
+again (``probe``, outside cwnd); the ACK it draws lets RACK find the lost
+tail instead of the RTO.  Probes back off (each waits twice as long) while
+nothing is delivered, and stop at the RTO until data is delivered again
+(RFC 9002's PTO, without its window collapse).
 
 *Retransmission.*  The RTO stays the last resort.  On expiry every unSACKed segment is marked lost, cwnd drops
 to one segment and the RTO doubles (max 60 s).  The stream ends itself after
@@ -157,7 +159,7 @@ class Recovery:
     __slots__ = (
         "rtt", "segs", "lost", "in_flight", "sacked_count", "cwnd", "ssthresh", "ca_acc", "cwnd_limited",
         "in_recovery", "recover", "high_sacked", "dupacks", "rto_deadline", "consecutive_rtos", "first_rto_at",
-        "retransmits", "timeouts", "mss", "rack", "probe", "probe_deadline", "probe_sent",
+        "retransmits", "timeouts", "mss", "rack", "probe", "probe_deadline", "probes", "probing",
     )
 
     def __init__(self) -> None:
@@ -183,7 +185,8 @@ class Recovery:
         self.rack = Rack()
         self.probe: Segment | None = None  # the tail-loss probe to send now, outside cwnd
         self.probe_deadline: float | None = None  # when to probe if no ACK came
-        self.probe_sent = False  # one probe per ACK of new data
+        self.probes = 0  # probes sent since data was last delivered: each waits twice as long
+        self.probing = True  # off from an RTO until data is delivered again
 
     # -- sending ---------------------------------------------------------------------
 
@@ -196,11 +199,14 @@ class Recovery:
             self.in_flight += seg.end - seg.start
         if self.rto_deadline is None:  # RFC 6298 (5.1)
             self.rto_deadline = now + self.rtt.rto
-        if not self.probe_sent:
+        if self.probing:
             self._arm_probe(now)
 
     def _arm_probe(self, now: float) -> None:
-        self.probe_deadline = now + probe_timeout(self.rtt.srtt, self.rtt.rto) if self.segs else None
+        if self.segs:
+            self.probe_deadline = now + probe_timeout(self.rtt.srtt, self.rtt.rto) * (1 << self.probes)
+        else:
+            self.probe_deadline = None
 
     @property
     def loss_deadline(self) -> float | None:
@@ -245,7 +251,8 @@ class Recovery:
         if advanced:
             self.rto_deadline = now + self.rtt.rto if self.segs else None  # RFC 6298 (5.2), (5.3)
         if advanced or newly_sacked:
-            self.probe_sent = False
+            self.probes = 0
+            self.probing = True
             self._arm_probe(now)
             if self.segs:
                 self._detect_losses(ack_off, snd_nxt, now, newly_sacked)
@@ -260,7 +267,7 @@ class Recovery:
         probe_deadline = self.probe_deadline
         if probe_deadline is not None and now >= probe_deadline:
             self.probe_deadline = None
-            self.probe_sent = True
+            self.probes += 1  # sending it re-arms the timer, backed off
             for seg in reversed(self.segs.values()):
                 if not seg.sacked:
                     if not seg.lost:
@@ -409,6 +416,7 @@ class Recovery:
         self.dupacks = 0
         self.rtt.back_off()
         self.rack.deadline = self.probe_deadline = self.probe = None
+        self.probing = False
         lost = []
         for seg in self.segs.values():
             if not seg.sacked:

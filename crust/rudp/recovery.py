@@ -154,6 +154,10 @@ class Recovery:
         consecutive_rtos: timeouts since new data was last acked.
         retransmits, timeouts: counters for the stream's properties.
         mss: the largest segment in bytes (written by the stream, see pmtu.py).
+        rack: RACK's state (``rack.py``).
+        probe: a tail-loss probe the sender must send now (outside cwnd), or None.
+        probe_deadline: when the next probe is due if no ACK comes, or None.
+        probes, probing: probes since data was last delivered; False from an RTO until then.
     """
 
     __slots__ = (

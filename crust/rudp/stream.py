@@ -229,7 +229,7 @@ class RudpStream:
 
     @property
     def retransmits(self) -> int:
-        """Segments sent again (fast retransmit, recovery and timeouts)."""
+        """Segments sent again (fast retransmit, RACK, tail-loss probes, recovery and timeouts)."""
         return self._rec.retransmits
 
     @property

@@ -43,6 +43,7 @@ from crust.rudp import (
     peek_ids,
 )
 from crust.rudp.packet import COOKIE, MAX_WIRE_DATAGRAM, PATH, PROBE, pack_cookie, pack_probe
+from crust.rudp.rack import PTO_SLACK
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -341,6 +342,69 @@ def test_one_lost_datagram_is_fast_retransmitted_before_the_rto() -> None:
     assert pair.a.cwnd >= 2 * MAX_PAYLOAD and pair.b.buffered_bytes == 0
 
 
+def _data_seq(k: int) -> int:
+    """The sequence number of a's k-th data datagram (from 0), all of MAX_PAYLOAD bytes."""
+    return (ISN_A + 1 + k * MAX_PAYLOAD) & 0xFFFFFFFF
+
+
+def test_a_lost_retransmission_is_found_lost_again_without_an_rto() -> None:
+    pair = connected_pair()
+    sent_at: list[float] = []
+
+    def drop(direction: int, d: bytes) -> bool:
+        if direction == 0 and payload_len(d) and header(d)[4] == _data_seq(30):
+            sent_at.append(pair.now)
+            return len(sent_at) <= 2  # the original and its first retransmission
+        return False
+
+    pair.link.drop = drop
+    out, _ = pair.transfer(300_000)
+    assert bytes(pair.data[1]) == out
+    # RACK: data sent after the retransmission was SACKed, so it is lost too; counting rules never say so.
+    assert pair.a.timeouts == 0 and len(sent_at) == 3
+    assert sent_at[2] - sent_at[1] < 3 * 2 * DELAY < MIN_RTO
+
+
+def test_a_lost_tail_is_recovered_by_a_probe_before_the_rto() -> None:
+    pair = connected_pair()
+    sent_at: dict[int, list[float]] = {18: [], 19: []}
+
+    def drop(direction: int, d: bytes) -> bool:
+        for k, times in sent_at.items():
+            if direction == 0 and payload_len(d) and header(d)[4] == _data_seq(k):
+                times.append(pair.now)
+                return len(times) == 1  # the last two datagrams, the first time
+        return False
+
+    pair.link.drop = drop
+    out, _ = pair.transfer(20 * MAX_PAYLOAD)
+    assert bytes(pair.data[1]) == out
+    assert pair.a.timeouts == 0
+    # The probe resends the newest segment ~2 SRTT after the last ACK; its SACK shows the other one lost (RACK).
+    assert sent_at[19][1] - sent_at[19][0] <= 2 * DELAY + 2 * pair.a.srtt + PTO_SLACK + 1e-9
+    assert max(sent_at[18][1], sent_at[19][1]) - sent_at[19][0] < 5 * 2 * DELAY <= MIN_RTO / 2
+
+
+def test_reordering_within_the_window_is_not_called_a_loss() -> None:
+    pair = connected_pair()
+    late = 2 * DELAY / 4 * 0.6  # behind its successors by 60 % of RACK's window (min RTT / 4)
+    held: list[bytes] = []
+
+    def delay(direction: int, d: bytes) -> bool:
+        if direction == 0 and payload_len(d) and header(d)[4] == _data_seq(18) and not held:
+            held.append(d)
+            pair.link.counter += 1
+            heapq.heappush(pair.link.queue, (pair.now + DELAY + late, pair.link.counter, 0, d))
+            return True
+        return False
+
+    pair.link.drop = delay
+    out, _ = pair.transfer(20 * MAX_PAYLOAD)
+    pair.run(lambda: pair.a.pending_bytes == 0, max_steps=1000)  # the ACKs, SACKs first, reach the sender
+    assert bytes(pair.data[1]) == out and held
+    assert pair.a.retransmits == 0 and pair.a.timeouts == 0
+
+
 def test_rtt_estimator_follows_rfc_6298() -> None:
     est = RttEstimator()
     assert est.srtt is None and est.rto == 1.0  # (2.1)
@@ -377,8 +441,12 @@ def test_rto_backs_off_exponentially_while_the_peer_is_unreachable() -> None:
     pair.link.drop = drop_all
     pair.a.write(b"x" * 10)
     pair.service(0)
-    pair.run(lambda: len(times) >= 6, max_steps=1000)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    pair.run(lambda: len(times) >= 8, max_steps=1000)
+    # Tail-loss probes after ~2 SRTT and twice that again (the next would be after the RTO), then only the RTO.
+    pto = 2 * pair.a.srtt + PTO_SLACK
+    assert [times[1] - times[0], times[2] - times[0]] == pytest.approx([pto, 3 * pto], rel=0.01)
+    assert 7 * pto > MIN_RTO
+    gaps = [b - a for a, b in zip(times[:1] + times[3:], times[3:])]
     assert gaps[0] == pytest.approx(MIN_RTO, rel=0.01)
     for shorter, longer in zip(gaps, gaps[1:]):
         assert longer == pytest.approx(2 * shorter, rel=0.01)

@@ -24,7 +24,18 @@ suspected losses around (Linux's FLAG_RETRANS_DATA_ACKED): otherwise the
 segment may have arrived long ago and its ACKs been lost.  An ACK of new
 data also ends the backoff (RFC 9002), lest it compound over loss episodes.
 
-*Retransmission.*  On expiry every unSACKed segment is marked lost, cwnd drops
+*Time-based loss detection* (``rack.py``, RFC 8985): a segment, sent once
+or again, is lost when one sent after it was delivered and its own round
+trip plus a reordering window has passed; a timer looks again when a
+candidate's time is not yet up.  This finds lost retransmissions, which
+the counting rules below never judge.  *Tail-loss probe*: when no ACK came
+for ~2 SRTT with data outstanding, the newest unSACKed segment is sent
+again (``probe``, outside cwnd); the ACK it draws lets RACK find the lost
+tail instead of the RTO.  Probes back off (each waits twice as long) while
+nothing is delivered, and stop at the RTO until data is delivered again
+(RFC 9002's PTO, without its window collapse).
+
+*Retransmission.*  The RTO stays the last resort.  On expiry every unSACKed segment is marked lost, cwnd drops
 to one segment and the RTO doubles (max 60 s).  The stream ends itself after
 ``MAX_RTO_RETRIES`` expiries in a row (see ``stream.py``).
 
@@ -46,6 +57,7 @@ import heapq
 from collections import OrderedDict
 
 from .packet import MAX_PAYLOAD
+from .rack import Rack, probe_timeout
 
 __all__ = [
     "INITIAL_RTO",
@@ -142,12 +154,16 @@ class Recovery:
         consecutive_rtos: timeouts since new data was last acked.
         retransmits, timeouts: counters for the stream's properties.
         mss: the largest segment in bytes (written by the stream, see pmtu.py).
+        rack: RACK's state (``rack.py``).
+        probe: a tail-loss probe the sender must send now (outside cwnd), or None.
+        probe_deadline: when the next probe is due if no ACK comes, or None.
+        probes, probing: probes since data was last delivered; False from an RTO until then.
     """
 
     __slots__ = (
         "rtt", "segs", "lost", "in_flight", "sacked_count", "cwnd", "ssthresh", "ca_acc", "cwnd_limited",
         "in_recovery", "recover", "high_sacked", "dupacks", "rto_deadline", "consecutive_rtos", "first_rto_at",
-        "retransmits", "timeouts", "mss",
+        "retransmits", "timeouts", "mss", "rack", "probe", "probe_deadline", "probes", "probing",
     )
 
     def __init__(self) -> None:
@@ -170,6 +186,11 @@ class Recovery:
         self.retransmits = 0
         self.timeouts = 0
         self.mss = MAX_PAYLOAD  # bytes per segment: the stream raises it as the path allows (pmtu.py)
+        self.rack = Rack()
+        self.probe: Segment | None = None  # the tail-loss probe to send now, outside cwnd
+        self.probe_deadline: float | None = None  # when to probe if no ACK came
+        self.probes = 0  # probes sent since data was last delivered: each waits twice as long
+        self.probing = True  # off from an RTO until data is delivered again
 
     # -- sending ---------------------------------------------------------------------
 
@@ -182,6 +203,22 @@ class Recovery:
             self.in_flight += seg.end - seg.start
         if self.rto_deadline is None:  # RFC 6298 (5.1)
             self.rto_deadline = now + self.rtt.rto
+        if self.probing:
+            self._arm_probe(now)
+
+    def _arm_probe(self, now: float) -> None:
+        if self.segs:
+            self.probe_deadline = now + probe_timeout(self.rtt.srtt, self.rtt.rto) * (1 << self.probes)
+        else:
+            self.probe_deadline = None
+
+    @property
+    def loss_deadline(self) -> float | None:
+        """When :meth:`on_loss_timer` has work (RACK's reordering window or the probe), or None."""
+        rack, probe = self.rack.deadline, self.probe_deadline
+        if probe is not None and (self.rto_deadline is None or probe < self.rto_deadline):
+            return probe if rack is None else min(rack, probe)
+        return rack
 
     def on_established(self, now: float, syn_sent_at: float, syn_xmits: int) -> None:
         """Our SYN was acked: sample its RTT if it was sent once, and start the data's sequence space."""
@@ -204,11 +241,11 @@ class Recovery:
         """
         cumulative_sample = not sacks and not self.sacked_count  # decided before the blocks change it
         sacked_before = self.sacked_count
-        sample_at = self._on_sack_blocks(sacks, una, snd_nxt) if sacks else -1.0
+        sample_at = self._on_sack_blocks(sacks, una, snd_nxt, now) if sacks else -1.0
         newly_sacked = self.sacked_count > sacked_before
         advanced = ack_off > una
         if advanced:
-            cum_sample_at = self._remove_acked(ack_off)
+            cum_sample_at = self._remove_acked(ack_off, now)
             if cumulative_sample and cum_sample_at > sample_at:
                 sample_at = cum_sample_at
             self._on_new_data_acked(una, ack_off)
@@ -217,10 +254,31 @@ class Recovery:
         self._update_rtt(sample_at, advanced, now)
         if advanced:
             self.rto_deadline = now + self.rtt.rto if self.segs else None  # RFC 6298 (5.2), (5.3)
-        if newly_sacked and self.segs:
-            self._detect_losses(ack_off, snd_nxt)
+        if advanced or newly_sacked:
+            self.probes = 0
+            self.probing = True
+            self._arm_probe(now)
+            if self.segs:
+                self._detect_losses(ack_off, snd_nxt, now, newly_sacked)
+            else:
+                self.rack.deadline = None
 
-    def _on_sack_blocks(self, sacks: list[tuple[int, int]], una: int, snd_nxt: int) -> float:
+    def on_loss_timer(self, now: float, snd_una: int, snd_nxt: int) -> None:
+        """RACK's reordering window ran out, or the tail-loss probe is due (see :attr:`loss_deadline`)."""
+        rack_deadline = self.rack.deadline
+        if rack_deadline is not None and now >= rack_deadline:
+            self._detect_losses(snd_una, snd_nxt, now, False)
+        probe_deadline = self.probe_deadline
+        if probe_deadline is not None and now >= probe_deadline:
+            self.probe_deadline = None
+            self.probes += 1  # sending it re-arms the timer, backed off
+            for seg in reversed(self.segs.values()):
+                if not seg.sacked:
+                    if not seg.lost:
+                        self.probe = seg
+                    break
+
+    def _on_sack_blocks(self, sacks: list[tuple[int, int]], una: int, snd_nxt: int, now: float) -> float:
         """Mark the segments the blocks cover SACKed; return the send time of an RTT sample, or -1."""
         segs = self.segs
         sample_at = -1.0
@@ -233,6 +291,7 @@ class Recovery:
                     # Only the first block is the newest arrival: the one segment timed by this ACK.
                     if i == 0 and seg.xmits == 1 and not seg.lost and seg.sent_at > sample_at:
                         sample_at = seg.sent_at
+                    self.rack.on_delivered(seg, now)
                     seg.sacked = True
                     seg.lost = False
                     self.sacked_count += 1
@@ -244,7 +303,7 @@ class Recovery:
                 seg = segs.get(seg.end)
         return sample_at
 
-    def _remove_acked(self, ack_off: int) -> float:
+    def _remove_acked(self, ack_off: int, now: float) -> float:
         """Drop the segments below ``ack_off``; the send time of an RTT sample, or -1 if none qualifies.
 
         Only a segment sent once qualifies, and only if no retransmitted or
@@ -258,6 +317,8 @@ class Recovery:
             if seg.end > ack_off:
                 break
             segs.popitem(last=False)
+            if not seg.sacked:
+                self.rack.on_delivered(seg, now)
             if seg.in_net:
                 self.in_flight -= seg.end - seg.start
             if seg.sacked:
@@ -293,6 +354,7 @@ class Recovery:
     def _update_rtt(self, sample_at: float, advanced: bool, now: float) -> None:
         if sample_at >= 0:
             self.rtt.sample(now - sample_at)
+            self.rack.on_rtt_sample(now - sample_at)
         elif advanced:
             # New data acked proves the path works.  Karn forbids a sample from a
             # retransmission, but keeping the backoff would compound it over every
@@ -301,26 +363,31 @@ class Recovery:
 
     # -- loss ----------------------------------------------------------------------------
 
-    def _detect_losses(self, snd_una: int, snd_nxt: int) -> None:
-        """Mark lost what SACKs prove lost; reduce cwnd once per window of data (RFC 6675, 6582).
+    def _detect_losses(self, snd_una: int, snd_nxt: int, now: float, newly_sacked: bool) -> None:
+        """Mark lost what SACKs and RACK prove lost; reduce cwnd once per window of data (RFC 6675, 6582).
 
-        A segment sent once is lost when DupThresh SACKed segments lie above it
-        (IsLost), or when it is the first one and DupThresh duplicate ACKs came.
-        Retransmissions are never judged this way: one that is lost again waits
-        for the RTO, as in RFC 6675.
+        With new SACKs: a segment sent once is lost when DupThresh SACKed
+        segments lie above it (IsLost), or when it is the first one and
+        DupThresh duplicate ACKs came.  Always: RACK (``rack.py``), which also
+        judges retransmissions.
         """
         newest = -1
-        above = 0
-        for seg in reversed(self.segs.values()):
-            if seg.sacked:
-                above += 1
-            elif above >= _DUPTHRESH and seg.xmits == 1 and not seg.lost:
-                self._mark_lost(seg)
+        if newly_sacked:
+            above = 0
+            for seg in reversed(self.segs.values()):
+                if seg.sacked:
+                    above += 1
+                elif above >= _DUPTHRESH and seg.xmits == 1 and not seg.lost:
+                    self._mark_lost(seg)
+                    newest = max(newest, seg.start)
+            first = next(iter(self.segs.values()))
+            if self.dupacks >= _DUPTHRESH and first.xmits == 1 and not first.sacked and not first.lost:
+                self._mark_lost(first)
+                newest = max(newest, first.start)
+        for seg in self.rack.detect(self.segs, now):
+            self._mark_lost(seg)
+            if seg.xmits == 1:
                 newest = max(newest, seg.start)
-        first = next(iter(self.segs.values()))
-        if self.dupacks >= _DUPTHRESH and first.xmits == 1 and not first.sacked and not first.lost:
-            self._mark_lost(first)
-            newest = max(newest, first.start)
         if newest >= self.recover and not self.in_recovery:  # data sent after the last reduction
             self.ssthresh = max((snd_nxt - snd_una) // 2, 2 * self.mss)  # FlightSize / 2
             self.cwnd = self.ssthresh
@@ -352,6 +419,8 @@ class Recovery:
         self.recover = snd_nxt  # losses of data sent before now must not reduce cwnd again
         self.dupacks = 0
         self.rtt.back_off()
+        self.rack.deadline = self.probe_deadline = self.probe = None
+        self.probing = False
         lost = []
         for seg in self.segs.values():
             if not seg.sacked:
@@ -388,4 +457,4 @@ class Recovery:
         """The stream closed: forget every segment and the timer."""
         self.segs.clear()
         self.lost.clear()
-        self.rto_deadline = None
+        self.rto_deadline = self.rack.deadline = self.probe_deadline = self.probe = None

@@ -7,8 +7,9 @@ Theory of operation
 is cut into segments of at most ``mss`` bytes once, when it first leaves,
 and resent whole.
 
-*What leaves.*  Lost segments go first, oldest first, then new data and the
-FIN, all within the congestion window (``recovery.py``: nothing leaves while
+*What leaves.*  A tail-loss probe (``recovery.py``) goes first, outside
+cwnd; then lost segments, oldest first, then new data and the FIN, all
+within the congestion window (``recovery.py``: nothing leaves while
 ``in_flight`` plus its length would exceed cwnd, and new data must not
 overtake the holes); new data also within the peer's receive window.  The
 FIN takes no buffer at the peer, so it ignores that window.
@@ -100,6 +101,13 @@ class SendBuffer:
         """
         segs, lost, cwnd = rec.segs, rec.lost, rec.cwnd
         cwnd_limited = False
+        # 0. A tail-loss probe leaves whatever cwnd says: it is one segment, once per ACK.
+        probe = rec.probe
+        if probe is not None:
+            rec.probe = None
+            if segs.get(probe.start) is probe and not probe.sacked and not probe.lost:
+                rec.retransmits += 1
+                emit(probe)
         # 1. Lost segments first, oldest first, as the pipe allows.
         while lost:
             seg = segs.get(lost[0])

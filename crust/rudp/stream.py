@@ -45,8 +45,8 @@ and up to ``MAX_SACK_BLOCKS`` SACK ranges (the newest arrival's first, then
 the lowest, RFC 2018).  What arrives between two ``datagrams_to_send`` calls
 is acked once by that call, on data if any is sent; no delayed-ack timer.
 
-*Timers.*  One deadline (``get_timer``) covers the handshake, the RTO
-(``recovery.py``), the persist probe (``send.py``), the keep-alive PING and
+*Timers.*  One deadline (``get_timer``) covers the handshake, the RTO,
+RACK's reordering window and the tail-loss probe (``recovery.py``), the persist probe (``send.py``), the keep-alive PING and
 the idle timeout (``keepalive.py``).  ``MAX_RTO_RETRIES`` retransmission
 timeouts in a row, or ``idle_timeout`` with nothing heard, end the stream
 ("timed out").  A PING, for a keep-alive or a window probe, is an ACK the
@@ -229,7 +229,7 @@ class RudpStream:
 
     @property
     def retransmits(self) -> int:
-        """Segments sent again (fast retransmit, recovery and timeouts)."""
+        """Segments sent again (fast retransmit, RACK, tail-loss probes, recovery and timeouts)."""
         return self._rec.retransmits
 
     @property
@@ -321,6 +321,9 @@ class RudpStream:
                 when = min(when, self._live.ping_deadline())
             if rto_deadline is not None:
                 when = min(when, rto_deadline)
+            loss_deadline = self._rec.loss_deadline
+            if loss_deadline is not None:
+                when = min(when, loss_deadline)
             persist_deadline = self._tx.persist_deadline
             if persist_deadline is not None:
                 when = min(when, persist_deadline)
@@ -357,6 +360,9 @@ class RudpStream:
             self._on_rto(now)
             if self._state is _State.CLOSED:
                 return
+        loss_deadline = rec.loss_deadline
+        if loss_deadline is not None and now >= loss_deadline:
+            rec.on_loss_timer(now, self._tx.snd_una, self._tx.snd_nxt)
         persist_deadline = self._tx.persist_deadline
         if persist_deadline is not None and now >= persist_deadline:
             self._ping_pending = True

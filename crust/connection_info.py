@@ -54,7 +54,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from .errors import BufferReadError
 from .ids import Endpoint, PeerId, ip_endpoints
@@ -134,6 +134,7 @@ def _brief(value: object) -> str:
 
 
 _Info = TypeVar("_Info", bound="_ConnectionInfo")
+_Item = TypeVar("_Item")
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,20 +423,11 @@ def _pull_group(buf: Buffer, data: bytes, label: str, total: int) -> list[Endpoi
 
 def _group_from_json(texts: object, key: str, label: str, total: int) -> tuple[Endpoint, ...]:
     """One JSON list of endpoint strings; ``total`` endpoints came before it."""
-    if not isinstance(texts, list):
-        raise ValueError(f"connection info '{key}' must be a list, got {_brief(texts)}")
-    if total + len(texts) > MAX_ENDPOINTS:
+    items = _json_list(texts, key)
+    if total + len(items) > MAX_ENDPOINTS:
         raise ValueError(
-            f"connection info lists {total + len(texts)} endpoints; at most {MAX_ENDPOINTS} are allowed")
-    endpoints: list[Endpoint] = []
-    for i, ep_text in enumerate(texts):
-        if not isinstance(ep_text, str):
-            raise ValueError(f"connection info {label} {i + 1} must be a string, got {_brief(ep_text)}")
-        try:
-            endpoints.append(Endpoint.parse(ep_text))
-        except ValueError as exc:
-            raise ValueError(f"connection info {label} {i + 1} is bad: {exc}") from None
-    return tuple(endpoints)
+            f"connection info lists {total + len(items)} endpoints; at most {MAX_ENDPOINTS} are allowed")
+    return _parse_each(items, label, "a string", Endpoint.parse)
 
 
 def _pull_relays(buf: Buffer) -> list[PeerId]:
@@ -453,16 +445,27 @@ def _pull_relays(buf: Buffer) -> list[PeerId]:
 
 def _relays_from_json(texts: object) -> tuple[PeerId, ...]:
     """The JSON list of relay PeerIds (hex strings)."""
-    if not isinstance(texts, list):
-        raise ValueError(f"connection info 'relays' must be a list, got {_brief(texts)}")
-    if len(texts) > MAX_RELAYS:
-        raise ValueError(f"connection info names {len(texts)} relays; at most {MAX_RELAYS} are allowed")
-    relays = []
-    for i, text in enumerate(texts):
+    items = _json_list(texts, "relays")
+    if len(items) > MAX_RELAYS:
+        raise ValueError(f"connection info names {len(items)} relays; at most {MAX_RELAYS} are allowed")
+    return _parse_each(items, "relay", "a hex string", PeerId.from_str)
+
+
+def _json_list(value: object, key: str) -> list[object]:
+    """``value`` as the JSON list field ``key`` must be."""
+    if not isinstance(value, list):
+        raise ValueError(f"connection info '{key}' must be a list, got {_brief(value)}")
+    return value
+
+
+def _parse_each(items: list[object], label: str, kind: str, parse: Callable[[str], _Item]) -> tuple[_Item, ...]:
+    """Each string of ``items`` through ``parse``; an error names the item (``label`` and its number)."""
+    parsed = []
+    for i, text in enumerate(items):
         if not isinstance(text, str):
-            raise ValueError(f"connection info relay {i + 1} must be a hex string, got {_brief(text)}")
+            raise ValueError(f"connection info {label} {i + 1} must be {kind}, got {_brief(text)}")
         try:
-            relays.append(PeerId.from_str(text))
+            parsed.append(parse(text))
         except ValueError as exc:
-            raise ValueError(f"connection info relay {i + 1} is bad: {exc}") from None
-    return tuple(relays)
+            raise ValueError(f"connection info {label} {i + 1} is bad: {exc}") from None
+    return tuple(parsed)

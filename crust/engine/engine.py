@@ -164,7 +164,7 @@ class Engine:
 
     def connection_info(self, token: bytes, now: float) -> PrivConnectionInfo:
         """Our connection info with ``token``: every candidate we know of and our relays."""
-        return self._external.connection_info(token, self._circuits.relays(), now)
+        return self._external.connection_info(token, self.relays(), now)
 
     def relay_stats(self) -> RelayStats:
         """What we relayed for others (counts and sizes)."""

@@ -172,10 +172,6 @@ class Relaying:
         self.stats.opened += 1
         core.send_control(far.conn, RelayIncoming(far.number, source.id))
 
-    def relays(self, conn: Conn, number: int) -> bool:
-        """Whether circuit ``number`` on ``conn`` is one we relay."""
-        return (conn.id, number) in self._legs
-
     def on_data(self, conn: Conn, data: RelayData, now: float) -> None:
         """Bytes from one end: queued for the other, written as the rate and its connection allow."""
         leg = self._legs.get((conn.id, data.circuit))
@@ -221,6 +217,8 @@ class Relaying:
 
     def sent(self, conn: Conn, now: float) -> None:
         """``conn`` wrote bytes to the kernel: circuits waiting for room on it may go on."""
+        if not self._waiting:  # every write completion of every connection comes here
+            return
         for leg in [leg for leg in self._waiting if leg.conn is conn]:
             self._drain(leg, now)
 

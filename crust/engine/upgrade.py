@@ -33,9 +33,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from ..connection_info import PrivConnectionInfo, PubConnectionInfo
+from ..connection_info import TOKEN_SIZE, PrivConnectionInfo, PubConnectionInfo
 from ..crypto import random_token
-from ..connection_info import TOKEN_SIZE
 from ..errors import RemoteProtocolError
 from ..ids import PeerId
 from ..wire.messages import UpgradeOffer

@@ -216,9 +216,11 @@ class Circuits:
         """Carry ``data`` of ``conn``: sent on as its window allows."""
         circuit = conn.circuit
         assert circuit is not None
-        view = memoryview(data)
-        for start in range(0, len(data), RELAY_CHUNK):
-            circuit.queue.append(bytes(view[start:start + RELAY_CHUNK]))
+        if len(data) <= RELAY_CHUNK:  # a small frame goes as it is, with no copy
+            circuit.queue.append(data)
+        else:  # slices of one view: the record's encoding copies each once anyway
+            view = memoryview(data)
+            circuit.queue.extend(view[start:start + RELAY_CHUNK] for start in range(0, len(data), RELAY_CHUNK))
         circuit.queued += len(data)
         self._pump(conn)
 

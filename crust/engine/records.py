@@ -81,7 +81,7 @@ class Circuit:
         self.number = number  # the circuit's number on that connection
         self.relay = relay
         self.peer = peer  # who must answer at the far end
-        self.queue: deque[bytes] = deque()
+        self.queue: deque[bytes | memoryview] = deque()
         self.queued = 0
         self.in_flight = 0
         self.to_ack = 0

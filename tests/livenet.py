@@ -102,6 +102,18 @@ class Recorder:
             return len(self.messages)
 
 
+def block_on_message(svc: crust.Service, hold: threading.Event) -> threading.Event:
+    """Make ``svc``'s on_message block on ``hold`` (from its first message on); returns 'blocked' Event."""
+    blocked = threading.Event()
+
+    @svc.on_message
+    def slow(pid: crust.PeerId, data: bytes) -> None:
+        blocked.set()
+        assert hold.wait(30.0), "test never released the slow callback"
+
+    return blocked
+
+
 class Net:
     """A set of Services and sockets that a test builds; all closed at teardown."""
 

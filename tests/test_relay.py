@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +19,7 @@ import crust
 
 from crust.engine.upgrade import UPGRADE_FIRST
 
-from .livenet import WAIT, Net, Recorder
+from .livenet import WAIT, Net, block_on_message
 
 pytestmark = pytest.mark.e2e
 
@@ -175,12 +174,7 @@ def test_a_slow_reader_at_one_end_blocks_the_sender_not_the_relay(net: Net) -> N
     w = World(net, ends=ends, relay_max_bytes_per_s=64 * 1024 * 1024)
     w.connect()
     hold = net.event()
-    blocked = threading.Event()
-
-    @w.b.on_message
-    def slow(pid: crust.PeerId, data: bytes) -> None:
-        blocked.set()
-        assert hold.wait(30.0), "test never released the slow callback"
+    blocked = block_on_message(w.b, hold)
 
     sent = 0
     limit = 512  # 32 MiB: far more than the window, the backlog and the queue together

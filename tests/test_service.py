@@ -20,7 +20,7 @@ import pytest
 import crust
 from crust.wire.messages import Heartbeat
 
-from .livenet import KIB, MIB, WAIT, Net, RawPeer, Recorder, refused_address, wait_closed_by_peer
+from .livenet import KIB, MIB, WAIT, Net, RawPeer, Recorder, block_on_message, refused_address, wait_closed_by_peer
 
 
 
@@ -610,25 +610,13 @@ def test_manual_dispatch_runs_callbacks_on_the_calling_thread(net: Net) -> None:
 # -- flow control ---------------------------------------------------------------------------
 
 
-def _blocking_first_message(svc: crust.Service, hold: threading.Event) -> threading.Event:
-    """Make ``svc``'s on_message block on ``hold`` (from its first message on); returns 'blocked' Event."""
-    blocked = threading.Event()
-
-    @svc.on_message
-    def slow(pid: crust.PeerId, data: bytes) -> None:
-        blocked.set()
-        assert hold.wait(30.0), "test never released the slow callback"
-
-    return blocked
-
-
 def _stalled_pair(net: Net) -> tuple[Any, threading.Event]:
     """A pair whose A stopped reading (its callback blocks on ``hold``) and B's send queue is full."""
     chunk = 64 * KIB
     p = net.pair(dict(max_message_size=chunk, receive_backlog_limit=chunk),
                  dict(max_message_size=chunk, send_queue_limit=chunk))
     hold = net.event()
-    _blocking_first_message(p.a, hold)
+    block_on_message(p.a, hold)
     with pytest.raises(crust.SendTimeout):
         for _ in range(1024):
             p.b.send(p.a.id, bytes(64 * KIB), timeout=0.5)
@@ -644,7 +632,7 @@ def test_a_slow_callback_pauses_reading_and_blocks_the_sender(net: Net) -> None:
     p = net.pair(receiver_cfg, sender_cfg)
     a, b = p.a, p.b  # a receives, b sends
     hold = net.event()
-    blocked = _blocking_first_message(a, hold)
+    blocked = block_on_message(a, hold)
     lost = threading.Event()
     a.on_lost(lambda pid: lost.set())
     b.on_lost(lambda pid: lost.set())
@@ -708,7 +696,7 @@ def test_droppable_messages_to_a_stalled_peer_are_dropped_and_reported(net: Net)
                  dict(max_message_size=chunk, send_queue_limit=256 * KIB))
     a, b = p.a, p.b
     hold = net.event()
-    blocked = _blocking_first_message(a, hold)
+    blocked = block_on_message(a, hold)
     b.send(a.id, b"\x00stall", priority=0)
     assert blocked.wait(WAIT)
 

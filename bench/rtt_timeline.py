@@ -1,0 +1,412 @@
+#!/usr/bin/env python3
+"""Where one 100 B round trip spends its time: a per-stage timeline of crust's threaded shell.
+
+Usage::
+
+    python bench/rtt_timeline.py                       # this tree, 400 pings
+    python bench/rtt_timeline.py --tree . --tree /tmp/before --repeat 3   # side by side, alternating
+    python bench/rtt_timeline.py --bare                # no hooks: the plain RTT for reference
+
+Two processes on loopback, each one ``crust.Service`` (TCP only): A pings, B
+echoes from its ``on_message`` callback, and A sends the next ping from its
+own callback (as ``bench/compare.py``'s rtt phase does).  Before either
+Service exists, each process wraps a list of shell functions at run time
+(:data:`HOOKS`; nothing in the library is changed) so that entering or
+leaving them appends ``(time.perf_counter_ns(), label)`` to a list.
+``perf_counter`` is ``CLOCK_MONOTONIC`` on Linux, one clock for both
+processes, so the two lists merge into one timeline.
+
+Each round trip is cut out of the merged timeline at A's ping marks; in it,
+:data:`STAGES` is matched in order (each stage: its label's first occurrence
+after the previous matched stage).  A stage marked *aside* happens on
+another thread at the same time (the reactor going back to ``select()``
+while the dispatcher wakes): it is matched but does not move the cursor.
+The table gives, per stage, the median time since the ping and the median
+step from the previous stage.  Hooks missing in a tree (older names) are
+skipped, and so are their stages.
+
+The hooks cost time too (a Python frame and a clock read each, about
+0.3-0.5 µs): compare the hooked total with ``--bare``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import multiprocessing as mp
+import os
+import selectors
+import socket
+import statistics
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+# (module, attribute path, label on entry or None, label on exit or None)
+HOOKS: tuple[tuple[str, str, str | None, str | None], ...] = (
+    ("crust.service", "Service.send", "send()", "send() returned"),
+    ("crust.transport.reactor", "Inbox.put", "inbox put", None),
+    ("crust.transport.reactor", "Reactor.call_soon_threadsafe", "post", None),
+    ("crust.transport.reactor", "Reactor._send_wakeup", "wakeup write", None),
+    ("crust.transport.reactor", "Reactor._on_wakeup", "wakeup drained", None),
+    ("crust.transport.reactor", "Reactor._run_timers", "timers", "timers done"),
+    ("crust.runtime.flow", "Flow._drain_sends", "drain", "drain done"),
+    ("crust.service", "Service._drain_sends", "drain", "drain done"),  # 4ad6327
+    ("crust.engine", "Engine.send", None, "engine.send done"),
+    ("crust.engine", "Engine.handle_sent", None, "engine.handle_sent done"),
+    ("crust.engine", "Engine.receive_data", "engine.receive_data", "engine.receive_data done"),
+    ("crust.dispatch", "Dispatcher.post_many", "post_many", "posted"),
+    ("crust.dispatch", "Dispatcher._deliver_batch", "dispatcher batch", None),
+    ("crust.runtime.driver", "Driver.pump", None, "pump done"),
+    ("crust.service", "Service._pump", None, "pump done"),  # 4ad6327
+)
+
+# (side, label, aside): the round trip in order.
+STAGES: tuple[tuple[str, str, bool], ...] = (
+    ("A", "ping", False),
+    ("A", "send()", False),
+    ("A", "post", False),
+    ("A", "wakeup write", False),
+    ("A", "send() returned", True),
+    ("A", "select returned", False),
+    ("A", "drain", False),
+    ("A", "engine.send done", False),
+    ("A", "sock.send", False),
+    ("A", "engine.handle_sent done", False),
+    ("A", "drain done", False),
+    ("A", "select entered", True),
+    ("B", "select returned", False),
+    ("B", "recv", False),
+    ("B", "engine.receive_data done", False),
+    ("B", "post_many", False),
+    ("B", "posted", False),
+    ("B", "pump done", False),
+    ("B", "select entered", True),
+    ("B", "cond.wait returned", False),
+    ("B", "dispatcher batch", False),
+    ("B", "callback", False),
+    ("B", "send()", False),
+    ("B", "post", False),
+    ("B", "wakeup write", False),
+    ("B", "send() returned", True),
+    ("B", "select returned", False),
+    ("B", "drain", False),
+    ("B", "engine.send done", False),
+    ("B", "sock.send", False),
+    ("B", "engine.handle_sent done", False),
+    ("B", "drain done", False),
+    ("B", "select entered", True),
+    ("A", "select returned", False),
+    ("A", "recv", False),
+    ("A", "engine.receive_data done", False),
+    ("A", "post_many", False),
+    ("A", "posted", False),
+    ("A", "pump done", False),
+    ("A", "select entered", True),
+    ("A", "cond.wait returned", False),
+    ("A", "dispatcher batch", False),
+    ("A", "callback", False),
+)
+
+_PAYLOAD_SIZE = 100
+_TIMEOUT = 30.0  # seconds any one step of the run may take
+
+
+class _Recorder:
+    """The per-process list of ``(ns, label)``; ``on`` gates recording to the measured pings."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, str]] = []
+        self.on = False
+
+    def mark(self, label: str) -> None:
+        if self.on:
+            self.events.append((time.perf_counter_ns(), label))
+
+
+def _wrap(fn: Callable[..., Any], rec: _Recorder, enter: str | None, leave: str | None) -> Callable[..., Any]:
+    clock, events = time.perf_counter_ns, rec.events
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if enter is not None and rec.on:
+            events.append((clock(), enter))
+        result = fn(*args, **kwargs)
+        if leave is not None and rec.on:
+            events.append((clock(), leave))
+        return result
+
+    return wrapper
+
+
+def _install(rec: _Recorder) -> list[str]:
+    """Wrap every hook present in the imported crust (and the socket calls); returns the ones applied."""
+    applied = []
+    for module_name, path, enter, leave in HOOKS:
+        try:
+            owner: Any = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        *parents, name = path.split(".")
+        try:
+            for part in parents:
+                owner = getattr(owner, part)
+            fn = owner.__dict__[name]
+        except (AttributeError, KeyError):
+            continue
+        setattr(owner, name, _wrap(fn, rec, enter, leave))
+        applied.append(path)
+    events, clock = rec.events, time.perf_counter_ns
+
+    # One byte is the reactor's wakeup: only the stream's bytes count.
+    def send(self: socket.socket, data: Any, *args: Any) -> int:
+        if rec.on and len(data) > 1:
+            events.append((clock(), "sock.send"))
+        return orig_send(self, data, *args)
+
+    def recv(self: socket.socket, *args: Any) -> bytes:
+        data = orig_recv(self, *args)
+        if rec.on and len(data) > 1:
+            events.append((clock(), "recv"))
+        return data
+
+    orig_send, orig_recv = socket.socket.send, socket.socket.recv
+    socket.socket.send = send  # type: ignore[method-assign,assignment]
+    socket.socket.recv = recv  # type: ignore[method-assign,assignment]
+
+    selector_type = type(selectors.DefaultSelector())
+    orig_select = selector_type.select
+
+    def select(self: Any, timeout: float | None = None) -> Any:
+        if rec.on:
+            events.append((clock(), "select entered"))
+        ready = orig_select(self, timeout)
+        if rec.on and ready:
+            events.append((clock(), "select returned"))
+        return ready
+
+    selector_type.select = select  # type: ignore[method-assign]
+
+    orig_wait = threading.Condition.wait
+
+    def wait(self: threading.Condition, timeout: float | None = None) -> bool:
+        woke = orig_wait(self, timeout)
+        if rec.on and threading.current_thread().name.startswith("crust-dispatch"):
+            events.append((clock(), "cond.wait returned"))
+        return woke
+
+    threading.Condition.wait = wait  # type: ignore[method-assign]
+    return applied
+
+
+def _config(**extra: Any) -> Any:
+    import crust
+
+    return crust.Config(listen_host="127.0.0.1", bootstrap_cache_path=None, enable_upnp=False, enable_tcp=True,
+                        enable_udp=False, **extra)
+
+
+def _child(role: str, tree: str, conn: Any, hooks: bool, count: int, warmup: int) -> None:
+    sys.path.insert(0, tree)
+    rec = _Recorder()
+    applied = _install(rec) if hooks else []
+    import crust
+
+    if role == "B":
+        svc = crust.Service(_config())
+        svc.on_message(lambda peer, data: (rec.mark("callback"), svc.send(peer, data)))
+        try:
+            conn.send(("ready", str(svc.start_listening()[0]), applied))
+            conn.recv()  # ("arm",)
+            rec.on = hooks
+            conn.send(("armed",))
+            conn.recv()  # ("collect",)
+            rec.on = False
+            conn.send(("events", rec.events))
+            conn.recv()  # ("quit",)
+        finally:
+            svc.close()
+        return
+
+    _, addr = conn.recv()
+    svc = crust.Service(_config(hard_coded_contacts=[addr]))
+    perf = time.perf_counter_ns
+    state: dict[str, Any] = {"left": warmup + count, "t": 0, "rtts": [], "done": threading.Event(), "peer": None}
+    payload = os.urandom(_PAYLOAD_SIZE)
+
+    def on_message(peer: Any, data: bytes) -> None:
+        now = perf()
+        rec.mark("callback")
+        state["left"] -= 1
+        if state["left"] < count:
+            state["rtts"].append(now - state["t"])
+        if state["left"] == count:
+            rec.on = hooks  # warm-up over: record from the next ping on
+        if state["left"] > 0:
+            rec.mark("ping")
+            state["t"] = perf()
+            svc.send(peer, payload)
+        else:
+            rec.on = False
+            state["done"].set()
+
+    svc.on_message(on_message)
+    try:
+        svc.start_listening()
+        peer = svc.bootstrap(timeout=10.0)
+        conn.send(("ready", None, applied))
+        conn.recv()  # ("go",)
+        state["t"] = perf()
+        svc.send(peer, payload)
+        if not state["done"].wait(_TIMEOUT):
+            raise RuntimeError("ping-pong did not finish")
+        conn.send(("events", rec.events, state["rtts"]))
+        conn.recv()  # ("quit",)
+    finally:
+        svc.close()
+
+
+def _expect(conn: Any, tag: str) -> Any:
+    if not conn.poll(_TIMEOUT):
+        raise RuntimeError(f"no {tag!r} from a child within {_TIMEOUT} s")
+    msg = conn.recv()
+    if msg[0] != tag:
+        raise RuntimeError(f"expected {tag!r}, got {msg!r}")
+    return msg
+
+
+def run(tree: str, count: int, warmup: int, hooks: bool) -> tuple[list[tuple[int, str]], list[int], list[str]]:
+    """One ping-pong of ``count`` measured pings; returns the merged timeline, A's RTTs (ns), the hooks applied."""
+    ctx = mp.get_context("spawn")
+    pipes = {side: ctx.Pipe() for side in "AB"}
+    procs = {side: ctx.Process(target=_child, args=(side, tree, pipes[side][1], hooks, count, warmup), daemon=True)
+             for side in "AB"}
+    conn_a, conn_b = pipes["A"][0], pipes["B"][0]
+    try:
+        for proc in procs.values():
+            proc.start()
+        _, addr, applied = _expect(conn_b, "ready")
+        conn_a.send(("addr", addr))
+        _expect(conn_a, "ready")
+        conn_b.send(("arm",))
+        _expect(conn_b, "armed")
+        conn_a.send(("go",))
+        _, events_a, rtts = _expect(conn_a, "events")
+        conn_b.send(("collect",))
+        _, events_b = _expect(conn_b, "events")
+        for conn in (conn_a, conn_b):
+            conn.send(("quit",))
+        for proc in procs.values():
+            proc.join(_TIMEOUT)
+    finally:
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5.0)
+    merged = sorted([(t, "A:" + label) for t, label in events_a] + [(t, "B:" + label) for t, label in events_b])
+    return merged, rtts, applied
+
+
+def timeline(merged: list[tuple[int, str]]) -> list[dict[int, int]]:
+    """Cut the merged events at A's ping marks; per round trip, the time of every stage matched (by index)."""
+    trips: list[list[tuple[int, str]]] = []
+    for t, label in merged:
+        if label == "A:ping":
+            trips.append([])
+        if trips:
+            trips[-1].append((t, label))
+    out = []
+    for trip in trips[:-1]:  # the last one may be cut short
+        found: dict[int, int] = {}
+        i = 0
+        for idx, (side, label, aside) in enumerate(STAGES):
+            key = f"{side}:{label}"
+            j = next((k for k in range(i, len(trip)) if trip[k][1] == key), None)
+            if j is None:
+                continue
+            found[idx] = trip[j][0]
+            if not aside:
+                i = j + 1
+        out.append(found)
+    return out
+
+
+def raw_trips(merged: list[tuple[int, str]], k: int) -> str:
+    """The raw events of ``k`` round trips from the middle of the run, µs since each ping."""
+    pings = [i for i, (_, label) in enumerate(merged) if label == "A:ping"]
+    lines = []
+    for n in range(len(pings) // 2, min(len(pings) - 1, len(pings) // 2 + k)):
+        t0 = merged[pings[n]][0]
+        lines += [f"{(t - t0) / 1e3:9.1f}  {label}" for t, label in merged[pings[n]:pings[n + 1]]] + ["--"]
+    return "\n".join(lines)
+
+
+def _stage_medians(trips: list[dict[int, int]]) -> dict[int, tuple[int, float, float | None]]:
+    """Per stage index: (n, median µs since the ping, median µs since the previous non-aside stage)."""
+    out = {}
+    for idx in range(len(STAGES)):
+        since, steps = [], []
+        for trip in trips:
+            if idx not in trip or 0 not in trip:
+                continue
+            since.append(trip[idx] - trip[0])
+            prev = next((k for k in range(idx - 1, -1, -1) if not STAGES[k][2] and k in trip), None)
+            if prev is not None:
+                steps.append(trip[idx] - trip[prev])
+        if since:
+            out[idx] = (len(since), statistics.median(since) / 1e3, statistics.median(steps) / 1e3 if steps else None)
+    return out
+
+
+def report(runs: list[tuple[str, list[dict[int, int]], list[int]]]) -> str:
+    """The stage table, one (since ping, step) column pair per tree: medians in µs."""
+    tables = [_stage_medians(trips) for _, trips, _ in runs]
+    head = f"{'stage':34}" + "".join(f" | {'since':>7} {'step':>6}" for _ in runs)
+    lines = [f"{'':34}" + "".join(f" | {os.path.basename(tree.rstrip('/'))[-14:]:>14}" for tree, _, _ in runs), head]
+    for idx, (side, label, aside) in enumerate(STAGES):
+        if not any(idx in table for table in tables):
+            continue
+        row = f"{side}:{label}{' (aside)' if aside else ''}"
+        row = f"{row:34}"
+        for table in tables:
+            if idx not in table:
+                row += f" | {'-':>7} {'':>6}"
+                continue
+            _, since, step = table[idx]
+            row += f" | {since:7.1f} {'' if step is None else f'{step:6.1f}':>6}"
+        lines.append(row)
+    for tree, _, rtts in runs:
+        us = sorted(r / 1e3 for r in rtts)
+        lines.append(f"{tree}: RTT median {statistics.median(us):.1f} µs (p10 {us[len(us) // 10]:.1f}, "
+                     f"p90 {us[len(us) * 9 // 10]:.1f}), {len(us)} pings")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tree", action="append", default=[],
+                        help="a checkout whose crust runs (repeatable; default: this one)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per tree, alternating between trees (default 1)")
+    parser.add_argument("--count", type=int, default=400, help="measured pings per run (default 400)")
+    parser.add_argument("--warmup", type=int, default=200, help="pings before recording (default 200)")
+    parser.add_argument("--bare", action="store_true", help="no hooks: only the RTTs")
+    parser.add_argument("--trace", type=int, default=0, metavar="K", help="also print K round trips' raw events")
+    args = parser.parse_args()
+    trees = [os.path.abspath(t) for t in args.tree] or [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    trips: dict[str, list[dict[int, int]]] = {tree: [] for tree in trees}
+    rtts: dict[str, list[int]] = {tree: [] for tree in trees}
+    for _ in range(args.repeat):
+        for tree in trees:
+            merged, run_rtts, applied = run(tree, args.count, args.warmup, not args.bare)
+            trips[tree] += timeline(merged)
+            rtts[tree] += run_rtts
+            if args.trace:
+                print(f"{tree}:\n{raw_trips(merged, args.trace)}")
+    print(f"load {os.getloadavg()[0]:.2f} (1 min); hooks on: {not args.bare}")
+    print(report([(tree, trips[tree], rtts[tree]) for tree in trees]))
+
+
+if __name__ == "__main__":
+    main()

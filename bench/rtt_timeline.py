@@ -22,7 +22,7 @@ after the previous matched stage).  A stage marked *aside* happens on
 another thread at the same time (the reactor going back to ``select()``
 while the dispatcher wakes): it is matched but does not move the cursor.
 The table gives, per stage, the median time since the ping and the median
-step from the previous stage.  Hooks missing in a tree (older names) are
+step from the previous stage that is not aside.  Hooks missing in a tree (older names) are
 skipped, and so are their stages.
 
 The hooks cost time too (a Python frame and a clock read each, about
@@ -74,8 +74,8 @@ STAGES: tuple[tuple[str, str, bool], ...] = (
     ("A", "drain", False),
     ("A", "engine.send done", False),
     ("A", "sock.send", False),
-    ("A", "engine.handle_sent done", False),
-    ("A", "drain done", False),
+    ("A", "engine.handle_sent done", True),
+    ("A", "drain done", True),
     ("A", "select entered", True),
     ("B", "select returned", False),
     ("B", "recv", False),
@@ -95,8 +95,8 @@ STAGES: tuple[tuple[str, str, bool], ...] = (
     ("B", "drain", False),
     ("B", "engine.send done", False),
     ("B", "sock.send", False),
-    ("B", "engine.handle_sent done", False),
-    ("B", "drain done", False),
+    ("B", "engine.handle_sent done", True),
+    ("B", "drain done", True),
     ("B", "select entered", True),
     ("A", "select returned", False),
     ("A", "recv", False),

@@ -74,15 +74,16 @@ STAGES: tuple[tuple[str, str, bool], ...] = (
     ("A", "drain", False),
     ("A", "engine.send done", False),
     ("A", "sock.send", False),
+    ("A", "sock.send returned", True),
     ("A", "engine.handle_sent done", True),
     ("A", "drain done", True),
     ("A", "select entered", True),
     ("B", "select returned", False),
     ("B", "recv", False),
     ("B", "engine.receive_data done", False),
+    ("B", "pump done", True),
     ("B", "post_many", False),
     ("B", "posted", False),
-    ("B", "pump done", False),
     ("B", "select entered", True),
     ("B", "cond.wait returned", False),
     ("B", "dispatcher batch", False),
@@ -95,15 +96,16 @@ STAGES: tuple[tuple[str, str, bool], ...] = (
     ("B", "drain", False),
     ("B", "engine.send done", False),
     ("B", "sock.send", False),
+    ("B", "sock.send returned", True),
     ("B", "engine.handle_sent done", True),
     ("B", "drain done", True),
     ("B", "select entered", True),
     ("A", "select returned", False),
     ("A", "recv", False),
     ("A", "engine.receive_data done", False),
+    ("A", "pump done", True),
     ("A", "post_many", False),
     ("A", "posted", False),
-    ("A", "pump done", False),
     ("A", "select entered", True),
     ("A", "cond.wait returned", False),
     ("A", "dispatcher batch", False),
@@ -162,9 +164,12 @@ def _install(rec: _Recorder) -> list[str]:
 
     # One byte is the reactor's wakeup: only the stream's bytes count.
     def send(self: socket.socket, data: Any, *args: Any) -> int:
-        if rec.on and len(data) > 1:
-            events.append((clock(), "sock.send"))
-        return orig_send(self, data, *args)
+        if not (rec.on and len(data) > 1):
+            return orig_send(self, data, *args)
+        events.append((clock(), "sock.send"))
+        sent = orig_send(self, data, *args)
+        events.append((clock(), "sock.send returned"))
+        return sent
 
     def recv(self: socket.socket, *args: Any) -> bytes:
         data = orig_recv(self, *args)

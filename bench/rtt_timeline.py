@@ -50,7 +50,8 @@ HOOKS: tuple[tuple[str, str, str | None, str | None], ...] = (
     ("crust.transport.reactor", "Inbox.put", "inbox put", None),
     ("crust.transport.reactor", "Reactor.call_soon_threadsafe", "post", None),
     ("crust.transport.reactor", "Reactor._send_wakeup", "wakeup write", None),
-    ("crust.transport.reactor", "Reactor._on_wakeup", "wakeup drained", None),
+    ("crust.transport.reactor", "Reactor._on_wakeup", "wakeup drained", None),  # 4ad6327, 068b6e3
+    ("crust.transport.reactor", "Reactor._drain_wakeup", "wakeup drained", None),
     ("crust.transport.reactor", "Reactor._run_timers", "timers", "timers done"),
     ("crust.runtime.flow", "Flow._drain_sends", "drain", "drain done"),
     ("crust.service", "Service._drain_sends", "drain", "drain done"),  # 4ad6327

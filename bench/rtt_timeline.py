@@ -61,6 +61,10 @@ HOOKS: tuple[tuple[str, str, str | None, str | None], ...] = (
     ("crust.dispatch", "Dispatcher.post_many", "post_many", "posted"),
     ("crust.dispatch", "Dispatcher._deliver_batch", "dispatcher batch", None),
     ("crust.runtime.driver", "Driver.pump", None, "pump done"),
+    ("crust.service", "Service._account", "account", "account done"),  # --trace only
+    ("crust.service", "Service._hand_over", "hand over", None),  # --trace only
+    ("crust.engine", "Engine.get_timer", "get_timer", "get_timer done"),  # --trace only
+    ("crust.engine", "Engine.take_effects", "take_effects", "take_effects done"),  # --trace only
     ("crust.service", "Service._pump", None, "pump done"),  # 4ad6327
 )
 

@@ -211,6 +211,23 @@ def _install(rec: _Recorder) -> list[str]:
     return applied
 
 
+def _thread_cpu() -> dict[str, int]:
+    """On-CPU nanoseconds so far of each thread of this process, by thread name (Linux schedstat; {} elsewhere)."""
+    out = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/schedstat") as f:
+                out[thread.name.split("_")[0]] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def _cpu_since(before: dict[str, int]) -> dict[str, int]:
+    now = _thread_cpu()
+    return {name: ns - before.get(name, 0) for name, ns in now.items()}
+
+
 def _config(**extra: Any) -> Any:
     import crust
 
@@ -218,7 +235,42 @@ def _config(**extra: Any) -> Any:
                         enable_udp=False, **extra)
 
 
-def _child(role: str, tree: str, conn: Any, hooks: bool, count: int, warmup: int) -> None:
+def _profile_threads(prefix: str) -> Callable[[], None]:
+    """cProfile every thread started from now on; returns ``dump()``, writing ``prefix-<thread>.prof`` each."""
+    import cProfile
+
+    profiles: list[tuple[str, Any]] = []
+    orig_run = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        prof = cProfile.Profile()
+        profiles.append((self.name.split("_")[0], prof))
+        prof.enable()
+        try:
+            orig_run(self)
+        finally:
+            prof.disable()
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+
+    def dump() -> None:
+        for name, prof in profiles:
+            prof.dump_stats(f"{prefix}-{name}.prof")
+
+    return dump
+
+
+def _child(role: str, tree: str, conn: Any, hooks: bool, count: int, warmup: int, nice: int,
+           profile: str | None = None) -> None:
+    if nice:
+        os.nice(nice)
+    if profile:
+        dump = _profile_threads(f"{profile}-{role}")
+        try:
+            _child(role, tree, conn, hooks, count, warmup, 0)
+        finally:
+            dump()
+        return
     sys.path.insert(0, tree)
     rec = _Recorder()
     applied = _install(rec) if hooks else []
@@ -231,10 +283,11 @@ def _child(role: str, tree: str, conn: Any, hooks: bool, count: int, warmup: int
             conn.send(("ready", str(svc.start_listening()[0]), applied))
             conn.recv()  # ("arm",)
             rec.on = hooks
+            cpu0 = _thread_cpu()
             conn.send(("armed",))
             conn.recv()  # ("collect",)
             rec.on = False
-            conn.send(("events", rec.events))
+            conn.send(("events", rec.events, _cpu_since(cpu0)))
             conn.recv()  # ("quit",)
         finally:
             svc.close()
@@ -268,11 +321,13 @@ def _child(role: str, tree: str, conn: Any, hooks: bool, count: int, warmup: int
         peer = svc.bootstrap(timeout=10.0)
         conn.send(("ready", None, applied))
         conn.recv()  # ("go",)
+        cpu0 = _thread_cpu()
         state["t"] = perf()
         svc.send(peer, payload)
         if not state["done"].wait(_TIMEOUT):
             raise RuntimeError("ping-pong did not finish")
-        conn.send(("events", rec.events, state["rtts"]))
+        cpu = _cpu_since(cpu0)
+        conn.send(("events", rec.events, state["rtts"], cpu))
         conn.recv()  # ("quit",)
     finally:
         svc.close()
@@ -287,11 +342,17 @@ def _expect(conn: Any, tag: str) -> Any:
     return msg
 
 
-def run(tree: str, count: int, warmup: int, hooks: bool) -> tuple[list[tuple[int, str]], list[int], list[str]]:
-    """One ping-pong of ``count`` measured pings; returns the merged timeline, A's RTTs (ns), the hooks applied."""
+def run(tree: str, count: int, warmup: int, hooks: bool, nice: int = 0,
+        profile: str | None = None) -> tuple[list[tuple[int, str]], list[int], list[str], dict[str, float]]:
+    """One ping-pong of ``count`` measured pings (after ``warmup``).
+
+    Returns:
+        The merged timeline, A's RTTs (ns), the hooks applied, and the on-CPU µs per round trip
+        (warm-up included) of each thread, as ``"A:crust-io"`` etc.
+    """
     ctx = mp.get_context("spawn")
     pipes = {side: ctx.Pipe() for side in "AB"}
-    procs = {side: ctx.Process(target=_child, args=(side, tree, pipes[side][1], hooks, count, warmup), daemon=True)
+    procs = {side: ctx.Process(target=_child, args=(side, tree, pipes[side][1], hooks, count, warmup, nice, profile), daemon=True)
              for side in "AB"}
     conn_a, conn_b = pipes["A"][0], pipes["B"][0]
     try:
@@ -303,9 +364,9 @@ def run(tree: str, count: int, warmup: int, hooks: bool) -> tuple[list[tuple[int
         conn_b.send(("arm",))
         _expect(conn_b, "armed")
         conn_a.send(("go",))
-        _, events_a, rtts = _expect(conn_a, "events")
+        _, events_a, rtts, cpu_a = _expect(conn_a, "events")
         conn_b.send(("collect",))
-        _, events_b = _expect(conn_b, "events")
+        _, events_b, cpu_b = _expect(conn_b, "events")
         for conn in (conn_a, conn_b):
             conn.send(("quit",))
         for proc in procs.values():
@@ -316,7 +377,9 @@ def run(tree: str, count: int, warmup: int, hooks: bool) -> tuple[list[tuple[int
                 proc.kill()
                 proc.join(5.0)
     merged = sorted([(t, "A:" + label) for t, label in events_a] + [(t, "B:" + label) for t, label in events_b])
-    return merged, rtts, applied
+    per_trip = {f"{side}:{name}": ns / 1e3 / (count + warmup)
+                for side, cpu in (("A", cpu_a), ("B", cpu_b)) for name, ns in cpu.items()}
+    return merged, rtts, applied, per_trip
 
 
 def timeline(merged: list[tuple[int, str]]) -> list[dict[int, int]]:
@@ -402,20 +465,43 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=400, help="measured pings per run (default 400)")
     parser.add_argument("--warmup", type=int, default=200, help="pings before recording (default 200)")
     parser.add_argument("--bare", action="store_true", help="no hooks: only the RTTs")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness increment for the two processes (root may give a negative one: less noise "
+                             "from other work on a shared machine)")
+    parser.add_argument("--profile", metavar="PREFIX",
+                        help="cProfile every thread of one run per tree: PREFIX-<tree>-<A|B>-<thread>.prof "
+                             "(slow: times are cProfile's, the call counts are what to read)")
     parser.add_argument("--trace", type=int, default=0, metavar="K", help="also print K round trips' raw events")
     args = parser.parse_args()
     trees = [os.path.abspath(t) for t in args.tree] or [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
     trips: dict[str, list[dict[int, int]]] = {tree: [] for tree in trees}
     rtts: dict[str, list[int]] = {tree: [] for tree in trees}
-    for _ in range(args.repeat):
-        for tree in trees:
-            merged, run_rtts, applied = run(tree, args.count, args.warmup, not args.bare)
+    run_medians: dict[str, list[float]] = {tree: [] for tree in trees}
+    cpus: dict[str, dict[str, list[float]]] = {tree: {} for tree in trees}
+    for i in range(args.repeat):
+        for tree in (trees if i % 2 == 0 else trees[::-1]):  # A B C, C B A, ...
+            profile = f"{args.profile}-{os.path.basename(tree)}" if args.profile and i == 0 else None
+            merged, run_rtts, applied, cpu = run(tree, args.count, args.warmup, not args.bare, args.nice, profile)
+            for name, us in cpu.items():
+                cpus[tree].setdefault(name, []).append(us)
             trips[tree] += timeline(merged)
             rtts[tree] += run_rtts
+            run_medians[tree].append(statistics.median(run_rtts) / 1e3)
             if args.trace:
                 print(f"{tree}:\n{raw_trips(merged, args.trace)}")
     print(f"load {os.getloadavg()[0]:.2f} (1 min); hooks on: {not args.bare}")
     print(report([(tree, trips[tree], rtts[tree]) for tree in trees]))
+    for tree in trees:
+        print(f"{tree}: run medians (µs) {', '.join(f'{m:.0f}' for m in run_medians[tree])}; "
+              f"their median {statistics.median(run_medians[tree]):.1f}")
+        threads = {name: statistics.median(v) for name, v in sorted(cpus[tree].items()) if statistics.median(v) >= 1}
+        print(f"    on-CPU µs per round trip (median of runs): "
+              + ", ".join(f"{name} {us:.1f}" for name, us in threads.items()) + f"; total {sum(threads.values()):.1f}")
+    if len(trees) > 1 and args.repeat > 1:  # neighbours in time share the machine's load: compare them in pairs
+        for tree in trees[1:]:
+            ratios = [a / b for a, b in zip(run_medians[trees[0]], run_medians[tree])]
+            print(f"{trees[0]} / {tree}: run-by-run ratio median {statistics.median(ratios):.3f} "
+                  f"({sum(r < 1 for r in ratios)} of {len(ratios)} runs faster)")
 
 
 if __name__ == "__main__":

@@ -278,7 +278,12 @@ def _child(role: str, tree: str, conn: Any, hooks: bool, count: int, warmup: int
 
     if role == "B":
         svc = crust.Service(_config())
-        svc.on_message(lambda peer, data: (rec.mark("callback"), svc.send(peer, data)))
+
+        @svc.on_message
+        def echo(peer: Any, data: bytes) -> None:
+            rec.mark("callback")
+            svc.send(peer, data)
+
         try:
             conn.send(("ready", str(svc.start_listening()[0]), applied))
             conn.recv()  # ("arm",)

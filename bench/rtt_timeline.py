@@ -235,41 +235,19 @@ def _config(**extra: Any) -> Any:
                         enable_udp=False, **extra)
 
 
-def _profile_threads(prefix: str) -> Callable[[], None]:
-    """cProfile every thread started from now on; returns ``dump()``, writing ``prefix-<thread>.prof`` each."""
-    import cProfile
-
-    profiles: list[tuple[str, Any]] = []
-    orig_run = threading.Thread.run
-
-    def run(self: threading.Thread) -> None:
-        prof = cProfile.Profile()
-        profiles.append((self.name.split("_")[0], prof))
-        prof.enable()
-        try:
-            orig_run(self)
-        finally:
-            prof.disable()
-
-    threading.Thread.run = run  # type: ignore[method-assign]
-
-    def dump() -> None:
-        for name, prof in profiles:
-            prof.dump_stats(f"{prefix}-{name}.prof")
-
-    return dump
-
-
 def _child(role: str, tree: str, conn: Any, hooks: bool, count: int, warmup: int, nice: int,
            profile: str | None = None) -> None:
     if nice:
         os.nice(nice)
     if profile:
-        dump = _profile_threads(f"{profile}-{role}")
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import messaging  # bench/messaging.py: cProfile per thread
+
+        dump = messaging._install_cprofile()
         try:
             _child(role, tree, conn, hooks, count, warmup, 0)
         finally:
-            dump()
+            dump(f"{profile}-{role}")
         return
     sys.path.insert(0, tree)
     rec = _Recorder()

@@ -27,6 +27,13 @@ skipped, and so are their stages.
 
 The hooks cost time too (a Python frame and a clock read each, about
 0.3-0.5 µs): compare the hooked total with ``--bare``.
+
+Every run also reports each thread's on-CPU time per round trip (Linux
+``/proc/self/task/<tid>/schedstat``); with several trees and ``--repeat``,
+the run-by-run ratio of the first tree's median RTT to each other's (runs
+next to each other in time share the machine's load).  ``--trace K`` prints
+K round trips' raw events (with a few more hooks than the table uses),
+``--profile PREFIX`` cProfiles every thread of one run per tree.
 """
 
 from __future__ import annotations

@@ -183,6 +183,10 @@ class Service(Callbacks, Listening, Bootstrapping, Connecting, ConfigWatch, Watc
         self._peer_waiters = []
         self._lost_reasons = OrderedDict()
         self._tally = Tally()
+        # Reactor thread only: what this turn's pumps have for the dispatcher (see _account).
+        self._handover: list[Event] = []
+        self._handover_answers: list[Callable[[], None]] = []
+        self._handover_due = False
         self._book = ContactBook(config.bootstrap_cache_path, lambda fn: self._worker().submit(fn))
         self._lan: LanDiscovery | None = None  # reactor-owned; started by start_service_discovery()
         self._closed = False
@@ -385,11 +389,16 @@ class Service(Callbacks, Listening, Bootstrapping, Connecting, ConfigWatch, Watc
         self._nat.wake()
 
     def _account(self, events: list[Event]) -> None:
-        """Book-keep one round of events, queue them for the callbacks, then answer blocking calls.
+        """Book-keep one round of events; queue them for the callbacks at the end of the reactor turn.
 
-        The answers (``bootstrap()``, ``connect()``, ``wait_for_peer()``) wait until the
-        round's events are queued: when such a call returns, ``on_new_peer`` for its peer
-        is already queued, ahead of anything that peer sends.
+        The events of every pump in a turn go to the dispatcher together, as
+        the turn's last call before ``select()``: a woken delivering thread
+        runs only once the reactor lets go of the GIL, so handing over earlier
+        would wake it only to wait for the rest of the turn (and on two
+        cores, to take the reactor's core meanwhile).  The answers
+        (``bootstrap()``, ``connect()``, ``wait_for_peer()``) wait until the
+        events are queued: when such a call returns, ``on_new_peer`` for its
+        peer is already queued, ahead of anything that peer sends.
         """
         backlog: dict[PeerId, int] = {}
         post: list[Event] = []
@@ -432,6 +441,18 @@ class Service(Callbacks, Listening, Bootstrapping, Connecting, ConfigWatch, Watc
             tally.count_messages(received, received_bytes)
         if backlog:
             self._flow.received(backlog)
-        self._dispatcher.post_many(post)
+        if post or answers:
+            self._handover += post
+            self._handover_answers += answers
+            if not self._handover_due:
+                self._handover_due = True
+                self._reactor.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        """The end of a reactor turn: the turn's events to the dispatcher, then the answers waiting for them."""
+        self._handover_due = False
+        events, self._handover = self._handover, []
+        answers, self._handover_answers = self._handover_answers, []
+        self._dispatcher.post_many(events)
         for answer in answers:
             answer()

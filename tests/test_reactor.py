@@ -55,6 +55,23 @@ def test_posts_from_many_threads_run_in_order_per_thread(reactor: Reactor) -> No
         assert [i for t, i in seen if t == tid] == list(range(per_thread))
 
 
+def test_a_turn_runs_posted_calls_then_timers_then_call_soon(reactor: Reactor) -> None:
+    """The latency-bound work first: a post from another thread runs before a due timer of the same turn."""
+    order: list[str] = []
+    done = threading.Event()
+
+    def arrange() -> None:
+        # All three are pending when this turn ends; the next turn runs them in its own order.
+        reactor.call_soon(lambda: (order.append("soon"), done.set()))
+        reactor.call_at(reactor.time() - 1.0, lambda: order.append("timer"))
+        reactor.call_soon_threadsafe(lambda: order.append("posted"))
+
+    # call_soon from a posted call would run in this very turn's soon phase: arrange it one turn ahead.
+    reactor.call_soon_threadsafe(lambda: reactor.call_soon(arrange))
+    assert done.wait(WAIT)
+    assert order == ["posted", "timer", "soon"]
+
+
 def test_call_at_runs_in_deadline_order_and_cancel_works(reactor: Reactor) -> None:
     ran: list[tuple[str, float, float]] = []
     done = threading.Event()

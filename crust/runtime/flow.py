@@ -179,7 +179,7 @@ class SendGate:
         limit: bytes per priority before ``admit()`` waits (twice that for droppable priorities).
     """
 
-    __slots__ = ("peer_id", "_limit", "_queued", "_lock", "_cond", "_closed_by")
+    __slots__ = ("peer_id", "_limit", "_queued", "_lock", "_cond", "_closed_by", "_waiting")
 
     def __init__(self, peer_id: PeerId, limit: int) -> None:
         self.peer_id = peer_id
@@ -191,6 +191,9 @@ class SendGate:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._closed_by: type[Exception] | None = None
+        # Senders inside _cond.wait (under _lock): release() skips Condition.notify_all's
+        # Python-level work when there is nobody to wake, which is nearly always.
+        self._waiting = 0
 
     def admit(self, priority: int, nbytes: int, timeout: float | None) -> None:
         """Block until ``priority``'s queue is under the limit, then count a message of ``nbytes`` in.
@@ -227,7 +230,11 @@ class SendGate:
                         f"send queue to {self.peer_id!r} at priority {priority} stayed full "
                         f"({queued} bytes queued) for {timeout} s"
                     )
-                self._cond.wait(remaining)
+                self._waiting += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
 
     def release(self, released: tuple[tuple[int, int], ...]) -> None:
         """The engine moved these ``(priority, bytes)`` into frames: wake waiting senders."""
@@ -239,7 +246,7 @@ class SendGate:
                 # Hysteresis: waking a blocked sender for every 64 KiB frame costs a
                 # thread switch per frame; wake it once half the queue has drained.
                 wake = wake or queued <= self._limit // 2
-            if wake:
+            if wake and self._waiting:
                 self._cond.notify_all()
 
     def close(self, error: type[Exception] = PeerLostError) -> None:

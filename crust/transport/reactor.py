@@ -9,11 +9,18 @@ loop does, in this order:
    the earliest live timer, else block;
 2. ``select()``, then call ``key.data(mask)`` for every ready socket (the
    callback lives in the selector key, as CPython's ``selectors`` suggests);
-3. run the timers that are due;
-4. run the closures other threads posted with ``call_soon_threadsafe``;
-5. run the ``call_soon`` closures queued so far.  Ones queued while this
+3. run the closures other threads posted with ``call_soon_threadsafe``;
+4. drain the wakeup socket if it was ready;
+5. run the timers that are due;
+6. run the ``call_soon`` closures queued so far.  Ones queued while this
    phase runs wait for the next turn (with timeout 0), so a closure that keeps
    re-queueing itself cannot starve sockets, timers or other threads.
+
+The order puts the latency-bound work first: a ``send()`` posted by another
+thread reaches its socket before the turn reads the wakeup byte or looks at
+the timers (a round trip waits on this; timers seldom have anything due),
+and the ``call_soon`` phase, where the shell hands the turn's events to
+the dispatcher, comes last, just before the GIL is let go in ``select()``.
 
 Every callback is guarded: an exception is logged with its traceback and the
 loop goes on (``socketserver.handle_error``'s policy; trio's "never swallow
@@ -249,7 +256,8 @@ class Reactor:
         # Non-blocking writer: if the pair's buffer were ever full, the loop
         # already has bytes to wake on, so a poster must not block on it.
         self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, _EVENT_READ, self._on_wakeup)
+        # The wakeup socket's key carries no callback: the loop drains it itself, later in the turn.
+        self._selector.register(self._wake_r, _EVENT_READ, None)
 
         # Cross-thread handoff: any thread appends, only the loop pops.
         # deque.append/popleft are atomic under the GIL, so no lock is needed.
@@ -474,7 +482,7 @@ class Reactor:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def _on_wakeup(self, mask: int) -> None:
+    def _drain_wakeup(self) -> None:
         # Drain fully: bytes left behind would make every select() return at once.
         recv = self._wake_r.recv
         try:
@@ -503,15 +511,22 @@ class Reactor:
                     timeout = self._timer_timeout(monotonic)
                 ready = select(timeout)
                 self._awake = True
+                woken = False
                 for key, mask in ready:
+                    callback = key.data
+                    if callback is None:  # the wakeup socket
+                        woken = True
+                        continue
                     try:
-                        key.data(mask)
+                        callback(mask)
                     except Exception:
-                        logger.exception("reactor: socket callback %s raised", callable_name(key.data))
-                if self._timers:
-                    self._run_timers(monotonic())
+                        logger.exception("reactor: socket callback %s raised", callable_name(callback))
                 if posted:
                     self._run_queue(posted)
+                if woken:
+                    self._drain_wakeup()
+                if self._timers:
+                    self._run_timers(monotonic())
                 if soon:
                     self._run_queue(soon)
             # stop(): finish what was posted before it, and what those calls queued.

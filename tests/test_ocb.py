@@ -149,3 +149,17 @@ def test_the_fallback_gives_the_same_channel(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_repr_hides_the_key() -> None:
     assert KEY.hex() not in repr(direct()) and "OcbKey" in repr(direct())
+
+
+@pytest.mark.parametrize("size", [65535, 65536, 65536 + 256])
+def test_long_outputs_with_and_without_pycryptodome_filling_bytes(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # From 64 KiB on, C code writes into a new bytes object (no copy); without that helper, the same bytes.
+    plaintext = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    nonce = bytes(12)
+    sealed = direct().seal(nonce, b"", plaintext)
+    assert type(sealed) is bytes and sealed == aes.ocb_seal(KEY, nonce, b"", plaintext)
+    assert direct().open(nonce, b"", sealed) == plaintext
+    assert ocb._LIB is not None
+    monkeypatch.setattr(ocb, "_LIB", ocb._LIB._replace(output=None, holder=None))
+    assert direct().seal(nonce, b"", plaintext) == sealed
+    assert direct().open(nonce, b"", sealed) == plaintext

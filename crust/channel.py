@@ -26,7 +26,7 @@ from __future__ import annotations
 from .config import MESSAGE_OVERHEAD, unfinished_limit
 from .crypto.aead import Cipher, Opener, Sealer
 from .errors import OversizeMessage, RemoteProtocolError
-from .wire.framing import FrameDecoder, encode_frame
+from .wire.framing import FrameDecoder, frame_header
 from .wire.messages import DATA_HEADER, DATA_LAST, RECORD_HEADER, Data, Message, MessageType, decode_record, encode_record
 
 __all__ = ["SecureChannel", "MAX_FRAME_PLAINTEXT", "AEAD_TAG_SIZE"]
@@ -192,7 +192,9 @@ class SecureChannel:
 
     def seal(self, pieces: list[bytes | memoryview]) -> bytes:
         """One frame holding the records whose bytes are ``pieces`` (≤ MAX_FRAME_PLAINTEXT)."""
-        return encode_frame(self._sealer.seal(b"".join(pieces)))
+        plaintext = b"".join(pieces)
+        # The header goes in as the seal's prefix: one bytes object, not the sealed 64 KiB copied behind it.
+        return self._sealer.seal(plaintext, prefix=frame_header(len(plaintext) + AEAD_TAG_SIZE))
 
     def encode(self, *messages: Message) -> bytes:
         """One frame holding ``messages`` (control traffic; data goes through the outbox)."""

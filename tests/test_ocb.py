@@ -163,3 +163,15 @@ def test_long_outputs_with_and_without_pycryptodome_filling_bytes(size: int, mon
     monkeypatch.setattr(ocb, "_LIB", ocb._LIB._replace(output=None, holder=None))
     assert direct().seal(nonce, b"", plaintext) == sealed
     assert direct().open(nonce, b"", sealed) == plaintext
+
+
+@pytest.mark.parametrize("size", [0, 100, 65536])
+@pytest.mark.parametrize("helper", [True, False])
+def test_a_prefix_is_put_in_front_unchanged(size: int, helper: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not helper:
+        assert ocb._LIB is not None
+        monkeypatch.setattr(ocb, "_LIB", ocb._LIB._replace(output=None, holder=None))
+    plaintext, nonce, prefix = bytes(range(256)) * (size // 256) + bytes(size % 256), bytes(12), b"\x00\x01\x00\x10"
+    sealed = direct().seal(nonce, b"ad", plaintext, prefix)
+    assert sealed == prefix + aes.ocb_seal(KEY, nonce, b"ad", plaintext)
+    assert direct().open(nonce, b"ad", memoryview(sealed)[len(prefix):]) == plaintext

@@ -242,7 +242,7 @@ def _rekey(suite: _Suite, key: bytes) -> bytes:
     return suite.seal(key, suite.pack_nonce(MAX_NONCE), b"", _ZEROS)[:KEY_SIZE]
 
 
-_Run = Callable[[bytes, BytesLike, BytesLike], bytes]  # (nonce, ad, data) -> bytes, one key's seal or open
+_Run = Callable[..., bytes]  # (nonce, ad, data[, prefix]) -> bytes: one key's seal or open
 
 
 def _seal_of(context: aes.Context) -> _Run:
@@ -319,15 +319,18 @@ class Sealer(_Direction):
                  rekey_interval: int | None = None) -> None:
         super().__init__(key, cipher, rekey_interval, _seal_of)
 
-    def seal(self, plaintext: BytesLike, ad: bytes = b"") -> bytes:
+    def seal(self, plaintext: BytesLike, ad: bytes = b"", prefix: bytes = b"") -> bytes:
         """Encrypt and authenticate one message.
 
         Args:
             plaintext: the message.
             ad: associated data the receiver must pass to :meth:`Opener.open` too.
+            prefix: bytes to put in front of the result, neither encrypted nor
+                authenticated (a frame header): one bytes object, and with
+                AES-OCB no copy of the ciphertext to make it.
 
         Returns:
-            ``ciphertext || 16-byte tag``.
+            ``prefix || ciphertext || 16-byte tag``.
 
         Raises:
             LocalProtocolError: the nonce counter is exhausted (2**64-1 messages);
@@ -336,7 +339,7 @@ class Sealer(_Direction):
         n = self._n
         if n >= MAX_NONCE:
             raise LocalProtocolError("Sealer nonce exhausted: the channel must be replaced")
-        sealed = self._run(self._pack(n), ad, plaintext)
+        sealed = self._run(self._pack(n), ad, plaintext, prefix)
         self._count(n)
         return sealed
 

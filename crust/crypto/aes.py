@@ -24,7 +24,7 @@ constant-time.  :func:`hardware_support` says which modes may be offered here.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, NamedTuple, Protocol, Union
+from typing import Callable, Protocol, Union
 
 from Crypto.Cipher import AES
 from Crypto.Util import _cpu_features
@@ -55,8 +55,8 @@ class _Mode(Protocol):
 class Context(Protocol):
     """One key's AEAD, a message at a time (the nonce changes, the key does not)."""
 
-    def seal(self, nonce: bytes, ad: BytesLike, plaintext: BytesLike, /) -> bytes:
-        """``ciphertext ‖ tag``."""
+    def seal(self, nonce: bytes, ad: BytesLike, plaintext: BytesLike, prefix: bytes = b"", /) -> bytes:
+        """``prefix ‖ ciphertext ‖ tag`` (a prefix such as a frame header costs no extra copy where it can)."""
 
     def open(self, nonce: bytes, ad: BytesLike, data: BytesLike, /) -> bytes:
         """The plaintext of ``ciphertext ‖ tag``; ValueError if it is too short or forged."""
@@ -109,13 +109,23 @@ ocb_seal = _make_seal(_new_ocb, "AES-256-OCB (RFC 7253, TAGLEN 128)")
 ocb_open = _make_open(_new_ocb, "AES-256-OCB (RFC 7253, TAGLEN 128)")
 
 
-class _Keyed(NamedTuple):
-    seal: Callable[[bytes, BytesLike, BytesLike], bytes]
-    open: Callable[[bytes, BytesLike, BytesLike], bytes]
+class _Keyed:
+    """A key bound to a pair of primitives (see :func:`keyed`)."""
+
+    __slots__ = ("_key", "_seal", "open")
+
+    def __init__(self, key: bytes, seal: Primitive, open_: Primitive) -> None:
+        self._key = key
+        self._seal = seal
+        self.open = partial(open_, key)  # bound in C: the receive path gains a call level on nothing
+
+    def seal(self, nonce: bytes, ad: BytesLike, plaintext: BytesLike, prefix: bytes = b"", /) -> bytes:
+        sealed = self._seal(self._key, nonce, ad, plaintext)
+        return prefix + sealed if prefix else sealed
 
 
 def keyed(key: bytes, seal: Primitive, open_: Primitive) -> Context:
-    """A :class:`Context` that runs ``seal``/``open_`` with ``key`` (bound once, in C: ``functools.partial``).
+    """A :class:`Context` that runs ``seal``/``open_`` with ``key``.
 
     Args:
         key: the key every message uses.
@@ -125,7 +135,7 @@ def keyed(key: bytes, seal: Primitive, open_: Primitive) -> Context:
     Returns:
         The context.
     """
-    return _Keyed(partial(seal, key), partial(open_, key))
+    return _Keyed(key, seal, open_)
 
 
 def _agrees(make: Callable[[bytes], Context]) -> bool:

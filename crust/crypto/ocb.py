@@ -60,6 +60,7 @@ class _Lib(NamedTuple):
     new: Callable[..., Any]  # ffi.new
     from_buffer: Callable[..., Any]  # ffi.from_buffer
     buffer: Callable[..., Any]  # ffi.buffer
+    memmove: Callable[..., None]  # ffi.memmove
     aes_start: Callable[..., int]
     aes_stop: Callable[..., int]
     start: Callable[..., int]
@@ -97,7 +98,7 @@ def _bind() -> _Lib | None:
     output, holder = getattr(_raw_api, "create_output_buffer", None), getattr(_raw_api, "_BytesOutput", None)
     if output is None or not isinstance(holder, type):
         output = holder = None
-    return _Lib(ffi.new, ffi.from_buffer, ffi.buffer, aes_start, aes_stop, functions["OCB_start_operation"],
+    return _Lib(ffi.new, ffi.from_buffer, ffi.buffer, ffi.memmove, aes_start, aes_stop, functions["OCB_start_operation"],
                 functions["OCB_update"], functions["OCB_encrypt"], functions["OCB_decrypt"],
                 functions["OCB_digest"], functions["OCB_stop_operation"], output, holder)
 
@@ -164,13 +165,18 @@ class OcbKey:
             raise ValueError(f"an OCB nonce here is {_NONCE_SIZE} bytes, got {len(nonce)}")
         return slot[0]
 
-    def seal(self, nonce: bytes, ad: BytesLike, plaintext: BytesLike, /) -> bytes:
-        """``ciphertext ‖ tag`` of ``plaintext`` under ``nonce`` (12 bytes), authenticating ``ad``."""
+    def seal(self, nonce: bytes, ad: BytesLike, plaintext: BytesLike, prefix: bytes = b"", /) -> bytes:
+        """``prefix ‖ ciphertext ‖ tag`` of ``plaintext`` under ``nonce`` (12 bytes), authenticating ``ad``.
+
+        ``prefix`` (a frame header, say) is only copied in front, in the same
+        new bytes object, which saves the caller a copy of the whole.
+        """
         lib = _LIB
         assert lib is not None
-        size = len(plaintext)
+        size, head = len(plaintext), len(prefix)
         source = _pointer(plaintext)
-        target, sealed = _output(lib, size + TAG_SIZE)
+        out, sealed = _output(lib, head + size + TAG_SIZE)
+        target = out + head
         state = self._start(nonce)
         try:
             failed = (ad and lib.update(state, _pointer(ad), len(ad))) or lib.encrypt(state, source, target, size) \
@@ -179,7 +185,9 @@ class OcbKey:
             lib.stop(state)
         if failed:
             raise ValueError(f"OCB encryption failed (pycryptodome error {failed})")
-        return lib.buffer(target)[:] if sealed is None else sealed
+        if head:
+            lib.memmove(out, prefix, head)
+        return lib.buffer(out)[:] if sealed is None else sealed
 
     def open(self, nonce: bytes, ad: BytesLike, data: BytesLike, /) -> bytes:
         """The plaintext of ``ciphertext ‖ tag``; ValueError if ``data`` is shorter than a tag or forged."""

@@ -22,7 +22,7 @@ import struct
 
 from ..errors import RemoteProtocolError
 
-__all__ = ["FrameDecoder", "HandshakeDecoder", "encode_frame", "encode_handshake_message", "FRAME_HEADER_SIZE"]
+__all__ = ["FrameDecoder", "HandshakeDecoder", "encode_frame", "frame_header", "encode_handshake_message", "FRAME_HEADER_SIZE"]
 
 _FRAME_HEADER = struct.Struct(">I")
 _HANDSHAKE_HEADER = struct.Struct(">BH")
@@ -216,6 +216,11 @@ class HandshakeDecoder(_Decoder):
 def encode_frame(body: bytes) -> bytes:
     """``u32 length ‖ body``."""
     return _FRAME_HEADER.pack(len(body)) + body
+
+
+def frame_header(length: int) -> bytes:
+    """The ``u32 length`` in front of a frame body of ``length`` bytes (for a body written after it)."""
+    return _FRAME_HEADER.pack(length)
 
 
 def encode_handshake_message(kind: int, body: bytes) -> bytes:

@@ -71,6 +71,7 @@ class _Lib(NamedTuple):
     stop: Callable[..., int]
     output: Callable[[int], Any] | None  # _raw_api.create_output_buffer: C code fills a new bytes object
     holder: Any  # the type it returns when it does (else a cffi array, to copy)
+    array: Any  # ffi.typeof("uint8_t[]"), parsed once
 
 
 def _bind() -> _Lib | None:
@@ -98,9 +99,10 @@ def _bind() -> _Lib | None:
     output, holder = getattr(_raw_api, "create_output_buffer", None), getattr(_raw_api, "_BytesOutput", None)
     if output is None or not isinstance(holder, type):
         output = holder = None
-    return _Lib(ffi.new, ffi.from_buffer, ffi.buffer, ffi.memmove, aes_start, aes_stop, functions["OCB_start_operation"],
-                functions["OCB_update"], functions["OCB_encrypt"], functions["OCB_decrypt"],
-                functions["OCB_digest"], functions["OCB_stop_operation"], output, holder)
+    return _Lib(ffi.new, ffi.from_buffer, ffi.buffer, ffi.memmove, aes_start, aes_stop,
+                functions["OCB_start_operation"], functions["OCB_update"], functions["OCB_encrypt"],
+                functions["OCB_decrypt"], functions["OCB_digest"], functions["OCB_stop_operation"], output, holder,
+                ffi.typeof("uint8_t[]"))
 
 
 _LIB = _bind()
@@ -113,7 +115,7 @@ def _pointer(data: BytesLike) -> Any:
     if type(data) is bytes:
         return data
     assert _LIB is not None
-    return _LIB.from_buffer("uint8_t[]", data)  # holds the buffer (it cannot be resized) while alive
+    return _LIB.from_buffer(_LIB.array, data)  # holds the buffer (it cannot be resized) while alive
 
 
 def _output(lib: _Lib, size: int) -> tuple[Any, bytes | None]:
@@ -127,7 +129,7 @@ def _output(lib: _Lib, size: int) -> tuple[Any, bytes | None]:
         if type(out) is lib.holder:
             return out.ptr, out.obj
         return out, None  # pycryptodome's cffi array after all
-    return lib.new("uint8_t[]", size), None
+    return lib.new(lib.array, size), None
 
 
 class OcbKey:
@@ -198,7 +200,7 @@ class OcbKey:
             raise ValueError("ciphertext shorter than the tag")
         source = _pointer(data)
         target, plaintext = _output(lib, size)
-        tag = lib.new("uint8_t[]", TAG_SIZE)
+        tag = lib.new(lib.array, TAG_SIZE)
         state = self._start(nonce)
         try:
             failed = (ad and lib.update(state, _pointer(ad), len(ad))) or lib.decrypt(state, source, target, size) \

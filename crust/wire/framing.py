@@ -22,7 +22,8 @@ import struct
 
 from ..errors import RemoteProtocolError
 
-__all__ = ["FrameDecoder", "HandshakeDecoder", "encode_frame", "frame_header", "encode_handshake_message", "FRAME_HEADER_SIZE"]
+__all__ = ["FrameDecoder", "HandshakeDecoder", "encode_frame", "frame_header", "encode_handshake_message",
+           "FRAME_HEADER_SIZE"]
 
 _FRAME_HEADER = struct.Struct(">I")
 _HANDSHAKE_HEADER = struct.Struct(">BH")

@@ -11,8 +11,8 @@ API (``AES.new(key, MODE_GCM | MODE_OCB, nonce=...)``):
 A channel seals every frame under one key, so :class:`~crust.crypto.aead.Sealer`
 and :class:`~crust.crypto.aead.Opener` hold a :class:`Context` per key
 instead: :func:`keyed` binds a key to a pair of these functions, and
-:func:`ocb_context` gives OCB's direct path (:mod:`crust.crypto.ocb`, six
-times cheaper for a small frame) once it has checked, at import, that the
+:func:`ocb_context` gives OCB's direct path (:mod:`crust.crypto.ocb`, three
+to five times cheaper for a small frame) once it has checked, at import, that the
 direct path gives these functions' bytes and refuses what they refuse.
 
 Why only with hardware AES (docs/security.md, "Transport ciphers"):

@@ -331,11 +331,12 @@ def _alternate(args: argparse.Namespace) -> int:
                 for kind, meas in results.items():
                     row = got.setdefault((f"{name} ({_tree_commit(path)})", kind), {})
                     for m_name, key, _ in MEASURES:
-                        if key in meas.get(m_name, {}):
-                            row.setdefault(m_name, []).append(meas[m_name][key])
-                    for cpu in ("cpu_us_snd", "cpu_us_rcv"):
-                        if cpu in meas.get("rate", {}):
-                            row.setdefault(cpu, []).append(meas["rate"][cpu])
+                        phase = meas.get(m_name, {})
+                        if key in phase:
+                            row.setdefault(m_name, []).append(phase[key])
+                        for cpu in ("cpu_us_snd", "cpu_us_rcv"):  # per message: steadier than wall clock under load
+                            if cpu in phase:
+                                row.setdefault(f"{m_name}_{cpu}", []).append(phase[cpu])
             if args.verbose:
                 print(f"round {i + 1}/{args.alternate} done", file=sys.stderr)
     print(f"\nalternating runs: {args.alternate} per tree ({'quick' if args.quick else 'full'}); "
@@ -347,9 +348,11 @@ def _alternate(args: argparse.Namespace) -> int:
             if values:
                 print(f"    {title:<18}{m._fmt(statistics.median(values)):>10}   "
                       f"[{', '.join(m._fmt(v) for v in values)}]")
-        if row.get("cpu_us_snd"):
-            print(f"    {'100 B CPU us/msg':<18}{statistics.median(row['cpu_us_snd']):>10.2f} sender, "
-                  f"{statistics.median(row['cpu_us_rcv']):.2f} receiver")
+        for m_name, _, title in MEASURES:
+            snd, rcv = row.get(f"{m_name}_cpu_us_snd"), row.get(f"{m_name}_cpu_us_rcv")
+            if snd and rcv:
+                what = {"tput": "64 KiB CPU us/msg", "rate": "100 B CPU us/msg", "rtt": "RTT CPU us/trip"}[m_name]
+                print(f"    {what:<18}{statistics.median(snd):>10.2f} sender, {statistics.median(rcv):.2f} receiver")
     return 0
 
 

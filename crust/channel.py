@@ -26,7 +26,7 @@ from __future__ import annotations
 from .config import MESSAGE_OVERHEAD, unfinished_limit
 from .crypto.aead import Cipher, Opener, Sealer
 from .errors import OversizeMessage, RemoteProtocolError
-from .wire.framing import FrameDecoder, encode_frame
+from .wire.framing import FrameDecoder, frame_header
 from .wire.messages import DATA_HEADER, DATA_LAST, RECORD_HEADER, Data, Message, MessageType, decode_record, encode_record
 
 __all__ = ["SecureChannel", "MAX_FRAME_PLAINTEXT", "AEAD_TAG_SIZE"]
@@ -35,7 +35,9 @@ MAX_FRAME_PLAINTEXT = 64 * 1024 + 256  # bytes: 64 KiB of message data plus reco
 AEAD_TAG_SIZE = 16  # bytes: every negotiable cipher's tag (crypto.aead.TAG_SIZE)
 _DATA = MessageType.DATA
 _RECORD_HEADER_SIZE = RECORD_HEADER.size
+_DATA_HEADER_SIZE = DATA_HEADER.size
 _unpack_record = RECORD_HEADER.unpack_from
+_unpack_data = DATA_HEADER.unpack_from
 
 
 class SecureChannel:
@@ -135,6 +137,19 @@ class SecureChannel:
         pos, end = 0, len(plaintext)
         partial, max_message, append = self._partial, self._max_message, out.append
         while pos < end:
+            if end - pos >= _DATA_HEADER_SIZE:
+                # The hot path, inline: a whole message (flags == LAST) while none is half
+                # received, its header read in one unpack (the first 5 bytes are any record's).
+                kind, length, priority, flags = _unpack_data(plaintext, pos)
+                if kind == _DATA and flags == DATA_LAST and length >= 2 and not partial:
+                    body_start = pos + _DATA_HEADER_SIZE
+                    pos += _RECORD_HEADER_SIZE + length
+                    if pos > end:
+                        raise RemoteProtocolError("record runs past the end of its frame")
+                    if length - 2 > max_message:
+                        raise RemoteProtocolError(f"message exceeds {max_message} bytes")
+                    append(Data(priority, plaintext[body_start:pos]))
+                    continue
             if end - pos < _RECORD_HEADER_SIZE:
                 raise RemoteProtocolError("truncated record header")
             kind, length = _unpack_record(plaintext, pos)
@@ -143,13 +158,7 @@ class SecureChannel:
             if pos > end:
                 raise RemoteProtocolError("record runs past the end of its frame")
             if kind == _DATA:
-                # The hot path, inline: a whole message (flags == LAST) while none is half received.
-                if not partial and length >= 2 and plaintext[body_start + 1] == DATA_LAST:
-                    if length - 2 > max_message:
-                        raise RemoteProtocolError(f"message exceeds {max_message} bytes")
-                    append(Data(plaintext[body_start], plaintext[body_start + 2:pos]))
-                else:
-                    self._read_data(plaintext, body_start, pos, out)
+                self._read_data(plaintext, body_start, pos, out)
             else:
                 append(decode_record(kind, memoryview(plaintext)[body_start:pos]))
 
@@ -192,7 +201,9 @@ class SecureChannel:
 
     def seal(self, pieces: list[bytes | memoryview]) -> bytes:
         """One frame holding the records whose bytes are ``pieces`` (≤ MAX_FRAME_PLAINTEXT)."""
-        return encode_frame(self._sealer.seal(b"".join(pieces)))
+        plaintext = b"".join(pieces)
+        # The header goes in as the seal's prefix: one bytes object, not the sealed 64 KiB copied behind it.
+        return self._sealer.seal(plaintext, prefix=frame_header(len(plaintext) + AEAD_TAG_SIZE))
 
     def encode(self, *messages: Message) -> bytes:
         """One frame holding ``messages`` (control traffic; data goes through the outbox)."""

@@ -298,6 +298,7 @@ def test_largest_frame_is_accepted(pair: tuple[SecureChannel, SecureChannel]) ->
 MALFORMED_PLAINTEXTS = [
     (b"\x01\x00", "truncated record header"),
     (b"\x01\x00\x00\x00\x09\x00", "past the end"),
+    (b"\x0a\x00\x00\x00\x09\x00\x01zz", "past the end"),  # a whole Data record (the fast path) cut short
     (b"\x63\x00\x00\x00\x00", "unknown message type"),
     (b"\x0a\x00\x00\x00\x01\x00", "shorter than its header"),
     (b"\x0a\x00\x00\x00\x03\x00\x04z", "unknown Data flags"),

@@ -109,6 +109,15 @@ def test_sealer_matches_an_independent_implementation(cipher: Cipher) -> None:
         assert opener.open(sealed) == plaintext
 
 
+@pytest.mark.parametrize("cipher", ALL, ids=lambda c: c.label)
+def test_a_prefix_goes_in_front_of_the_sealed_frame_unchanged(cipher: Cipher) -> None:
+    plain, prefixed = Sealer(KEY, cipher=cipher), Sealer(KEY, cipher=cipher)
+    for size in (0, 100, 65536 + 256):
+        plaintext = bytes(size)
+        assert prefixed.seal(plaintext, prefix=b"HEAD") == b"HEAD" + plain.seal(plaintext)
+    assert prefixed.nonce == plain.nonce == 3
+
+
 @pytest.mark.parametrize("cipher", AES, ids=lambda c: c.label)
 def test_aes_rekey_is_noise_rekey_with_the_cipher_itself(cipher: Cipher) -> None:
     # Noise §4.2: REKEY(k) = ENCRYPT(k, 2^64-1, "", zeros(32))[:32], with this cipher's nonce layout.

@@ -6,6 +6,8 @@ Every decoder test runs with the input in one chunk and one byte at a time (h11 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crust.errors import RemoteProtocolError
 from crust.wire.framing import (
@@ -16,6 +18,7 @@ from crust.wire.framing import (
     encode_handshake_message,
 )
 
+from tests.decoders import chunks_of
 from tests.helpers import both_modes, bytewise
 
 
@@ -171,6 +174,49 @@ def test_frames_after_take_rest_start_fresh() -> None:
     assert dec.take_rest() == b"\x00\x00"
     dec.receive_data(encode_frame(b"new"))
     assert dec.frames() == [b"new"]
+
+
+def test_whole_frames_of_a_bytes_chunk_are_views_of_it() -> None:
+    # A socket read returns bytes: its whole frames are not copied (white-box: the view's owner).
+    chunk = encode_frame(b"a" * 100) + encode_frame(b"b" * 50) + b"\x00\x00\x00\x05par"
+    dec = FrameDecoder(1000)
+    dec.receive_data(chunk)
+    first, second = dec.frames()
+    assert (first, second) == (b"a" * 100, b"b" * 50)
+    assert first.obj is chunk and second.obj is chunk
+    # Only the split frame's bytes are kept; the chunk itself is let go.
+    assert dec._chunk == b"" and bytes(dec._buf[dec._pos:]) == b"\x00\x00\x00\x05par"
+    dec.receive_data(b"ts" + encode_frame(b"c"))
+    assert dec.frames() == [b"parts", b"c"]
+    assert dec.buffered == 0
+
+
+def test_a_frame_kept_by_the_caller_survives_later_input() -> None:
+    dec = FrameDecoder(100)
+    dec.receive_data(b"\x00\x00\x00\x03a")
+    dec.receive_data(bytearray(b"bc"))
+    kept = dec.next_frame()
+    dec.receive_data(b"\x00\x00\x00\x02xy\x00\x00")  # reuses no memory the caller holds
+    dec.receive_data(bytearray(b"\x00\x01q\x00"))
+    assert dec.buffered == 12
+    assert dec.frames() == [b"xy", b"q"]
+    assert kept == b"abc"
+    assert dec.take_rest() == b"\x00"
+
+
+@settings(max_examples=80, deadline=None)
+@given(bodies=st.lists(st.binary(max_size=40), max_size=8), data=st.data())
+def test_any_chunking_and_any_read_schedule_gives_the_frames(bodies: list[bytes], data: st.DataObject) -> None:
+    wire = b"".join(encode_frame(b) for b in bodies)
+    cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=6))
+    dec, got = FrameDecoder(40), []
+    for piece in chunks_of(wire, cuts):
+        kind = data.draw(st.sampled_from([bytes, bytearray, memoryview]))
+        dec.receive_data(kind(piece))
+        if data.draw(st.booleans()):  # sometimes read, sometimes feed again first
+            got += [bytes(frame) for frame in dec.frames()]
+    got += [bytes(frame) for frame in dec.frames()]
+    assert got == bodies and dec.buffered == 0
 
 
 # -- HandshakeDecoder ------------------------------------------------------------

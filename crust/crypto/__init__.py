@@ -7,6 +7,7 @@ It offers misuse-resistant objects to the layers above and nothing lower-level:
 * :mod:`crust.crypto.aead`: :class:`Sealer` / :class:`Opener`, the transport ciphers, and
   :class:`Cipher`, the AEADs a channel may run (ChaCha20-Poly1305, AES-256-GCM, AES-256-OCB);
 * :mod:`crust.crypto.aes`: the AES-GCM and AES-OCB primitives, offered only with hardware AES;
+* :mod:`crust.crypto.ocb`: AES-OCB per key through pycryptodome's C core (the fast path of ``aes``);
 * :mod:`crust.crypto.ranking`: this process's cipher preference, measured at run time;
 * :mod:`crust.crypto.mac`: the punch key and keyed BLAKE2s tags of NAT-traversal probes.
 

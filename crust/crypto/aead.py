@@ -211,15 +211,23 @@ _Primitive = aes.Primitive
 
 class _Suite(NamedTuple):
     seal: _Primitive  # (key, 12-byte nonce, ad, plaintext) -> ciphertext || tag
-    open: _Primitive  # (key, nonce, ad, ciphertext || tag) -> plaintext; ValueError if forged
+    context: Callable[[bytes], aes.Context]  # one key's seal/open, what a channel runs per frame
     pack_nonce: Callable[[int], bytes]  # the message counter as the cipher's 12-byte nonce
     rekey_interval: int
 
 
+def _chacha_context(key: bytes) -> aes.Context:
+    return aes.keyed(key, _seal, _open)
+
+
+def _gcm_context(key: bytes) -> aes.Context:
+    return aes.keyed(key, aes.gcm_seal, aes.gcm_open)
+
+
 _SUITES: dict[Cipher, _Suite] = {
-    Cipher.CHACHA20_POLY1305: _Suite(_seal, _open, _pack_nonce, REKEY_INTERVAL),
-    Cipher.AES_256_GCM: _Suite(aes.gcm_seal, aes.gcm_open, _pack_nonce_be, AES_REKEY_INTERVAL),
-    Cipher.AES_256_OCB: _Suite(aes.ocb_seal, aes.ocb_open, _pack_nonce_be, AES_REKEY_INTERVAL),
+    Cipher.CHACHA20_POLY1305: _Suite(_seal, _chacha_context, _pack_nonce, REKEY_INTERVAL),
+    Cipher.AES_256_GCM: _Suite(aes.gcm_seal, _gcm_context, _pack_nonce_be, AES_REKEY_INTERVAL),
+    Cipher.AES_256_OCB: _Suite(aes.ocb_seal, aes.ocb_context, _pack_nonce_be, AES_REKEY_INTERVAL),
 }
 
 
@@ -234,17 +242,31 @@ def _rekey(suite: _Suite, key: bytes) -> bytes:
     return suite.seal(key, suite.pack_nonce(MAX_NONCE), b"", _ZEROS)[:KEY_SIZE]
 
 
+_Run = Callable[..., bytes]  # (nonce, ad, data[, prefix]) -> bytes: one key's seal or open
+
+
+def _seal_of(context: aes.Context) -> _Run:
+    return context.seal
+
+
+def _open_of(context: aes.Context) -> _Run:
+    return context.open
+
+
 class _Direction:
     """What a Sealer and an Opener share: the cipher, the key, the counter and the rekey countdown."""
 
-    __slots__ = ("_cipher", "_suite", "_run", "_pack", "_key", "_n", "_interval", "_until_rekey")
+    __slots__ = ("_cipher", "_suite", "_run", "_pick", "_pack", "_key", "_n", "_interval", "_until_rekey")
 
-    def __init__(self, key: bytes, cipher: Cipher, rekey_interval: int | None, run: _Primitive) -> None:
+    def __init__(self, key: bytes, cipher: Cipher, rekey_interval: int | None,
+                 pick: Callable[[aes.Context], _Run]) -> None:
         self._cipher = cipher
         self._suite = _suite(cipher)
         self._key = check_bytes("an AEAD key", key, KEY_SIZE)
         self._interval = _check_interval(self._suite.rekey_interval if rekey_interval is None else rekey_interval)
-        self._run = run  # the suite's seal or open, bound once: the hot path does one lookup
+        # The key's context's seal or open, bound once per key: the hot path does one lookup.
+        self._pick = pick
+        self._run = pick(self._suite.context(self._key))
         self._pack = self._suite.pack_nonce
         self._n = 0
         # A countdown rather than ``n % interval``: one compare per message, and
@@ -266,6 +288,7 @@ class _Direction:
         self._until_rekey -= 1
         if not self._until_rekey:
             self._key = _rekey(self._suite, self._key)
+            self._run = self._pick(self._suite.context(self._key))
             self._until_rekey = self._interval
 
 
@@ -294,17 +317,20 @@ class Sealer(_Direction):
 
     def __init__(self, key: bytes, *, cipher: Cipher = Cipher.CHACHA20_POLY1305,
                  rekey_interval: int | None = None) -> None:
-        super().__init__(key, cipher, rekey_interval, _suite(cipher).seal)
+        super().__init__(key, cipher, rekey_interval, _seal_of)
 
-    def seal(self, plaintext: BytesLike, ad: bytes = b"") -> bytes:
+    def seal(self, plaintext: BytesLike, ad: bytes = b"", prefix: bytes = b"") -> bytes:
         """Encrypt and authenticate one message.
 
         Args:
             plaintext: the message.
             ad: associated data the receiver must pass to :meth:`Opener.open` too.
+            prefix: bytes to put in front of the result, neither encrypted nor
+                authenticated (a frame header): one bytes object, and with
+                AES-OCB no copy of the ciphertext to make it.
 
         Returns:
-            ``ciphertext || 16-byte tag``.
+            ``prefix || ciphertext || 16-byte tag``.
 
         Raises:
             LocalProtocolError: the nonce counter is exhausted (2**64-1 messages);
@@ -313,7 +339,7 @@ class Sealer(_Direction):
         n = self._n
         if n >= MAX_NONCE:
             raise LocalProtocolError("Sealer nonce exhausted: the channel must be replaced")
-        sealed = self._run(self._key, self._pack(n), ad, plaintext)
+        sealed = self._run(self._pack(n), ad, plaintext, prefix)
         self._count(n)
         return sealed
 
@@ -346,7 +372,7 @@ class Opener(_Direction):
 
     def __init__(self, key: bytes, *, cipher: Cipher = Cipher.CHACHA20_POLY1305,
                  rekey_interval: int | None = None) -> None:
-        super().__init__(key, cipher, rekey_interval, _suite(cipher).open)
+        super().__init__(key, cipher, rekey_interval, _open_of)
         self._poisoned = False
 
     @property
@@ -376,7 +402,7 @@ class Opener(_Direction):
             self._poisoned = True
             raise DecryptError("Opener nonce exhausted")
         try:
-            plaintext = self._run(self._key, self._pack(n), ad, ciphertext)
+            plaintext = self._run(self._pack(n), ad, ciphertext)
         except ValueError:
             # Noise lets a CipherState retry after a failed DECRYPT; a stream
             # channel must not, or an attacker could probe it repeatedly.

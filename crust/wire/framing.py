@@ -22,7 +22,8 @@ import struct
 
 from ..errors import RemoteProtocolError
 
-__all__ = ["FrameDecoder", "HandshakeDecoder", "encode_frame", "encode_handshake_message", "FRAME_HEADER_SIZE"]
+__all__ = ["FrameDecoder", "HandshakeDecoder", "encode_frame", "frame_header", "encode_handshake_message",
+           "FRAME_HEADER_SIZE"]
 
 _FRAME_HEADER = struct.Struct(">I")
 _HANDSHAKE_HEADER = struct.Struct(">BH")
@@ -78,33 +79,106 @@ class _Decoder:
 
 
 class FrameDecoder(_Decoder):
-    """Splits ``u32 length ‖ body`` frames; a length above ``max_size`` is a remote error."""
+    """Splits ``u32 length ‖ body`` frames; a length above ``max_size`` is a remote error.
 
-    __slots__ = ()
+    A ``bytes`` chunk (what a socket read returns) is not copied into the
+    buffer: the whole frames in it are handed out as views of it (a 256 KiB
+    read holds up to four 64 KiB frames), and only a frame split between two
+    reads is gathered in the buffer, its own bytes and no more.  Other
+    buffer types, which their owner may change, are copied as before.
+    """
 
-    def next_frame(self) -> bytes | None:
+    __slots__ = ("_chunk", "_cpos")
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__(max_size)
+        self._chunk = b""  # the latest bytes chunk, read in place from _cpos on (after the buffer)
+        self._cpos = 0
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes read from the stream (kept, not copied, if they are ``bytes``)."""
+        if self._cpos < len(self._chunk):
+            self._spill()  # fed again before the last chunk was read out: its rest comes first
+        if type(data) is bytes:
+            self._chunk, self._cpos = data, 0
+        else:
+            super().receive_data(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned in a frame."""
+        return len(self._buf) - self._pos + len(self._chunk) - self._cpos
+
+    def take_rest(self) -> bytes:
+        """Hand over every unconsumed byte."""
+        self._spill()
+        return super().take_rest()
+
+    def _spill(self) -> None:
+        """Move the chunk's unread bytes into the buffer (a partial frame, usually) and let the chunk go."""
+        rest = memoryview(self._chunk)[self._cpos:]
+        if rest:
+            super().receive_data(rest)
+        self._chunk, self._cpos = b"", 0
+
+    def _pull(self, wanted: int) -> int:
+        """Move up to ``wanted`` bytes from the chunk to the buffer; returns how many bytes the buffer holds."""
+        start = self._cpos
+        end = min(start + wanted, len(self._chunk))
+        if end > start:
+            self._buf += memoryview(self._chunk)[start:end]
+            self._cpos = end
+        return len(self._buf) - self._pos
+
+    def _length(self, data: bytes | bytearray, pos: int) -> int:
+        (length,) = _FRAME_HEADER.unpack_from(data, pos)
+        if length > self._max:
+            raise self._fail(f"frame of {length} bytes exceeds the {self._max}-byte limit")
+        return int(length)
+
+    def next_frame(self) -> memoryview | None:
         """The next whole frame body, or ``None`` until more bytes arrive.
+
+        The body is a view of bytes nobody changes: the caller may keep it.
 
         Raises:
             RemoteProtocolError: an announced length exceeds the limit (the decoder stays failed).
         """
         if self._closed:
             raise RemoteProtocolError("frame decoder already failed")
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < 4:
+        if self._pos < len(self._buf):
+            return self._from_buffer()
+        chunk, pos = self._chunk, self._cpos
+        if len(chunk) - pos < 4:
+            self._spill()
             self._compact()
             return None
-        (length,) = _FRAME_HEADER.unpack_from(buf, pos)
-        if length > self._max:
-            raise self._fail(f"frame of {length} bytes exceeds the {self._max}-byte limit")
-        end = pos + 4 + length
-        if len(buf) < end:
-            self._compact()
+        end = pos + 4 + self._length(chunk, pos)
+        if end > len(chunk):
+            self._spill()
             return None
-        self._pos = end
-        return bytes(buf[pos + 4:end])
+        self._cpos = end
+        return memoryview(chunk)[pos + 4:end]
 
-    def frames(self) -> list[bytes]:
+    def _from_buffer(self) -> memoryview | None:
+        """The frame that starts in the buffer, completed from the chunk if it can be."""
+        pos = self._pos
+        if self._pull(4 - (len(self._buf) - pos)) < 4:
+            self._compact()
+            return None
+        buf = self._buf
+        end = pos + 4 + self._length(buf, pos)
+        if len(buf) < end and self._pull(end - len(buf)) < end - pos:
+            self._compact()
+            return None
+        if pos == 0 and end == len(buf):
+            # The buffer is this frame and nothing else: hand it over, and start a new one.
+            self._buf = bytearray()
+            return memoryview(buf)[4:]
+        self._pos = end
+        return memoryview(buf[pos + 4:end])
+
+    def frames(self) -> list[memoryview]:
         """Every whole frame now buffered (see :meth:`next_frame`)."""
         out = []
         while (frame := self.next_frame()) is not None:
@@ -143,6 +217,11 @@ class HandshakeDecoder(_Decoder):
 def encode_frame(body: bytes) -> bytes:
     """``u32 length ‖ body``."""
     return _FRAME_HEADER.pack(len(body)) + body
+
+
+def frame_header(length: int) -> bytes:
+    """The ``u32 length`` in front of a frame body of ``length`` bytes (for a body written after it)."""
+    return _FRAME_HEADER.pack(length)
 
 
 def encode_handshake_message(kind: int, body: bytes) -> bytes:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .ids import ConnId, Endpoint, PeerId
 
-__all__ = ["Effect", "Dial", "Write", "Close", "SendCredit", "SendDatagram"]
+__all__ = ["Effect", "Dial", "Write", "Close", "SendCredit", "SendDatagram", "KeyPath"]
 
 
 class Effect:
@@ -71,3 +71,18 @@ class SendDatagram(Effect):
 
     data: bytes
     endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPath(Effect):
+    """``conn`` (an rUDP stream) is secured: tag its datagrams with ``key`` (docs/protocol.md §14).
+
+    ``key`` is the handshake's path key (``NoiseXX.path_key``), known to both
+    ends only.  ``initiator``: we ran the handshake's initiator, so the peer
+    keys its end only once our last handshake message arrives; the
+    responder's peer has keyed before it.  A shell without rUDP ignores it.
+    """
+
+    conn: ConnId
+    key: bytes
+    initiator: bool

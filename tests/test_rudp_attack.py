@@ -58,7 +58,8 @@ def _stat(svc: crust.Service, name: str) -> Any:
 
 
 def _stream_drops(svc: crust.Service) -> int:
-    return int(svc._reactor.call(lambda: sum(c._stream.dropped for c in _rudp_socket(svc)._by_id.values()), WAIT))
+    return int(svc._reactor.call(lambda: sum(c._stream.dropped + c._stream.unauthenticated
+                                             for c in _rudp_socket(svc)._by_id.values()), WAIT))
 
 
 # -- a flood of spoofed SYNs ----------------------------------------------------------------

@@ -18,7 +18,11 @@ by then), together with the last ACK of an orderly close:
   peer that missed our reset, or challenged an inexact one, learns of it.
   An answer is never larger than what it answers, and goes only to a
   datagram naming both ids from the peer's address: only the peer, or
-  someone on its path, can ask;
+  someone on its path, can ask.  Of a connection that was keyed (auth.py)
+  the entry keeps the key: then only a datagram whose tag verifies -- the
+  peer's own -- gets an answer, and the RST is tagged too, so the peer's
+  keyed stream takes it.  A peer that lost its key (it crashed) cannot be
+  reset this way: it notices the silence (idle and inactivity timeouts);
 * our old id is not handed to a new connection while it is remembered.
 
 At most ``MAX_ENTRIES`` are kept (the oldest go first), so a churn of
@@ -30,7 +34,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
-from .packet import ACK, FIN, HEADER, MAGIC, PATH, RST
+from .auth import PathAuth
+from .packet import ACK, FIN, HEADER, MAGIC, PATH, RST, TAGGED
 from .recovery import MAX_RTO
 
 __all__ = ["TIME_WAIT", "MAX_ENTRIES", "TimeWait"]
@@ -46,6 +51,7 @@ class _Entry(NamedTuple):
     addr: Address
     remote_id: int
     last_ack: bytes | None
+    auth: PathAuth | None
 
 
 class TimeWait:
@@ -73,7 +79,8 @@ class TimeWait:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, local_id: int, addr: Address, remote_id: int, last_ack: bytes | None, now: float) -> None:
+    def add(self, local_id: int, addr: Address, remote_id: int, last_ack: bytes | None, now: float,
+            auth: PathAuth | None = None) -> None:
         """Remember a connection that just closed.
 
         Args:
@@ -82,12 +89,14 @@ class TimeWait:
             remote_id: the peer's id (0 if it never sent one: then only our id is kept).
             last_ack: what to answer a resent FIN with, or None.
             now: the current time in seconds.
+            auth: the connection's tagging state if it was keyed: answers
+                then go only to tagged datagrams, and are tagged.
         """
         self._expire(now)
         self._drop(local_id)
         while len(self._entries) >= self.limit:
             self._drop(next(iter(self._entries)))
-        self._entries[local_id] = _Entry(now + self.duration, addr, remote_id, last_ack)
+        self._entries[local_id] = _Entry(now + self.duration, addr, remote_id, last_ack, auth)
         if remote_id:
             self._syns[(addr, remote_id)] = local_id
 
@@ -101,7 +110,8 @@ class TimeWait:
         self._expire(now)
         return (addr, src) in self._syns
 
-    def answer(self, addr: Address, dst: int, src: int, flags: int, ack: int, now: float) -> bytes | None:
+    def answer(self, addr: Address, dst: int, src: int, flags: int, ack: int, now: float,
+               datagram: bytes = b"") -> bytes | None:
         """What to send back for a datagram for no open connection, or None.
 
         Args:
@@ -110,21 +120,27 @@ class TimeWait:
             flags: its flags.
             ack: its ack field.
             now: the current time in seconds.
+            datagram: the datagram itself, whose tag a keyed connection's entry checks.
 
         Returns:
             The last ACK again for a FIN of an orderly closed connection; an
             RST for a datagram (with ACK, no RST) of one that ended otherwise;
-            None for everything else, and for whatever names no remembered
-            connection from that address.
+            None for everything else, for whatever names no remembered
+            connection from that address, and for a keyed connection's
+            datagram without a right tag.
         """
         self._expire(now)
         entry = self._entries.get(dst)
         if entry is None or entry.addr != addr or entry.remote_id != src or flags & (RST | PATH) \
                 or not flags & ACK:
             return None
+        auth = entry.auth
+        if auth is not None and not (len(datagram) > 22 and datagram[22] & TAGGED and auth.check(datagram)):
+            return None
         if entry.last_ack is not None:
             return entry.last_ack if flags & FIN else None
-        return HEADER.pack(MAGIC, RST, src, dst, ack, 0, 0, 0)
+        rst = HEADER.pack(MAGIC, RST, src, dst, ack, 0, 0, 0)
+        return rst if auth is None else auth.seal(rst)
 
     def _expire(self, now: float) -> None:
         entries = self._entries

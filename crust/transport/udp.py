@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..rudp import CookieJar, Heard, RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, TimeWait, peek_ids
 from ..rudp.cookie import SECRET_SIZE
-from ..rudp.packet import HEADER_SIZE, NONCE_SIZE, pack_cookie, parse_header
+from ..rudp.packet import HEADER_SIZE, NONCE_SIZE, TAG_SIZE, pack_cookie, parse_header
 from .datagram import UdpSocket
 from .reactor import Deadline, Reactor, TimerHandle
 
@@ -182,6 +182,17 @@ class RudpConnection:
                 self._service()
             return
         self._reset()
+
+    def set_path_key(self, key: bytes, *, enforce: bool) -> None:
+        """Tag this connection's datagrams with the secure channel's path key (``RudpStream.set_path_key``).
+
+        Ignored once closed.
+
+        Raises:
+            TypeError, ValueError: ``key`` is not 32 bytes, or the connection is keyed already.
+        """
+        if not self._closed:
+            self._stream.set_path_key(key, enforce=enforce)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "closing" if self._closing else (
@@ -436,7 +447,7 @@ class RudpSocket:
         stream = conn._stream
         if self._by_id.pop(stream.local_id, None) is conn:
             self._time_wait.add(stream.local_id, conn._remote, stream.remote_id, stream.final_ack(),
-                                self.reactor.time())
+                                self.reactor.time(), stream.path_auth)
         self._unindex(conn)
 
     def _unindex(self, conn: RudpConnection) -> None:
@@ -452,7 +463,8 @@ class RudpSocket:
         if heard is Heard.PATH:
             if addr == conn._candidate:
                 self._migrate(conn, addr)
-        elif heard is Heard.PEER and (addr != conn._candidate or now >= conn._challenged_at + conn._stream.rto):
+        elif heard is Heard.PEER and len(data) >= HEADER_SIZE + (TAG_SIZE if conn._stream.keyed else 0) \
+                and (addr != conn._candidate or now >= conn._challenged_at + conn._stream.rto):
             conn._candidate, conn._challenged_at = addr, now
             self.path_challenges += 1
             self._udp.sendto(conn._stream.path_challenge(os.urandom(NONCE_SIZE)), addr)
@@ -483,7 +495,7 @@ class RudpSocket:
             self.dropped += 1
             header = parse_header(data)
             if header is not None and header[7] >= 0:
-                reply = self._time_wait.answer(addr, dst, src, header[0], header[4], now)
+                reply = self._time_wait.answer(addr, dst, src, header[0], header[4], now, data)
                 if reply is not None:
                     self._udp.sendto(reply, addr)
             return

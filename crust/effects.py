@@ -77,12 +77,9 @@ class SendDatagram(Effect):
 class KeyPath(Effect):
     """``conn`` (an rUDP stream) is secured: tag its datagrams with ``key`` (docs/protocol.md §14).
 
-    ``key`` is the handshake's path key (``NoiseXX.path_key``), known to both
-    ends only.  ``initiator``: we ran the handshake's initiator, so the peer
-    keys its end only once our last handshake message arrives; the
-    responder's peer has keyed before it.  A shell without rUDP ignores it.
+    ``key`` is the secure handshake's path key (``NoiseXX.path_key``), known
+    to both ends only.  A stream that is not rUDP ignores it.
     """
 
     conn: ConnId
     key: bytes
-    initiator: bool

@@ -452,7 +452,7 @@ class Engine:
         conn.channel, conn.peer_id, conn.handshake = hs.channel, hs.peer_id, None
         conn.session_id = hs.session_id
         if conn.circuit is None and conn.remote.transport == "udp":  # rUDP authenticates its control datagrams
-            core.effects.append(KeyPath(conn.id, hs.path_key, conn.role is Role.INITIATOR))
+            core.effects.append(KeyPath(conn.id, hs.path_key))
         limit_pre_grant(conn.channel)  # the smallest budget until a grant (limits.py)
         if conn.circuit is not None and conn.peer_id != conn.circuit.peer:
             raise HandshakeError("the relayed peer is not the one the relay announced", reason="peer_id_mismatch")

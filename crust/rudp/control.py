@@ -39,7 +39,7 @@ import enum
 from .auth import PathAuth
 from .events import RudpConnected, RudpEvent
 from .keepalive import Keepalive
-from .packet import ACK, MASK, SYN, pack_syn, unwrap
+from .packet import ACK, KEYED, MASK, SYN, pack_syn, unwrap
 from .path import Heard, PathCheck
 from .pmtu import Pmtu
 from .receive import ReceiveBuffer
@@ -67,7 +67,7 @@ class Control:
         "_syn_pending", "_syn_sent_at", "_syn_xmits", "_cookie",
         "_ack_pending", "_rst_pending", "_dropped",  # what the next datagrams must say; failed checks
         "_path",  # path validation (path.py)
-        "_auth",  # datagram tags once keyed (auth.py)
+        "_auth", "_mark", "_peer_keyed",  # datagram tags once keyed, KEYED or 0, the peer said KEYED (auth.py)
     )
 
     _local_id: int
@@ -86,6 +86,8 @@ class Control:
     _dropped: int
     _path: PathCheck
     _auth: PathAuth | None
+    _mark: int
+    _peer_keyed: bool
     # The data path's parts, which the handshake starts (RudpStream's slots).
     _rec: Recovery
     _tx: SendBuffer
@@ -210,14 +212,14 @@ class Control:
             raise ValueError("only a connected stream can challenge a path")
         return self._sealed(self._path.challenge(nonce, self._remote_id, self._local_id))
 
-    def set_path_key(self, key: bytes, *, enforce: bool) -> None:
-        """Key the stream with the secure channel's path key: tag every datagram from now on (``auth.py``).
+    def set_path_key(self, key: bytes) -> None:
+        """Key the stream with the secure channel's path key (``auth.py``).
+
+        From now on every datagram says ``KEYED`` and every FIN, RST and PATH
+        carries a tag; the peer's must too once it has said ``KEYED``.
 
         Args:
             key: the path key (``NoiseXX.path_key``), 32 bytes, the same at both ends.
-            enforce: require the peer's tags at once (we ran the secure
-                handshake's responder: the peer keyed first); otherwise from
-                the peer's first tag that verifies.
 
         Raises:
             TypeError: ``key`` is not bytes.
@@ -225,7 +227,8 @@ class Control:
         """
         if self._auth is not None:
             raise ValueError("the stream has its path key already")
-        self._auth = PathAuth(key, enforce=enforce)
+        self._auth = PathAuth(key, enforce=self._peer_keyed)
+        self._mark = KEYED
 
     @property
     def path_auth(self) -> PathAuth | None:

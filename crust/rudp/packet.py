@@ -20,7 +20,8 @@ Wire format (big-endian; header 23 bytes, datagram at most ``MAX_DATAGRAM``)::
     14     4     ack: next sequence number expected (meaningful with ACK, else 0)
     18     4     window: receive window in bytes, counted from ack
     22     1     n: number of SACK blocks, 0..3, plus ``TAGGED`` (0x80)
-                 when a tag ends the datagram
+                 when a tag ends the datagram, plus ``KEYED`` (0x40) when
+                 the sender has its path key (auth.py)
     23     8*n   SACK blocks: u32 start, u32 end (end exclusive) of data
                  received above ack
     23+8n  rest  payload: 0..1200 bytes, more once the path is known to carry
@@ -40,8 +41,8 @@ without a valid cookie, the same size as that SYN -- carries ``dst`` = the
 SYN's ``src``, ``src`` 0, ``ack`` = the SYN's ``seq`` and the cookie.  SYN-ACK,
 RST and PATH carry no payload.  Anything else -- short, wrong magic, unknown flags,
 n > 3, SACK blocks past the end, a datagram over ``MAX_WIRE_DATAGRAM``, src 0 outside a
-COOKIE, a SYN or COOKIE of another size, a tag on a SYN, COOKIE or PROBE, other bits
-in the n byte -- is malformed.  Whether the tag is right is the stream's to check.
+COOKIE, a SYN or COOKIE of another size, a mark on a SYN or COOKIE, a tag on a
+PROBE -- is malformed.  Whether the tag is right is the stream's to check.
 
 *Sequence space.*  The wire carries 32 bits; inside, offsets from the ISN are
 unbounded ints, each received value unwrapped (:func:`unwrap`) to the offset
@@ -70,6 +71,7 @@ __all__ = [
     "PROBE",
     "NONCE_SIZE",
     "TAGGED",
+    "KEYED",
     "TAG_SIZE",
     "MAX_WIRE_DATAGRAM",
     "COOKIE_SIZE",
@@ -105,6 +107,7 @@ SYN_SIZE = HEADER_SIZE + COOKIE_SIZE  # 39 bytes: every SYN, and every COOKIE an
 
 NONCE_SIZE = 12  # bytes of a PATH nonce, in the seq, ack and window fields
 TAGGED = 0x80  # in the SACK-count byte: the datagram ends with a TAG_SIZE-byte tag
+KEYED = 0x40  # in the SACK-count byte: the sender has its path key (it tags FIN, RST and PATH)
 TAG_SIZE = 16  # bytes: keyed BLAKE2s-128 under the path key (auth.py)
 
 SYN, ACK, FIN, RST, PING, COOKIE, PATH, PROBE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
@@ -129,8 +132,8 @@ def parse_header(datagram: bytes) -> Header | None:
     never sends (the first bytes of other protocols on the socket).  Rudp
     but malformed -- too many SACK blocks, blocks past the end, an oversized
     payload, ``src`` 0 outside a COOKIE, a SYN or COOKIE that is not
-    ``SYN_SIZE`` bytes, a SYN-ACK, RST or PATH with payload, a tagged SYN,
-    COOKIE or PROBE -- gives ``payload_at`` -1.  A tag is not payload: with
+    ``SYN_SIZE`` bytes, a SYN-ACK, RST or PATH with payload, a SYN or COOKIE
+    with a mark, a tagged PROBE -- gives ``payload_at`` -1.  A tag is not payload: with
     ``TAGGED`` the payload ends ``TAG_SIZE`` bytes before the datagram.
 
     Args:
@@ -138,17 +141,19 @@ def parse_header(datagram: bytes) -> Header | None:
 
     Returns:
         ``(flags, dst, src, seq, ack, window, nsack, payload_at)``, where
-        ``nsack`` is the SACK count without ``TAGGED`` and ``payload_at`` is
+        ``nsack`` is the SACK count without the marks and ``payload_at`` is
         where the payload starts (its end if there is none).
     """
     size = len(datagram)
     if size < HEADER_SIZE or datagram[0] != MAGIC or datagram[1] not in _VALID_FLAGS:
         return None
     _, flags, dst, src, seq, ack, window, nsack = HEADER.unpack_from(datagram)
-    if nsack & TAGGED:
-        nsack ^= TAGGED
-        size -= TAG_SIZE
-        if flags & (SYN | COOKIE) or flags == PROBE or size < HEADER_SIZE:
+    mark = nsack & (TAGGED | KEYED)
+    if mark:
+        nsack ^= mark
+        if mark & TAGGED:
+            size -= TAG_SIZE
+        if flags & (SYN | COOKIE) or (mark & TAGGED and (flags == PROBE or size < HEADER_SIZE)):
             return flags, dst, src, seq, ack, window, nsack, -1
     payload_at = HEADER_SIZE + 8 * nsack
     if flags == SYN or flags == COOKIE:

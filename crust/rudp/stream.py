@@ -70,12 +70,12 @@ window are ignored, never treated as the peer's error.
 
 from __future__ import annotations
 
-from .auth import PathAuth, must_tag
+from .auth import PathAuth
 from .events import RudpClosed, RudpData, RudpEvent, RudpSent
 from .keepalive import Keepalive
 from .control import Control, State
 from .packet import (ACK, COOKIE, FIN, HALF, HEADER, HEADER_SIZE, MAGIC, MASK, MAX_DATAGRAM, MAX_PAYLOAD, PATH, PING,
-                     PROBE, RST, SYN, TAG_SIZE, TAGGED, parse_header, path_nonce, sack_offsets, unwrap)
+                     PROBE, RST, SYN, TAG_SIZE, TAGGED, KEYED, parse_header, path_nonce, sack_offsets, unwrap)
 from .path import Heard, PathCheck
 from .pmtu import Pmtu
 from .receive import ReceiveBuffer
@@ -163,6 +163,8 @@ class RudpStream(Control):
         self._dropped = 0
         self._path = PathCheck()
         self._auth: PathAuth | None = None
+        self._mark = 0  # KEYED once keyed: in the n byte of all we send
+        self._peer_keyed = False
         self._unauthenticated = 0
         self._pmtu = Pmtu(int(max_datagram))
 
@@ -394,8 +396,12 @@ class RudpStream(Control):
                 or (self._remote_id and src != self._remote_id):
             self._dropped += 1
             return Heard.NOTHING
-        end = len(datagram) - TAG_SIZE if datagram[22] & TAGGED else len(datagram)
-        if self._auth is not None and not self._auth.accepts(datagram):
+        mark = datagram[22]
+        end = len(datagram) - TAG_SIZE if mark & TAGGED else len(datagram)
+        auth = self._auth
+        if auth is None:
+            self._peer_keyed = self._peer_keyed or bool(mark & KEYED)
+        elif not auth.accepts(datagram):
             self._unauthenticated += 1  # forged, or altered: it moves and ends nothing
             return Heard.NOTHING
         if flags & (RST | SYN | COOKIE | PATH | PROBE):
@@ -504,7 +510,8 @@ class RudpStream(Control):
     def _bare(self, flags: int, seq: int) -> bytes:
         """A datagram without payload or SACK blocks, acking what we have (tagged once keyed)."""
         ack = (self._irs + self._rx.rcv_nxt) & MASK
-        return self._sealed(HEADER.pack(MAGIC, flags, self._remote_id, self._local_id, seq, ack, self._rx.window(), 0))
+        return self._sealed(HEADER.pack(MAGIC, flags, self._remote_id, self._local_id, seq, ack, self._rx.window(),
+                                        self._mark))
 
     def _send_established(self, now: float, out: list[bytes]) -> None:
         # The hot path: every name the loops use is a local.
@@ -515,17 +522,15 @@ class RudpStream(Control):
         window = rx.window()
         remote, local, isn = self._remote_id, self._local_id, self._isn
         on_sent = rec.on_sent
-        auth = self._auth
-        tag_all = auth is not None and must_tag(ACK)
+        auth, marked = self._auth, nsack | self._mark
 
         def emit(seg: Segment) -> None:
-            flags = ACK | FIN if seg.fin else ACK
-            if auth is not None and (tag_all or seg.fin):
-                out.append(auth.join(pack(MAGIC, flags, remote, local, (isn + seg.start) & MASK, ack, window,
-                                          nsack | TAGGED), sack, seg.data))
+            if seg.fin and auth is not None:  # a FIN ends the connection: tagged (auth.py)
+                out.append(auth.join(pack(MAGIC, ACK | FIN, remote, local, (isn + seg.start) & MASK, ack, window,
+                                          marked | TAGGED), sack, seg.data))
             else:
-                out.append(pack(MAGIC, flags, remote, local, (isn + seg.start) & MASK, ack, window, nsack)
-                           + sack + seg.data)
+                out.append(pack(MAGIC, ACK | FIN if seg.fin else ACK, remote, local, (isn + seg.start) & MASK, ack,
+                                window, marked) + sack + seg.data)
             on_sent(seg, now)
 
         self._tx.send_segments(rec, emit, now)
@@ -537,14 +542,10 @@ class RudpStream(Control):
             if self._ping_pending:
                 flags |= PING
                 self._live.on_ping_sent(now, rec.rtt.rto)
-            out.append(self._sealed(pack(MAGIC, flags, remote, local, (isn + self._tx.snd_nxt) & MASK, ack, window,
-                                         nsack) + sack))
+            out.append(pack(MAGIC, flags, remote, local, (isn + self._tx.snd_nxt) & MASK, ack, window, marked) + sack)
             self._ping_pending = False
         self._ack_pending = False
         answer = self._path.take_answer(remote, local)
         if answer is not None:
             out.append(self._sealed(answer))
-        probes_at = len(out)
         self._pmtu.take_datagrams(remote, local, out)
-        if auth is not None and len(out) > probes_at:
-            out[probes_at:] = [auth.seal(datagram) for datagram in out[probes_at:]]

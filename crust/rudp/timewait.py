@@ -19,10 +19,12 @@ by then), together with the last ACK of an orderly close:
   An answer is never larger than what it answers, and goes only to a
   datagram naming both ids from the peer's address: only the peer, or
   someone on its path, can ask.  Of a connection that was keyed (auth.py)
-  the entry keeps the key: then only a datagram whose tag verifies -- the
-  peer's own -- gets an answer, and the RST is tagged too, so the peer's
-  keyed stream takes it.  A peer that lost its key (it crashed) cannot be
-  reset this way: it notices the silence (idle and inactivity timeouts);
+  the entry keeps the key and tags the RST, so the peer's keyed stream
+  takes it; a tagged RST is 39 bytes, so only a datagram at least that
+  long gets one (a peer resending data does; one that only PINGs times
+  out instead).  An RST without a tag (a peer that crashed and lost its
+  key, or any stateless one) no longer ends a keyed connection: that peer
+  notices the silence instead (idle and inactivity timeouts);
 * our old id is not handed to a new connection while it is remembered.
 
 At most ``MAX_ENTRIES`` are kept (the oldest go first), so a churn of
@@ -35,7 +37,7 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 from .auth import PathAuth
-from .packet import ACK, FIN, HEADER, MAGIC, PATH, RST, TAGGED
+from .packet import ACK, FIN, HEADER, HEADER_SIZE, MAGIC, PATH, RST
 from .recovery import MAX_RTO
 
 __all__ = ["TIME_WAIT", "MAX_ENTRIES", "TimeWait"]
@@ -89,8 +91,7 @@ class TimeWait:
             remote_id: the peer's id (0 if it never sent one: then only our id is kept).
             last_ack: what to answer a resent FIN with, or None.
             now: the current time in seconds.
-            auth: the connection's tagging state if it was keyed: answers
-                then go only to tagged datagrams, and are tagged.
+            auth: the connection's tagging state if it was keyed: its RSTs are tagged.
         """
         self._expire(now)
         self._drop(local_id)
@@ -111,7 +112,7 @@ class TimeWait:
         return (addr, src) in self._syns
 
     def answer(self, addr: Address, dst: int, src: int, flags: int, ack: int, now: float,
-               datagram: bytes = b"") -> bytes | None:
+               size: int = HEADER_SIZE) -> bytes | None:
         """What to send back for a datagram for no open connection, or None.
 
         Args:
@@ -120,27 +121,27 @@ class TimeWait:
             flags: its flags.
             ack: its ack field.
             now: the current time in seconds.
-            datagram: the datagram itself, whose tag a keyed connection's entry checks.
+            size: its length in bytes: no answer is longer.
 
         Returns:
             The last ACK again for a FIN of an orderly closed connection; an
             RST for a datagram (with ACK, no RST) of one that ended otherwise;
             None for everything else, for whatever names no remembered
-            connection from that address, and for a keyed connection's
-            datagram without a right tag.
+            connection from that address, and when the answer would be
+            longer than the datagram.
         """
         self._expire(now)
         entry = self._entries.get(dst)
         if entry is None or entry.addr != addr or entry.remote_id != src or flags & (RST | PATH) \
                 or not flags & ACK:
             return None
-        auth = entry.auth
-        if auth is not None and not (len(datagram) > 22 and datagram[22] & TAGGED and auth.check(datagram)):
-            return None
         if entry.last_ack is not None:
-            return entry.last_ack if flags & FIN else None
-        rst = HEADER.pack(MAGIC, RST, src, dst, ack, 0, 0, 0)
-        return rst if auth is None else auth.seal(rst)
+            answer = entry.last_ack if flags & FIN else None
+        else:
+            answer = HEADER.pack(MAGIC, RST, src, dst, ack, 0, 0, 0)
+            if entry.auth is not None:
+                answer = entry.auth.seal(answer)
+        return answer if answer is not None and len(answer) <= size else None
 
     def _expire(self, now: float) -> None:
         entries = self._entries

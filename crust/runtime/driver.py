@@ -85,7 +85,7 @@ class Transport(Protocol):
     def send_datagram(self, data: bytes, endpoint: Endpoint) -> None:
         """Send one datagram from the rUDP socket (``SendDatagram``); losing it is fine."""
 
-    def key_path(self, conn: ConnId, key: bytes, initiator: bool) -> None:
+    def key_path(self, conn: ConnId, key: bytes) -> None:
         """Tag ``conn``'s datagrams with ``key`` (``KeyPath``) if it is an rUDP stream; ignored otherwise."""
 
 
@@ -211,7 +211,7 @@ class Driver:
             elif isinstance(effect, Close):
                 transport.close(effect.conn, effect.flush)
             elif isinstance(effect, KeyPath):
-                transport.key_path(effect.conn, effect.key, effect.initiator)
+                transport.key_path(effect.conn, effect.key)
             else:
                 raise TypeError(f"the driver does not know the effect {effect!r}")
         beacon, port = self._beacon, self._beacon_port

@@ -204,11 +204,11 @@ class Streams:
         else:
             stream.close(flush=False)
 
-    def key_path(self, conn: ConnId, key: bytes, initiator: bool) -> None:
+    def key_path(self, conn: ConnId, key: bytes) -> None:
         """Give an rUDP ``conn`` its path key (``KeyPath``); a TCP stream or a gone one ignores it."""
         stream = self._streams.get(conn)
         if isinstance(stream, RudpConnection):
-            stream.set_path_key(key, enforce=not initiator)
+            stream.set_path_key(key)
 
     def pause_reading(self, conn: ConnId) -> bool:
         """Stop reading ``conn`` (its peer's messages wait for the callbacks); False if it is gone."""

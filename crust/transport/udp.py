@@ -183,7 +183,7 @@ class RudpConnection:
             return
         self._reset()
 
-    def set_path_key(self, key: bytes, *, enforce: bool) -> None:
+    def set_path_key(self, key: bytes) -> None:
         """Tag this connection's datagrams with the secure channel's path key (``RudpStream.set_path_key``).
 
         Ignored once closed.
@@ -192,7 +192,7 @@ class RudpConnection:
             TypeError, ValueError: ``key`` is not 32 bytes, or the connection is keyed already.
         """
         if not self._closed:
-            self._stream.set_path_key(key, enforce=enforce)
+            self._stream.set_path_key(key)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "closing" if self._closing else (
@@ -495,7 +495,7 @@ class RudpSocket:
             self.dropped += 1
             header = parse_header(data)
             if header is not None and header[7] >= 0:
-                reply = self._time_wait.answer(addr, dst, src, header[0], header[4], now, data)
+                reply = self._time_wait.answer(addr, dst, src, header[0], header[4], now, len(data))
                 if reply is not None:
                     self._udp.sendto(reply, addr)
             return

@@ -20,13 +20,12 @@ from crust.rudp import HEADER_SIZE, Heard, RudpClosed, TimeWait, peek_ids
 from crust.rudp.auth import PathAuth
 from crust.rudp.packet import KEYED, PATH, PROBE, SYN_SIZE, TAG_SIZE, TAGGED, pack_path, pack_syn, parse_header
 
-from .test_rudp import (ACK, FIN, HEADER, ID_A, ID_B, ISN_A, ISN_B, MAGIC, PING, RST, SYN, Pair, connected_pair,
-                        header, pattern)
+from .test_rudp import (ACK, ADDR, FIN, HEADER, ID_A, ID_B, ISN_A, ISN_B, MAGIC, PING, RST, Pair, connected_pair,
+                        header, lost_reset, pattern, time_wait_answer)
 
 pytestmark = pytest.mark.timeout(30)
 
 KEY = bytes(range(32))
-ADDR = ("192.0.2.1", 4000)
 
 
 def _handshake() -> tuple[NoiseXX, NoiseXX]:
@@ -200,17 +199,11 @@ def test_before_keying_the_token_rules_are_unchanged() -> None:
 
 def test_time_wait_tags_the_reset_of_a_keyed_connection_and_never_answers_with_more_bytes() -> None:
     pair = keyed_pair()
-    a, b = pair.a, pair.b
-    a.abort(pair.now)
-    a.datagrams_to_send(pair.now)  # its RST is lost
-    tw = TimeWait()
-    tw.add(ID_A, ADDR, ID_B, a.final_ack(), pair.now, a.path_auth)
+    b = pair.b
+    tw, data = lost_reset(pair, b"are you there? " * 4)
     ping = forged(ACK | PING, ID_A, ID_B, 0, 0, KEYED)
-    assert tw.answer(ADDR, ID_A, ID_B, ACK | PING, 0, pair.now, len(ping)) is None  # 23 bytes: a 39-byte RST is more
-    b.write(b"are you there? " * 4)
-    [data] = b.datagrams_to_send(pair.now)
-    _, flags, dst, src, _, ack, *_ = header(data)
-    rst = tw.answer(ADDR, dst, src, flags, ack, pair.now, len(data))
+    assert time_wait_answer(tw, ping, pair.now) is None  # 23 bytes: a 39-byte RST would be more
+    rst = time_wait_answer(tw, data, pair.now)
     assert rst is not None and len(rst) <= len(data) and header(rst)[7] & TAGGED
     b.receive_datagram(rst, pair.now)
     assert b.closed and b.unauthenticated == 0 and b.take_events()[-1] == RudpClosed("connection reset by peer")
@@ -224,8 +217,7 @@ def test_a_peer_that_lost_its_key_cannot_reset_a_keyed_stream() -> None:
     tw.add(ID_A, ADDR, ID_B, None, pair.now)  # the restarted peer's memory has no key (at best)
     b.write(b"x" * 100)
     [data] = b.datagrams_to_send(pair.now)
-    _, flags, dst, src, _, ack, *_ = header(data)
-    rst = tw.answer(ADDR, dst, src, flags, ack, pair.now, len(data))
+    rst = time_wait_answer(tw, data, pair.now)
     assert rst is not None
     b.receive_datagram(rst, pair.now)
     assert b.connected and b.unauthenticated == 1

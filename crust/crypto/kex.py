@@ -237,8 +237,7 @@ class NoiseXX:
         Raises:
             LocalProtocolError: the handshake is not complete.
         """
-        if self._state is not _State.COMPLETE:
-            raise LocalProtocolError("handshake_hash is defined only once the handshake is complete")
+        self._require_complete("handshake_hash")
         return self._h
 
     @property
@@ -248,8 +247,7 @@ class NoiseXX:
         Raises:
             LocalProtocolError: the handshake is not complete.
         """
-        if self._state is not _State.COMPLETE:
-            raise LocalProtocolError("path_key is defined only once the handshake is complete")
+        self._require_complete("path_key")
         return self._path_key
 
     @property
@@ -410,6 +408,10 @@ class NoiseXX:
         return sealer, opener
 
     # -- internals ---------------------------------------------------------------
+
+    def _require_complete(self, what: str) -> None:
+        if self._state is not _State.COMPLETE:
+            raise LocalProtocolError(f"{what} is defined only once the handshake is complete")
 
     def _expect_turn(self, *, writing: bool) -> None:
         if self._state is _State.ERROR:

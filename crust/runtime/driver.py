@@ -127,7 +127,7 @@ class Driver:
         """Say where the engine's outputs go.
 
         Args:
-            transport: carries out ``Dial``, ``Write``, ``Close`` and ``SendDatagram``.
+            transport: carries out ``Dial``, ``Write``, ``Close``, ``SendDatagram`` and ``KeyPath``.
             on_events: called after every pump round with the events it took
                 (often none): the shell's bookkeeping, then the dispatcher.
             on_credit: ``SendCredit``: bytes of ``peer_id``'s queued messages

@@ -1,7 +1,7 @@
 """Streams: every byte stream of one Service, and the sockets that make them.
 
 The engine names streams by ``ConnId`` and speaks in effects (``Dial``,
-``Write``, ``Close``, ``SendDatagram``) and completions (``handle_accepted``,
+``Write``, ``Close``, ``SendDatagram``, ``KeyPath``) and completions (``handle_accepted``,
 ``handle_connected``, ``receive_data``, ``handle_sent``, ``handle_closed``,
 ``receive_datagram``).  ``Streams`` is the real shell's
 :class:`~crust.runtime.driver.Transport`: the :class:`~crust.runtime.driver.Driver`

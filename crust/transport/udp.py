@@ -318,12 +318,16 @@ class RudpSocket:
     moves the connection there.  A NAT rebinding therefore costs a round
     trip, not the stream; a blind spoofer cannot start a move (the ids), and
     one on the path cannot move it to an address that does not answer -- a
-    victim it would reflect our traffic to (docs/security.md).
+    victim it would reflect our traffic to -- nor, once the secure channel
+    has keyed the connection (:meth:`RudpConnection.set_path_key`), answer
+    the challenge itself: the answer must carry a tag under the path key
+    (``crust.rudp.auth``; docs/security.md).  A challenge is sent only for a
+    datagram at least as long as the challenge (39 bytes once tagged).
 
     *TIME_WAIT.*  A closed connection is remembered for a while
     (``crust.rudp.timewait``): its late SYNs open nothing, a resent FIN gets
     the last ACK again, other datagrams of a connection that ended otherwise
-    get an RST, and its id is not reused.
+    get an RST (tagged if the connection was keyed), and its id is not reused.
 
     Reactor thread only, like :class:`UdpSocket`.
     """

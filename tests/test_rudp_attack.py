@@ -433,8 +433,8 @@ def test_an_on_path_attacker_can_neither_reset_nor_finish_nor_move_a_keyed_conne
     conn_remote = a._reactor.call(lambda: [c.remote_address for c in sock._by_id.values()], WAIT)
     assert conn_remote == [relay.back_address]
     assert ra.lost == [] and rb.lost == [] and ra.misbehaviour == [] and rb.misbehaviour == []
-    print(f"\nkeyed: 2 exact resets and 1 exact FIN from B's address, 2 PATH answers from 127.0.0.7 with the "
-          f"right nonce: all refused, 0 migrations, 30 messages each way in order")
+    print("\nkeyed: 2 exact resets and 1 exact FIN from B's address, 2 PATH answers from 127.0.0.7 with the "
+          "right nonce: all refused, 0 migrations, 30 messages each way in order")
 
 
 def test_a_version_2_syn_is_not_rudp_to_a_version_3_socket(net: Net) -> None:

@@ -13,7 +13,8 @@
 * Once the secure channel has keyed the connection (crust.rudp.auth), an
   attacker on the path, who knows the ids, the exact sequence numbers and
   the challenge's nonce, can neither reset it, nor finish it, nor move it to
-  an address of its own: it lacks the path key the tags need.
+  an address of its own: it lacks the path key the tags need.  A keyed
+  connection still follows an idle peer that rebinds, on its keep-alives.
 
 A :class:`Relay` stands between the two Services where a test needs to be
 on the path: it forwards both ways, keeps what it forwarded, sends what the
@@ -40,10 +41,12 @@ import crust
 from crust.rudp import MAGIC, SYN_SIZE
 from crust.rudp.packet import (ACK, COOKIE, FIN, KEYED, MASK, PATH, PING, RST, SYN, TAG_SIZE, TAGGED, pack_path,
                                pack_syn, parse_header)
+from crust.transport.reactor import Reactor
 from crust.transport.udp import RudpSocket
 
 from .livenet import WAIT, Net, Recorder
 from .netlab import in_ci
+from .test_udp import Stream, rudp, run_on  # noqa: F401 (rudp: a fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -423,7 +426,7 @@ def test_an_on_path_attacker_can_neither_reset_nor_finish_nor_move_a_keyed_conne
                     relay.server)
     challenge = attacker.recv(2048)  # bounded by WAIT
     flags, dst, src, *_ = parse_header(challenge)  # type: ignore[misc]
-    assert (flags, dst, src) == (PATH, remote, local) and challenge[22] & TAGGED and len(challenge) == 23 + TAG_SIZE
+    assert (flags, dst, src) == (PATH, remote, local) and challenge[22] == KEYED and len(challenge) == 23
     nonce = challenge[10:22]
     answer = pack_path(PATH | ACK, src, dst, nonce)
     attacker.sendto(answer[:22] + bytes([KEYED]), relay.server)
@@ -447,3 +450,32 @@ def test_a_version_2_syn_is_not_rudp_to_a_version_3_socket(net: Net) -> None:
     client.sendto(syn, (a_ep.host, a_ep.port))  # version 3: a COOKIE comes back
     reply = client.recv(2048)
     assert parse_header(reply)[0] == COOKIE and _stat(a, "cookies_sent") == 1  # type: ignore[index]
+
+
+def test_a_keyed_connection_follows_an_idle_peer_whose_keepalives_come_from_a_new_port(
+        reactor: Reactor, rudp: Any) -> None:
+    """An idle peer that rebinds sends only 23-byte PINGs from its new port: they must draw a challenge."""
+    server, accepted = rudp()
+    relay = Relay(server.address)
+    try:
+        client_sock, _ = rudp(keepalive_interval=0.3)
+        client = Stream()
+        client.conn = run_on(reactor, lambda: client_sock.connect(relay.address, on_connected=client.on_connected,
+                                                                  **client.callbacks()))
+        client.wait(lambda: client.connected == 1, "the handshake")
+        key = os.urandom(32)
+        run_on(reactor, lambda: client.conn.set_path_key(key))  # type: ignore[union-attr]  # the initiator first
+        run_on(reactor, lambda: client.conn.write(b"hello"))  # type: ignore[union-attr]
+        stream = accepted[0]
+        stream.wait(lambda: bytes(stream.data) == b"hello", "the client's first keyed bytes")
+        run_on(reactor, lambda: stream.conn.set_path_key(key))  # type: ignore[union-attr]
+        run_on(reactor, lambda: stream.conn.write(b"hi"))  # type: ignore[union-attr]
+        client.wait(lambda: bytes(client.data) == b"hi", "the server's first keyed bytes")
+        auth = run_on(reactor, lambda: stream.conn._stream.path_auth)  # type: ignore[union-attr]
+        assert auth is not None and auth.enforcing
+        relay.rebind()  # the client is idle: only its keep-alive PINGs will come from the new port
+        run_on(reactor, lambda: stream.conn.write(b"still there?"))  # type: ignore[union-attr]
+        client.wait(lambda: bytes(client.data) == b"hi" + b"still there?", "data after the rebinding")
+        assert run_on(reactor, lambda: (server.migrations, server.path_challenges)) == (1, 1)
+    finally:
+        relay.close()

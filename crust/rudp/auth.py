@@ -12,8 +12,11 @@ flags, seq, ack, window, SACK blocks, nonce, payload -- so nobody without
 the key can make one or alter one.
 
 *Which datagrams.*  :func:`must_tag`: the ones that move or end a
-connection -- PATH (challenges and answers), RST and every datagram with
-FIN.  Data and acks are not tagged: tagging them too would also stop
+connection -- a PATH answer (PATH | ACK), an RST and every datagram with
+FIN.  A PATH challenge is not: it moves nothing (only its answer does),
+its answer goes to the peer's known address whoever sent it, and at 23
+bytes any datagram of the peer's from a new address -- a keep-alive PING
+too -- is large enough to be answered with one.  Data and acks are not tagged: tagging them too would also stop
 garbage injected at the next sequence number by someone who sees the ids,
 but it cost a quarter of the 64 KiB goodput (docs/security.md), and the
 secure channel above already refuses such bytes.
@@ -39,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from .packet import FIN, KEYED, PATH, RST, TAG_SIZE, TAGGED
+from .packet import ACK, FIN, KEYED, PATH, RST, TAG_SIZE, TAGGED
 
 __all__ = ["KEY_SIZE", "PathAuth", "must_tag"]
 
@@ -49,7 +52,7 @@ _MARK_AT = 22  # the n byte, which carries TAGGED and KEYED
 
 def must_tag(flags: int) -> bool:
     """True if a keyed end tags (and, once enforcing, requires a tag on) a datagram with ``flags``."""
-    return bool(flags & (FIN | RST | PATH))
+    return bool(flags & (FIN | RST)) or flags == PATH | ACK
 
 
 class PathAuth:
@@ -84,10 +87,11 @@ class PathAuth:
         return b"".join((header, *rest, mac.digest()))
 
     def seal(self, datagram: bytes) -> bytes:
-        """``datagram`` tagged (and saying ``KEYED``) if :func:`must_tag` says so, else unchanged."""
-        if not must_tag(datagram[1]):
-            return datagram
+        """``datagram`` saying ``KEYED``, and tagged if :func:`must_tag` says so."""
         header = bytearray(datagram[:_MARK_AT + 1])
+        if not must_tag(datagram[1]):
+            header[_MARK_AT] |= KEYED
+            return bytes(header) + datagram[_MARK_AT + 1:]
         header[_MARK_AT] |= TAGGED | KEYED
         return self.join(bytes(header), datagram[_MARK_AT + 1:])
 

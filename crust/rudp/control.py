@@ -28,8 +28,9 @@ seq, cannot reset the connection.
 
 *Paths.*  :meth:`Control.path_challenge` makes the challenge the owner sends
 to a new address of the peer's; the peer's answer to the latest one is
-``Heard.PATH`` (``path.py``).  Once keyed, both carry tags: an answer that
-moves the connection comes from the peer, not from whoever saw the nonce.
+``Heard.PATH`` (``path.py``).  Once keyed, the answer carries a tag: an
+answer that moves the connection comes from the peer, not from whoever saw
+the nonce.
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ class Control:
         """Key the stream with the secure channel's path key (``auth.py``).
 
         From now on every datagram says ``KEYED`` and every FIN, RST and PATH
-        carries a tag; the peer's must too once it has said ``KEYED``.
+        answer carries a tag; the peer's must too once it has said ``KEYED``.
 
         Args:
             key: the path key (``NoiseXX.path_key``), 32 bytes, the same at both ends.

@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..rudp import CookieJar, Heard, RudpClosed, RudpConnected, RudpData, RudpSent, RudpStream, TimeWait, peek_ids
 from ..rudp.cookie import SECRET_SIZE
-from ..rudp.packet import HEADER_SIZE, NONCE_SIZE, TAG_SIZE, pack_cookie, parse_header
+from ..rudp.packet import HEADER_SIZE, NONCE_SIZE, pack_cookie, parse_header
 from .datagram import UdpSocket
 from .reactor import Deadline, Reactor, TimerHandle
 
@@ -321,8 +321,7 @@ class RudpSocket:
     victim it would reflect our traffic to -- nor, once the secure channel
     has keyed the connection (:meth:`RudpConnection.set_path_key`), answer
     the challenge itself: the answer must carry a tag under the path key
-    (``crust.rudp.auth``; docs/security.md).  A challenge is sent only for a
-    datagram at least as long as the challenge (39 bytes once tagged).
+    (``crust.rudp.auth``; docs/security.md).
 
     *TIME_WAIT.*  A closed connection is remembered for a while
     (``crust.rudp.timewait``): its late SYNs open nothing, a resent FIN gets
@@ -467,8 +466,7 @@ class RudpSocket:
         if heard is Heard.PATH:
             if addr == conn._candidate:
                 self._migrate(conn, addr)
-        elif heard is Heard.PEER and len(data) >= HEADER_SIZE + (TAG_SIZE if conn._stream.keyed else 0) \
-                and (addr != conn._candidate or now >= conn._challenged_at + conn._stream.rto):
+        elif heard is Heard.PEER and (addr != conn._candidate or now >= conn._challenged_at + conn._stream.rto):
             conn._candidate, conn._challenged_at = addr, now
             self.path_challenges += 1
             self._udp.sendto(conn._stream.path_challenge(os.urandom(NONCE_SIZE)), addr)

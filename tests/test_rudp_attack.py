@@ -46,7 +46,7 @@ from crust.transport.udp import RudpSocket
 
 from .livenet import WAIT, Net, Recorder
 from .netlab import in_ci
-from .test_udp import Stream, rudp, run_on  # noqa: F401 (rudp: a fixture)
+from .test_udp import Stream, run_on
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -452,13 +452,20 @@ def test_a_version_2_syn_is_not_rudp_to_a_version_3_socket(net: Net) -> None:
     assert parse_header(reply)[0] == COOKIE and _stat(a, "cookies_sent") == 1  # type: ignore[index]
 
 
-def test_a_keyed_connection_follows_an_idle_peer_whose_keepalives_come_from_a_new_port(
-        reactor: Reactor, rudp: Any) -> None:
+def test_a_keyed_connection_follows_an_idle_peer_whose_keepalives_come_from_a_new_port(reactor: Reactor) -> None:
     """An idle peer that rebinds sends only 23-byte PINGs from its new port: they must draw a challenge."""
-    server, accepted = rudp()
+    accepted: list[Stream] = []
+
+    def on_accept(conn: Any) -> None:
+        accepted.append(Stream())
+        accepted[-1].conn = conn
+        conn.attach(**accepted[-1].callbacks())
+
+    server = run_on(reactor, lambda: RudpSocket(reactor, "127.0.0.1", 0, on_accept))
+    client_sock = run_on(reactor, lambda: RudpSocket(reactor, "127.0.0.1", 0, on_accept,
+                                                     stream_options={"keepalive_interval": 0.3}))
     relay = Relay(server.address)
     try:
-        client_sock, _ = rudp(keepalive_interval=0.3)
         client = Stream()
         client.conn = run_on(reactor, lambda: client_sock.connect(relay.address, on_connected=client.on_connected,
                                                                   **client.callbacks()))
@@ -479,3 +486,4 @@ def test_a_keyed_connection_follows_an_idle_peer_whose_keepalives_come_from_a_ne
         assert run_on(reactor, lambda: (server.migrations, server.path_challenges)) == (1, 1)
     finally:
         relay.close()
+        run_on(reactor, lambda: (server.close(), client_sock.close()))

@@ -97,6 +97,38 @@ class Control:
     _pmtu: Pmtu
     _events: list[RudpEvent]
 
+    @property
+    def connected(self) -> bool:
+        """True from the handshake's end until the stream closes (closing included)."""
+        return self._state is State.ESTABLISHED
+
+    @property
+    def closed(self) -> bool:
+        """True once closed: ``RudpClosed`` was queued, or :meth:`abort` was called."""
+        return self._state is State.CLOSED
+
+    @property
+    def local_id(self) -> int:
+        """Our connection id."""
+        return self._local_id
+
+    @property
+    def remote_id(self) -> int:
+        """The peer's connection id; 0 until its first datagram."""
+        return self._remote_id
+
+    @property
+    def dropped(self) -> int:
+        """Well-formed datagrams (or their data) dropped: wrong ids, out of window, bogus acks."""
+        return self._dropped
+
+    @property
+    def keyed(self) -> bool:
+        """True once :meth:`set_path_key` gave the stream its path key."""
+        return self._auth is not None
+
+    # -- the handshake -----------------------------------------------------------
+
     def connect(self, now: float) -> None:
         """Active open: send a SYN.  A no-op unless the stream is fresh (a SYN may have come first)."""
         if self._state is not State.LISTEN:
@@ -197,6 +229,8 @@ class Control:
         self._syn_xmits += 1
         self._rec.rto_deadline = now + self._rec.rtt.rto
 
+    # -- paths and the path key ---------------------------------------------------
+
     def path_challenge(self, nonce: bytes) -> bytes:
         """A PATH challenge for the owner to send to a new address of the peer's; it replaces any earlier one.
 
@@ -247,6 +281,8 @@ class Control:
         if heard is Heard.PATH:
             self._live.last_heard = now
         return heard
+
+    # -- resets, and what RudpStream provides -----------------------------------------
 
     def _on_rst(self, flags: int, seq: int, ack: int) -> None:
         state = self._state

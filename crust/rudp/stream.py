@@ -171,26 +171,6 @@ class RudpStream(Control):
     # -- properties ------------------------------------------------------------
 
     @property
-    def connected(self) -> bool:
-        """True from the handshake's end until the stream closes (closing included)."""
-        return self._state is State.ESTABLISHED
-
-    @property
-    def closed(self) -> bool:
-        """True once closed: ``RudpClosed`` was queued, or :meth:`abort` was called."""
-        return self._state is State.CLOSED
-
-    @property
-    def local_id(self) -> int:
-        """Our connection id."""
-        return self._local_id
-
-    @property
-    def remote_id(self) -> int:
-        """The peer's connection id; 0 until its first datagram."""
-        return self._remote_id
-
-    @property
     def pending_bytes(self) -> int:
         """Bytes written but not yet acknowledged by the peer."""
         return self._tx.pending_bytes
@@ -231,19 +211,9 @@ class RudpStream(Control):
         return self._malformed
 
     @property
-    def dropped(self) -> int:
-        """Well-formed datagrams (or their data) dropped: wrong ids, out of window, bogus acks."""
-        return self._dropped
-
-    @property
     def unauthenticated(self) -> int:
         """Datagrams with the connection's ids dropped for their tag: wrong, or missing once required."""
         return self._unauthenticated
-
-    @property
-    def keyed(self) -> bool:
-        """True once :meth:`set_path_key` gave the stream its path key."""
-        return self._auth is not None
 
     # -- commands --------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .ids import ConnId, Endpoint, PeerId
 
-__all__ = ["Effect", "Dial", "Write", "Close", "SendCredit", "SendDatagram"]
+__all__ = ["Effect", "Dial", "Write", "Close", "SendCredit", "SendDatagram", "KeyPath"]
 
 
 class Effect:
@@ -71,3 +71,15 @@ class SendDatagram(Effect):
 
     data: bytes
     endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPath(Effect):
+    """``conn`` (an rUDP stream) is secured: tag its datagrams with ``key`` (docs/protocol.md §14).
+
+    ``key`` is the secure handshake's path key (``NoiseXX.path_key``), known
+    to both ends only.  A stream that is not rUDP ignores it.
+    """
+
+    conn: ConnId
+    key: bytes

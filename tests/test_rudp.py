@@ -988,17 +988,30 @@ def test_time_wait_answers_a_resent_fin_and_blocks_late_syns_then_forgets() -> N
         TimeWait(duration=0)
 
 
-def test_time_wait_resets_a_peer_that_missed_our_reset_with_the_exact_seq_it_needs() -> None:
-    pair = connected_pair()
+def lost_reset(pair: Pair, data: bytes) -> tuple[TimeWait, bytes]:
+    """A resets and its RST is lost; then B writes ``data``.  Returns A's TIME_WAIT and B's datagram."""
     a, b = pair.a, pair.b
     a.abort(pair.now)
     a.datagrams_to_send(pair.now)  # the RST is lost
     tw = TimeWait()
-    tw.add(ID_A, ADDR, ID_B, a.final_ack(), pair.now)
-    b.write(b"are you there?")
+    tw.add(ID_A, ADDR, ID_B, a.final_ack(), pair.now, a.path_auth)
+    b.write(data)
     [d] = b.datagrams_to_send(pair.now)
+    return tw, d
+
+
+def time_wait_answer(tw: TimeWait, datagram: bytes, now: float) -> bytes | None:
+    """What ``tw`` answers ``datagram`` (from ``ADDR``) with, as the socket asks it."""
+    _, flags, dst, src, _, ack, *_ = header(datagram)
+    return tw.answer(ADDR, dst, src, flags, ack, now, len(datagram))
+
+
+def test_time_wait_resets_a_peer_that_missed_our_reset_with_the_exact_seq_it_needs() -> None:
+    pair = connected_pair()
+    b = pair.b
+    tw, d = lost_reset(pair, b"are you there?")
     _, flags, dst, src, _, ack, *_ = header(d)
-    rst = tw.answer(ADDR, dst, src, flags, ack, pair.now)
+    rst = time_wait_answer(tw, d, pair.now)
     assert rst is not None and len(rst) <= len(d)
     assert tw.answer(ADDR, dst, src, RST, ack, pair.now) is None  # never answer a reset
     b.receive_datagram(rst, pair.now)

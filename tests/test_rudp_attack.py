@@ -10,6 +10,11 @@
   message flowing, in order; a datagram that does not name the connection
   moves nothing, and one replayed from an address that does not answer the
   path challenge moves nothing either.
+* Once the secure channel has keyed the connection (crust.rudp.auth), an
+  attacker on the path, who knows the ids, the exact sequence numbers and
+  the challenge's nonce, can neither reset it, nor finish it, nor move it to
+  an address of its own: it lacks the path key the tags need.  A keyed
+  connection still follows an idle peer that rebinds, on its keep-alives.
 
 A :class:`Relay` stands between the two Services where a test needs to be
 on the path: it forwards both ways, keeps what it forwarded, sends what the
@@ -34,11 +39,14 @@ import pytest
 
 import crust
 from crust.rudp import MAGIC, SYN_SIZE
-from crust.rudp.packet import ACK, COOKIE, FIN, PATH, PING, RST, SYN, parse_header
+from crust.rudp.packet import (ACK, COOKIE, FIN, KEYED, MASK, PATH, PING, RST, SYN, TAG_SIZE, TAGGED, pack_path,
+                               pack_syn, parse_header)
+from crust.transport.reactor import Reactor
 from crust.transport.udp import RudpSocket
 
 from .livenet import WAIT, Net, Recorder
 from .netlab import in_ci
+from .test_udp import Stream, run_on
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -58,7 +66,8 @@ def _stat(svc: crust.Service, name: str) -> Any:
 
 
 def _stream_drops(svc: crust.Service) -> int:
-    return int(svc._reactor.call(lambda: sum(c._stream.dropped for c in _rudp_socket(svc)._by_id.values()), WAIT))
+    return int(svc._reactor.call(lambda: sum(c._stream.dropped + c._stream.unauthenticated
+                                             for c in _rudp_socket(svc)._by_id.values()), WAIT))
 
 
 # -- a flood of spoofed SYNs ----------------------------------------------------------------
@@ -367,3 +376,114 @@ def test_a_nat_rebinding_keeps_the_stream_and_loses_nothing(
     assert conn_remote == [new]
     print(f"\nrebinding {old} -> {new}: 1 migration, 60 messages each way in order, {took * 1000:.0f} ms "
           f"after the move")
+
+
+# -- an attacker on the path, once the connection is keyed ------------------------------------------
+
+
+def _keyed_state_now(sock: RudpSocket) -> tuple[int, int, int, int, bool, int]:
+    """Of the socket's one connection (reactor thread): our id, the peer's, the exact seq an RST or FIN
+    of the peer's must carry, our next seq, whether it requires tags, how many datagrams it refused for them."""
+    [conn] = sock._by_id.values()
+    s = conn._stream
+    auth = s.path_auth
+    return (s.local_id, s.remote_id, (s._irs + s._rx.rcv_nxt) & MASK, (s._isn + s._tx.snd_nxt) & MASK,
+            auth is not None and auth.enforcing, s.unauthenticated)
+
+
+def _keyed_state(svc: crust.Service) -> tuple[int, int, int, int, bool, int]:
+    return svc._reactor.call(lambda: _keyed_state_now(_rudp_socket(svc)), WAIT)  # type: ignore[no-any-return]
+
+
+def test_an_on_path_attacker_can_neither_reset_nor_finish_nor_move_a_keyed_connection(
+        relayed: tuple[crust.Service, Recorder, crust.Service, Recorder, Relay], net: Net) -> None:
+    a, ra, b, rb, relay = relayed
+    _exchange(a, ra, b, rb, 0, 10)
+    assert _keyed_state(a)[4] and _keyed_state(b)[4], "the secure channel did not key both ends"
+    sock = _rudp_socket(a)
+
+    # 1. An RST and a FIN from B's own address, at exactly the seq A expects (read and sent in one
+    #    reactor call, so no datagram of B's can move it in between): without the key, dropped.
+    def forge_and_deliver() -> None:
+        local, remote, exact, nxt, _, _ = _keyed_state_now(sock)
+        for forged in (HEADER.pack(MAGIC, RST | ACK, local, remote, exact, nxt, 0, KEYED),
+                       HEADER.pack(MAGIC, RST | ACK, local, remote, exact, nxt, 0, TAGGED | KEYED) + os.urandom(16),
+                       HEADER.pack(MAGIC, ACK | FIN, local, remote, exact, nxt, 65535, KEYED)):
+            sock._on_datagram(forged, relay.back_address)
+
+    refused_before = _keyed_state(a)[5]
+    a._reactor.call(forge_and_deliver, WAIT)
+    _exchange(a, ra, b, rb, 10, 10)
+    assert _keyed_state(a)[5] - refused_before == 3
+    # 2. Its own address: from there it sends a datagram of B's as it could have seen one (the
+    #    right ids and ack; old bytes, which A has), receives A's challenge (so it knows the nonce)
+    #    and answers it -- untagged, and with a made-up tag.
+    attacker = net.track(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    attacker.bind(("127.0.0.7", 0))
+    attacker.settimeout(WAIT)
+    local, remote, exact, nxt, *_ = _keyed_state(a)
+    attacker.sendto(HEADER.pack(MAGIC, ACK | PING, local, remote, (exact - 64) & MASK, nxt, 65535, KEYED) + bytes(32),
+                    relay.server)
+    challenge = attacker.recv(2048)  # bounded by WAIT
+    flags, dst, src, *_ = parse_header(challenge)  # type: ignore[misc]
+    assert (flags, dst, src) == (PATH, remote, local) and challenge[22] == KEYED and len(challenge) == 23
+    nonce = challenge[10:22]
+    answer = pack_path(PATH | ACK, src, dst, nonce)
+    attacker.sendto(answer[:22] + bytes([KEYED]), relay.server)
+    attacker.sendto(answer[:22] + bytes([TAGGED | KEYED]) + os.urandom(TAG_SIZE), relay.server)
+    _exchange(a, ra, b, rb, 20, 10)  # A still sends to B: everything arrives
+    assert _stat(a, "migrations") == 0 and _keyed_state(a)[5] - refused_before == 5
+    conn_remote = a._reactor.call(lambda: [c.remote_address for c in sock._by_id.values()], WAIT)
+    assert conn_remote == [relay.back_address]
+    assert ra.lost == [] and rb.lost == [] and ra.misbehaviour == [] and rb.misbehaviour == []
+    print("\nkeyed: 2 exact resets and 1 exact FIN from B's address, 2 PATH answers from 127.0.0.7 with the "
+          "right nonce: all refused, 0 migrations, 30 messages each way in order")
+
+
+def test_a_version_2_syn_is_not_rudp_to_a_version_3_socket(net: Net) -> None:
+    a, _, a_ep = net.listener("udp", **UDP_ONLY)
+    client = net.track(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(WAIT)
+    syn = pack_syn(0x1234, 77, 65535, None)
+    client.sendto(bytes([0xC6]) + syn[1:], (a_ep.host, a_ep.port))  # version 2: ignored, never answered
+    client.sendto(syn, (a_ep.host, a_ep.port))  # version 3: a COOKIE comes back
+    reply = client.recv(2048)
+    assert parse_header(reply)[0] == COOKIE and _stat(a, "cookies_sent") == 1  # type: ignore[index]
+
+
+def test_a_keyed_connection_follows_an_idle_peer_whose_keepalives_come_from_a_new_port(reactor: Reactor) -> None:
+    """An idle peer that rebinds sends only 23-byte PINGs from its new port: they must draw a challenge."""
+    accepted: list[Stream] = []
+
+    def on_accept(conn: Any) -> None:
+        accepted.append(Stream())
+        accepted[-1].conn = conn
+        conn.attach(**accepted[-1].callbacks())
+
+    server = run_on(reactor, lambda: RudpSocket(reactor, "127.0.0.1", 0, on_accept))
+    client_sock = run_on(reactor, lambda: RudpSocket(reactor, "127.0.0.1", 0, on_accept,
+                                                     stream_options={"keepalive_interval": 0.3}))
+    relay = Relay(server.address)
+    try:
+        client = Stream()
+        client.conn = run_on(reactor, lambda: client_sock.connect(relay.address, on_connected=client.on_connected,
+                                                                  **client.callbacks()))
+        client.wait(lambda: client.connected == 1, "the handshake")
+        key = os.urandom(32)
+        run_on(reactor, lambda: client.conn.set_path_key(key))  # type: ignore[union-attr]  # the initiator first
+        run_on(reactor, lambda: client.conn.write(b"hello"))  # type: ignore[union-attr]
+        stream = accepted[0]
+        stream.wait(lambda: bytes(stream.data) == b"hello", "the client's first keyed bytes")
+        run_on(reactor, lambda: stream.conn.set_path_key(key))  # type: ignore[union-attr]
+        run_on(reactor, lambda: stream.conn.write(b"hi"))  # type: ignore[union-attr]
+        client.wait(lambda: bytes(client.data) == b"hi", "the server's first keyed bytes")
+        auth = run_on(reactor, lambda: stream.conn._stream.path_auth)  # type: ignore[union-attr]
+        assert auth is not None and auth.enforcing
+        relay.rebind()  # the client is idle: only its keep-alive PINGs will come from the new port
+        run_on(reactor, lambda: stream.conn.write(b"still there?"))  # type: ignore[union-attr]
+        client.wait(lambda: bytes(client.data) == b"hi" + b"still there?", "data after the rebinding")
+        assert run_on(reactor, lambda: (server.migrations, server.path_challenges)) == (1, 1)
+    finally:
+        relay.close()
+        run_on(reactor, lambda: (server.close(), client_sock.close()))

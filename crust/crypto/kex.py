@@ -20,6 +20,12 @@ on, static keys and payloads are encrypted with ChaCha20-Poly1305 using
 (including the prologue, which carries crust's network-name hash) makes the
 next decryption fail.  After the third message ``Split()`` derives
 ``(k1, k2)``: the initiator sends with ``k1`` and receives with ``k2``.
+Beside them, :attr:`NoiseXX.path_key` is ``HMAC-BLAKE2b(ck, "crust rudp
+path v1")`` cut to 32 bytes: a secret of the two ends only (``ck`` has
+mixed every DH; the transcript hash ``h`` would not do, anyone who saw the
+handshake can compute it), independent of the transport keys (``Split()``
+keys its HMAC with ``ck`` over an empty input).  rUDP tags its datagrams
+with it (``crust.rudp.auth``).
 
 :class:`NoiseXX` is one side's HandshakeState (§5.3): a small machine whose
 only state is the index of the next message.  The initiator writes messages
@@ -41,7 +47,7 @@ from crust.crypto.aead import Cipher, Opener, Sealer
 from crust.crypto.keys import KEY_SIZE, KeyPair, check_public_key
 from crust.errors import DecryptError, HandshakeError, LocalProtocolError, RemoteProtocolError
 
-__all__ = ["PROTOCOL_NAME", "MAX_HANDSHAKE_MESSAGE", "NoiseXX"]
+__all__ = ["PROTOCOL_NAME", "MAX_HANDSHAKE_MESSAGE", "PATH_KEY_SIZE", "NoiseXX"]
 
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"
 MAX_HANDSHAKE_MESSAGE = 65535  # bytes; Noise §3: no Noise message is longer
@@ -49,6 +55,8 @@ MAX_HANDSHAKE_MESSAGE = 65535  # bytes; Noise §3: no Noise message is longer
 HASHLEN = 64  # bytes: BLAKE2b-512
 DHLEN = KEY_SIZE  # bytes: an X25519 public key
 TAGLEN = aead.TAG_SIZE
+PATH_KEY_SIZE = 32  # bytes: a BLAKE2s key (crust.rudp.auth)
+_PATH_LABEL = b"crust rudp path v1"
 
 # The XX pattern (Noise §7.5) as data, so read and write walk the same table.
 _XX: tuple[tuple[str, ...], ...] = (
@@ -169,7 +177,7 @@ class NoiseXX:
 
     __slots__ = (
         "_initiator", "_s", "_e", "_rs", "_re", "_ss", "_index", "_state",
-        "_h", "_keys", "_split_done",
+        "_h", "_keys", "_split_done", "_path_key",
     )
 
     def __init__(
@@ -199,6 +207,7 @@ class NoiseXX:
         self._h = b""
         self._keys: tuple[bytes, bytes] | None = None
         self._split_done = False
+        self._path_key = b""
 
     # -- queries -------------------------------------------------------------
 
@@ -228,9 +237,18 @@ class NoiseXX:
         Raises:
             LocalProtocolError: the handshake is not complete.
         """
-        if self._state is not _State.COMPLETE:
-            raise LocalProtocolError("handshake_hash is defined only once the handshake is complete")
+        self._require_complete("handshake_hash")
         return self._h
+
+    @property
+    def path_key(self) -> bytes:
+        """A ``PATH_KEY_SIZE``-byte secret both ends derive, for rUDP's datagram tags (module docstring).
+
+        Raises:
+            LocalProtocolError: the handshake is not complete.
+        """
+        self._require_complete("path_key")
+        return self._path_key
 
     @property
     def is_write_turn(self) -> bool:
@@ -391,6 +409,10 @@ class NoiseXX:
 
     # -- internals ---------------------------------------------------------------
 
+    def _require_complete(self, what: str) -> None:
+        if self._state is not _State.COMPLETE:
+            raise LocalProtocolError(f"{what} is defined only once the handshake is complete")
+
     def _expect_turn(self, *, writing: bool) -> None:
         if self._state is _State.ERROR:
             raise LocalProtocolError("handshake already failed; start a new one")
@@ -427,6 +449,7 @@ class NoiseXX:
             assert ss is not None
             self._h = ss.h
             self._keys = ss.split()
+            self._path_key = _hmac(ss.ck, _PATH_LABEL)[:PATH_KEY_SIZE]
             # Drop the handshake secrets (chaining key, ephemeral) as soon as
             # they are no longer needed; §5.3 says the HandshakeState may be deleted.
             self._ss = None

@@ -42,7 +42,7 @@ from typing import Iterable, Sequence
 from ..config import Config
 from ..connection_info import PrivConnectionInfo
 from ..crypto.keys import KeyPair
-from ..effects import Effect
+from ..effects import Effect, KeyPath
 from ..errors import HandshakeError, LocalProtocolError, OversizeMessage, RemoteProtocolError
 from ..events import Event, MessageReceived, Misbehaved, Origin, PeerInfo, RelayStats
 from ..nat import probe
@@ -451,6 +451,8 @@ class Engine:
         assert hs is not None and hs.channel is not None and hs.peer_id is not None
         conn.channel, conn.peer_id, conn.handshake = hs.channel, hs.peer_id, None
         conn.session_id = hs.session_id
+        if conn.circuit is None and conn.remote.transport == "udp":  # rUDP authenticates its control datagrams
+            core.effects.append(KeyPath(conn.id, hs.path_key))
         limit_pre_grant(conn.channel)  # the smallest budget until a grant (limits.py)
         if conn.circuit is not None and conn.peer_id != conn.circuit.peer:
             raise HandshakeError("the relayed peer is not the one the relay announced", reason="peer_id_mismatch")

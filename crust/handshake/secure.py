@@ -106,6 +106,7 @@ class SecureHandshake:
         self.channel: SecureChannel | None = None
         self.peer_id: PeerId | None = None
         self.session_id = b""  # set when complete: the Noise handshake hash
+        self.path_key = b""  # set when complete: the secret rUDP tags its datagrams with (NoiseXX.path_key)
         self.cipher: Cipher | None = None  # set when complete: the negotiated transport AEAD
         self.trailing_data = b""
         if initiator:
@@ -223,5 +224,6 @@ class SecureHandshake:
         sealer, opener = self._noise.split(cipher)
         self.cipher = cipher
         self.session_id = self._noise.handshake_hash  # the same on both sides, unique per connection
+        self.path_key = self._noise.path_key
         self.peer_id = peer_id
         self.channel = SecureChannel(sealer, opener, max_message_size=self._max_message_size)

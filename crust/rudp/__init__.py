@@ -3,8 +3,10 @@
 Split as aioquic splits QUIC: ``packet`` is the wire format (one header
 parser for the socket's demultiplexer and the stream), ``recovery`` the RTT
 estimator, SACK scoreboard, NewReno and the RTO, ``receive`` reassembly and
-the receive window, ``stream`` the connection machine (:class:`RudpStream`)
-and ``events`` what it reports; ``cookie`` (stateless SYN cookies) and
+the receive window, ``stream`` the connection machine (:class:`RudpStream`;
+its handshake, resets and path challenges are ``control``'s, the tags that
+authenticate them under the secure channel's path key ``auth``'s) and
+``events`` what it reports; ``cookie`` (stateless SYN cookies) and
 ``timewait`` (closed connections remembered briefly) serve the socket that
 carries many streams.  Nothing here reads a clock or touches a
 socket: ``crust.transport.udp`` carries the datagrams.

@@ -7,9 +7,10 @@ stream.  Nothing here keeps state.
 Wire format (big-endian; header 23 bytes, datagram at most ``MAX_DATAGRAM``)::
 
     offset size  field
-    0      1     magic: 0xC6 = rudp version 2 (0xC5 was version 1, without
-                 cookies; other first bytes belong to others on the socket:
-                 0xC3 beacons and probes, ASCII for SSDP)
+    0      1     magic: 0xC7 = rudp version 3 (0xC6 was version 2, without
+                 tags; 0xC5 version 1, without cookies; other first bytes
+                 belong to others on the socket: 0xC3 beacons and probes,
+                 ASCII for SSDP)
     1      1     flags: 0x01 SYN, 0x02 ACK, 0x04 FIN, 0x08 RST, 0x10 PING
                  (answer with an ACK), 0x20 COOKIE, 0x40 PATH, 0x80 PROBE
     2      4     dst: receiver's connection id (0 only in a SYN without ACK)
@@ -18,11 +19,15 @@ Wire format (big-endian; header 23 bytes, datagram at most ``MAX_DATAGRAM``)::
                  SYN / FIN; in a bare ACK, PING or RST the sender's next seq)
     14     4     ack: next sequence number expected (meaningful with ACK, else 0)
     18     4     window: receive window in bytes, counted from ack
-    22     1     n: number of SACK blocks, 0..3
+    22     1     n: number of SACK blocks, 0..3, plus ``TAGGED`` (0x80)
+                 when a tag ends the datagram, plus ``KEYED`` (0x40) when
+                 the sender has its path key (auth.py)
     23     8*n   SACK blocks: u32 start, u32 end (end exclusive) of data
                  received above ack
     23+8n  rest  payload: 0..1200 bytes, more once the path is known to carry
                  it (pmtu.py), up to what one UDP datagram holds
+    end-16 16    with ``TAGGED`` only: keyed BLAKE2s-128 of every byte before
+                 it, under the connection's path key (auth.py)
 
 Valid flag sets: SYN, SYN|ACK, ACK (+FIN, +PING), RST (+ACK), COOKIE, PATH
 (+ACK), PROBE (+ACK).  A PROBE (path MTU discovery) is padded to the size
@@ -36,7 +41,8 @@ without a valid cookie, the same size as that SYN -- carries ``dst`` = the
 SYN's ``src``, ``src`` 0, ``ack`` = the SYN's ``seq`` and the cookie.  SYN-ACK,
 RST and PATH carry no payload.  Anything else -- short, wrong magic, unknown flags,
 n > 3, SACK blocks past the end, a datagram over ``MAX_WIRE_DATAGRAM``, src 0 outside a
-COOKIE, a SYN or COOKIE of another size -- is malformed.
+COOKIE, a SYN or COOKIE of another size, a mark on a SYN or COOKIE, a tag on a
+PROBE -- is malformed.  Whether the tag is right is the stream's to check.
 
 *Sequence space.*  The wire carries 32 bits; inside, offsets from the ISN are
 unbounded ints, each received value unwrapped (:func:`unwrap`) to the offset
@@ -64,6 +70,9 @@ __all__ = [
     "PATH",
     "PROBE",
     "NONCE_SIZE",
+    "TAGGED",
+    "KEYED",
+    "TAG_SIZE",
     "MAX_WIRE_DATAGRAM",
     "COOKIE_SIZE",
     "SYN_SIZE",
@@ -84,7 +93,7 @@ __all__ = [
     "HALF",
 ]
 
-MAGIC = 0xC6  # first byte of every rudp datagram, version 2 (v1, 0xC5, had no cookie): a new version takes a new byte
+MAGIC = 0xC7  # first byte of every rudp datagram, version 3 (v2, 0xC6, had no tags): a new version takes a new byte
 MAX_PAYLOAD = 1200  # bytes per datagram: stays below every sane path MTU, so no IP fragmentation
 MAX_SACK_BLOCKS = 3  # per datagram, as TCP fits with timestamps; the sender remembers older ones
 HEADER = struct.Struct(">BBIIIIIB")  # magic, flags, dst, src, seq, ack, window, SACK count
@@ -97,6 +106,9 @@ COOKIE_SIZE = 16  # bytes: a keyed BLAKE2s tag (cookie.py); forging one for a sp
 SYN_SIZE = HEADER_SIZE + COOKIE_SIZE  # 39 bytes: every SYN, and every COOKIE answering one
 
 NONCE_SIZE = 12  # bytes of a PATH nonce, in the seq, ack and window fields
+TAGGED = 0x80  # in the SACK-count byte: the datagram ends with a TAG_SIZE-byte tag
+KEYED = 0x40  # in the SACK-count byte: the sender has its path key (it tags FIN, RST and PATH)
+TAG_SIZE = 16  # bytes: keyed BLAKE2s-128 under the path key (auth.py)
 
 SYN, ACK, FIN, RST, PING, COOKIE, PATH, PROBE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 _VALID_FLAGS = frozenset({SYN, SYN | ACK, ACK, ACK | FIN, ACK | PING, ACK | FIN | PING, RST, RST | ACK, COOKIE,
@@ -120,19 +132,29 @@ def parse_header(datagram: bytes) -> Header | None:
     never sends (the first bytes of other protocols on the socket).  Rudp
     but malformed -- too many SACK blocks, blocks past the end, an oversized
     payload, ``src`` 0 outside a COOKIE, a SYN or COOKIE that is not
-    ``SYN_SIZE`` bytes, a SYN-ACK, RST or PATH with payload -- gives ``payload_at`` -1.
+    ``SYN_SIZE`` bytes, a SYN-ACK, RST or PATH with payload, a SYN or COOKIE
+    with a mark, a tagged PROBE -- gives ``payload_at`` -1.  A tag is not payload: with
+    ``TAGGED`` the payload ends ``TAG_SIZE`` bytes before the datagram.
 
     Args:
         datagram: the bytes as received.
 
     Returns:
         ``(flags, dst, src, seq, ack, window, nsack, payload_at)``, where
-        ``payload_at`` is where the payload starts (``len(datagram)`` if none).
+        ``nsack`` is the SACK count without the marks and ``payload_at`` is
+        where the payload starts (its end if there is none).
     """
     size = len(datagram)
     if size < HEADER_SIZE or datagram[0] != MAGIC or datagram[1] not in _VALID_FLAGS:
         return None
     _, flags, dst, src, seq, ack, window, nsack = HEADER.unpack_from(datagram)
+    mark = nsack & (TAGGED | KEYED)
+    if mark:
+        nsack ^= mark
+        if mark & TAGGED:
+            size -= TAG_SIZE
+        if flags & (SYN | COOKIE) or (mark & TAGGED and (flags == PROBE or size < HEADER_SIZE)):
+            return flags, dst, src, seq, ack, window, nsack, -1
     payload_at = HEADER_SIZE + 8 * nsack
     if flags == SYN or flags == COOKIE:
         if size != SYN_SIZE or nsack or (src == 0) != (flags == COOKIE):

@@ -11,7 +11,9 @@ any earlier challenge.  A peer answers a challenge with its next datagrams
 the latest challenge counts (``Heard.PATH``), once: the owner moves the
 connection if it came from the address challenged.  So, as with QUIC's path
 validation, an address that does not receive -- a victim an on-path
-attacker would like us to flood -- is never moved to.
+attacker would like us to flood -- is never moved to.  Once the connection is
+keyed, the stream takes an answer only with a right tag (``auth.py``), so
+whoever merely saw the nonce cannot answer in the peer's place.
 """
 
 from __future__ import annotations

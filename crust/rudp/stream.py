@@ -10,7 +10,8 @@ has just closed: the last ACK of a close and the RST of an abort leave so.
 The wire format is in ``packet.py``, loss recovery and congestion control in
 ``recovery.py``, the write buffer and the peer's window in ``send.py``,
 reassembly and our receive window in ``receive.py``, PING scheduling in
-``keepalive.py``; this module is the connection: ids, handshake, timers and
+``keepalive.py``, the control datagrams in ``control.py``, tags in
+``auth.py``; this module is the connection: timers, receiving, sending and
 close.
 
 Theory of operation
@@ -19,15 +20,12 @@ Theory of operation
 FIN take one each (ISN ``i``: SYN ``i``, stream byte ``k`` at ``i + 1 + k``);
 inside, offsets from the ISN (see ``packet.unwrap``).
 
-*Handshake and identity.*  SYN, SYN-ACK, ACK.  A stream that sent a SYN and
-receives a plain SYN answers with a SYN-ACK, and a side is connected once its
-SYN is acked, so crossing SYNs (simultaneous open) give each side one
-``RudpConnected`` and one pair of ISNs.  SYNs are resent with RTO backoff
-until ``connect_timeout``.  A COOKIE naming our id and ISN (a listener's
-stateless answer, ``cookie.py``) makes SYN_SENT resend the SYN at once,
-carrying the cookie from then on.  Each side picks a random nonzero 32-bit id; a datagram whose ``dst`` is not
-ours (only a first SYN may say 0) or whose ``src`` is not the peer's is
-dropped, so a blind spoofer must guess both: 64 bits, the connection's token.
+*Identity, handshake, resets, paths and the path key* are the base class's
+(:class:`~crust.rudp.control.Control`): a datagram whose ids are not the
+connection's 64-bit token is dropped, and once :meth:`set_path_key` has
+keyed the stream (the secure channel above is up) it tags its datagrams and,
+once the peer has keyed too, drops one without a right tag before it can
+move or end anything (``auth.py``; counted in ``unauthenticated``).
 
 *Datagram size.*  Data datagrams start at 1247 bytes and grow as path MTU
 discovery (``pmtu.py``, opt-in through ``max_datagram``) confirms larger
@@ -37,8 +35,7 @@ unacknowledged.
 
 *Following the peer* to a new address is its owner's job (the stream knows
 no addresses): ``receive_datagram`` says what a datagram was
-(:class:`~crust.rudp.path.Heard`), and :meth:`path_challenge` makes the
-challenge that proves the new address (``path.py``).
+(:class:`~crust.rudp.path.Heard`).
 
 *Acknowledgements.*  Every datagram carries the cumulative ack, the window
 and up to ``MAX_SACK_BLOCKS`` SACK ranges (the newest arrival's first, then
@@ -60,27 +57,25 @@ nothing but ``resume_reading`` is awaited.  TIME_WAIT is the socket's
 last ACK is also sent twice, and a side whose peer's FIN is in and whose
 only unacked segment is its FIN calls the close orderly after
 ``_FIN_RETRIES`` timeouts with the peer silent.  ``abort()`` sends an RST
-and closes with no event.  A received RST gives ``RudpClosed("connection
-reset by peer")`` (or "connection refused" in answer to our SYN) only at
-exactly the peer's next seq; elsewhere in the window it gets a challenge
-ACK (RFC 5961 §3.2), which a peer that really reset answers exactly from
-its TIME_WAIT.
+and closes with no event.  A received RST that passes its checks gives
+``RudpClosed("connection reset by peer")`` (or "connection refused" in
+answer to our SYN).
 
 *Hostile input* that does not parse is counted in ``malformed``; well-formed
 datagrams failing a check (ids, acks for data never sent, data past the
-window, an inexact RST) in ``dropped``.  Neither raises, grows state beyond
+window, an inexact RST) in ``dropped``; a wrong or missing tag in ``unauthenticated``.  Neither raises, grows state beyond
 the window, nor closes the stream: acks and sequence numbers outside the
 window are ignored, never treated as the peer's error.
 """
 
 from __future__ import annotations
 
-import enum
-
-from .events import RudpClosed, RudpConnected, RudpData, RudpEvent, RudpSent
+from .auth import PathAuth
+from .events import RudpClosed, RudpData, RudpEvent, RudpSent
 from .keepalive import Keepalive
+from .control import Control, State
 from .packet import (ACK, COOKIE, FIN, HALF, HEADER, HEADER_SIZE, MAGIC, MASK, MAX_DATAGRAM, MAX_PAYLOAD, PATH, PING,
-                     PROBE, RST, SYN, pack_syn, parse_header, path_nonce, sack_offsets, unwrap)
+                     PROBE, RST, SYN, TAG_SIZE, TAGGED, KEYED, parse_header, path_nonce, sack_offsets, unwrap)
 from .path import Heard, PathCheck
 from .pmtu import Pmtu
 from .receive import ReceiveBuffer
@@ -92,25 +87,14 @@ __all__ = ["RudpStream"]
 _FIN_RETRIES = 3  # timeouts on a last FIN whose peer has closed too before calling the close orderly
 
 
-class _State(enum.Enum):
-    LISTEN = "listen"  # created; waits for connect() or a SYN
-    SYN_SENT = "syn-sent"
-    SYN_RCVD = "syn-received"
-    ESTABLISHED = "established"  # also while closing: the FIN flags tell
-    CLOSED = "closed"
-
-
-class RudpStream:
+class RudpStream(Control):
     """One reliable-UDP connection as a sans-IO machine (see the module docstring)."""
 
-    __slots__ = (
-        "_local_id", "_remote_id", "_isn", "_irs", "_state", "_connect_timeout", "_handshake_deadline",
-        "_syn_pending", "_syn_sent_at", "_syn_xmits", "_cookie",
+    __slots__ = (  # the connection's identity, handshake, path and key are Control's
         # the parts: sender's recovery state, send and receive halves, liveness
         "_rec", "_tx", "_rx", "_live",
         # what the next datagrams must say, what the owner must hear
-        "_ack_pending", "_ping_pending", "_rst_pending", "_events", "_malformed", "_dropped",
-        "_path",  # path validation (path.py)
+        "_ping_pending", "_events", "_malformed", "_unauthenticated",
         "_pmtu",  # path MTU discovery (pmtu.py)
     )
 
@@ -160,7 +144,7 @@ class RudpStream:
         self._remote_id = 0
         self._isn = initial_seq
         self._irs = 0
-        self._state = _State.LISTEN
+        self._state = State.LISTEN
         self._connect_timeout = connect_timeout
         self._handshake_deadline = now + connect_timeout
         self._syn_pending = False
@@ -178,29 +162,13 @@ class RudpStream:
         self._malformed = 0
         self._dropped = 0
         self._path = PathCheck()
+        self._auth: PathAuth | None = None
+        self._mark = 0  # KEYED once keyed: in the n byte of all we send
+        self._peer_keyed = False
+        self._unauthenticated = 0
         self._pmtu = Pmtu(int(max_datagram))
 
     # -- properties ------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        """True from the handshake's end until the stream closes (closing included)."""
-        return self._state is _State.ESTABLISHED
-
-    @property
-    def closed(self) -> bool:
-        """True once closed: ``RudpClosed`` was queued, or :meth:`abort` was called."""
-        return self._state is _State.CLOSED
-
-    @property
-    def local_id(self) -> int:
-        """Our connection id."""
-        return self._local_id
-
-    @property
-    def remote_id(self) -> int:
-        """The peer's connection id; 0 until its first datagram."""
-        return self._remote_id
 
     @property
     def pending_bytes(self) -> int:
@@ -243,20 +211,11 @@ class RudpStream:
         return self._malformed
 
     @property
-    def dropped(self) -> int:
-        """Well-formed datagrams (or their data) dropped: wrong ids, out of window, bogus acks."""
-        return self._dropped
+    def unauthenticated(self) -> int:
+        """Datagrams with the connection's ids dropped for their tag: wrong, or missing once required."""
+        return self._unauthenticated
 
     # -- commands --------------------------------------------------------------
-
-    def connect(self, now: float) -> None:
-        """Active open: send a SYN.  A no-op unless the stream is fresh (a SYN may have come first)."""
-        if self._state is not _State.LISTEN:
-            return
-        self._state = _State.SYN_SENT
-        self._tx.start()
-        self._syn_pending = True
-        self._handshake_deadline = now + self._connect_timeout
 
     def write(self, data: bytes) -> None:
         """Queue stream bytes (without limit: the owner paces itself by ``RudpSent``).
@@ -266,22 +225,22 @@ class RudpStream:
         will learn through ``RudpClosed``.  Writes before the handshake ends
         are sent once it does.
         """
-        if self._tx.fin_queued or self._state is _State.CLOSED or not data:
+        if self._tx.fin_queued or self._state is State.CLOSED or not data:
             return
         self._tx.write(data)
 
     def close(self, now: float) -> None:
         """Close in order: FIN after the queued data; ``RudpClosed(None)`` when both FINs are acked."""
-        if self._state is _State.CLOSED:
+        if self._state is State.CLOSED:
             return
-        if self._state is _State.LISTEN:
+        if self._state is State.LISTEN:
             self._finish(None)
             return
         self._tx.fin_queued = True
 
     def abort(self, now: float) -> None:
         """Reset: send an RST (if the peer is known) and close at once; no event follows, not even queued ones."""
-        if self._state is _State.CLOSED:
+        if self._state is State.CLOSED:
             return
         self._rst_pending = self._remote_id != 0
         self._finish(None, event=False)
@@ -297,7 +256,7 @@ class RudpStream:
         """Deliver what was held back and advertise the reopened window at once."""
         if not self._rx.paused:
             return
-        if self._rx.resume() and self._state is _State.ESTABLISHED:
+        if self._rx.resume() and self._state is State.ESTABLISHED:
             self._ack_pending = True  # window update; the peer's persist probes are the fallback
         self._maybe_finish()
 
@@ -313,7 +272,7 @@ class RudpStream:
         """The absolute time of the next deadline, or None."""
         state = self._state
         rto_deadline = self._rec.rto_deadline
-        if state is _State.ESTABLISHED:
+        if state is State.ESTABLISHED:
             if self._tx.fin_acked and self._rx.fin_in:
                 return None  # the network part is over: only resume_reading() is awaited
             when = self._live.idle_deadline()
@@ -331,34 +290,25 @@ class RudpStream:
             if probe_deadline is not None:
                 when = min(when, probe_deadline)
             return when
-        if state is _State.SYN_SENT or state is _State.SYN_RCVD:
-            if rto_deadline is not None:
-                return min(self._handshake_deadline, rto_deadline)
-            return self._handshake_deadline
+        if state is State.SYN_SENT or state is State.SYN_RCVD:
+            return self._opening_deadline()
         return None
 
     def handle_timer(self, now: float) -> None:
         """Act on every deadline that has passed (early calls are harmless)."""
         state = self._state
         rec = self._rec
-        if state is _State.SYN_SENT or state is _State.SYN_RCVD:
-            if now >= self._handshake_deadline:
-                # A peer that got our SYN-ACK may think it is connected: tell it (best effort).
-                self._rst_pending = state is _State.SYN_RCVD
-                self._finish("connect timed out")
-            elif rec.rto_deadline is not None and now >= rec.rto_deadline:
-                rec.rtt.back_off()
-                self._syn_pending = True
-                rec.rto_deadline = None  # re-armed when the SYN leaves
+        if state is State.SYN_SENT or state is State.SYN_RCVD:
+            self._opening_timer(now)
             return
-        if state is not _State.ESTABLISHED or (self._tx.fin_acked and self._rx.fin_in):
+        if state is not State.ESTABLISHED or (self._tx.fin_acked and self._rx.fin_in):
             return
         if now >= self._live.idle_deadline():
             self._finish("timed out")
             return
         if rec.rto_deadline is not None and now >= rec.rto_deadline:
             self._on_rto(now)
-            if self._state is _State.CLOSED:
+            if self._state is State.CLOSED:
                 return
         loss_deadline = rec.loss_deadline
         if loss_deadline is not None and now >= loss_deadline:
@@ -402,7 +352,7 @@ class RudpStream:
             peer acked before.  ``Heard.PATH`` for the peer's answer to our
             latest :meth:`path_challenge`.  ``Heard.NOTHING`` otherwise.
         """
-        if self._state is _State.CLOSED:
+        if self._state is State.CLOSED:
             return Heard.NOTHING
         header = parse_header(datagram)
         if header is None:
@@ -415,6 +365,14 @@ class RudpStream:
         if (dst != self._local_id and not (dst == 0 and flags == SYN)) \
                 or (self._remote_id and src != self._remote_id):
             self._dropped += 1
+            return Heard.NOTHING
+        mark = datagram[22]
+        end = len(datagram) - TAG_SIZE if mark & TAGGED else len(datagram)
+        auth = self._auth
+        if auth is None:
+            self._peer_keyed = self._peer_keyed or bool(mark & KEYED)
+        elif not auth.accepts(datagram):
+            self._unauthenticated += 1  # forged, or altered: it moves and ends nothing
             return Heard.NOTHING
         if flags & (RST | SYN | COOKIE | PATH | PROBE):
             if flags & PATH:
@@ -429,12 +387,12 @@ class RudpStream:
                 self._on_cookie(datagram[HEADER_SIZE:], ack, now)
             return Heard.NOTHING
         state = self._state
-        if state is _State.SYN_RCVD:
+        if state is State.SYN_RCVD:
             if ack != (self._isn + 1) & MASK:
                 self._dropped += 1
                 return Heard.NOTHING
             self._establish(now)
-        elif state is not _State.ESTABLISHED:
+        elif state is not State.ESTABLISHED:
             self._dropped += 1  # LISTEN and SYN_SENT only take SYNs
             return Heard.NOTHING
         tx = self._tx
@@ -448,122 +406,18 @@ class RudpStream:
             sacks = sack_offsets(datagram, nsack, una, self._isn) if nsack else []
             self._rec.on_ack(una, ack_off, sacks, tx.snd_nxt, now)
             tx.on_ack(ack_off, window)
-        if payload_at < len(datagram) or flags & FIN:
-            self._on_data(seq, datagram[payload_at:], bool(flags & FIN))
+        if payload_at < end or flags & FIN:
+            self._on_data(seq, datagram[payload_at:end], bool(flags & FIN))
         if flags & PING:
             self._ack_pending = True
         self._maybe_finish()
         return Heard.PEER if ack_off >= una else Heard.NOTHING
 
-    def path_challenge(self, nonce: bytes) -> bytes:
-        """A PATH challenge for the owner to send to a new address of the peer's; it replaces any earlier one.
-
-        The peer answers it with its next datagrams; that answer makes
-        :meth:`receive_datagram` return ``Heard.PATH``.
-
-        Args:
-            nonce: ``NONCE_SIZE`` (12) bytes from the owner's CSPRNG.
-
-        Raises:
-            ValueError: the nonce is not 12 bytes, or the stream is not connected.
-        """
-        if self._state is not _State.ESTABLISHED:
-            raise ValueError("only a connected stream can challenge a path")
-        return self._path.challenge(nonce, self._remote_id, self._local_id)
-
-    def _on_path(self, flags: int, nonce: bytes, now: float) -> Heard:
-        heard = self._path.receive(flags, nonce) if self._state is _State.ESTABLISHED else None
-        if heard is None:
-            self._dropped += 1
-            return Heard.NOTHING
-        if heard is Heard.PATH:
-            self._live.last_heard = now
-        return heard
-
     def _on_probe(self, flags: int, probe_id: int, size: int, arrived: int, now: float) -> None:
-        if self._state is not _State.ESTABLISHED:
+        if self._state is not State.ESTABLISHED:
             self._dropped += 1
         elif self._pmtu.receive(flags, probe_id, size, arrived, now):
             self._tx.mss = self._rec.mss = self._pmtu.payload
-
-    def _on_cookie(self, cookie: bytes, ack: int, now: float) -> None:
-        if self._state is not _State.SYN_SENT or ack != self._isn:
-            self._dropped += 1  # answers no SYN of ours (or one we are past)
-            return
-        if cookie == self._cookie:
-            return  # a duplicate: the SYN carrying it is on its way
-        if self._syn_xmits == 1:  # the cookie's round trip is a clean RTT sample (Karn)
-            self._rec.rtt.sample(now - self._syn_sent_at)
-        self._cookie = cookie
-        self._syn_pending = True  # send it again at once, with the cookie ...
-        self._syn_xmits = 0  # ... as a first transmission: the listener keeps state from that one on
-        self._rec.rto_deadline = None
-
-    def _on_syn(self, flags: int, src: int, seq: int, ack: int, window: int, now: float) -> None:
-        state = self._state
-        if flags & ACK and ack != (self._isn + 1) & MASK:
-            self._dropped += 1  # acks a SYN we never sent
-            return
-        if state is _State.LISTEN or state is _State.SYN_SENT:
-            if state is _State.LISTEN and flags & ACK:
-                self._dropped += 1
-                return
-            self._remote_id = src
-            self._irs = seq
-            self._rx.rcv_nxt = 1
-            self._tx.start(window)
-            self._live.last_heard = now
-            if flags & ACK:  # our SYN answered
-                self._establish(now)
-                self._ack_pending = True
-            else:  # passive open, or the SYNs crossed: answer with a SYN-ACK
-                if state is _State.LISTEN:
-                    self._handshake_deadline = now + self._connect_timeout
-                self._state = _State.SYN_RCVD
-                self._syn_pending = True
-            return
-        if seq != self._irs:
-            self._dropped += 1  # a SYN of some other connection attempt
-            return
-        self._live.last_heard = now
-        if state is _State.SYN_RCVD:
-            if flags & ACK:  # crossing SYN-ACK in a simultaneous open
-                self._tx.start(window)
-                self._establish(now)
-                self._ack_pending = True
-            else:
-                self._syn_pending = True  # our SYN-ACK was lost: resend it
-        else:
-            # A late SYN or SYN-ACK.  The peer got our SYN (it acked it), so it is at
-            # least in SYN_RCVD, and a bare ACK is all it can still be waiting for.
-            self._ack_pending = True
-
-    def _establish(self, now: float) -> None:
-        self._state = _State.ESTABLISHED
-        self._tx.snd_una = 1
-        self._rec.on_established(now, self._syn_sent_at, self._syn_xmits)
-        self._syn_pending = False
-        self._live.last_heard = now
-        self._pmtu.start(now)
-        self._events.append(RudpConnected())
-
-    def _on_rst(self, flags: int, seq: int, ack: int) -> None:
-        state = self._state
-        if state is _State.LISTEN:
-            accept = False
-        elif state is _State.SYN_SENT:  # the peer's id is unknown: the RST must ack our SYN
-            accept = bool(flags & ACK) and ack == (self._isn + 1) & MASK
-        else:  # seq must be where the peer's data ends, inside our window
-            rcv_nxt = self._rx.rcv_nxt
-            off = unwrap(seq, rcv_nxt, self._irs)
-            accept = off == rcv_nxt
-            if not accept and rcv_nxt < off <= rcv_nxt + self._rx.window() + 1:
-                self._ack_pending = True  # a challenge ACK: a real reset answers it exactly
-        if not accept:
-            self._dropped += 1
-            return
-        self._ack_pending = False
-        self._finish("connection refused" if state is _State.SYN_SENT else "connection reset by peer")
 
     def _on_data(self, seq: int, payload: bytes, fin: bool) -> None:
         self._ack_pending = True  # even duplicates: our ACK may be what was lost
@@ -574,11 +428,11 @@ class RudpStream:
             self._tx.fin_queued = True  # no half-close: answer the FIN with ours
 
     def _maybe_finish(self) -> None:
-        if self._tx.fin_acked and self._rx.fin_in and not self._rx.has_held and self._state is _State.ESTABLISHED:
+        if self._tx.fin_acked and self._rx.fin_in and not self._rx.has_held and self._state is State.ESTABLISHED:
             self._finish(None)
 
     def _finish(self, error: str | None, *, event: bool = True) -> None:
-        self._state = _State.CLOSED
+        self._state = State.CLOSED
         if error is not None:
             self._ack_pending = False
         if event:
@@ -603,19 +457,11 @@ class RudpStream:
         """Everything to transmit now: SYNs, data within min(cwnd, window), ACKs, PINGs, FIN, RST."""
         out: list[bytes] = []
         state = self._state
-        if state is _State.ESTABLISHED:
+        if state is State.ESTABLISHED:
             self._send_established(now, out)
-        elif state is _State.SYN_SENT or state is _State.SYN_RCVD:
-            if self._syn_pending:
-                self._syn_pending = False
-                if state is _State.SYN_SENT:
-                    out.append(pack_syn(self._local_id, self._isn, self._rx.window(), self._cookie))
-                else:
-                    out.append(self._bare(SYN | ACK, self._isn))
-                self._syn_sent_at = now
-                self._syn_xmits += 1
-                self._rec.rto_deadline = now + self._rec.rtt.rto
-        elif state is _State.CLOSED and self._remote_id:
+        elif state is State.SYN_SENT or state is State.SYN_RCVD:
+            self._send_syn(now, out)
+        elif state is State.CLOSED and self._remote_id:
             if self._rst_pending:
                 out.append(self._bare(RST | ACK, (self._isn + self._tx.snd_nxt) & MASK))
             elif self._ack_pending:  # the last ACK of a close: nothing will repeat it, so send it twice
@@ -627,14 +473,15 @@ class RudpStream:
 
     def final_ack(self) -> bytes | None:
         """For a stream closed after the peer's FIN: the ACK of that FIN, to answer it again; else None."""
-        if self._state is not _State.CLOSED or not self._rx.fin_in or not self._remote_id:
+        if self._state is not State.CLOSED or not self._rx.fin_in or not self._remote_id:
             return None
         return self._bare(ACK, (self._isn + self._tx.snd_nxt) & MASK)
 
     def _bare(self, flags: int, seq: int) -> bytes:
-        """A datagram without payload or SACK blocks, acking what we have."""
+        """A datagram without payload or SACK blocks, acking what we have (tagged once keyed)."""
         ack = (self._irs + self._rx.rcv_nxt) & MASK
-        return HEADER.pack(MAGIC, flags, self._remote_id, self._local_id, seq, ack, self._rx.window(), 0)
+        return self._sealed(HEADER.pack(MAGIC, flags, self._remote_id, self._local_id, seq, ack, self._rx.window(),
+                                        self._mark))
 
     def _send_established(self, now: float, out: list[bytes]) -> None:
         # The hot path: every name the loops use is a local.
@@ -645,11 +492,15 @@ class RudpStream:
         window = rx.window()
         remote, local, isn = self._remote_id, self._local_id, self._isn
         on_sent = rec.on_sent
+        auth, marked = self._auth, nsack | self._mark
 
         def emit(seg: Segment) -> None:
-            flags = ACK | FIN if seg.fin else ACK
-            out.append(pack(MAGIC, flags, remote, local, (isn + seg.start) & MASK, ack, window, nsack)
-                       + sack + seg.data)
+            if seg.fin and auth is not None:  # a FIN ends the connection: tagged (auth.py)
+                out.append(auth.join(pack(MAGIC, ACK | FIN, remote, local, (isn + seg.start) & MASK, ack, window,
+                                          marked | TAGGED), sack, seg.data))
+            else:
+                out.append(pack(MAGIC, ACK | FIN if seg.fin else ACK, remote, local, (isn + seg.start) & MASK, ack,
+                                window, marked) + sack + seg.data)
             on_sent(seg, now)
 
         self._tx.send_segments(rec, emit, now)
@@ -661,10 +512,10 @@ class RudpStream:
             if self._ping_pending:
                 flags |= PING
                 self._live.on_ping_sent(now, rec.rtt.rto)
-            out.append(pack(MAGIC, flags, remote, local, (isn + self._tx.snd_nxt) & MASK, ack, window, nsack) + sack)
+            out.append(pack(MAGIC, flags, remote, local, (isn + self._tx.snd_nxt) & MASK, ack, window, marked) + sack)
             self._ping_pending = False
         self._ack_pending = False
         answer = self._path.take_answer(remote, local)
         if answer is not None:
-            out.append(answer)
+            out.append(self._sealed(answer))
         self._pmtu.take_datagrams(remote, local, out)

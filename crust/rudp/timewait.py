@@ -18,7 +18,13 @@ by then), together with the last ACK of an orderly close:
   peer that missed our reset, or challenged an inexact one, learns of it.
   An answer is never larger than what it answers, and goes only to a
   datagram naming both ids from the peer's address: only the peer, or
-  someone on its path, can ask;
+  someone on its path, can ask.  Of a connection that was keyed (auth.py)
+  the entry keeps the key and tags the RST, so the peer's keyed stream
+  takes it; a tagged RST is 39 bytes, so only a datagram at least that
+  long gets one (a peer resending data does; one that only PINGs times
+  out instead).  An RST without a tag (a peer that crashed and lost its
+  key, or any stateless one) no longer ends a keyed connection: that peer
+  notices the silence instead (idle and inactivity timeouts);
 * our old id is not handed to a new connection while it is remembered.
 
 At most ``MAX_ENTRIES`` are kept (the oldest go first), so a churn of
@@ -30,13 +36,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
-from .packet import ACK, FIN, HEADER, MAGIC, PATH, RST
+from .auth import PathAuth
+from .packet import ACK, FIN, HEADER, HEADER_SIZE, MAGIC, PATH, RST
 from .recovery import MAX_RTO
 
 __all__ = ["TIME_WAIT", "MAX_ENTRIES", "TimeWait"]
 
 TIME_WAIT = 2 * MAX_RTO  # seconds
-MAX_ENTRIES = 4096  # closed connections remembered per socket: ~0.8 MiB at most
+MAX_ENTRIES = 4096  # closed connections remembered per socket: ~0.8 MiB, +1.2 MiB if all were keyed (PathAuth)
 
 Address = tuple[str, int]
 
@@ -46,6 +53,7 @@ class _Entry(NamedTuple):
     addr: Address
     remote_id: int
     last_ack: bytes | None
+    auth: PathAuth | None
 
 
 class TimeWait:
@@ -73,7 +81,8 @@ class TimeWait:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, local_id: int, addr: Address, remote_id: int, last_ack: bytes | None, now: float) -> None:
+    def add(self, local_id: int, addr: Address, remote_id: int, last_ack: bytes | None, now: float,
+            auth: PathAuth | None = None) -> None:
         """Remember a connection that just closed.
 
         Args:
@@ -82,12 +91,13 @@ class TimeWait:
             remote_id: the peer's id (0 if it never sent one: then only our id is kept).
             last_ack: what to answer a resent FIN with, or None.
             now: the current time in seconds.
+            auth: the connection's tagging state if it was keyed: its RSTs are tagged.
         """
         self._expire(now)
         self._drop(local_id)
         while len(self._entries) >= self.limit:
             self._drop(next(iter(self._entries)))
-        self._entries[local_id] = _Entry(now + self.duration, addr, remote_id, last_ack)
+        self._entries[local_id] = _Entry(now + self.duration, addr, remote_id, last_ack, auth)
         if remote_id:
             self._syns[(addr, remote_id)] = local_id
 
@@ -101,7 +111,8 @@ class TimeWait:
         self._expire(now)
         return (addr, src) in self._syns
 
-    def answer(self, addr: Address, dst: int, src: int, flags: int, ack: int, now: float) -> bytes | None:
+    def answer(self, addr: Address, dst: int, src: int, flags: int, ack: int, now: float,
+               size: int = HEADER_SIZE) -> bytes | None:
         """What to send back for a datagram for no open connection, or None.
 
         Args:
@@ -110,12 +121,14 @@ class TimeWait:
             flags: its flags.
             ack: its ack field.
             now: the current time in seconds.
+            size: its length in bytes: no answer is longer.
 
         Returns:
             The last ACK again for a FIN of an orderly closed connection; an
             RST for a datagram (with ACK, no RST) of one that ended otherwise;
-            None for everything else, and for whatever names no remembered
-            connection from that address.
+            None for everything else, for whatever names no remembered
+            connection from that address, and when the answer would be
+            longer than the datagram.
         """
         self._expire(now)
         entry = self._entries.get(dst)
@@ -123,8 +136,12 @@ class TimeWait:
                 or not flags & ACK:
             return None
         if entry.last_ack is not None:
-            return entry.last_ack if flags & FIN else None
-        return HEADER.pack(MAGIC, RST, src, dst, ack, 0, 0, 0)
+            answer = entry.last_ack if flags & FIN else None
+        else:
+            answer = HEADER.pack(MAGIC, RST, src, dst, ack, 0, 0, 0)
+            if entry.auth is not None:
+                answer = entry.auth.seal(answer)
+        return answer if answer is not None and len(answer) <= size else None
 
     def _expire(self, now: float) -> None:
         entries = self._entries

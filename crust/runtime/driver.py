@@ -49,7 +49,7 @@ from typing import Callable, NoReturn, Protocol
 
 from ..discovery.beacon import Reply
 from ..discovery.lan import LanBeacon
-from ..effects import Close, Dial, SendCredit, SendDatagram, Write
+from ..effects import Close, Dial, KeyPath, SendCredit, SendDatagram, Write
 from ..engine import Engine
 from ..events import Event
 from ..ids import ConnId, Endpoint, PeerId
@@ -84,6 +84,9 @@ class Transport(Protocol):
 
     def send_datagram(self, data: bytes, endpoint: Endpoint) -> None:
         """Send one datagram from the rUDP socket (``SendDatagram``); losing it is fine."""
+
+    def key_path(self, conn: ConnId, key: bytes) -> None:
+        """Tag ``conn``'s datagrams with ``key`` (``KeyPath``) if it is an rUDP stream; ignored otherwise."""
 
 
 class BeaconPort(Protocol):
@@ -124,7 +127,7 @@ class Driver:
         """Say where the engine's outputs go.
 
         Args:
-            transport: carries out ``Dial``, ``Write``, ``Close`` and ``SendDatagram``.
+            transport: carries out ``Dial``, ``Write``, ``Close``, ``SendDatagram`` and ``KeyPath``.
             on_events: called after every pump round with the events it took
                 (often none): the shell's bookkeeping, then the dispatcher.
             on_credit: ``SendCredit``: bytes of ``peer_id``'s queued messages
@@ -207,6 +210,8 @@ class Driver:
                 transport.send_datagram(effect.data, effect.endpoint)
             elif isinstance(effect, Close):
                 transport.close(effect.conn, effect.flush)
+            elif isinstance(effect, KeyPath):
+                transport.key_path(effect.conn, effect.key)
             else:
                 raise TypeError(f"the driver does not know the effect {effect!r}")
         beacon, port = self._beacon, self._beacon_port

@@ -1,7 +1,7 @@
 """Streams: every byte stream of one Service, and the sockets that make them.
 
 The engine names streams by ``ConnId`` and speaks in effects (``Dial``,
-``Write``, ``Close``, ``SendDatagram``) and completions (``handle_accepted``,
+``Write``, ``Close``, ``SendDatagram``, ``KeyPath``) and completions (``handle_accepted``,
 ``handle_connected``, ``receive_data``, ``handle_sent``, ``handle_closed``,
 ``receive_datagram``).  ``Streams`` is the real shell's
 :class:`~crust.runtime.driver.Transport`: the :class:`~crust.runtime.driver.Driver`
@@ -203,6 +203,12 @@ class Streams:
             stream.close(flush=True, on_done=functools.partial(self._flushing.discard, stream))
         else:
             stream.close(flush=False)
+
+    def key_path(self, conn: ConnId, key: bytes) -> None:
+        """Give an rUDP ``conn`` its path key (``KeyPath``); a TCP stream or a gone one ignores it."""
+        stream = self._streams.get(conn)
+        if isinstance(stream, RudpConnection):
+            stream.set_path_key(key)
 
     def pause_reading(self, conn: ConnId) -> bool:
         """Stop reading ``conn`` (its peer's messages wait for the callbacks); False if it is gone."""

@@ -183,6 +183,17 @@ class RudpConnection:
             return
         self._reset()
 
+    def set_path_key(self, key: bytes) -> None:
+        """Tag this connection's datagrams with the secure channel's path key (``RudpStream.set_path_key``).
+
+        Ignored once closed.
+
+        Raises:
+            TypeError, ValueError: ``key`` is not 32 bytes, or the connection is keyed already.
+        """
+        if not self._closed:
+            self._stream.set_path_key(key)
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "closing" if self._closing else (
             "connected" if self._stream.connected else "connecting")
@@ -307,12 +318,15 @@ class RudpSocket:
     moves the connection there.  A NAT rebinding therefore costs a round
     trip, not the stream; a blind spoofer cannot start a move (the ids), and
     one on the path cannot move it to an address that does not answer -- a
-    victim it would reflect our traffic to (docs/security.md).
+    victim it would reflect our traffic to -- nor, once the secure channel
+    has keyed the connection (:meth:`RudpConnection.set_path_key`), answer
+    the challenge itself: the answer must carry a tag under the path key
+    (``crust.rudp.auth``; docs/security.md).
 
     *TIME_WAIT.*  A closed connection is remembered for a while
     (``crust.rudp.timewait``): its late SYNs open nothing, a resent FIN gets
     the last ACK again, other datagrams of a connection that ended otherwise
-    get an RST, and its id is not reused.
+    get an RST (tagged if the connection was keyed), and its id is not reused.
 
     Reactor thread only, like :class:`UdpSocket`.
     """
@@ -436,7 +450,7 @@ class RudpSocket:
         stream = conn._stream
         if self._by_id.pop(stream.local_id, None) is conn:
             self._time_wait.add(stream.local_id, conn._remote, stream.remote_id, stream.final_ack(),
-                                self.reactor.time())
+                                self.reactor.time(), stream.path_auth)
         self._unindex(conn)
 
     def _unindex(self, conn: RudpConnection) -> None:
@@ -483,7 +497,7 @@ class RudpSocket:
             self.dropped += 1
             header = parse_header(data)
             if header is not None and header[7] >= 0:
-                reply = self._time_wait.answer(addr, dst, src, header[0], header[4], now)
+                reply = self._time_wait.answer(addr, dst, src, header[0], header[4], now, len(data))
                 if reply is not None:
                     self._udp.sendto(reply, addr)
             return

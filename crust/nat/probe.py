@@ -2,7 +2,7 @@
 
 Three messages share the rUDP socket (``transport.udp.RudpSocket`` hands
 every datagram that :func:`crust.rudp.peek_ids` refuses to its
-``on_other``; rUDP owns first byte ``0xC6``, these start with ``0xC3``):
+``on_other``; rUDP owns first byte ``0xC7``, these start with ``0xC3``):
 
 * **peer STUN** (:class:`EchoRequest` / :class:`EchoResponse`): "from which
   address do you see me?".  Any crust node answers a request with the source
@@ -77,7 +77,7 @@ __all__ = [
     "decode",
 ]
 
-MAGIC = b"\xc3CRNP"  # "crust NAT probe"; 0xC3 never starts an rUDP datagram (0xC6)
+MAGIC = b"\xc3CRNP"  # "crust NAT probe"; 0xC3 never starts an rUDP datagram (0xC7)
 VERSION = 1
 NONCE_SIZE = 12
 HEADER_SIZE = len(MAGIC) + 2

@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import selectors
 import socket
 import sys
 from typing import Callable
 
-from ..errors import ListenerError
 from .reactor import Reactor
-from .sockets import bind_socket, host_port
+from .sockets import ReadingSocket, bind_socket, host_port
 
 __all__ = ["UdpSocket"]
 
@@ -48,13 +46,12 @@ _RECV_SIZE = 2048  # bytes per recvfrom() by default: crust's datagrams stay und
 # the IPv6 twin): a datagram too large for the path is lost, which is what path MTU probing listens for.
 _PMTUDISC = {socket.AF_INET: (socket.IPPROTO_IP, 10, 3), socket.AF_INET6: (socket.IPPROTO_IPV6, 23, 3)}
 _MAX_READS_PER_EVENT = 64  # datagrams per readiness event, for fairness
-_EVENT_READ = selectors.EVENT_READ
 # ICMP errors that some systems (Windows; Linux on connected sockets) report on a
 # later recvfrom: they concern an earlier datagram, not this socket.
 _STALE_ERRORS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
 
-class UdpSocket:
+class UdpSocket(ReadingSocket):
     """A bound UDP socket that hands each datagram it receives to ``on_datagram``.
 
     Create, use and close it on the reactor thread (or before the reactor starts).
@@ -87,30 +84,11 @@ class UdpSocket:
             ListenerError: the address is not an IP literal, or bind failed (port
                 in use, no permission); the OSError is the ``__cause__``.
         """
-        self._reactor = reactor
         self._on_datagram = on_datagram
         self._recv_size = recv_size
-        self._closed = False
         sock = bind_socket("udp", host, port, reuse_port=reuse_port)
-        try:
-            if broadcast:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            self._address = host_port(sock.getsockname())
-            reactor.register(sock, _EVENT_READ, self._on_readable)
-        except OSError as err:
-            sock.close()
-            raise ListenerError(f"cannot bind UDP {host}:{port}: {err}") from err
-        self._sock = sock
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``, with the port the kernel chose if 0 was asked."""
-        return self._address
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
+        allow_broadcast = (lambda s: s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)) if broadcast else None
+        super().__init__(reactor, sock, self._on_readable, f"bind UDP {host}:{port}", allow_broadcast)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> bool:
         """Send one datagram to ``addr`` (an IP literal and port) without blocking.
@@ -155,15 +133,6 @@ class UdpSocket:
                 self._sock.setsockopt(socket.SOL_SOCKET, option, nbytes)
             except OSError as err:
                 logger.debug("udp %s: cannot set buffer size: %s", self._address, err)
-
-    def close(self) -> None:
-        """Stop reading and close the socket.  Reactor thread only; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        # Unregister before close: the fd number may be reused at once.
-        self._reactor.unregister(self._sock)
-        self._sock.close()
 
     def __repr__(self) -> str:
         return f"<UdpSocket {self._address}{' closed' if self._closed else ''}>"

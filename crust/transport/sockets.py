@@ -2,7 +2,9 @@
 
 :func:`bind_socket` is the one place TCP and UDP sockets get their socket
 options and their port, for listeners and for connections from a fixed port
-alike; :func:`resolve` and :func:`host_port` convert addresses.
+alike; :func:`resolve` and :func:`host_port` convert addresses;
+:class:`ReadingSocket` is what a bound socket read by the reactor (a TCP
+listener, a UDP socket) knows of its address and of closing.
 
 *Sharing a port.*  POSIX TCP sockets always get ``SO_REUSEADDR``: a
 restarted node rebinds its port while old connections sit in TIME_WAIT,
@@ -17,12 +19,16 @@ which must leave from the port the peer was told about.
 from __future__ import annotations
 
 import os
+import selectors
 import socket
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from ..errors import ListenerError
 
-__all__ = ["SockAddr", "resolve", "host_port", "bind_socket"]
+if TYPE_CHECKING:  # the reactor imports nothing of this module; the type is for annotations only
+    from .reactor import Reactor
+
+__all__ = ["SockAddr", "resolve", "host_port", "bind_socket", "ReadingSocket"]
 
 SockAddr = tuple[Any, ...]  # (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6
 
@@ -86,3 +92,61 @@ def bind_socket(kind: Literal["tcp", "udp"], host: str, port: int, *, reuse_port
             sock.close()
         raise ListenerError(f"cannot bind {kind.upper()} {host}:{port}: {err}") from err
     return sock
+
+
+class ReadingSocket:
+    """A bound socket the reactor reads: its address, whether it is closed, and one way to close it.
+
+    The half that :class:`~crust.transport.tcp_listener.TcpListener` and
+    :class:`~crust.transport.datagram.UdpSocket` share.  Reactor thread only
+    (or before the reactor starts), so nothing takes a lock.
+    """
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, on_readable: Callable[[int], None],
+                 failure: str, setup: Callable[[socket.socket], object] | None = None) -> None:
+        """Take ``sock`` over: run ``setup`` on it, then register it for reading.
+
+        Args:
+            reactor: the reactor that will call ``on_readable(mask)``.
+            sock: a bound socket; closed here if anything below fails.
+            on_readable: the reactor's callback.
+            failure: what was being done, for the error (``"listen on 127.0.0.1:0"``).
+            setup: what the socket needs before it is read (``listen``, a socket option).
+
+        Raises:
+            ListenerError: ``setup`` or registering failed; the OSError is the ``__cause__``.
+        """
+        self._reactor = reactor
+        self._closed = False
+        try:
+            if setup is not None:
+                setup(sock)
+            self._address = host_port(sock.getsockname())
+            reactor.register(sock, selectors.EVENT_READ, on_readable)
+        except OSError as err:
+            sock.close()
+            raise ListenerError(f"cannot {failure}: {err}") from err
+        self._sock = sock
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``, with the port the kernel chose if 0 was asked."""
+        return self._address
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop reading and close the socket.  Reactor thread only; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing()
+        # Unregister before close: the fd number may be reused at once.
+        self._reactor.unregister(self._sock)
+        self._sock.close()
+
+    def _closing(self) -> None:
+        """Let go of what a subclass holds besides the socket (a timer); runs once, before it closes."""

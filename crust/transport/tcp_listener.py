@@ -21,7 +21,7 @@ from typing import Callable
 
 from ..errors import ListenerError
 from .reactor import Reactor, TimerHandle
-from .sockets import bind_socket, host_port
+from .sockets import ReadingSocket, bind_socket, host_port
 
 __all__ = ["TcpListener"]
 
@@ -35,7 +35,7 @@ _EVENT_READ = selectors.EVENT_READ
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-class TcpListener:
+class TcpListener(ReadingSocket):
     """A listening TCP socket that hands each accepted connection to ``on_accept``.
 
     Create, use and close it on the reactor thread (or before the reactor starts).
@@ -70,43 +70,19 @@ class TcpListener:
             ListenerError: the address is not an IP literal, or bind/listen failed
                 (port in use, no permission); the OSError is the ``__cause__``.
         """
-        self._reactor = reactor
         self._on_accept = on_accept
-        self._closed = False
         self._retry_timer: TimerHandle | None = None
         try:
             sock = bind_socket("tcp", host, port, reuse_port=reuse_port)
         except ListenerError as err:  # the same failure in a listener's words, with the OSError as cause
             raise ListenerError(f"cannot listen on {host}:{port}: {err.__cause__}") from err.__cause__
-        try:
-            sock.listen(backlog)
-            reactor.register(sock, _EVENT_READ, self._on_readable)
-        except OSError as err:
-            sock.close()
-            raise ListenerError(f"cannot listen on {host}:{port}: {err}") from err
-        self._sock = sock
-        self._address = host_port(sock.getsockname())
+        super().__init__(reactor, sock, self._on_readable, f"listen on {host}:{port}",
+                         lambda s: s.listen(backlog))
 
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``, with the port the kernel chose if 0 was asked."""
-        return self._address
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
-
-    def close(self) -> None:
-        """Stop accepting and close the socket.  Reactor thread only; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    def _closing(self) -> None:
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
-        self._reactor.unregister(self._sock)
-        self._sock.close()
 
     def _on_readable(self, mask: int) -> None:
         accept = self._sock.accept

@@ -16,10 +16,11 @@ connection -- a PATH answer (PATH | ACK), an RST and every datagram with
 FIN.  A PATH challenge is not: it moves nothing (only its answer does),
 its answer goes to the peer's known address whoever sent it, and at 23
 bytes any datagram of the peer's from a new address -- a keep-alive PING
-too -- is large enough to be answered with one.  Data and acks are not tagged: tagging them too would also stop
-garbage injected at the next sequence number by someone who sees the ids,
-but it cost a quarter of the 64 KiB goodput (docs/security.md), and the
-secure channel above already refuses such bytes.
+too -- is large enough to be answered with one.  Data and acks are not
+tagged: tagging them too would also stop garbage injected at the next
+sequence number by someone who sees the ids, but it cost about half the
+64 KiB goodput (docs/security.md), and the secure channel above already
+refuses such bytes.
 
 *When.*  The two ends key at different moments: the secure handshake's
 initiator when it writes the last handshake message, the responder when it

@@ -100,9 +100,12 @@ class Engine:
 
     def take_effects(self) -> list[Effect]:
         """Everything the shell must do now, in order (flushes queued messages into frames first)."""
-        core = self._core
-        self._peers.flush_dirty()
-        self._circuits.flush_acks()
+        core, peers, circuits = self._core, self._peers, self._circuits
+        # Tested here, not in the callees: this runs every pump round, and most rounds have neither.
+        if peers.dirty:
+            peers.flush_dirty()
+        if circuits.acks_due:
+            circuits.flush_acks()
         effects, core.effects = core.effects, []
         return effects
 

@@ -215,12 +215,17 @@ class Relaying:
 
     # -- writing --------------------------------------------------------------------------
 
-    def sent(self, conn: Conn, now: float) -> None:
-        """``conn`` wrote bytes to the kernel: circuits waiting for room on it may go on."""
+    def sent(self, conn: Conn, now: float) -> bool:
+        """``conn`` wrote bytes to the kernel: circuits waiting for room on it may go on.
+
+        Returns:
+            Whether a leg was waiting (then :meth:`next_timer` may have moved).
+        """
         if not self._waiting:  # every write completion of every connection comes here
-            return
+            return False
         for leg in [leg for leg in self._waiting if leg.conn is conn]:
             self._drain(leg, now)
+        return True
 
     def next_timer(self) -> float:
         """When the earliest waiting circuit's bucket has room again (``NEVER`` if none)."""

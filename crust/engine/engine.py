@@ -409,7 +409,8 @@ class Engine:
         conn.unsent -= nbytes
         conn.bytes_out += nbytes
         self._peers.sent(conn)
-        if self._relaying.sent(conn, now):
+        if self._relaying.waiting:  # circuits we relay wait for room: draining them moves the relay's timer
+            self._relaying.sent(conn, now)
             self._cold_timer = None
 
     def handle_closed(self, conn_id: ConnId, error: str | None, now: float) -> None:

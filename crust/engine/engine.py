@@ -391,6 +391,9 @@ class Engine:
             # link's limits, a flood closes it) holds from the very next frame on.
             while (batch := channel.next_batch()) is not None:
                 for message in batch:
+                    if type(message) is Data and conn.state is ExchangeState.ESTABLISHED:  # the hot path, inline
+                        core.events.append(MessageReceived(conn.peer_id, message.chunk))  # type: ignore[arg-type]
+                        continue
                     self._on_message(conn, message, now)
                     if conn.id not in core.conns:
                         return  # that message closed it: the rest of the batch and the stream are moot
@@ -504,13 +507,11 @@ class Engine:
                                                      shareable=core.config.peer_exchange))
 
     def _on_message(self, conn: Conn, message: Message, now: float) -> None:
+        """A record :meth:`receive_data` does not take inline (all but ``Data`` on an established connection)."""
+        self._cold_timer = None  # any such record may move a concern's timer
         peers = self._peers
-        if conn.state is ExchangeState.ESTABLISHED:  # the hot path: rows exist, the lookup is skipped
+        if conn.state is ExchangeState.ESTABLISHED:  # rows exist for these: the table lookup is skipped
             kind = type(message)
-            if kind is Data:
-                self._core.events.append(MessageReceived(conn.peer_id, message.chunk))  # type: ignore[arg-type, union-attr]
-                return
-            self._cold_timer = None  # any other record may move a concern's timer
             if kind is Heartbeat:
                 peers.on_heartbeat(conn, message, now)  # type: ignore[arg-type]
                 return
@@ -523,10 +524,8 @@ class Engine:
             if kind in _RELAY_MESSAGES:
                 self._on_relay_message(conn, message, now)
                 return
-        else:
-            self._cold_timer = None
-            if conn.circuit is not None and not isinstance(message, _OVER_A_CIRCUIT):
-                raise RemoteProtocolError(f"{type(message).__name__} over a relay: only connect() runs there")
+        elif conn.circuit is not None and not isinstance(message, _OVER_A_CIRCUIT):
+            raise RemoteProtocolError(f"{type(message).__name__} over a relay: only connect() runs there")
         self._core.move(conn, type(message).__name__)
         if isinstance(message, BootstrapRequest):
             self._admission.on_request(conn, message, now)

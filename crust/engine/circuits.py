@@ -75,7 +75,7 @@ class Circuits:
         self._sent = sent
         self._ends: dict[tuple[ConnId, int], Conn] = {}
         self._closing: dict[tuple[ConnId, int], tuple[Conn, float]] = {}  # closed ends still sending their tail
-        self._to_ack: dict[ConnId, Conn] = {}
+        self.acks_due: dict[ConnId, Conn] = {}  # circuit data taken, to acknowledge (the engine tests it per turn)
         core.circuits = self
         core.conn_forgotten.append(self._on_forgotten)
 
@@ -147,7 +147,7 @@ class Circuits:
         circuit = conn.circuit
         assert circuit is not None
         circuit.to_ack += len(data.chunk)
-        self._to_ack[conn.id] = conn
+        self.acks_due[conn.id] = conn
         self._feed(conn.id, data.chunk, now)
 
     def on_ack(self, carrier: Conn, ack: RelayAck, now: float) -> None:
@@ -179,7 +179,7 @@ class Circuits:
         closing = self._closing.pop(key, None)
         conn = self._ends.pop(key, None)
         if conn is not None:
-            self._to_ack.pop(conn.id, None)
+            self.acks_due.pop(conn.id, None)
             self._core.fail_conn(conn, f"relay closed the circuit: {CLOSE_REASONS[close.reason]}", close=False)
         for ended in (conn, closing[0] if closing else None):
             if ended is not None:
@@ -187,15 +187,15 @@ class Circuits:
 
     def flush_acks(self) -> None:
         """Acknowledge what each circuit's connection took this turn (not while its reading is paused)."""
-        if not self._to_ack:
+        if not self.acks_due:
             return
-        pending, self._to_ack = self._to_ack, {}
+        pending, self.acks_due = self.acks_due, {}
         by_carrier: dict[ConnId, tuple[Conn, list[RelayAck]]] = {}
         for conn in pending.values():
             circuit = conn.circuit
             assert circuit is not None
             if conn.paused:
-                self._to_ack[conn.id] = conn  # resumed later: reading_paused puts it back
+                self.acks_due[conn.id] = conn  # resumed later: reading_paused puts it back
                 continue
             if circuit.to_ack and conn.id in self._core.conns:
                 by_carrier.setdefault(circuit.carrier.id, (circuit.carrier, []))[1].append(
@@ -208,7 +208,7 @@ class Circuits:
     def resumed(self, conn: Conn) -> None:
         """``conn``'s reading resumed: what it took meanwhile may be acknowledged now."""
         if conn.circuit is not None and conn.circuit.to_ack:
-            self._to_ack[conn.id] = conn
+            self.acks_due[conn.id] = conn
 
     # -- CircuitIO: what Core hands us instead of the shell -----------------------------------
 
@@ -229,7 +229,7 @@ class Circuits:
         circuit = conn.circuit
         assert circuit is not None
         key = (circuit.carrier.id, circuit.number)
-        self._to_ack.pop(conn.id, None)
+        self.acks_due.pop(conn.id, None)
         if self._ends.pop(key, None) is None:
             return
         carrier = circuit.carrier
@@ -301,7 +301,7 @@ class Circuits:
             closing = self._closing.pop(key, None)
             end = self._ends.pop(key, None)
             if end is not None:
-                self._to_ack.pop(end.id, None)
+                self.acks_due.pop(end.id, None)
                 self._core.fail_conn(end, "the connection to the relay was lost", close=False)
             for ended in (end, closing[0] if closing else None):
                 if ended is not None:

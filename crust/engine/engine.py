@@ -25,6 +25,16 @@ module per concern, all sharing one :class:`~crust.engine.core.Core`
 * ``circuits`` and ``relay``: connections relayed through a mutual peer, as
   an end and as the relay.
 
+The timer.  :meth:`get_timer` runs after every pump, so it keeps the
+earliest timer of every concern but the connection heap (``_cold_timer``)
+and asks them again only after an input that may have moved one: every
+input and command but the data path (:meth:`send`, a ``Data`` record in
+:meth:`receive_data`, :meth:`handle_sent` with no relay leg waiting, and
+:meth:`take_effects`, which only seals and writes), which leaves those
+timers as they were.  The heap's top is read afresh each time, and a kept
+time already past (an observer's check is "the next one after now") is
+asked again.
+
 A connection runs the secure handshake, then the exchange
 (``handshake.states.EXCHANGE``, through which every state change goes):
 the initiator says why it came, the responder grants, denies or answers.
@@ -94,15 +104,19 @@ class Engine:
         self._external = ExternalAddresses(core, self._peers)
         self._external.changed.append(self._upgrades.network_changed)
         self._mesh = Mesh(core, self._peers, self._runs)
+        self._cold_timer: float | None = None  # the concerns' earliest timer, heap aside; None: ask them (get_timer)
         self.closed = False
 
     # -- outputs ------------------------------------------------------------
 
     def take_effects(self) -> list[Effect]:
         """Everything the shell must do now, in order (flushes queued messages into frames first)."""
-        core = self._core
-        self._peers.flush_dirty()
-        self._circuits.flush_acks()
+        core, peers, circuits = self._core, self._peers, self._circuits
+        # Tested here, not in the callees: this runs every pump round, and most rounds have neither.
+        if peers.dirty:
+            peers.flush_dirty()
+        if circuits.acks_due:
+            circuits.flush_acks()
         effects, core.effects = core.effects, []
         return effects
 
@@ -115,11 +129,20 @@ class Engine:
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, if ever."""
         core = self._core
-        soonest = min(core.next_timer(), self._runs.next_timer(), self._rendezvous.next_timer(),
-                      self._peers.next_timer(), self._external.next_timer(core.now), self._punching.next_timer(),
-                      self._mesh.next_timer(), self._circuits.next_timer(), self._relaying.next_timer(),
-                      self._upgrades.next_timer())
+        cold = self._cold_timer
+        if cold is None or cold <= core.now:  # see "The timer" in the module docstring
+            cold = self._cold_timer = min(
+                self._runs.next_timer(), self._rendezvous.next_timer(), self._peers.next_timer(),
+                self._external.next_timer(core.now), self._punching.next_timer(), self._mesh.next_timer(),
+                self._circuits.next_timer(), self._relaying.next_timer(), self._upgrades.next_timer())
+        timers = core.timers
+        soonest = timers[0][0] if timers and timers[0][0] < cold else cold
         return None if soonest == NEVER else soonest
+
+    def _moved(self, now: float) -> None:
+        """An input that may move any concern's timer: ``now`` is the clock, and get_timer asks them all again."""
+        self._core.now = now
+        self._cold_timer = None
 
     # -- queries --------------------------------------------------------------
 
@@ -130,7 +153,7 @@ class Engine:
 
     @accept_bootstrap.setter
     def accept_bootstrap(self, accept: bool) -> None:
-        self._admission.accepting = accept
+        self._admission.accepting = accept  # admission keeps no timer
 
     def is_connected(self, peer_id: PeerId) -> bool:
         """True while ``peer_id`` is a connected peer."""
@@ -164,6 +187,7 @@ class Engine:
 
     def connection_info(self, token: bytes, now: float) -> PrivConnectionInfo:
         """Our connection info with ``token``: every candidate we know of and our relays."""
+        self._cold_timer = None  # the observer may prune its votes
         return self._external.connection_info(token, self.relays(), now)
 
     def relay_stats(self) -> RelayStats:
@@ -172,15 +196,17 @@ class Engine:
 
     def nat_info(self, now: float) -> NatInfo:
         """What peers told us of our external endpoints and NAT (see :mod:`crust.nat.observe`)."""
+        self._cold_timer = None  # the observer may prune its votes
         return self._external.nat_info(now)
 
     def listeners(self, now: float) -> list[Endpoint]:
         """Where we accept, local and external, TCP first: what we announce to peers."""
+        self._cold_timer = None  # the observer may prune its votes
         return self._external.announced(self._core.listeners, now)
 
     def set_mapped(self, endpoints: Sequence[Endpoint], now: float) -> None:
         """External endpoints a router maps to our listeners (UPnP)."""
-        self._core.now = now
+        self._moved(now)
         self._external.mapped = tuple(endpoints)
         self._external.check_announced(now)
 
@@ -200,6 +226,7 @@ class Engine:
 
     def set_listeners(self, endpoints: Sequence[Endpoint]) -> None:
         """The endpoints we accept on, announced in our BootstrapRequests."""
+        self._cold_timer = None
         self._core.listeners = tuple(endpoints)
         self._external.check_announced(self._core.now)
         self._relaying.offer()
@@ -211,7 +238,7 @@ class Engine:
         With a socket to observe, the engine starts asking peers where they see it.
         """
         core, external = self._core, self._external
-        core.now = now
+        self._moved(now)
         if tuple(local_ips) != external.local_ips and external.local_ips:
             external.observer.reset()  # a new network: old observations mean nothing
         external.tcp_port, external.udp_port, external.local_ips = tcp_port, udp_port, tuple(local_ips)
@@ -225,7 +252,7 @@ class Engine:
         The run ends with one ``BootstrapFinished`` event: the first granted
         peer, or ``None`` and each contact's failure.
         """
-        self._core.now = now
+        self._moved(now)
         self._mesh.bootstrapped(user, now)
         return self._runs.start(contacts, blacklist=blacklist, user=user, timeout=timeout, now=now)
 
@@ -241,14 +268,14 @@ class Engine:
         (``their_relays``, ``our_relays``).  Ends with one ``ConnectFinished``
         event (at once if already connected).
         """
-        self._core.now = now
+        self._moved(now)
         self._rendezvous.start(peer_id, endpoints, tcp_punch=tcp_punch, udp_punch=udp_punch,
                                their_token=their_token, our_token=our_token, timeout=timeout,
                                their_relays=their_relays, our_relays=our_relays, now=now)
 
     def stop_bootstrap(self, now: float) -> None:
         """Abandon every bootstrap run (each reports ``BootstrapFinished`` with no peer)."""
-        self._core.now = now
+        self._moved(now)
         self._runs.stop()
 
     def send(self, peer_id: PeerId, priority: int, data: bytes, now: float) -> None:
@@ -257,12 +284,12 @@ class Engine:
         Raises:
             PeerNotFound: not connected to ``peer_id``.
         """
-        self._core.now = now
+        self._core.now = now  # the data path: no concern's timer moves (module docstring)
         self._peers.send(peer_id, priority, data, now)
 
     def disconnect(self, peer_id: PeerId, now: float) -> bool:
         """Say Goodbye to ``peer_id`` and drop it (``PeerLost`` is reported here too)."""
-        self._core.now = now
+        self._moved(now)
         if peer_id not in self._peers.table:
             return False
         self._peers.lose(peer_id, "disconnected", GoodbyeReason.CLOSED)
@@ -271,7 +298,7 @@ class Engine:
     def ban(self, peer_ids: Iterable[PeerId], ips: Iterable[str], now: float) -> None:
         """Refuse these peers and IPs for the rest of the session; drop the connected ones."""
         core = self._core
-        core.now = now
+        self._moved(now)
         core.banned_ids.update(peer_ids)
         core.banned_ips.update(str(ipaddress.ip_address(ip)) for ip in ips)
         for peer in list(self._peers.table.values()):
@@ -289,7 +316,7 @@ class Engine:
         judged by its relay's IP, the only one we see.
         """
         core = self._core
-        core.now = now
+        self._moved(now)
         core.config = dataclasses.replace(core.config, whitelisted_node_ips=node_ips,
                                           whitelisted_client_ips=client_ips)
         for peer in list(self._peers.table.values()):
@@ -300,7 +327,7 @@ class Engine:
     def close(self, now: float) -> None:
         """Say Goodbye to every peer and close every connection.  No events follow."""
         core = self._core
-        core.now = now
+        self._moved(now)
         self.closed = True
         for peer in list(self._peers.table.values()):
             if peer.conn is not None:
@@ -316,7 +343,7 @@ class Engine:
     def handle_accepted(self, remote: Endpoint, now: float) -> ConnId | None:
         """A stream from ``remote`` was accepted; returns its id, or None to close it at once."""
         core = self._core
-        core.now = now
+        self._moved(now)
         if self.closed or remote.host in core.banned_ips:
             return None
         core.evict_pending(remote.host)
@@ -338,14 +365,16 @@ class Engine:
 
     def receive_data(self, conn_id: ConnId, data: bytes, now: float) -> None:
         """Bytes arrived on ``conn_id``."""
-        conn = self._input(conn_id, now)
+        core = self._core
+        core.now = now  # the data path; what else a record brings marks the timers moved (_on_message)
+        conn = core.conns.get(conn_id)
         if conn is None:
             return
-        core = self._core
         conn.last_rx = now
         conn.bytes_in += len(data)
         try:
             if conn.channel is None:
+                self._cold_timer = None  # the handshake, and the exchange it starts
                 assert conn.handshake is not None
                 conn.handshake.receive_data(data)
                 core.write_handshake(conn)
@@ -362,6 +391,9 @@ class Engine:
             # link's limits, a flood closes it) holds from the very next frame on.
             while (batch := channel.next_batch()) is not None:
                 for message in batch:
+                    if type(message) is Data and conn.state is ExchangeState.ESTABLISHED:  # the hot path, inline
+                        core.events.append(MessageReceived(conn.peer_id, message.chunk))  # type: ignore[arg-type]
+                        continue
                     self._on_message(conn, message, now)
                     if conn.id not in core.conns:
                         return  # that message closed it: the rest of the batch and the stream are moot
@@ -372,13 +404,17 @@ class Engine:
 
     def handle_sent(self, conn_id: ConnId, nbytes: int, now: float) -> None:
         """``nbytes`` written on ``conn_id`` reached the kernel."""
-        conn = self._input(conn_id, now)
+        core = self._core
+        core.now = now  # the data path, unless a relay leg waited for this room
+        conn = core.conns.get(conn_id)
         if conn is None:
             return
         conn.unsent -= nbytes
         conn.bytes_out += nbytes
         self._peers.sent(conn)
-        self._relaying.sent(conn, now)
+        if self._relaying.waiting:  # circuits we relay wait for room: draining them moves the relay's timer
+            self._relaying.sent(conn, now)
+            self._cold_timer = None
 
     def handle_closed(self, conn_id: ConnId, error: str | None, now: float) -> None:
         """The stream ended: closed by the peer, reset, or a dial failed (``error`` says how)."""
@@ -393,7 +429,7 @@ class Engine:
 
     def receive_datagram(self, data: bytes, remote: Endpoint, now: float) -> None:
         """A datagram on our rUDP socket that is not rUDP (peer STUN, hole-punch probes)."""
-        self._core.now = now
+        self._moved(now)
         try:
             message = probe.decode(data)
         except RemoteProtocolError:
@@ -415,7 +451,7 @@ class Engine:
     def handle_timer(self, now: float) -> None:
         """Run everything that came due by ``now``."""
         core = self._core
-        core.now = now
+        self._moved(now)
         for conn in core.due(now):
             if conn.id in core.conns:  # an earlier one in this batch may have closed it
                 self._check_conn(conn, now)
@@ -431,7 +467,7 @@ class Engine:
 
     def _input(self, conn_id: ConnId, now: float) -> Conn | None:
         """An I/O completion's bookkeeping: the clock moves on; the connection, unless already forgotten."""
-        self._core.now = now
+        self._moved(now)
         return self._core.conns.get(conn_id)
 
     # -- routing --------------------------------------------------------------
@@ -473,12 +509,11 @@ class Engine:
                                                      shareable=core.config.peer_exchange))
 
     def _on_message(self, conn: Conn, message: Message, now: float) -> None:
+        """A record :meth:`receive_data` does not take inline (all but ``Data`` on an established connection)."""
+        self._cold_timer = None  # any such record may move a concern's timer
         peers = self._peers
-        if conn.state is ExchangeState.ESTABLISHED:  # the hot path: rows exist, the lookup is skipped
+        if conn.state is ExchangeState.ESTABLISHED:  # rows exist for these: the table lookup is skipped
             kind = type(message)
-            if kind is Data:
-                self._core.events.append(MessageReceived(conn.peer_id, message.chunk))  # type: ignore[arg-type, union-attr]
-                return
             if kind is Heartbeat:
                 peers.on_heartbeat(conn, message, now)  # type: ignore[arg-type]
                 return
@@ -557,6 +592,7 @@ class Engine:
         self._core.send_control(conn, EchoAddrResp(conn.remote))
 
     def _remote_error(self, conn: Conn, exc: RemoteProtocolError) -> None:
+        self._cold_timer = None
         core = self._core
         reason = exc.reason if isinstance(exc, HandshakeError) else str(exc)
         peer = self._peers.of(conn)

@@ -140,8 +140,8 @@ class Peers:
         core = self._core
         if conn.id not in core.conns or conn.channel is None:
             return
-        peer = self.of(conn)
-        if peer is None or (peer.draining is not None and not self.drained(peer)):
+        peer = self.table.get(conn.peer_id)  # type: ignore[arg-type]  # of()'s test, inline: once per message
+        if peer is None or peer.conn is not conn or (peer.draining is not None and not self.drained(peer)):
             return
         outbox = peer.outbox
         credit: dict[int, int] = {}
@@ -169,8 +169,8 @@ class Peers:
 
     def sent(self, conn: Conn) -> None:
         """Bytes of ``conn`` reached the kernel: its window may admit more frames."""
-        peer = self.of(conn)
-        if peer is not None and peer.outbox:
+        peer = self.table.get(conn.peer_id)  # type: ignore[arg-type]  # of()'s test, inline: once per message
+        if peer is not None and peer.conn is conn and peer.outbox:
             self.dirty[conn.id] = conn
 
     # -- the duplicate rule -----------------------------------------------------------

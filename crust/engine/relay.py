@@ -111,7 +111,7 @@ class Relaying:
         self._legs: dict[tuple[ConnId, int], _Leg] = {}
         self._by_source: dict[PeerId, int] = {}
         self._offered: set[PeerId] = set()
-        self._waiting: set[_Leg] = set()  # legs with bytes queued: written as tokens and room allow
+        self.waiting: set[_Leg] = set()  # legs with bytes queued: written as tokens and room allow (public: see sent)
         self.stats = _Counters()
         core.conn_forgotten.append(self._on_forgotten)
         peers.established.append(lambda conn, peer_id: self.offer())
@@ -216,19 +216,21 @@ class Relaying:
     # -- writing --------------------------------------------------------------------------
 
     def sent(self, conn: Conn, now: float) -> None:
-        """``conn`` wrote bytes to the kernel: circuits waiting for room on it may go on."""
-        if not self._waiting:  # every write completion of every connection comes here
-            return
-        for leg in [leg for leg in self._waiting if leg.conn is conn]:
+        """``conn`` wrote bytes to the kernel: circuits waiting for room on it may go on.
+
+        The engine calls this only while some leg waits (:attr:`waiting`): every write
+        completion of every connection passes there.
+        """
+        for leg in [leg for leg in self.waiting if leg.conn is conn]:
             self._drain(leg, now)
 
     def next_timer(self) -> float:
         """When the earliest waiting circuit's bucket has room again (``NEVER`` if none)."""
-        return min(leg.wake for leg in self._waiting) if self._waiting else NEVER
+        return min(leg.wake for leg in self.waiting) if self.waiting else NEVER
 
     def handle_timer(self, now: float) -> None:
         """Write what waited for tokens."""
-        for leg in [leg for leg in self._waiting if leg.wake <= now]:
+        for leg in [leg for leg in self.waiting if leg.wake <= now]:
             self._drain(leg, now)
 
     def _drain(self, leg: _Leg, now: float) -> None:
@@ -279,12 +281,12 @@ class Relaying:
     def _settle(self, leg: _Leg, now: float) -> None:
         """After a drain: wait for tokens or room if bytes remain; else close a finished tail."""
         if leg.queue:
-            self._waiting.add(leg)
+            self.waiting.add(leg)
             # Out of tokens: wake when the bucket is positive again; out of room: ``sent`` wakes us.
             tokens, rate = leg.relayed.tokens, self._core.config.relay_max_bytes_per_s
             leg.wake = now + (-tokens) / rate + 1e-6 if tokens <= 0 else NEVER
             return
-        self._waiting.discard(leg)
+        self.waiting.discard(leg)
         if leg.closing is not None:
             self._core.send_control(leg.conn, RelayClose(leg.number, leg.closing))
             self._legs.pop((leg.conn.id, leg.number), None)
@@ -297,7 +299,7 @@ class Relaying:
         self._forget(leg)
         for side in (leg, leg.other):
             self._legs.pop((side.conn.id, side.number), None)
-            self._waiting.discard(side)
+            self.waiting.discard(side)
             if side.conn.id in self._core.conns:
                 self._core.send_control(side.conn, RelayClose(side.number, reason))
 
@@ -305,7 +307,7 @@ class Relaying:
         """Take ``leg``'s circuit off the counts (its legs stay until their tails are written)."""
         if self._legs.pop((leg.conn.id, leg.number), None) is None:
             return
-        self._waiting.discard(leg)
+        self.waiting.discard(leg)
         other_key = (leg.other.conn.id, leg.other.number)
         if other_key not in self._legs:
             return  # the other leg was forgotten first: the circuit was already counted off

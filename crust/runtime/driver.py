@@ -186,53 +186,53 @@ class Driver:
             self._again = True
             return
         self._pumping = True
+        # One body, no helper calls: this runs two or three times per message each way.
+        engine, transport = self.engine, self._transport
         try:
+            if transport is None:
+                _unattached()
             self._again = True
-            while self._again:
+            while self._again:  # a round; an input fed during it (a write reported sent) asks for another
                 self._again = False
-                self._round()
+                for effect in engine.take_effects():
+                    if isinstance(effect, Write):  # the hot path first
+                        transport.write(effect.conn, effect.data)
+                    elif isinstance(effect, SendCredit):
+                        self._on_credit(effect.peer_id, effect.released)
+                    elif isinstance(effect, Dial):
+                        transport.dial(effect.conn, effect.endpoint, effect.local_port)
+                    elif isinstance(effect, SendDatagram):
+                        transport.send_datagram(effect.data, effect.endpoint)
+                    elif isinstance(effect, Close):
+                        transport.close(effect.conn, effect.flush)
+                    elif isinstance(effect, KeyPath):
+                        transport.key_path(effect.conn, effect.key)
+                    else:
+                        raise TypeError(f"the driver does not know the effect {effect!r}")
+                beacon, port = self._beacon, self._beacon_port
+                if beacon is not None and port is not None:
+                    for datagram, addr in beacon.datagrams_to_send(self._time()):
+                        port.send_seek(datagram, addr)
+                    while (finished := beacon.next_finished()) is not None:
+                        port.seek_done(*finished)
+                self._on_events(engine.take_events())
         finally:
             self._pumping = False
-        self._arm()
-
-    def _round(self) -> None:
-        engine, transport = self.engine, self._transport
-        if transport is None:
-            _unattached()
-        for effect in engine.take_effects():
-            if isinstance(effect, Write):  # the hot path first
-                transport.write(effect.conn, effect.data)
-            elif isinstance(effect, SendCredit):
-                self._on_credit(effect.peer_id, effect.released)
-            elif isinstance(effect, Dial):
-                transport.dial(effect.conn, effect.endpoint, effect.local_port)
-            elif isinstance(effect, SendDatagram):
-                transport.send_datagram(effect.data, effect.endpoint)
-            elif isinstance(effect, Close):
-                transport.close(effect.conn, effect.flush)
-            elif isinstance(effect, KeyPath):
-                transport.key_path(effect.conn, effect.key)
-            else:
-                raise TypeError(f"the driver does not know the effect {effect!r}")
-        beacon, port = self._beacon, self._beacon_port
-        if beacon is not None and port is not None:
-            for datagram, addr in beacon.datagrams_to_send(self._time()):
-                port.send_seek(datagram, addr)
-            while (finished := beacon.next_finished()) is not None:
-                port.seek_done(*finished)
-        self._on_events(engine.take_events())
-
-    # -- the timer ----------------------------------------------------------------------------
-
-    def _arm(self) -> None:
+        # The timer: the engine's, or the beacon's if sooner.
         if self._closed:
             return
-        when = self.engine.get_timer()
-        if self._beacon is not None:
-            other = self._beacon.get_timer()
+        when = engine.get_timer()
+        beacon = self._beacon
+        if beacon is not None:
+            other = beacon.get_timer()
             if other is not None and (when is None or other < when):
                 when = other
-        self._deadline.arm(when)
+        # The deadline is lazy (it only ever moves earlier): arm() would return at once otherwise.
+        armed = self._deadline.when
+        if when is not None and (armed is None or when < armed):
+            self._deadline.arm(when)
+
+    # -- the timer ----------------------------------------------------------------------------
 
     def _on_timer(self) -> None:
         # The lazy deadline may fire early; only a machine with something due gets handle_timer.

@@ -136,8 +136,8 @@ class OcbKey:
     """AES-OCB (TAGLEN 128) under one key, calling pycryptodome's C core directly.
 
     Only where :data:`AVAILABLE`; use :func:`crust.crypto.aes.ocb_context`,
-    which also checks the bytes.  One thread at a time (it keeps one scratch
-    pointer).
+    which also checks the bytes.  One thread at a time (it keeps a scratch
+    pointer, and the tag :meth:`open` computes).
 
     Args:
         key: 16, 24 or 32 bytes (crust uses 32).
@@ -146,13 +146,14 @@ class OcbKey:
         RuntimeError: the direct path is not available here.
     """
 
-    __slots__ = ("_key", "_slot")
+    __slots__ = ("_key", "_slot", "_tag")
 
     def __init__(self, key: bytes) -> None:
         if _LIB is None:
             raise RuntimeError("pycryptodome's OCB core cannot be called directly here (see ocb.AVAILABLE)")
         self._key = bytes(key)
         self._slot = _LIB.new("void *[1]")  # where the C start functions leave their state
+        self._tag = _LIB.new(_LIB.array, TAG_SIZE)  # where open() has the expected tag computed
 
     def _start(self, nonce: bytes) -> Any:
         """A new OCB state for ``nonce`` (it owns a new key schedule)."""
@@ -200,7 +201,7 @@ class OcbKey:
             raise ValueError("ciphertext shorter than the tag")
         source = _pointer(data)
         target, plaintext = _output(lib, size)
-        tag = lib.new(lib.array, TAG_SIZE)
+        tag = self._tag
         state = self._start(nonce)
         try:
             failed = (ad and lib.update(state, _pointer(ad), len(ad))) or lib.decrypt(state, source, target, size) \
@@ -208,7 +209,7 @@ class OcbKey:
         finally:
             lib.stop(state)
         # Checked before any plaintext leaves, in constant time (decrypt_and_verify's order).
-        if failed or not _same_tag(lib.buffer(tag)[:], memoryview(data)[size:]):
+        if failed or not _same_tag(lib.buffer(tag), memoryview(data)[size:]):
             raise ValueError("MAC check failed")
         return lib.buffer(target)[:] if plaintext is None else plaintext
 

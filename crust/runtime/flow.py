@@ -46,7 +46,7 @@ import time
 from collections import deque
 
 from ..config import MESSAGE_OVERHEAD
-from ..engine.backpressure import DeliveryTally, ReceiveBacklog, message_cost
+from ..engine.backpressure import DeliveryTally, ReceiveBacklog
 from ..errors import PeerLostError, PeerNotFound, SendTimeout, ServiceClosed
 from ..events import Event, MessageReceived
 from ..ids import PeerId
@@ -108,16 +108,24 @@ class Flow:
 
     # -- the delivering thread -------------------------------------------------------------
 
-    def delivered(self, event: Event) -> None:
-        """The dispatcher delivered ``event``: count it; a due report goes to the reactor, the backlog's owner."""
-        if type(event) is not MessageReceived:
-            return
-        report = self._tally.delivered(event.peer_id, message_cost(event.data))
-        if report is not None:
-            try:
-                self._reactor.call_soon_threadsafe(self._on_delivery_report, report)
-            except ServiceClosed:
-                pass
+    def delivered(self, events: list[Event]) -> None:
+        """The dispatcher delivered ``events``: count their messages; a due report goes to the reactor, the backlog's owner.
+
+        Per message only a dict update: ``message_cost`` inlined (``len + MESSAGE_OVERHEAD``),
+        and the tally called once per peer of the slice.
+        """
+        costs: dict[PeerId, int] = {}
+        for event in events:
+            if type(event) is MessageReceived:
+                peer_id = event.peer_id
+                costs[peer_id] = costs.get(peer_id, 0) + len(event.data) + MESSAGE_OVERHEAD
+        for peer_id, nbytes in costs.items():
+            report = self._tally.delivered(peer_id, nbytes)
+            if report is not None:
+                try:
+                    self._reactor.call_soon_threadsafe(self._on_delivery_report, report)
+                except ServiceClosed:
+                    pass
 
     # -- the reactor thread --------------------------------------------------------------
 

@@ -187,15 +187,18 @@ class SendGate:
         limit: bytes per priority before ``admit()`` waits (twice that for droppable priorities).
     """
 
-    __slots__ = ("peer_id", "_limit", "_queued", "_lock", "_cond", "_closed_by", "_waiting")
+    __slots__ = ("peer_id", "_limit", "_limits", "_queued", "_lock", "_cond", "_closed_by", "_waiting")
 
     def __init__(self, peer_id: PeerId, limit: int) -> None:
         self.peer_id = peer_id
         self._limit = limit
+        # Per priority (0..255), the count at which admit() waits: one tuple index on the hot path.
+        self._limits = (limit,) * DROP_PRIORITY + (2 * limit,) * (256 - DROP_PRIORITY)
         self._queued: dict[int, int] = {}
-        # Guards _queued and _closed_by: senders (user threads) wait on _cond, the reactor
-        # releases credit and closes.  Paths that never wait take _lock itself, the
-        # condition's lock: the same exclusion without Condition's Python-level __enter__.
+        # Guards _queued and _closed_by: senders (any user thread: several may add at once, so
+        # a bare counter would lose updates) and the reactor (releases credit, closes).  Senders
+        # wait on _cond; paths that never wait take _lock itself, the condition's lock: the same
+        # exclusion without Condition's Python-level __enter__.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._closed_by: type[Exception] | None = None
@@ -212,18 +215,33 @@ class SendGate:
         A message larger than the limit is admitted once the queue is empty
         below it, so any message up to ``max_message_size`` can be sent.
 
+        Args:
+            priority: 0..255.
+            nbytes: the message's payload bytes.
+            timeout: seconds to wait at most; None waits as long as it takes.
+
         Raises:
             SendTimeout: still full after ``timeout`` seconds.
             PeerLostError: the peer went away while we waited.
             ServiceClosed: the service closed while we waited.
         """
-        limit = self._limit if priority < DROP_PRIORITY else 2 * self._limit
-        nbytes += MESSAGE_OVERHEAD
-        with self._lock:
+        # The fast path (the queue has room, nobody closed the gate): the plain lock, taken with
+        # acquire()/release() (half the cost of a `with`; try/finally is free until it raises),
+        # no clock, no Condition.
+        lock = self._lock
+        lock.acquire()
+        try:
             queued = self._queued.get(priority, 0)
-            if queued < limit and self._closed_by is None:  # the fast path: no clock, no wait
-                self._queued[priority] = queued + nbytes
+            if queued < self._limits[priority] and self._closed_by is None:
+                self._queued[priority] = queued + nbytes + MESSAGE_OVERHEAD
                 return
+        finally:
+            lock.release()
+        self._admit_waiting(priority, nbytes + MESSAGE_OVERHEAD, timeout)
+
+    def _admit_waiting(self, priority: int, nbytes: int, timeout: float | None) -> None:
+        """admit()'s slow path: wait on the condition until the queue has room (or the gate closes)."""
+        limit = self._limits[priority]
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:

@@ -306,6 +306,20 @@ class Service(Callbacks, Listening, Bootstrapping, Connecting, ConfigWatch, Watc
             SendTimeout: the queue stayed full for ``timeout`` seconds.
             PeerLostError: the peer was lost while we waited.
         """
+        # The hot path: the usual exact types and a service that is open, each a C-level check; any
+        # other input goes through _check_send (every check, in order, with its own error).
+        if (type(peer_id) is PeerId and type(data) is bytes and type(priority) is int and 0 <= priority <= 255
+                and timeout is None and len(data) <= self._config.max_message_size and not self._closed):
+            payload = data
+        else:
+            payload, timeout = self._check_send(peer_id, data, priority, timeout)
+        if self._reactor.in_reactor_thread():
+            raise RuntimeError("send() must not be called on the I/O thread")
+        self._flow.send(peer_id, priority, payload, timeout)
+
+    def _check_send(self, peer_id: object, data: object, priority: object,
+                    timeout: float | None) -> tuple[bytes, float | None]:
+        """``send()``'s arguments checked one by one: its payload (a private copy of a buffer) and timeout."""
         if not isinstance(peer_id, PeerId):
             raise TypeError(f"peer_id must be a crust.PeerId, not {type(peer_id).__name__}")
         if isinstance(data, bytes):
@@ -324,9 +338,7 @@ class Service(Callbacks, Listening, Bootstrapping, Connecting, ConfigWatch, Watc
         if timeout is not None:
             timeout = _check_timeout(timeout)
         self._check_open()
-        if self._reactor.in_reactor_thread():
-            raise RuntimeError("send() must not be called on the I/O thread")
-        self._flow.send(peer_id, priority, payload, timeout)
+        return payload, timeout
 
     def disconnect(self, peer_id: PeerId) -> bool:
         """Close the connection to ``peer_id`` (it sees ``on_lost`` at once); returns whether there was one."""

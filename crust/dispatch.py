@@ -44,9 +44,11 @@ __all__ = ["Dispatcher"]
 
 logger = logging.getLogger("crust.dispatch")
 
-# Events per on_delivered call: one call per slice instead of per event, and a slice of
-# small messages (a few KiB) is far below the receive backlog's report step.
-_SLICE = 64
+# Events per on_delivered call.  One call per slice instead of per event; a short slice keeps
+# what the hook has not heard of yet small: 16 messages of 64 KiB are 1 MiB, an eighth of the
+# default receive backlog (what DeliveryTally may itself hold back), so the reactor hears of
+# deliveries, and reads a paused peer again, while the rest of a long batch is delivered.
+_SLICE = 16
 
 
 class _Handler:

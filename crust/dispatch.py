@@ -21,7 +21,9 @@ A small lock, taken by producers and :meth:`Dispatcher.close` only, makes
 before the marker, and delivered, or dropped with a debug line.  Counts of
 events posted and delivered (each written by one side) give :attr:`pending`.
 Events are delivered in the order they were posted; one event's handlers
-finish (and ``on_delivered`` runs) before the next event's start.
+finish before the next event's start.  ``on_delivered`` (the Service's
+receive back-pressure) hears of delivered events per slice of a batch, not
+per event: the hook then costs one call per slice.
 
 A handler that raises is logged with its traceback, naming the handler and
 the event type (``socketserver.handle_error``'s policy), and delivery goes
@@ -41,6 +43,12 @@ from .events import Event
 __all__ = ["Dispatcher"]
 
 logger = logging.getLogger("crust.dispatch")
+
+# Events per on_delivered call.  One call per slice instead of per event; a short slice keeps
+# what the hook has not heard of yet small: 16 messages of 64 KiB are 1 MiB, an eighth of the
+# default receive backlog (what DeliveryTally may itself hold back), so the reactor hears of
+# deliveries, and reads a paused peer again, while the rest of a long batch is delivered.
+_SLICE = 16
 
 
 class _Handler:
@@ -67,14 +75,15 @@ class Dispatcher:
         *,
         manual: bool = False,
         name: str = "crust-dispatch",
-        on_delivered: Callable[[Event], None] | None = None,
+        on_delivered: Callable[[list[Event]], None] | None = None,
     ) -> None:
         """Create a dispatcher; nothing runs until :meth:`start`.
 
         Args:
             manual: True means no thread: the application calls :meth:`run_callbacks`.
             name: the thread's name (keep the ``crust-`` prefix for the test guards).
-            on_delivered: called with each event after all its handlers ran.
+            on_delivered: called with consecutive delivered events (a slice of a batch, in
+                order) once all their handlers ran; every event is in exactly one call.
         """
         self._manual = manual
         self._name = name
@@ -278,26 +287,38 @@ class Dispatcher:
             deliver_batch(batch)
 
     def _deliver_batch(self, batch: list[Event]) -> int:
-        deliver = self._deliver
-        for event in batch:
-            # Counted before the handlers run, so `pending` excludes the event being delivered.
-            self._delivered += 1
-            deliver(event)
-        return len(batch)
+        """Deliver ``batch`` in slices of up to ``_SLICE`` events, telling ``on_delivered`` after each slice.
 
-    def _deliver(self, event: Event) -> None:
-        for entry in self._handlers.get(type(event), ()):
-            if not entry.active:
-                continue
-            try:
-                entry.fn(*entry.args(event))
-            except Exception:
-                logger.exception("dispatcher: handler %s for %s raised", _name(entry.fn), type(event).__name__)
-        if self._on_delivered is not None:
-            try:
-                self._on_delivered(event)
-            except Exception:
-                logger.exception("dispatcher: on_delivered hook raised for %s", type(event).__name__)
+        The hot loop of the receive path (one pass per message), so it
+        inlines what used to be a call per event: the handler lookup (the
+        table is read afresh for every event, so a handler added or removed
+        by a callback applies from the next event on) and each handler's
+        ``active`` check.  ``on_delivered`` hears of each slice once every
+        handler of every event in it has run; a slice stays short so that
+        delivered bytes are handed back (and a paused peer read again)
+        while the rest of a long batch is still being delivered.
+        """
+        on_delivered = self._on_delivered
+        size = len(batch)
+        for start in range(0, size, _SLICE):
+            part = batch if size <= _SLICE else batch[start:start + _SLICE]
+            for event in part:
+                # Counted before the handlers run, so `pending` excludes the event being delivered.
+                self._delivered += 1
+                for entry in self._handlers.get(type(event), ()):
+                    if not entry.active:
+                        continue
+                    try:
+                        entry.fn(*entry.args(event))
+                    except Exception:
+                        logger.exception("dispatcher: handler %s for %s raised", _name(entry.fn),
+                                         type(event).__name__)
+            if on_delivered is not None:
+                try:
+                    on_delivered(part)
+                except Exception:
+                    logger.exception("dispatcher: on_delivered hook raised for %d events", len(part))
+        return size
 
 
 def _name(fn: Callable[..., object]) -> str:

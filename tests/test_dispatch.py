@@ -100,10 +100,10 @@ def test_on_delivered_runs_after_all_handlers_and_is_guarded(caplog: pytest.LogC
     caplog.set_level(logging.ERROR, logger="crust.dispatch")
     log: list[str] = []
 
-    def delivered(event: Event) -> None:
-        assert isinstance(event, Tick)
-        log.append(f"delivered {event.n}")
-        if event.n == 1:
+    def delivered(events: list[Event]) -> None:
+        assert all(isinstance(event, Tick) for event in events)
+        log.append(f"delivered {[event.n for event in events]}")  # type: ignore[attr-defined]
+        if events[0].n == 1:  # type: ignore[attr-defined]
             raise RuntimeError("hook boom")
 
     d = Dispatcher(on_delivered=delivered)
@@ -111,9 +111,24 @@ def test_on_delivered_runs_after_all_handlers_and_is_guarded(caplog: pytest.LogC
     d.add_handler(Tick, lambda n: log.append(f"b {n}"), tick_args)
     d.start()
     d.post_many([Tick(1), Tick(2)])
+    d.post_many([Tick(3)])
     d.close()
-    assert log == ["a 1", "b 1", "delivered 1", "a 2", "b 2", "delivered 2"]
+    # Once per batch (a slice of it, for long ones), after every handler of every event in it.
+    assert log == ["a 1", "b 1", "a 2", "b 2", "delivered [1, 2]", "a 3", "b 3", "delivered [3]"]
     assert any("on_delivered" in r.getMessage() for r in caplog.records)
+
+
+def test_on_delivered_hears_of_a_long_batch_in_slices_each_event_once() -> None:
+    sliced: list[list[int]] = []
+    seen: list[int] = []
+    d = Dispatcher(manual=True, on_delivered=lambda events: sliced.append([e.n for e in events]))  # type: ignore[attr-defined]
+    d.add_handler(Tick, seen.append, tick_args)
+    d.start()
+    d.post_many([Tick(i) for i in range(150)])
+    assert d.run_callbacks() == 150
+    assert seen == list(range(150))
+    assert [n for part in sliced for n in part] == seen  # each event once, in order
+    assert max(len(part) for part in sliced) < 150  # handed back while the batch is still being delivered
 
 
 def test_manual_mode_runs_on_the_calling_thread_and_counts() -> None:

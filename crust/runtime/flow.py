@@ -46,7 +46,7 @@ import time
 from collections import deque
 
 from ..config import MESSAGE_OVERHEAD
-from ..engine.backpressure import DeliveryTally, ReceiveBacklog, message_cost
+from ..engine.backpressure import DeliveryTally, ReceiveBacklog
 from ..errors import PeerLostError, PeerNotFound, SendTimeout, ServiceClosed
 from ..events import Event, MessageReceived
 from ..ids import PeerId
@@ -55,7 +55,37 @@ from ..transport.reactor import Inbox, Reactor
 from .driver import Driver
 from .streams import Streams
 
-__all__ = ["Flow", "SendGate"]
+__all__ = ["Flow", "SendGate", "message_costs"]
+
+
+def message_costs(events: list[Event]) -> tuple[dict[PeerId, int], int, int]:
+    """What the ``MessageReceived`` among ``events`` add to their peers' backlogs, how many there are, their bytes.
+
+    The receive path's per-message bookkeeping, on both sides of the handoff (the reactor
+    posting, the dispatcher delivering), so kept to a few operations a message:
+    ``message_cost`` inlined (``len + MESSAGE_OVERHEAD``), and the per-peer sum kept in a
+    local across a run of one peer's messages (the engine hands them over in runs) rather
+    than in the dict.
+
+    Returns:
+        ``(cost per peer, messages, payload bytes)``.
+    """
+    costs: dict[PeerId, int] = {}
+    count = nbytes = run = 0
+    peer_id: PeerId | None = None
+    for event in events:
+        if type(event) is MessageReceived:
+            if event.peer_id is not peer_id:
+                if peer_id is not None:
+                    costs[peer_id] = costs.get(peer_id, 0) + run
+                peer_id, run = event.peer_id, 0
+            size = len(event.data)
+            run += size + MESSAGE_OVERHEAD
+            nbytes += size
+            count += 1
+    if peer_id is not None:
+        costs[peer_id] = costs.get(peer_id, 0) + run
+    return costs, count, nbytes
 
 
 class Flow:
@@ -108,16 +138,15 @@ class Flow:
 
     # -- the delivering thread -------------------------------------------------------------
 
-    def delivered(self, event: Event) -> None:
-        """The dispatcher delivered ``event``: count it; a due report goes to the reactor, the backlog's owner."""
-        if type(event) is not MessageReceived:
-            return
-        report = self._tally.delivered(event.peer_id, message_cost(event.data))
-        if report is not None:
-            try:
-                self._reactor.call_soon_threadsafe(self._on_delivery_report, report)
-            except ServiceClosed:
-                pass
+    def delivered(self, events: list[Event]) -> None:
+        """The dispatcher delivered ``events``: count their messages; a due report goes to the reactor, the backlog's owner."""
+        for peer_id, nbytes in message_costs(events)[0].items():
+            report = self._tally.delivered(peer_id, nbytes)
+            if report is not None:
+                try:
+                    self._reactor.call_soon_threadsafe(self._on_delivery_report, report)
+                except ServiceClosed:
+                    pass
 
     # -- the reactor thread --------------------------------------------------------------
 
@@ -179,15 +208,18 @@ class SendGate:
         limit: bytes per priority before ``admit()`` waits (twice that for droppable priorities).
     """
 
-    __slots__ = ("peer_id", "_limit", "_queued", "_lock", "_cond", "_closed_by", "_waiting")
+    __slots__ = ("peer_id", "_limit", "_limits", "_queued", "_lock", "_cond", "_closed_by", "_waiting")
 
     def __init__(self, peer_id: PeerId, limit: int) -> None:
         self.peer_id = peer_id
         self._limit = limit
+        # Per priority (0..255), the count at which admit() waits: one tuple index on the hot path.
+        self._limits = (limit,) * DROP_PRIORITY + (2 * limit,) * (256 - DROP_PRIORITY)
         self._queued: dict[int, int] = {}
-        # Guards _queued and _closed_by: senders (user threads) wait on _cond, the reactor
-        # releases credit and closes.  Paths that never wait take _lock itself, the
-        # condition's lock: the same exclusion without Condition's Python-level __enter__.
+        # Guards _queued and _closed_by: senders (any user thread: several may add at once, so
+        # a bare counter would lose updates) and the reactor (releases credit, closes).  Senders
+        # wait on _cond; paths that never wait take _lock itself, the condition's lock: the same
+        # exclusion without Condition's Python-level __enter__.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._closed_by: type[Exception] | None = None
@@ -204,18 +236,33 @@ class SendGate:
         A message larger than the limit is admitted once the queue is empty
         below it, so any message up to ``max_message_size`` can be sent.
 
+        Args:
+            priority: 0..255.
+            nbytes: the message's payload bytes.
+            timeout: seconds to wait at most; None waits as long as it takes.
+
         Raises:
             SendTimeout: still full after ``timeout`` seconds.
             PeerLostError: the peer went away while we waited.
             ServiceClosed: the service closed while we waited.
         """
-        limit = self._limit if priority < DROP_PRIORITY else 2 * self._limit
-        nbytes += MESSAGE_OVERHEAD
-        with self._lock:
+        # The fast path (the queue has room, nobody closed the gate): the plain lock, taken with
+        # acquire()/release() (half the cost of a `with`; try/finally is free until it raises),
+        # no clock, no Condition.
+        lock = self._lock
+        lock.acquire()
+        try:
             queued = self._queued.get(priority, 0)
-            if queued < limit and self._closed_by is None:  # the fast path: no clock, no wait
-                self._queued[priority] = queued + nbytes
+            if queued < self._limits[priority] and self._closed_by is None:
+                self._queued[priority] = queued + nbytes + MESSAGE_OVERHEAD
                 return
+        finally:
+            lock.release()
+        self._admit_waiting(priority, nbytes + MESSAGE_OVERHEAD, timeout)
+
+    def _admit_waiting(self, priority: int, nbytes: int, timeout: float | None) -> None:
+        """admit()'s slow path: wait on the condition until the queue has room (or the gate closes)."""
+        limit = self._limits[priority]
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:

@@ -22,8 +22,9 @@ module per concern, all sharing one :class:`~crust.engine.core.Core`
 * ``admission``: bootstrap requests made to us, reachability dial-back;
 * ``runs``: our bootstrap runs;
 * ``rendezvous``: ``connect()`` through swapped connection info;
+* ``external``: our external addresses (peers' echoes of where they see us);
 * ``circuits`` and ``relay``: connections relayed through a mutual peer, as
-  an end and as the relay.
+  an end and as the relay (``relay_routing`` says which a record is for).
 
 The timer.  :meth:`get_timer` runs after every pump, so it keeps the
 earliest timer of every concern but the connection heap (``_cold_timer``)
@@ -60,27 +61,26 @@ from ..nat.observe import NatInfo
 from ..handshake.states import Decision, ExchangeState, Role
 from ..ids import ConnId, Contact, CrustUser, Endpoint, PeerId
 from ..wire.messages import (
-    MAX_LISTENERS, BootstrapDenied, BootstrapGranted, BootstrapRequest, ChooseConnection, ConnectRequest, Data, EchoAddrReq, EchoAddrResp, Goodbye, GoodbyeReason,
-    Heartbeat, Message, PeerExchangeRequest, PeerExchangeResponse, RelayAck, RelayClose, RelayConnect, RelayData,
-    RelayIncoming, RelayOffer, UpgradeOffer,
+    MAX_LISTENERS, BootstrapDenied, BootstrapGranted, BootstrapRequest, ChooseConnection, ConnectRequest, Data,
+    EchoAddrReq, EchoAddrResp, Goodbye, GoodbyeReason, Heartbeat, Message, PeerExchangeRequest, PeerExchangeResponse,
 )
 from .admission import Admission
 from .circuits import Circuits
 from .core import Core
 from .external import ExternalAddresses
 from .mesh import Mesh
-from .limits import PRE_GRANT_ECHOES, limit_pre_grant
+from .limits import limit_pre_grant
 from .peers import Peers
 from .punch import Punching
 from .records import NEVER, Conn
 from .relay import Relaying
+from .relay_routing import RELAY_MESSAGES, RelayRouter
 from .rendezvous import Rendezvous
 from .upgrade import Upgrades
 from .runs import Runs
 
 __all__ = ["Engine"]
 
-_RELAY_MESSAGES = frozenset({RelayData, RelayAck, RelayClose, RelayConnect, RelayIncoming, RelayOffer, UpgradeOffer})
 _OVER_A_CIRCUIT = (ConnectRequest, ChooseConnection, Goodbye)  # what a relayed connection may carry before it is a peer
 
 log = logging.getLogger("crust")
@@ -104,6 +104,7 @@ class Engine:
         self._external = ExternalAddresses(core, self._peers)
         self._external.changed.append(self._upgrades.network_changed)
         self._mesh = Mesh(core, self._peers, self._runs)
+        self._relay_router = RelayRouter(self._circuits, self._relaying, self._peers, self._upgrades)
         self._cold_timer: float | None = None  # the concerns' earliest timer, heap aside; None: ask them (get_timer)
         self.closed = False
 
@@ -237,7 +238,7 @@ class Engine:
 
         With a socket to observe, the engine starts asking peers where they see it.
         """
-        core, external = self._core, self._external
+        external = self._external
         self._moved(now)
         if tuple(local_ips) != external.local_ips and external.local_ips:
             external.observer.reset()  # a new network: old observations mean nothing
@@ -523,8 +524,8 @@ class Engine:
             if kind is PeerExchangeRequest or kind is PeerExchangeResponse:
                 peers.on_peer_exchange(conn, message, now)  # type: ignore[arg-type]
                 return
-            if kind in _RELAY_MESSAGES:
-                self._on_relay_message(conn, message, now)
+            if kind in RELAY_MESSAGES:
+                self._relay_router.route(conn, message, now)
                 return
         elif conn.circuit is not None and not isinstance(message, _OVER_A_CIRCUIT):
             raise RemoteProtocolError(f"{type(message).__name__} over a relay: only connect() runs there")
@@ -541,55 +542,10 @@ class Engine:
         elif isinstance(message, ChooseConnection):
             peers.establish(conn, Origin.CONNECT, now)  # the greater PeerId picked this candidate
         elif isinstance(message, EchoAddrReq):
-            self._on_echo_request(conn, now)
+            self._external.on_echo_request(conn, now)
         elif isinstance(message, EchoAddrResp) and conn.echo:
             self._external.on_echo_response(conn, message, now)
         # an EchoAddrResp on a peer link nobody asked for: ignored
-
-    def _on_relay_message(self, conn: Conn, message: Message, now: float) -> None:
-        """A relay record on a peer link: for a circuit we are an end of, one we relay, or an upgrade offer."""
-        circuits, relaying = self._circuits, self._relaying
-        if isinstance(message, RelayData):
-            if circuits.owns(conn, message.circuit):
-                circuits.on_data(conn, message, now)
-            else:
-                relaying.on_data(conn, message, now)
-        elif isinstance(message, RelayAck):
-            if circuits.owns(conn, message.circuit):
-                circuits.on_ack(conn, message, now)
-            else:
-                relaying.on_ack(conn, message, now)
-        elif isinstance(message, RelayClose):
-            if circuits.owns(conn, message.circuit):
-                circuits.on_close(conn, message)
-            else:
-                relaying.on_close(conn, message, now)
-        elif isinstance(message, RelayConnect):
-            relaying.on_connect(conn, message, now)
-        elif isinstance(message, RelayIncoming):
-            circuits.on_incoming(conn, message, now)
-        elif isinstance(message, RelayOffer):
-            peer = self._peers.of(conn)
-            if peer is not None:
-                peer.relays_for_us = conn.circuit is None
-        elif isinstance(message, UpgradeOffer):
-            self._upgrades.on_offer(conn, message, now)
-
-    def _on_echo_request(self, conn: Conn, now: float) -> None:
-        """Tell the peer where we see it: through a peer's outbox, or at once (once) before a grant.
-
-        Raises:
-            RemoteProtocolError: a flood (asked too often).
-        """
-        if conn.state is ExchangeState.ESTABLISHED:
-            self._peers.on_echo_request(conn, now)
-            return
-        # An observer connection asks once and closes.  More is an attempt to make us seal
-        # a frame per 5-byte record: the link is closed, not answered.
-        if conn.echoes_answered >= PRE_GRANT_ECHOES:
-            raise RemoteProtocolError(f"flood: more than {PRE_GRANT_ECHOES} EchoAddrReq before a grant")
-        conn.echoes_answered += 1
-        self._core.send_control(conn, EchoAddrResp(conn.remote))
 
     def _remote_error(self, conn: Conn, exc: RemoteProtocolError) -> None:
         self._cold_timer = None

@@ -31,12 +31,14 @@ from ..connection_info import PrivConnectionInfo
 from ..crypto import random_token
 from ..effects import SendDatagram
 from ..events import ListenersChanged
-from ..handshake.states import Decision, Role
+from ..errors import RemoteProtocolError
+from ..handshake.states import Decision, ExchangeState, Role
 from ..ids import Endpoint, PeerId, tcp_first
 from ..nat import probe
 from ..nat.observe import NatInfo, NatObserver
 from ..wire.messages import EchoAddrReq, EchoAddrResp
 from .core import Core
+from .limits import PRE_GRANT_ECHOES
 from .peers import Peers
 from .records import NEVER, Conn
 
@@ -194,6 +196,22 @@ class ExternalAddresses:
         """An observer connection is secured: ask."""
         self._core.move(conn, Decision.SECURED_ECHO)
         self._core.send_control(conn, EchoAddrReq())
+
+    def on_echo_request(self, conn: Conn, now: float) -> None:
+        """Tell a peer where we see it: through its outbox, or at once (once) before a grant.
+
+        Raises:
+            RemoteProtocolError: a flood (asked too often).
+        """
+        if conn.state is ExchangeState.ESTABLISHED:
+            self._peers.on_echo_request(conn, now)
+            return
+        # An observer connection asks once and closes.  More is an attempt to make us seal
+        # a frame per 5-byte record: the link is closed, not answered.
+        if conn.echoes_answered >= PRE_GRANT_ECHOES:
+            raise RemoteProtocolError(f"flood: more than {PRE_GRANT_ECHOES} EchoAddrReq before a grant")
+        conn.echoes_answered += 1
+        self._core.send_control(conn, EchoAddrResp(conn.remote))
 
     def on_echo_response(self, conn: Conn, response: EchoAddrResp, now: float) -> None:
         """The observer told us where it sees our punch port (``conn`` is CLOSED by the table)."""

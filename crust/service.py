@@ -88,6 +88,7 @@ from .connecting import NAT_WAIT, Connecting
 from .crypto.ranking import measure_preference
 from .dispatch import Dispatcher
 from .engine import Engine
+from .engine.backpressure import message_costs
 from .errors import MessageTooLarge, ServiceClosed
 from .events import (
     BootstrapFinished, ConnectFinished, ContactsLearned, Event, ListenersChanged, MessageReceived, PeerConnected,
@@ -98,7 +99,7 @@ from .listening import Listening
 from .identity import Identity
 from .contact_book import ContactBook
 from .runtime.driver import Driver
-from .runtime.flow import Flow, message_costs
+from .runtime.flow import Flow
 from .runtime.lan import LanDiscovery
 from .runtime.nat import NatGlue
 from .runtime.streams import Streams

@@ -11,7 +11,8 @@ from crust.errors import PeerLostError, SendTimeout, ServiceClosed
 from crust.events import Event, MessageReceived, PeerLost
 from crust.ids import PeerId
 from crust.outbox import DROP_PRIORITY
-from crust.runtime.flow import SendGate, message_costs
+from crust.engine.backpressure import message_costs
+from crust.runtime.flow import SendGate
 
 P = PeerId(bytes(32))
 Q = PeerId(bytes([1]) * 32)

@@ -6,7 +6,7 @@ memory, not grow it.  So each peer has a *backlog*: the bytes of its
 messages handed over and not yet delivered.
 
 Each message counts as its bytes plus ``MESSAGE_OVERHEAD``
-(:func:`message_cost`): what it really costs while it waits, so a flood of
+(:func:`message_costs` sums them): what it really costs while it waits, so a flood of
 empty messages fills a backlog as surely as a flood of big ones.
 
 * :class:`ReceiveBacklog` (the producer's side, the one place the decision
@@ -34,16 +34,42 @@ Nothing here reads a clock or touches a socket; it only counts.
 from __future__ import annotations
 
 from ..config import MESSAGE_OVERHEAD
+from ..events import Event, MessageReceived
 from ..ids import ConnId, PeerId
 
-__all__ = ["ReceiveBacklog", "DeliveryTally", "message_cost"]
+__all__ = ["ReceiveBacklog", "DeliveryTally", "message_costs"]
 
 _REPORT_FRACTION = 8  # report deliveries every limit/8 bytes: early pauses stay small, handoffs few
 
 
-def message_cost(data: bytes) -> int:
-    """What one message counts for in a backlog: its bytes plus ``MESSAGE_OVERHEAD``."""
-    return len(data) + MESSAGE_OVERHEAD
+def message_costs(events: list[Event]) -> tuple[dict[PeerId, int], int, int]:
+    """What the ``MessageReceived`` among ``events`` add to their peers' backlogs, how many there are, their bytes.
+
+    Each message counts its bytes plus ``MESSAGE_OVERHEAD`` (module docstring).  This is
+    the receive path's per-message bookkeeping on both sides of the handoff (the reactor
+    posting, the dispatcher delivering), so it is kept to a few operations a message: the
+    per-peer sum stays in a local across a run of one peer's messages (the engine hands
+    them over in runs) rather than in the dict.
+
+    Returns:
+        ``(cost per peer, messages, payload bytes)``.
+    """
+    costs: dict[PeerId, int] = {}
+    count = nbytes = run = 0
+    peer_id: PeerId | None = None
+    for event in events:
+        if type(event) is MessageReceived:
+            if event.peer_id is not peer_id:
+                if peer_id is not None:
+                    costs[peer_id] = costs.get(peer_id, 0) + run
+                peer_id, run = event.peer_id, 0
+            size = len(event.data)
+            run += size + MESSAGE_OVERHEAD
+            nbytes += size
+            count += 1
+    if peer_id is not None:
+        costs[peer_id] = costs.get(peer_id, 0) + run
+    return costs, count, nbytes
 
 
 class _Backlog:

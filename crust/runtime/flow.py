@@ -46,46 +46,16 @@ import time
 from collections import deque
 
 from ..config import MESSAGE_OVERHEAD
-from ..engine.backpressure import DeliveryTally, ReceiveBacklog
+from ..engine.backpressure import DeliveryTally, ReceiveBacklog, message_costs
 from ..errors import PeerLostError, PeerNotFound, SendTimeout, ServiceClosed
-from ..events import Event, MessageReceived
+from ..events import Event
 from ..ids import PeerId
 from ..outbox import DROP_PRIORITY
 from ..transport.reactor import Inbox, Reactor
 from .driver import Driver
 from .streams import Streams
 
-__all__ = ["Flow", "SendGate", "message_costs"]
-
-
-def message_costs(events: list[Event]) -> tuple[dict[PeerId, int], int, int]:
-    """What the ``MessageReceived`` among ``events`` add to their peers' backlogs, how many there are, their bytes.
-
-    The receive path's per-message bookkeeping, on both sides of the handoff (the reactor
-    posting, the dispatcher delivering), so kept to a few operations a message:
-    ``message_cost`` inlined (``len + MESSAGE_OVERHEAD``), and the per-peer sum kept in a
-    local across a run of one peer's messages (the engine hands them over in runs) rather
-    than in the dict.
-
-    Returns:
-        ``(cost per peer, messages, payload bytes)``.
-    """
-    costs: dict[PeerId, int] = {}
-    count = nbytes = run = 0
-    peer_id: PeerId | None = None
-    for event in events:
-        if type(event) is MessageReceived:
-            if event.peer_id is not peer_id:
-                if peer_id is not None:
-                    costs[peer_id] = costs.get(peer_id, 0) + run
-                peer_id, run = event.peer_id, 0
-            size = len(event.data)
-            run += size + MESSAGE_OVERHEAD
-            nbytes += size
-            count += 1
-    if peer_id is not None:
-        costs[peer_id] = costs.get(peer_id, 0) + run
-    return costs, count, nbytes
+__all__ = ["Flow", "SendGate"]
 
 
 class Flow:
